@@ -1,0 +1,218 @@
+package postgres_test
+
+import (
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/orchestrix/orchestrix/internal/testenv"
+	"github.com/orchestrix/orchestrix/stores"
+	"github.com/orchestrix/orchestrix/stores/postgres"
+	"github.com/orchestrix/orchestrix/stores/storetest"
+)
+
+// parallel runs n operations spread over workers goroutines, each op
+// numbered per worker, and fails b on the first error.
+func parallel(b *testing.B, workers, n int, op func(worker, i int) error) {
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	var once sync.Once
+	for w := range workers {
+		wg.Go(func() {
+			for i := 0; ; i++ {
+				if next.Add(1) > int64(n) {
+					return
+				}
+				if err := op(w, i); err != nil {
+					once.Do(func() { b.Error(err) })
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+}
+
+// rawTable creates a table shaped like the events table (same columns,
+// defaults, constraints and indexes) for the raw pgx baselines.
+func rawTable(b *testing.B, s *postgres.Store) string {
+	table := pgx.Identifier{s.Schema(), "raw_events"}.Sanitize()
+	if _, err := s.Pool().Exec(b.Context(), "CREATE TABLE "+table+" (LIKE "+pgx.Identifier{s.Schema(), "events"}.Sanitize()+" INCLUDING ALL)"); err != nil {
+		b.Fatal(err)
+	}
+	return table
+}
+
+const rawInsertSQL = `INSERT INTO %s (stream_id, version, id, type, source, subject, time, content_type, data) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)`
+
+func rawRow(stream string, v int) []any {
+	return []any{stream, int64(v), fmt.Sprintf("0190b7a4-0000-7000-8000-%012d", v), "Bench", "/bench", stream, time.Now(), "application/json", []byte(`{"n":1}`)}
+}
+
+// reportRatio reports events/s and the ratio to a baseline measured by
+// baseline (events per op given by perOp for both).
+func reportRatio(b *testing.B, perOp int, elapsed time.Duration, baseline testing.BenchmarkResult) {
+	rate := float64(b.N*perOp) / elapsed.Seconds()
+	base := float64(baseline.N*perOp) / baseline.T.Seconds()
+	b.ReportMetric(rate, "events/s")
+	b.ReportMetric(base, "baseline-events/s")
+	b.ReportMetric(rate/base, "ratio")
+}
+
+func benchStore(b *testing.B) (*postgres.Store, *pgxpool.Pool) {
+	pool := testenv.Pool(b)
+	return newStore(b, pool), pool
+}
+
+// BenchmarkAppendSingle16Writers: 16 writers each appending one event at a
+// time to their own stream, beside raw single-row INSERTs by 16 writers.
+func BenchmarkAppendSingle16Writers(b *testing.B) {
+	s, pool := benchStore(b)
+	raw := rawTable(b, s)
+	const writers = 16
+	baseline := testing.Benchmark(func(bb *testing.B) {
+		sql := fmt.Sprintf(rawInsertSQL, raw)
+		run := time.Now().UnixNano()
+		parallel(bb, writers, bb.N, func(w, i int) error {
+			_, err := pool.Exec(b.Context(), sql, rawRow(fmt.Sprintf("raw-%d-%d", run, w), i+1)...)
+			return err
+		})
+	})
+	b.ResetTimer()
+	start := time.Now()
+	run := time.Now().UnixNano()
+	parallel(b, writers, b.N, func(w, i int) error {
+		_, err := s.Append(b.Context(), fmt.Sprintf("s-%d-%d", run, w), stores.Exact(uint64(i)), storetest.Events("Bench", 1))
+		return err
+	})
+	reportRatio(b, 1, time.Since(start), baseline)
+}
+
+// BenchmarkAppendBatch100: one writer appending 100-event batches, beside
+// raw multi-row INSERTs and COPY of the same rows.
+func BenchmarkAppendBatch100(b *testing.B) {
+	s, pool := benchStore(b)
+	raw := rawTable(b, s)
+	const size = 100
+	multi := func(bb *testing.B) {
+		run := time.Now().UnixNano()
+		for i := range bb.N {
+			sql := fmt.Sprintf("INSERT INTO %s (stream_id, version, id, type, source, subject, time, content_type, data) VALUES ", raw)
+			args := make([]any, 0, size*9)
+			for j := range size {
+				if j > 0 {
+					sql += ","
+				}
+				n := len(args)
+				sql += fmt.Sprintf("($%d,$%d,$%d,$%d,$%d,$%d,$%d,$%d,$%d)", n+1, n+2, n+3, n+4, n+5, n+6, n+7, n+8, n+9)
+				args = append(args, rawRow(fmt.Sprintf("multi-%d", run), i*size+j+1)...)
+			}
+			if _, err := pool.Exec(b.Context(), sql, args...); err != nil {
+				bb.Fatal(err)
+			}
+		}
+	}
+	copyRows := func(bb *testing.B) {
+		run := time.Now().UnixNano()
+		for i := range bb.N {
+			rows := make([][]any, size)
+			for j := range rows {
+				rows[j] = rawRow(fmt.Sprintf("copy-%d", run), i*size+j+1)
+			}
+			if _, err := pool.CopyFrom(b.Context(), pgx.Identifier{s.Schema(), "raw_events"},
+				[]string{"stream_id", "version", "id", "type", "source", "subject", "time", "content_type", "data"}, pgx.CopyFromRows(rows)); err != nil {
+				bb.Fatal(err)
+			}
+		}
+	}
+	multiRes := testing.Benchmark(multi)
+	copyRes := testing.Benchmark(copyRows)
+	b.ResetTimer()
+	start := time.Now()
+	stream := fmt.Sprintf("batch-%d", time.Now().UnixNano())
+	for i := range b.N {
+		if _, err := s.Append(b.Context(), stream, stores.Exact(uint64(i*size)), storetest.Events("Bench", size)); err != nil {
+			b.Fatal(err)
+		}
+	}
+	reportRatio(b, size, time.Since(start), multiRes)
+	b.ReportMetric(float64(copyRes.N*size)/copyRes.T.Seconds(), "copy-events/s")
+}
+
+// BenchmarkAppendContended: 16 writers appending to one stream with
+// version checks, retrying conflicts; reports the conflict rate.
+func BenchmarkAppendContended(b *testing.B) {
+	s, _ := benchStore(b)
+	var conflicts atomic.Int64
+	var version atomic.Uint64
+	b.ResetTimer()
+	start := time.Now()
+	parallel(b, 16, b.N, func(w, i int) error {
+		for {
+			v := version.Load()
+			_, err := s.Append(b.Context(), "hot", stores.Exact(v), storetest.Events("Bench", 1))
+			if err == nil {
+				version.CompareAndSwap(v, v+1)
+				return nil
+			}
+			var ce *stores.ConflictError
+			if !asConflict(err, &ce) {
+				return err
+			}
+			conflicts.Add(1)
+			version.Store(ce.Actual)
+		}
+	})
+	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "events/s")
+	b.ReportMetric(float64(conflicts.Load())/float64(b.N), "conflicts/op")
+}
+
+// BenchmarkReadStream reads a 100k-event stream, beside a raw pgx scan of
+// the same rows.
+func BenchmarkReadStream(b *testing.B) {
+	s, pool := benchStore(b)
+	const n = 100_000
+	for v := 0; v < n; v += 5000 {
+		if _, err := s.Append(b.Context(), "read", stores.Exact(uint64(v)), storetest.Events("Bench", 5000)); err != nil {
+			b.Fatal(err)
+		}
+	}
+	baseline := testing.Benchmark(func(bb *testing.B) {
+		for range bb.N {
+			rows, _ := pool.Query(b.Context(), "SELECT position, version, id, type, data FROM "+pgx.Identifier{s.Schema(), "events"}.Sanitize()+" WHERE stream_id = 'read' ORDER BY version")
+			var pos, ver int64
+			var id, typ string
+			var data []byte
+			count := 0
+			for rows.Next() {
+				_ = rows.Scan(&pos, &ver, &id, &typ, &data)
+				count++
+			}
+			if rows.Err() != nil || count != n {
+				bb.Fatalf("raw read %d rows: %v", count, rows.Err())
+			}
+		}
+	})
+	b.ResetTimer()
+	start := time.Now()
+	for range b.N {
+		count := 0
+		for _, err := range s.ReadStream(b.Context(), "read", 0) {
+			if err != nil {
+				b.Fatal(err)
+			}
+			count++
+		}
+		if count != n {
+			b.Fatalf("read %d", count)
+		}
+	}
+	reportRatio(b, n, time.Since(start), baseline)
+}
+
+func asConflict(err error, ce **stores.ConflictError) bool { return errors.As(err, ce) }

@@ -1,0 +1,591 @@
+// Package postgres is the PostgreSQL event store (pgx/v5, pgxpool).
+//
+// # Schema
+//
+// Tables live in a configurable schema (default "orchestrix") created by
+// explicit migrations: Migrate, or `orchestrix migrate`. New refuses a
+// schema that is missing, behind or ahead of the embedded migrations.
+// The runtime role needs only INSERT and SELECT on events and commands
+// (and UPDATE on snapshots): events are never updated or deleted.
+//
+// # Appends
+//
+// A single Append is one SQL statement, so one round trip in its own
+// implicit transaction: it reads the stream's version, checks the
+// expectation, records the command ID and inserts the events; the unique
+// (stream_id, version) constraint makes a concurrent writer that lost the
+// race fail with a *stores.ConflictError. Appends of at least CopyThreshold
+// events use COPY. Event IDs default to UUIDv7 (time-ordered).
+//
+// # Reading the log (gap-safe)
+//
+// Positions come from an identity sequence, and sequence order is not
+// commit order: a slow transaction can commit position 10 after position
+// 11 became visible. Every row therefore records its transaction ID
+// (xid8), and ReadAll reads only rows whose transaction is older than the
+// oldest transaction still running (pg_snapshot_xmin of the current
+// snapshot), in (tx_id, position) order. Rows below that horizon can no
+// longer change, so nothing committed late is ever skipped and nothing
+// rolled back is ever read. The order keeps each stream's versions because
+// every transaction of this package reads the streams it appends to before
+// its first write (so a later version always has a later transaction ID);
+// do the same in transactions passed to AppendTx.
+//
+// The costs, documented rather than hidden: any long-running transaction in
+// the cluster (even in another database) holds the horizon and delays
+// ReadAll until it ends; and xid8 values do not survive a dump and restore,
+// so a restored database must restart readers from a fresh cursor.
+package postgres
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"iter"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/orchestrix/orchestrix"
+	"github.com/orchestrix/orchestrix/stores"
+)
+
+// DefaultSchema is the schema used when none is configured.
+const DefaultSchema = "orchestrix"
+
+// CopyThreshold is the number of events from which Append uses COPY.
+const CopyThreshold = 256
+
+const readPage = 1000
+
+// Store is a PostgreSQL stores.EventStore. It is safe for concurrent use.
+// It does not own the pool: closing the pool is the caller's job.
+type Store struct {
+	pool    *pgxpool.Pool
+	schema  string
+	maxSize int
+	sql     statements
+}
+
+// Option configures a Store.
+type Option func(*Store)
+
+// WithSchema sets the schema holding the tables (default "orchestrix").
+func WithSchema(name string) Option { return func(s *Store) { s.schema = name } }
+
+// WithMaxEventSize limits one event's Data (default stores.DefaultMaxEventSize).
+func WithMaxEventSize(n int) Option { return func(s *Store) { s.maxSize = n } }
+
+var schemaName = regexp.MustCompile(`^[a-z_][a-z0-9_]{0,62}$`)
+
+func checkSchemaName(s string) error {
+	if !schemaName.MatchString(s) {
+		return fmt.Errorf("postgres: schema name %q must match %s: %w", s, schemaName, orchestrix.ErrInvalid)
+	}
+	return nil
+}
+
+// New returns a store on pool after checking that the schema is migrated.
+func New(ctx context.Context, pool *pgxpool.Pool, opts ...Option) (*Store, error) {
+	s := &Store{pool: pool, schema: DefaultSchema, maxSize: stores.DefaultMaxEventSize}
+	for _, o := range opts {
+		o(s)
+	}
+	var errs []error
+	if pool == nil {
+		errs = append(errs, fmt.Errorf("postgres: nil pool: %w", orchestrix.ErrInvalid))
+	}
+	if err := checkSchemaName(s.schema); err != nil {
+		errs = append(errs, err)
+	}
+	if s.maxSize <= 0 {
+		errs = append(errs, fmt.Errorf("postgres: max event size %d must be positive: %w", s.maxSize, orchestrix.ErrInvalid))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	if err := checkMigrated(ctx, pool, s.schema); err != nil {
+		return nil, err
+	}
+	s.sql = newStatements(pgx.Identifier{s.schema}.Sanitize())
+	return s, nil
+}
+
+// Pool returns the pool the store uses.
+func (s *Store) Pool() *pgxpool.Pool { return s.pool }
+
+// Schema returns the schema name.
+func (s *Store) Schema() string { return s.schema }
+
+type statements struct {
+	append, maxVersions, readStream, readAll, findCommand, findCommands, saveSnapshot, loadSnapshot, insertCommand string
+	table                                                                                                          string
+}
+
+const eventColumns = "position, stream_id, version, id, type, source, subject, time, content_type, data, correlation_id, causation_id, traceparent, extensions, command_id"
+
+func newStatements(q string) statements {
+	// $1 stream, $2 any, $3 expected, $4 command id, then event arrays.
+	insert := `INSERT INTO ` + q + `.events (stream_id, version, id, type, source, subject, time, content_type, data, correlation_id, causation_id, traceparent, extensions, command_id)
+	SELECT $1, base.v + u.ord, u.id, u.type, u.source, u.subject, u.time, u.content_type, u.data, u.corr, u.cause, u.tp, u.ext, $4
+	FROM base, unnest($5::text[], $6::text[], $7::text[], $8::text[], $9::timestamptz[], $10::text[], $11::bytea[], $12::text[], $13::text[], $14::text[], $15::jsonb[])
+	     WITH ORDINALITY AS u(id, type, source, subject, time, content_type, data, corr, cause, tp, ext, ord)
+	WHERE base.ok AND ($4 = '' OR EXISTS (SELECT 1 FROM cmd))
+	RETURNING version`
+	return statements{
+		table: q + ".events",
+		append: `WITH cur AS (SELECT coalesce(max(version), 0) AS v FROM ` + q + `.events WHERE stream_id = $1),
+	base AS (SELECT CASE WHEN $2 THEN cur.v ELSE $3::bigint END AS v, ($2 OR cur.v = $3::bigint) AS ok, cur.v AS actual FROM cur),
+	cmd AS (INSERT INTO ` + q + `.commands (command_id, stream_id, from_version, to_version)
+	        SELECT $4, $1, base.v + 1, base.v + cardinality($5::text[]) FROM base WHERE $4 <> '' AND base.ok
+	        ON CONFLICT DO NOTHING RETURNING 1),
+	ins AS (` + insert + `)
+	SELECT (SELECT count(*) FROM ins), (SELECT actual FROM base)`,
+		maxVersions:   `SELECT stream_id, max(version) FROM ` + q + `.events WHERE stream_id = ANY($1) GROUP BY stream_id`,
+		insertCommand: `INSERT INTO ` + q + `.commands (command_id, stream_id, from_version, to_version) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING`,
+		readStream:    `SELECT ` + eventColumns + ` FROM ` + q + `.events WHERE stream_id = $1 AND version > $2 ORDER BY version LIMIT $3`,
+		readAll: `SELECT tx_id::text, ` + eventColumns + ` FROM ` + q + `.events
+	WHERE (tx_id, position) > ($1::text::xid8, $2) AND tx_id < pg_snapshot_xmin(pg_current_snapshot())
+	ORDER BY tx_id, position LIMIT $3`,
+		findCommand:  `SELECT stream_id, from_version, to_version FROM ` + q + `.commands WHERE command_id = $1`,
+		findCommands: `SELECT command_id, stream_id, from_version, to_version FROM ` + q + `.commands WHERE command_id = ANY($1)`,
+		saveSnapshot: `INSERT INTO ` + q + `.snapshots AS s (stream_id, version, type, content_type, data) VALUES ($1, $2, $3, $4, $5)
+	ON CONFLICT (stream_id) DO UPDATE SET version = excluded.version, type = excluded.type, content_type = excluded.content_type, data = excluded.data, taken_at = now()
+	WHERE s.version <= excluded.version`,
+		loadSnapshot: `SELECT version, type, content_type, data FROM ` + q + `.snapshots WHERE stream_id = $1`,
+	}
+}
+
+// columns holds one append's events as the arrays the insert unnests.
+type columns struct {
+	id, typ, source, subject, contentType, corr, cause, tp []string
+	time                                                   []time.Time
+	data                                                   [][]byte
+	ext                                                    [][]byte
+}
+
+func toColumns(streamID string, events []orchestrix.Event) (columns, error) {
+	n := len(events)
+	c := columns{
+		id: make([]string, n), typ: make([]string, n), source: make([]string, n), subject: make([]string, n),
+		contentType: make([]string, n), corr: make([]string, n), cause: make([]string, n), tp: make([]string, n),
+		time: make([]time.Time, n), data: make([][]byte, n), ext: make([][]byte, n),
+	}
+	now := time.Now().UTC()
+	for i, e := range events {
+		c.id[i] = e.ID
+		if c.id[i] == "" {
+			u, err := uuid.NewV7()
+			if err != nil {
+				return c, fmt.Errorf("postgres: new event id: %w", err)
+			}
+			c.id[i] = u.String()
+		}
+		c.typ[i], c.source[i], c.subject[i] = e.Type, e.Source, e.Subject
+		if c.subject[i] == "" {
+			c.subject[i] = streamID
+		}
+		c.contentType[i], c.corr[i], c.cause[i], c.tp[i] = e.ContentType, e.CorrelationID, e.CausationID, e.TraceParent
+		c.time[i] = e.Time
+		if e.Time.IsZero() {
+			c.time[i] = now
+		}
+		c.data[i] = e.Data
+		if len(e.Extensions) > 0 {
+			b, err := json.Marshal(e.Extensions)
+			if err != nil {
+				return c, err
+			}
+			c.ext[i] = b
+		}
+	}
+	return c, nil
+}
+
+func (c columns) args(streamID string, anyVersion bool, expected uint64, commandID string) []any {
+	return []any{streamID, anyVersion, int64(expected), commandID,
+		c.id, c.typ, c.source, c.subject, c.time, c.contentType, c.data, c.corr, c.cause, c.tp, c.ext}
+}
+
+// Append implements stores.EventStore.
+func (s *Store) Append(ctx context.Context, streamID string, expected stores.ExpectedVersion, events []orchestrix.Event) (stores.AppendResult, error) {
+	if err := stores.CheckEvents(streamID, events, s.maxSize); err != nil {
+		return stores.AppendResult{}, err
+	}
+	if len(events) >= CopyThreshold {
+		var res stores.AppendResult
+		err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+			r, err := s.appendMany(ctx, tx, []stores.AppendRequest{{StreamID: streamID, Expected: expected, Events: events}})
+			if err == nil {
+				res = r[0]
+			}
+			return err
+		})
+		return res, s.wrap(ctx, streamID, expected, err)
+	}
+	cmd := events[0].CommandID
+	c, err := toColumns(streamID, events)
+	if err != nil {
+		return stores.AppendResult{}, err
+	}
+	// Expected-version Any can lose a race to a concurrent writer; the
+	// retry runs in a new implicit transaction, so it reads first again.
+	for attempt := 0; ; attempt++ {
+		var n int64
+		var actual uint64
+		err = s.pool.QueryRow(ctx, s.sql.append, c.args(streamID, expected.IsAny(), expected.Version(), cmd)...).Scan(&n, &actual)
+		if err == nil && n == int64(len(events)) {
+			return stores.AppendResult{StreamID: streamID, FromVersion: actual + 1, ToVersion: actual + uint64(n)}, nil
+		}
+		if err != nil && !isUniqueViolation(err) {
+			return stores.AppendResult{}, s.wrap(ctx, streamID, expected, err)
+		}
+		// Nothing inserted: the command was seen before, the expectation
+		// failed, or we lost a race to a concurrent writer.
+		if cmd != "" {
+			if prev, ok, ferr := s.FindCommand(ctx, cmd); ferr != nil {
+				return stores.AppendResult{}, ferr
+			} else if ok {
+				prev.Duplicate = true
+				return prev, nil
+			}
+		}
+		if expected.IsAny() && attempt < 5 {
+			continue
+		}
+		if err == nil {
+			err = &stores.ConflictError{StreamID: streamID, Expected: expected, Actual: actual}
+		}
+		return stores.AppendResult{}, s.wrap(ctx, streamID, expected, err)
+	}
+}
+
+// wrap turns unique violations into conflict errors and names the stream.
+func (s *Store) wrap(ctx context.Context, streamID string, expected stores.ExpectedVersion, err error) error {
+	if err == nil {
+		return nil
+	}
+	if errors.Is(err, stores.ErrConflict) || errors.Is(err, orchestrix.ErrInvalid) {
+		return err
+	}
+	if isUniqueViolation(err) {
+		ce := &stores.ConflictError{StreamID: streamID, Expected: expected}
+		var pe *pgconn.PgError
+		if errors.As(err, &pe) && pe.ConstraintName == "events_stream_version" {
+			_ = s.pool.QueryRow(ctx, "SELECT coalesce(max(version), 0) FROM "+s.sql.table+" WHERE stream_id = $1", streamID).Scan(&ce.Actual)
+		}
+		return ce
+	}
+	return fmt.Errorf("postgres: append to %q: %w", streamID, err)
+}
+
+func isUniqueViolation(err error) bool {
+	var pe *pgconn.PgError
+	return errors.As(err, &pe) && pe.Code == "23505"
+}
+
+// AppendMany implements stores.EventStore in one transaction.
+func (s *Store) AppendMany(ctx context.Context, reqs []stores.AppendRequest) ([]stores.AppendResult, error) {
+	for _, r := range reqs {
+		if err := stores.CheckEvents(r.StreamID, r.Events, s.maxSize); err != nil {
+			return nil, err
+		}
+	}
+	var res []stores.AppendResult
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		var err error
+		res, err = s.appendMany(ctx, tx, reqs)
+		return err
+	})
+	if err != nil {
+		var ce *stores.ConflictError
+		if errors.As(err, &ce) {
+			return nil, err
+		}
+		if isUniqueViolation(err) {
+			return nil, &stores.ConflictError{StreamID: conflictStream(err, reqs), Expected: stores.Any}
+		}
+		return nil, fmt.Errorf("postgres: append many: %w", err)
+	}
+	return res, nil
+}
+
+// conflictStream guesses which request a unique violation came from.
+func conflictStream(err error, reqs []stores.AppendRequest) string {
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) {
+		for _, r := range reqs {
+			if strings.Contains(pe.Detail, "(stream_id, version)=("+r.StreamID+", ") {
+				return r.StreamID
+			}
+		}
+	}
+	if len(reqs) == 1 {
+		return reqs[0].StreamID
+	}
+	return ""
+}
+
+// AppendTx appends inside the caller's transaction, so events can commit
+// together with other writes (a read model, a saga's state). The caller
+// commits. To keep the log's per-stream order, call it before the
+// transaction's first write of anything else, or make sure the streams
+// appended to were read in this transaction before its first write.
+func (s *Store) AppendTx(ctx context.Context, tx pgx.Tx, reqs []stores.AppendRequest) ([]stores.AppendResult, error) {
+	for _, r := range reqs {
+		if err := stores.CheckEvents(r.StreamID, r.Events, s.maxSize); err != nil {
+			return nil, err
+		}
+	}
+	return s.appendMany(ctx, tx, reqs)
+}
+
+// appendMany reads the versions of every stream first (before the first
+// write, see the package doc), then writes each request: duplicates are
+// skipped, large requests go through COPY.
+func (s *Store) appendMany(ctx context.Context, tx pgx.Tx, reqs []stores.AppendRequest) ([]stores.AppendResult, error) {
+	ids := make([]string, 0, len(reqs))
+	cmds := make([]string, 0, len(reqs))
+	for _, r := range reqs {
+		ids = append(ids, r.StreamID)
+		if c := r.Events[0].CommandID; c != "" {
+			cmds = append(cmds, c)
+		}
+	}
+	current := map[string]uint64{}
+	rows, err := tx.Query(ctx, s.sql.maxVersions, ids)
+	if err != nil {
+		return nil, err
+	}
+	for rows.Next() {
+		var id string
+		var v int64
+		if err := rows.Scan(&id, &v); err != nil {
+			return nil, err
+		}
+		current[id] = uint64(v)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	seen := map[string]stores.AppendResult{}
+	if len(cmds) > 0 {
+		rows, err := tx.Query(ctx, s.sql.findCommands, cmds)
+		if err != nil {
+			return nil, err
+		}
+		for rows.Next() {
+			var id string
+			var r stores.AppendResult
+			if err := rows.Scan(&id, &r.StreamID, &r.FromVersion, &r.ToVersion); err != nil {
+				return nil, err
+			}
+			r.Duplicate = true
+			seen[id] = r
+		}
+		if err := rows.Err(); err != nil {
+			return nil, err
+		}
+	}
+	results := make([]stores.AppendResult, len(reqs))
+	for i, r := range reqs {
+		cmd := r.Events[0].CommandID
+		if prev, ok := seen[cmd]; ok && cmd != "" {
+			results[i] = prev
+			continue
+		}
+		cur := current[r.StreamID]
+		if !r.Expected.IsAny() && r.Expected.Version() != cur {
+			return nil, &stores.ConflictError{StreamID: r.StreamID, Expected: r.Expected, Actual: cur}
+		}
+		n := uint64(len(r.Events))
+		results[i] = stores.AppendResult{StreamID: r.StreamID, FromVersion: cur + 1, ToVersion: cur + n}
+		current[r.StreamID] = cur + n
+		if cmd != "" {
+			seen[cmd] = stores.AppendResult{StreamID: r.StreamID, FromVersion: cur + 1, ToVersion: cur + n, Duplicate: true}
+			tag, err := tx.Exec(ctx, s.sql.insertCommand, cmd, r.StreamID, int64(cur+1), int64(cur+n))
+			if err != nil {
+				return nil, err
+			}
+			if tag.RowsAffected() == 0 { // a concurrent transaction recorded it meanwhile
+				return nil, &stores.ConflictError{StreamID: r.StreamID, Expected: r.Expected, Actual: cur}
+			}
+		}
+		c, err := toColumns(r.StreamID, r.Events)
+		if err != nil {
+			return nil, err
+		}
+		if len(r.Events) >= CopyThreshold {
+			if err := s.copyEvents(ctx, tx, r.StreamID, cur, cmd, c); err != nil {
+				return nil, err
+			}
+			continue
+		}
+		var inserted int64
+		var actual uint64
+		if err := tx.QueryRow(ctx, s.sql.append, c.args(r.StreamID, false, cur, "")...).Scan(&inserted, &actual); err != nil {
+			return nil, err
+		}
+		if inserted != int64(n) {
+			return nil, &stores.ConflictError{StreamID: r.StreamID, Expected: r.Expected, Actual: actual}
+		}
+	}
+	return results, nil
+}
+
+func (s *Store) copyEvents(ctx context.Context, tx pgx.Tx, streamID string, base uint64, cmd string, c columns) error {
+	n := len(c.id)
+	_, err := tx.CopyFrom(ctx, pgx.Identifier{s.schema, "events"},
+		[]string{"stream_id", "version", "id", "type", "source", "subject", "time", "content_type", "data", "correlation_id", "causation_id", "traceparent", "extensions", "command_id"},
+		pgx.CopyFromSlice(n, func(i int) ([]any, error) {
+			var ext any
+			if c.ext[i] != nil {
+				ext = c.ext[i]
+			}
+			return []any{streamID, int64(base) + int64(i) + 1, c.id[i], c.typ[i], c.source[i], c.subject[i], c.time[i], c.contentType[i], c.data[i], c.corr[i], c.cause[i], c.tp[i], ext, cmd}, nil
+		}))
+	return err
+}
+
+// ReadStream implements stores.EventStore, one page of rows at a time.
+func (s *Store) ReadStream(ctx context.Context, streamID string, after uint64) iter.Seq2[orchestrix.Event, error] {
+	return func(yield func(orchestrix.Event, error) bool) {
+		if err := orchestrix.CheckID("stream id", streamID); err != nil {
+			yield(orchestrix.Event{}, fmt.Errorf("postgres: read stream: %w", err))
+			return
+		}
+		for {
+			page, err := s.page(ctx, s.sql.readStream, false, streamID, int64(after), readPage)
+			if err != nil {
+				yield(orchestrix.Event{}, fmt.Errorf("postgres: read stream %q after %d: %w", streamID, after, err))
+				return
+			}
+			for _, e := range page {
+				if !yield(e.Event, nil) {
+					return
+				}
+				after = e.Version
+			}
+			if len(page) < readPage {
+				return
+			}
+		}
+	}
+}
+
+// ReadAll implements stores.EventStore; see the package doc for the order.
+func (s *Store) ReadAll(ctx context.Context, after stores.Cursor, limit int) iter.Seq2[stores.Entry, error] {
+	return func(yield func(stores.Entry, error) bool) {
+		for n := 0; limit <= 0 || n < limit; {
+			size := readPage
+			if limit > 0 {
+				size = min(size, limit-n)
+			}
+			page, err := s.page(ctx, s.sql.readAll, true, strconv.FormatUint(after.Tx, 10), int64(after.Position), size)
+			if err != nil {
+				yield(stores.Entry{}, fmt.Errorf("postgres: read all after %s: %w", after, err))
+				return
+			}
+			for _, e := range page {
+				if !yield(e, nil) {
+					return
+				}
+				after = e.Cursor
+			}
+			n += len(page)
+			if len(page) < size {
+				return
+			}
+		}
+	}
+}
+
+func (s *Store) page(ctx context.Context, sql string, withTx bool, a, b any, size int) ([]stores.Entry, error) {
+	rows, err := s.pool.Query(ctx, sql, a, b, size)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	out := make([]stores.Entry, 0, size)
+	for rows.Next() {
+		var (
+			e        stores.Entry
+			txText   string
+			pos, ver int64
+			ext      []byte
+		)
+		dest := []any{&pos, &e.StreamID, &ver, &e.ID, &e.Type, &e.Source, &e.Subject, &e.Time, &e.ContentType, &e.Data, &e.CorrelationID, &e.CausationID, &e.TraceParent, &ext, &e.CommandID}
+		if withTx {
+			dest = append([]any{&txText}, dest...)
+		}
+		if err := rows.Scan(dest...); err != nil {
+			return nil, err
+		}
+		e.Position, e.Version = uint64(pos), uint64(ver)
+		e.Time = e.Time.UTC()
+		if len(ext) > 0 {
+			if err := json.Unmarshal(ext, &e.Extensions); err != nil {
+				return nil, fmt.Errorf("event at position %d: extensions: %w", pos, err)
+			}
+		}
+		if withTx {
+			tx, err := strconv.ParseUint(txText, 10, 64)
+			if err != nil {
+				return nil, fmt.Errorf("event at position %d: tx id %q: %w", pos, txText, err)
+			}
+			e.Cursor = stores.Cursor{Tx: tx, Position: e.Position}
+		}
+		out = append(out, e)
+	}
+	return out, rows.Err()
+}
+
+// FindCommand implements stores.EventStore.
+func (s *Store) FindCommand(ctx context.Context, commandID string) (stores.AppendResult, bool, error) {
+	var r stores.AppendResult
+	err := s.pool.QueryRow(ctx, s.sql.findCommand, commandID).Scan(&r.StreamID, &r.FromVersion, &r.ToVersion)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return r, false, nil
+	}
+	if err != nil {
+		return r, false, fmt.Errorf("postgres: find command %q: %w", commandID, err)
+	}
+	return r, true, nil
+}
+
+// SaveSnapshot implements stores.EventStore.
+func (s *Store) SaveSnapshot(ctx context.Context, snap stores.Snapshot) error {
+	if err := orchestrix.CheckID("stream id", snap.StreamID); err != nil {
+		return fmt.Errorf("postgres: save snapshot: %w", err)
+	}
+	if snap.Data == nil {
+		snap.Data = []byte{}
+	}
+	if _, err := s.pool.Exec(ctx, s.sql.saveSnapshot, snap.StreamID, int64(snap.Version), snap.Type, snap.ContentType, snap.Data); err != nil {
+		return fmt.Errorf("postgres: save snapshot of %q: %w", snap.StreamID, err)
+	}
+	return nil
+}
+
+// LoadSnapshot implements stores.EventStore.
+func (s *Store) LoadSnapshot(ctx context.Context, streamID string) (stores.Snapshot, bool, error) {
+	snap := stores.Snapshot{StreamID: streamID}
+	var v int64
+	err := s.pool.QueryRow(ctx, s.sql.loadSnapshot, streamID).Scan(&v, &snap.Type, &snap.ContentType, &snap.Data)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return snap, false, nil
+	}
+	if err != nil {
+		return snap, false, fmt.Errorf("postgres: load snapshot of %q: %w", streamID, err)
+	}
+	snap.Version = uint64(v)
+	return snap, true, nil
+}
+
+var _ stores.EventStore = (*Store)(nil)

@@ -1,0 +1,216 @@
+// Package stores defines the event store contract every Orchestrix store
+// implements: stores/memory (tests, the embedded demo), stores/postgres and
+// stores/esdb. stores/storetest is the conformance suite they all pass.
+//
+// # Contract
+//
+// A store keeps streams of events. Append adds events to one stream with
+// an expected version and is atomic: either every event is stored with
+// consecutive versions, or nothing is and the error says why. A stale
+// expectation fails with a *ConflictError (errors.Is ErrConflict).
+//
+// Events appended with a CommandID are stored once per command: appending
+// the same command again returns the first append's result with Duplicate
+// set, and writes nothing.
+//
+// ReadStream reads one stream in version order, in pages, so memory stays
+// bounded however long the stream is. ReadAll reads every stream's events
+// in the store's log order from a Cursor; it never skips an event that a
+// slower concurrent transaction commits later (gap-safe), and never yields
+// an event that is not committed. The log order keeps every stream's
+// version order; across streams it is the order in which events became
+// safe to read, which is not always ascending Position (see
+// stores/postgres).
+package stores
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"iter"
+	"strconv"
+	"strings"
+
+	"github.com/orchestrix/orchestrix"
+)
+
+// Sentinel errors. Match them with errors.Is.
+var (
+	// ErrConflict: the stream is not at the expected version.
+	ErrConflict = errors.New("stores: version conflict")
+	// ErrNotMigrated: the store's schema is missing or older than the code.
+	ErrNotMigrated = errors.New("stores: schema not migrated")
+	// ErrSchemaTooNew: the database holds migrations this code does not know.
+	ErrSchemaTooNew = errors.New("stores: schema is newer than this code")
+)
+
+// ConflictError reports a failed expected-version check.
+type ConflictError struct {
+	StreamID string
+	Expected ExpectedVersion
+	// Actual is the stream's version when it could be read; 0 for an empty
+	// or missing stream.
+	Actual uint64
+}
+
+// Error describes the conflict.
+func (e *ConflictError) Error() string {
+	return fmt.Sprintf("stores: version conflict on stream %q: expected %s, stream is at %d", e.StreamID, e.Expected, e.Actual)
+}
+
+// Is makes errors.Is(err, ErrConflict) true.
+func (e *ConflictError) Is(target error) bool { return target == ErrConflict }
+
+// ExpectedVersion is what Append requires of the stream before it writes.
+// The zero value is NoStream.
+type ExpectedVersion struct {
+	any     bool
+	version uint64
+}
+
+var (
+	// Any appends whatever the stream's version.
+	Any = ExpectedVersion{any: true}
+	// NoStream requires that the stream has no events.
+	NoStream = ExpectedVersion{}
+)
+
+// Exact requires the stream to be at version v (0 means empty, like NoStream).
+func Exact(v uint64) ExpectedVersion { return ExpectedVersion{version: v} }
+
+// IsAny reports whether e is Any.
+func (e ExpectedVersion) IsAny() bool { return e.any }
+
+// Version returns the exact version required; meaningless for Any.
+func (e ExpectedVersion) Version() uint64 { return e.version }
+
+// String returns "any", "no stream" or the version.
+func (e ExpectedVersion) String() string {
+	switch {
+	case e.any:
+		return "any"
+	case e.version == 0:
+		return "no stream"
+	}
+	return strconv.FormatUint(e.version, 10)
+}
+
+// AppendResult describes a successful append.
+type AppendResult struct {
+	StreamID string
+	// FromVersion and ToVersion are the first and last versions written.
+	FromVersion, ToVersion uint64
+	// Duplicate is true when the command had been appended before: nothing
+	// was written and the versions are those of the first append.
+	Duplicate bool
+}
+
+// AppendRequest is one stream's part of an AppendMany call.
+type AppendRequest struct {
+	StreamID string
+	Expected ExpectedVersion
+	Events   []orchestrix.Event
+}
+
+// Cursor is a place in a store's log. The zero value is the beginning.
+// Tx orders safe windows for stores whose positions are not assigned in
+// commit order (stores/postgres keeps the writing transaction's ID there);
+// stores that commit in position order leave it 0.
+type Cursor struct {
+	Tx       uint64
+	Position uint64
+}
+
+// String formats the cursor as "tx/position", parseable by ParseCursor.
+func (c Cursor) String() string {
+	return strconv.FormatUint(c.Tx, 10) + "/" + strconv.FormatUint(c.Position, 10)
+}
+
+// ParseCursor parses the String form.
+func ParseCursor(s string) (Cursor, error) {
+	tx, pos, ok := strings.Cut(s, "/")
+	if !ok {
+		return Cursor{}, fmt.Errorf("stores: cursor %q is not tx/position: %w", s, orchestrix.ErrInvalid)
+	}
+	t, err1 := strconv.ParseUint(tx, 10, 64)
+	p, err2 := strconv.ParseUint(pos, 10, 64)
+	if err := errors.Join(err1, err2); err != nil {
+		return Cursor{}, fmt.Errorf("stores: cursor %q: %w: %w", s, orchestrix.ErrInvalid, err)
+	}
+	return Cursor{Tx: t, Position: p}, nil
+}
+
+// Entry is one event read from the log with the cursor just after it.
+type Entry struct {
+	orchestrix.Event
+	Cursor Cursor
+}
+
+// Snapshot is a stream's folded state at a version, encoded by the caller.
+type Snapshot struct {
+	StreamID    string
+	Version     uint64
+	Type        string
+	ContentType string
+	Data        []byte
+}
+
+// EventStore is the contract of every store. Implementations are safe for
+// concurrent use.
+type EventStore interface {
+	// Append writes events to one stream if it is at the expected version.
+	// Versions and positions of the passed events are ignored and assigned.
+	Append(ctx context.Context, streamID string, expected ExpectedVersion, events []orchestrix.Event) (AppendResult, error)
+	// AppendMany writes to several streams in one atomic step: if any
+	// request conflicts, nothing is written and the *ConflictError names
+	// the stream. Requests whose command was appended before are reported
+	// Duplicate and skipped; the others are written.
+	AppendMany(ctx context.Context, reqs []AppendRequest) ([]AppendResult, error)
+	// ReadStream yields the stream's events with Version > after, in order.
+	// A missing stream yields nothing.
+	ReadStream(ctx context.Context, streamID string, after uint64) iter.Seq2[orchestrix.Event, error]
+	// ReadAll yields at most limit (0: no limit) committed events after the
+	// cursor, in log order, each with the cursor to resume after it.
+	ReadAll(ctx context.Context, after Cursor, limit int) iter.Seq2[Entry, error]
+	// FindCommand returns the result of the append that recorded commandID.
+	FindCommand(ctx context.Context, commandID string) (AppendResult, bool, error)
+	// SaveSnapshot stores s unless a snapshot of a later version exists.
+	SaveSnapshot(ctx context.Context, s Snapshot) error
+	// LoadSnapshot returns the stream's latest snapshot, if any.
+	LoadSnapshot(ctx context.Context, streamID string) (Snapshot, bool, error)
+}
+
+// DefaultMaxEventSize is the default limit on one event's Data.
+const DefaultMaxEventSize = 1 << 20
+
+// CheckEvents validates what every store requires of an append before it
+// writes anything: a valid stream ID, at least one event, a type and
+// non-nil data of at most maxSize bytes each, and one command ID for all
+// events (or none). The returned error wraps orchestrix.ErrInvalid.
+func CheckEvents(streamID string, events []orchestrix.Event, maxSize int) error {
+	if err := orchestrix.CheckID("stream id", streamID); err != nil {
+		return err
+	}
+	if len(events) == 0 {
+		return fmt.Errorf("append to %q: no events: %w", streamID, orchestrix.ErrInvalid)
+	}
+	var errs []error
+	for i, e := range events {
+		if err := orchestrix.CheckID("event type", e.Type); err != nil {
+			errs = append(errs, fmt.Errorf("event %d: %w", i, err))
+		}
+		if e.Data == nil {
+			errs = append(errs, fmt.Errorf("event %d (%s): data is nil (use an empty payload such as {}): %w", i, e.Type, orchestrix.ErrInvalid))
+		}
+		if len(e.Data) > maxSize {
+			errs = append(errs, fmt.Errorf("event %d (%s): data is %d bytes, limit %d: %w", i, e.Type, len(e.Data), maxSize, orchestrix.ErrInvalid))
+		}
+		if e.CommandID != events[0].CommandID {
+			errs = append(errs, fmt.Errorf("event %d: command id %q differs from the first event's %q: %w", i, e.CommandID, events[0].CommandID, orchestrix.ErrInvalid))
+		}
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("append to %q: %w", streamID, errors.Join(errs...))
+	}
+	return nil
+}
