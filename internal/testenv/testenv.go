@@ -201,11 +201,11 @@ func Schema(t testing.TB, pool *pgxpool.Pool) string {
 	return name
 }
 
-// Client returns a franz-go client on the test brokers with opts, closed
-// when the test ends.
-func Client(t testing.TB, opts ...kgo.Opt) *kgo.Client {
+// Client returns a franz-go client on seeds with opts, closed when the
+// test ends.
+func Client(t testing.TB, seeds []string, opts ...kgo.Opt) *kgo.Client {
 	t.Helper()
-	cl, err := kgo.NewClient(append([]kgo.Opt{kgo.SeedBrokers(Brokers(t)...)}, opts...)...)
+	cl, err := kgo.NewClient(append([]kgo.Opt{kgo.SeedBrokers(seeds...)}, opts...)...)
 	if err != nil {
 		t.Fatalf("kafka client: %v", err)
 	}
@@ -213,11 +213,11 @@ func Client(t testing.TB, opts ...kgo.Opt) *kgo.Client {
 	return cl
 }
 
-// Topic creates a fresh topic with the given partitions on the test
-// brokers and deletes it when the test ends.
-func Topic(t testing.TB, partitions int32, configs map[string]*string) string {
+// Topic creates a fresh topic with the given partitions on seeds and
+// deletes it when the test ends.
+func Topic(t testing.TB, seeds []string, partitions int32, configs map[string]*string) string {
 	t.Helper()
-	adm := kadm.NewClient(Client(t))
+	adm := kadm.NewClient(Client(t, seeds))
 	name := strings.ReplaceAll(Name("t"), "_", "-")
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
