@@ -124,8 +124,8 @@ func (s *Store) Pool() *pgxpool.Pool { return s.pool }
 func (s *Store) Schema() string { return s.schema }
 
 type statements struct {
-	append, maxVersions, readStream, readAll, findCommand, findCommands, saveSnapshot, loadSnapshot, insertCommand string
-	table                                                                                                          string
+	append, appendOne, maxVersions, readStream, readAll, findCommand, findCommands, saveSnapshot, loadSnapshot, insertCommand string
+	table                                                                                                                     string
 }
 
 const eventColumns = "position, stream_id, version, id, type, source, subject, time, content_type, data, correlation_id, causation_id, traceparent, extensions, command_id"
@@ -138,13 +138,22 @@ func newStatements(q string) statements {
 	     WITH ORDINALITY AS u(id, type, source, subject, time, content_type, data, corr, cause, tp, ext, ord)
 	WHERE base.ok AND ($4 = '' OR EXISTS (SELECT 1 FROM cmd))
 	RETURNING version`
-	return statements{
-		table: q + ".events",
-		append: `WITH cur AS (SELECT coalesce(max(version), 0) AS v FROM ` + q + `.events WHERE stream_id = $1),
+	// The same statement for one event with scalar parameters: encoding
+	// and unnesting eleven one-element arrays costs more than the insert.
+	head := `WITH cur AS (SELECT coalesce(max(version), 0) AS v FROM ` + q + `.events WHERE stream_id = $1),
 	base AS (SELECT CASE WHEN $2 THEN cur.v ELSE $3::bigint END AS v, ($2 OR cur.v = $3::bigint) AS ok, cur.v AS actual FROM cur),
 	cmd AS (INSERT INTO ` + q + `.commands (command_id, stream_id, from_version, to_version)
-	        SELECT $4, $1, base.v + 1, base.v + cardinality($5::text[]) FROM base WHERE $4 <> '' AND base.ok
-	        ON CONFLICT DO NOTHING RETURNING 1),
+	        SELECT $4, $1, base.v + 1, base.v + %s FROM base WHERE $4 <> '' AND base.ok
+	        ON CONFLICT DO NOTHING RETURNING 1),`
+	one := fmt.Sprintf(head, "1") + `
+	ins AS (INSERT INTO ` + q + `.events (stream_id, version, id, type, source, subject, time, content_type, data, correlation_id, causation_id, traceparent, extensions, command_id)
+	        SELECT $1, base.v + 1, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $4
+	        FROM base WHERE base.ok AND ($4 = '' OR EXISTS (SELECT 1 FROM cmd)) RETURNING version)
+	SELECT (SELECT count(*) FROM ins), (SELECT actual FROM base)`
+	return statements{
+		table:     q + ".events",
+		appendOne: one,
+		append: fmt.Sprintf(head, "cardinality($5::text[])") + `
 	ins AS (` + insert + `)
 	SELECT (SELECT count(*) FROM ins), (SELECT actual FROM base)`,
 		maxVersions:   `SELECT stream_id, max(version) FROM ` + q + `.events WHERE stream_id = ANY($1) GROUP BY stream_id`,
@@ -209,8 +218,24 @@ func toColumns(streamID string, events []orchestrix.Event) (columns, error) {
 }
 
 func (c columns) args(streamID string, anyVersion bool, expected uint64, commandID string) []any {
+	if len(c.id) == 1 {
+		var ext any
+		if c.ext[0] != nil {
+			ext = c.ext[0]
+		}
+		return []any{streamID, anyVersion, int64(expected), commandID,
+			c.id[0], c.typ[0], c.source[0], c.subject[0], c.time[0], c.contentType[0], c.data[0], c.corr[0], c.cause[0], c.tp[0], ext}
+	}
 	return []any{streamID, anyVersion, int64(expected), commandID,
 		c.id, c.typ, c.source, c.subject, c.time, c.contentType, c.data, c.corr, c.cause, c.tp, c.ext}
+}
+
+// appendSQL returns the append statement for n events.
+func (s *Store) appendSQL(n int) string {
+	if n == 1 {
+		return s.sql.appendOne
+	}
+	return s.sql.append
 }
 
 // Append implements stores.EventStore.
@@ -239,7 +264,7 @@ func (s *Store) Append(ctx context.Context, streamID string, expected stores.Exp
 	for attempt := 0; ; attempt++ {
 		var n int64
 		var actual uint64
-		err = s.pool.QueryRow(ctx, s.sql.append, c.args(streamID, expected.IsAny(), expected.Version(), cmd)...).Scan(&n, &actual)
+		err = s.pool.QueryRow(ctx, s.appendSQL(len(events)), c.args(streamID, expected.IsAny(), expected.Version(), cmd)...).Scan(&n, &actual)
 		if err == nil && n == int64(len(events)) {
 			return stores.AppendResult{StreamID: streamID, FromVersion: actual + 1, ToVersion: actual + uint64(n)}, nil
 		}
@@ -429,7 +454,7 @@ func (s *Store) appendMany(ctx context.Context, tx pgx.Tx, reqs []stores.AppendR
 		}
 		var inserted int64
 		var actual uint64
-		if err := tx.QueryRow(ctx, s.sql.append, c.args(r.StreamID, false, cur, "")...).Scan(&inserted, &actual); err != nil {
+		if err := tx.QueryRow(ctx, s.appendSQL(len(r.Events)), c.args(r.StreamID, false, cur, "")...).Scan(&inserted, &actual); err != nil {
 			return nil, err
 		}
 		if inserted != int64(n) {

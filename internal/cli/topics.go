@@ -1,0 +1,81 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"slices"
+	"strings"
+
+	"github.com/orchestrix/orchestrix/topics"
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kgo"
+)
+
+func runTopics(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 || (args[0] != "create" && args[0] != "describe") {
+		return fmt.Errorf("%w: topics create|describe [flags]", errUsage)
+	}
+	sub := args[0]
+	fs := flags("topics "+sub, stderr)
+	brokers := fs.String("brokers", env("KAFKA_BROKERS", ""), "comma-separated seed brokers (env KAFKA_BROKERS)")
+	bc := fs.String("context", "", "bounded context: its commands, events and outcomes topics")
+	names := fs.String("topics", "", "comma-separated topic names (instead of or besides --context)")
+	partitions := fs.Int("partitions", 8, "partitions (create)")
+	replication := fs.Int("replication", 1, "replication factor (create)")
+	if err := parse(fs, args[1:]); err != nil {
+		return err
+	}
+	seeds := splitBrokers(*brokers)
+	if len(seeds) == 0 {
+		return fmt.Errorf("%w: --brokers or KAFKA_BROKERS is required", errUsage)
+	}
+	var specs []topics.Spec
+	if *bc != "" {
+		specs = topics.ForContext(*bc, int32(*partitions), int16(*replication))
+	}
+	for _, n := range splitBrokers(*names) {
+		specs = append(specs, topics.Spec{Name: n, Partitions: int32(*partitions), ReplicationFactor: int16(*replication)})
+	}
+	if len(specs) == 0 {
+		return fmt.Errorf("%w: name topics with --context or --topics", errUsage)
+	}
+	cl, err := kgo.NewClient(kgo.SeedBrokers(seeds...))
+	if err != nil {
+		return err
+	}
+	defer cl.Close()
+	adm := kadm.NewClient(cl)
+	if sub == "create" {
+		created, err := topics.Ensure(ctx, adm, specs...)
+		for _, s := range specs {
+			state := "exists"
+			if slices.Contains(created, s.Name) {
+				state = "created"
+			}
+			fmt.Fprintf(stdout, "%-50s %s\n", s.Name, state)
+		}
+		return err
+	}
+	var list []string
+	for _, s := range specs {
+		list = append(list, s.Name)
+	}
+	ds, err := topics.Describe(ctx, adm, list...)
+	if err != nil {
+		return err
+	}
+	for _, d := range ds {
+		var total int64
+		for _, o := range d.EndOffsets {
+			total += o
+		}
+		var cfg []string
+		for k, v := range d.Configs {
+			cfg = append(cfg, k+"="+v)
+		}
+		slices.Sort(cfg)
+		fmt.Fprintf(stdout, "%s\tpartitions=%d replication=%d records(end offsets)=%d %s\n", d.Name, d.Partitions, d.ReplicationFactor, total, strings.Join(cfg, " "))
+	}
+	return nil
+}
