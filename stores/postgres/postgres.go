@@ -434,27 +434,31 @@ func (s *Store) appendMany(ctx context.Context, tx pgx.Tx, reqs []stores.AppendR
 		current[r.StreamID] = cur + n
 		if cmd != "" {
 			seen[cmd] = stores.AppendResult{StreamID: r.StreamID, FromVersion: cur + 1, ToVersion: cur + n, Duplicate: true}
-			tag, err := tx.Exec(ctx, s.sql.insertCommand, cmd, r.StreamID, int64(cur+1), int64(cur+n))
-			if err != nil {
-				return nil, err
-			}
-			if tag.RowsAffected() == 0 { // a concurrent transaction recorded it meanwhile
-				return nil, &stores.ConflictError{StreamID: r.StreamID, Expected: r.Expected, Actual: cur}
-			}
 		}
 		c, err := toColumns(r.StreamID, r.Events)
 		if err != nil {
 			return nil, err
 		}
 		if len(r.Events) >= CopyThreshold {
+			if cmd != "" {
+				tag, err := tx.Exec(ctx, s.sql.insertCommand, cmd, r.StreamID, int64(cur+1), int64(cur+n))
+				if err != nil {
+					return nil, err
+				}
+				if tag.RowsAffected() == 0 { // a concurrent transaction recorded it meanwhile
+					return nil, &stores.ConflictError{StreamID: r.StreamID, Expected: r.Expected, Actual: cur}
+				}
+			}
 			if err := s.copyEvents(ctx, tx, r.StreamID, cur, cmd, c); err != nil {
 				return nil, err
 			}
 			continue
 		}
+		// The statement records the command too; it inserts nothing when a
+		// concurrent transaction recorded the command meanwhile.
 		var inserted int64
 		var actual uint64
-		if err := tx.QueryRow(ctx, s.appendSQL(len(r.Events)), c.args(r.StreamID, false, cur, "")...).Scan(&inserted, &actual); err != nil {
+		if err := tx.QueryRow(ctx, s.appendSQL(len(r.Events)), c.args(r.StreamID, false, cur, cmd)...).Scan(&inserted, &actual); err != nil {
 			return nil, err
 		}
 		if inserted != int64(n) {

@@ -281,6 +281,18 @@ func testAppendMany(t *testing.T, s stores.EventStore) {
 	if res[0].ToVersion != 2 || !res[1].Duplicate || res[2].ToVersion != 1 {
 		t.Fatalf("results = %+v", res)
 	}
+	res, err = s.AppendMany(t.Context(), []stores.AppendRequest{{StreamID: "m6", Expected: stores.NoStream, Events: withCommand(Events("H", 2), "cmd-m6")}})
+	if err != nil || res[0].ToVersion != 2 {
+		t.Fatalf("AppendMany with a command = %+v, %v", res, err)
+	}
+	for _, e := range ReadStream(t, s, "m6", 0) {
+		if e.CommandID != "cmd-m6" {
+			t.Fatalf("event %d of an AppendMany has command id %q, want cmd-m6", e.Version, e.CommandID)
+		}
+	}
+	if r, ok, err := s.FindCommand(t.Context(), "cmd-m6"); err != nil || !ok || r.ToVersion != 2 {
+		t.Fatalf("FindCommand after AppendMany = %+v, %v, %v", r, ok, err)
+	}
 	_, err = s.AppendMany(t.Context(), []stores.AppendRequest{
 		{StreamID: "m4", Expected: stores.NoStream, Events: Events("D", 1)},
 		{StreamID: "m1", Expected: stores.Exact(1), Events: Events("E", 1)},
