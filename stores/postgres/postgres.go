@@ -419,6 +419,9 @@ func (s *Store) appendMany(ctx context.Context, tx pgx.Tx, reqs []stores.AppendR
 		}
 	}
 	results := make([]stores.AppendResult, len(reqs))
+	// Every small request's statement goes out in one pipelined batch.
+	var batch pgx.Batch
+	var queued []int
 	for i, r := range reqs {
 		cmd := r.Events[0].CommandID
 		if prev, ok := seen[cmd]; ok && cmd != "" {
@@ -456,14 +459,26 @@ func (s *Store) appendMany(ctx context.Context, tx pgx.Tx, reqs []stores.AppendR
 		}
 		// The statement records the command too; it inserts nothing when a
 		// concurrent transaction recorded the command meanwhile.
+		batch.Queue(s.appendSQL(len(r.Events)), c.args(r.StreamID, false, cur, cmd)...)
+		queued = append(queued, i)
+	}
+	if len(queued) == 0 {
+		return results, nil
+	}
+	br := tx.SendBatch(ctx, &batch)
+	defer br.Close()
+	for _, i := range queued {
 		var inserted int64
 		var actual uint64
-		if err := tx.QueryRow(ctx, s.appendSQL(len(r.Events)), c.args(r.StreamID, false, cur, cmd)...).Scan(&inserted, &actual); err != nil {
+		if err := br.QueryRow().Scan(&inserted, &actual); err != nil {
 			return nil, err
 		}
-		if inserted != int64(n) {
-			return nil, &stores.ConflictError{StreamID: r.StreamID, Expected: r.Expected, Actual: actual}
+		if inserted != int64(len(reqs[i].Events)) {
+			return nil, &stores.ConflictError{StreamID: reqs[i].StreamID, Expected: reqs[i].Expected, Actual: actual}
 		}
+	}
+	if err := br.Close(); err != nil {
+		return nil, err
 	}
 	return results, nil
 }
@@ -586,6 +601,32 @@ func (s *Store) FindCommand(ctx context.Context, commandID string) (stores.Appen
 		return r, false, fmt.Errorf("postgres: find command %q: %w", commandID, err)
 	}
 	return r, true, nil
+}
+
+// FindCommands looks up many command IDs in one round trip; the result
+// holds the ones found, marked Duplicate.
+func (s *Store) FindCommands(ctx context.Context, ids []string) (map[string]stores.AppendResult, error) {
+	out := make(map[string]stores.AppendResult)
+	if len(ids) == 0 {
+		return out, nil
+	}
+	rows, err := s.pool.Query(ctx, s.sql.findCommands, ids)
+	if err != nil {
+		return nil, fmt.Errorf("postgres: find %d commands: %w", len(ids), err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var id string
+		r := stores.AppendResult{Duplicate: true}
+		if err := rows.Scan(&id, &r.StreamID, &r.FromVersion, &r.ToVersion); err != nil {
+			return nil, err
+		}
+		out[id] = r
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("postgres: find %d commands: %w", len(ids), err)
+	}
+	return out, nil
 }
 
 // SaveSnapshot implements stores.EventStore.

@@ -1,0 +1,334 @@
+// Command pipeline measures the command pipeline end to end on real Kafka
+// and PostgreSQL: commands sent by a producers.Sender, handled by an
+// aggregate processor (consumer group, one AppendMany transaction per
+// partition poll), outcomes awaited. For each offered load it reports the
+// achieved rate and the latency from send to outcome (events stored), and
+// runs a bare franz-go produce→consume loop (read_committed, commit per
+// poll) at the same load on the same broker as the baseline. A burst run
+// measures the maximum sustained commands/s against the bare loop's
+// records/s.
+//
+//	go run ./bench/pipeline --brokers 127.0.0.1:19092 --database-url "$DATABASE_URL"
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/orchestrix/orchestrix/aggregates"
+	"github.com/orchestrix/orchestrix/codec"
+	"github.com/orchestrix/orchestrix/consumers"
+	"github.com/orchestrix/orchestrix/examples/banking"
+	"github.com/orchestrix/orchestrix/producers"
+	"github.com/orchestrix/orchestrix/stores/postgres"
+	"github.com/orchestrix/orchestrix/topics"
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kgo"
+)
+
+type config struct {
+	brokers, dbURL string
+	rates          []int
+	duration       time.Duration
+	burst          int
+	aggregates     int
+	partitions     int
+}
+
+func main() {
+	var c config
+	var rates string
+	flag.StringVar(&c.brokers, "brokers", os.Getenv("KAFKA_BROKERS"), "seed brokers (env KAFKA_BROKERS)")
+	flag.StringVar(&c.dbURL, "database-url", os.Getenv("DATABASE_URL"), "PostgreSQL URL (env DATABASE_URL)")
+	flag.StringVar(&rates, "rates", "100,1000,5000", "offered loads in commands/s")
+	flag.DurationVar(&c.duration, "duration", 10*time.Second, "duration of each fixed-load run")
+	flag.IntVar(&c.burst, "burst", 50000, "commands of the maximum-throughput run (0: skip)")
+	flag.IntVar(&c.aggregates, "aggregates", 1000, "aggregates the commands are spread over")
+	flag.IntVar(&c.partitions, "partitions", 6, "partitions of the command topic")
+	flag.Parse()
+	for _, r := range strings.Split(rates, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(r))
+		if err != nil || n <= 0 {
+			fmt.Fprintf(os.Stderr, "bad rate %q\n", r)
+			os.Exit(2)
+		}
+		c.rates = append(c.rates, n)
+	}
+	if c.brokers == "" || c.dbURL == "" {
+		fmt.Fprintln(os.Stderr, "--brokers and --database-url are required (or KAFKA_BROKERS, DATABASE_URL)")
+		os.Exit(2)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	defer stop()
+	if err := run(ctx, c); err != nil {
+		fmt.Fprintln(os.Stderr, "pipeline:", err)
+		os.Exit(1)
+	}
+}
+
+type result struct {
+	sent           int
+	elapsed        time.Duration
+	p50, p99, p999 time.Duration
+	heapMiB        float64
+}
+
+func (r result) rate() float64 { return float64(r.sent) / r.elapsed.Seconds() }
+
+func pct(l []time.Duration, p float64) time.Duration {
+	if len(l) == 0 {
+		return 0
+	}
+	slices.Sort(l)
+	return l[min(len(l)-1, int(p*float64(len(l))))]
+}
+
+func run(ctx context.Context, c config) error {
+	seeds := strings.Split(c.brokers, ",")
+	pool, err := pgxpool.New(ctx, c.dbURL)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	fmt.Printf("pipeline benchmark: %d aggregates, %d partitions, %s per load, GOMAXPROCS %d\n\n", c.aggregates, c.partitions, c.duration, runtime.GOMAXPROCS(0))
+	fmt.Printf("%-12s %-9s %12s %10s %10s %10s %9s\n", "offered/s", "system", "achieved/s", "p50", "p99", "p99.9", "heap MiB")
+	for _, rate := range c.rates {
+		n := int(float64(rate) * c.duration.Seconds())
+		o, err := orchestrix(ctx, c, seeds, pool, n, rate)
+		if err != nil {
+			return err
+		}
+		b, err := bare(ctx, c, seeds, n, rate)
+		if err != nil {
+			return err
+		}
+		printRow(strconv.Itoa(rate), "orchestrix", o)
+		printRow("", "bare kgo", b)
+	}
+	if c.burst > 0 {
+		o, err := orchestrix(ctx, c, seeds, pool, c.burst, 0)
+		if err != nil {
+			return err
+		}
+		b, err := bare(ctx, c, seeds, c.burst, 0)
+		if err != nil {
+			return err
+		}
+		printRow("max", "orchestrix", o)
+		printRow("", "bare kgo", b)
+		fmt.Printf("\nmaximum: orchestrix %.0f commands/s = %.2f × bare franz-go produce→consume (%.0f records/s)\n", o.rate(), o.rate()/b.rate(), b.rate())
+	}
+	return nil
+}
+
+func printRow(offered, system string, r result) {
+	fmt.Printf("%-12s %-9s %12.0f %10s %10s %10s %9.1f\n", offered, system, r.rate(),
+		r.p50.Round(10*time.Microsecond), r.p99.Round(10*time.Microsecond), r.p999.Round(10*time.Microsecond), r.heapMiB)
+}
+
+// pace calls send(i) n times at rate per second (0: as fast as possible).
+func pace(ctx context.Context, n, rate int, send func(i int)) {
+	start := time.Now()
+	for i := 0; i < n && ctx.Err() == nil; i++ {
+		if rate > 0 {
+			due := start.Add(time.Duration(float64(i) / float64(rate) * float64(time.Second)))
+			if d := time.Until(due); d > 0 {
+				time.Sleep(d)
+			}
+		}
+		send(i)
+	}
+}
+
+func heapSampler(ctx context.Context) func() float64 {
+	var mu sync.Mutex
+	var peak uint64
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		t := time.NewTicker(200 * time.Millisecond)
+		defer t.Stop()
+		var ms runtime.MemStats
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				runtime.ReadMemStats(&ms)
+				mu.Lock()
+				peak = max(peak, ms.HeapInuse)
+				mu.Unlock()
+			}
+		}
+	}()
+	return func() float64 { mu.Lock(); defer mu.Unlock(); return float64(peak) / (1 << 20) }
+}
+
+func orchestrix(ctx context.Context, c config, seeds []string, pool *pgxpool.Pool, n, rate int) (result, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	bc := fmt.Sprintf("bench-%d", time.Now().UnixNano())
+	schema := strings.ReplaceAll(bc, "-", "_")
+	defer pool.Exec(context.Background(), "DROP SCHEMA IF EXISTS "+pgx.Identifier{schema}.Sanitize()+" CASCADE")
+	if _, err := postgres.Migrate(ctx, pool, schema); err != nil {
+		return result{}, err
+	}
+	store, err := postgres.New(ctx, pool, postgres.WithSchema(schema))
+	if err != nil {
+		return result{}, err
+	}
+	cl, err := producers.NewClient(seeds)
+	if err != nil {
+		return result{}, err
+	}
+	defer cl.Close()
+	adm := kadm.NewClient(cl)
+	specs := append(topics.ForContext(bc, int32(c.partitions), 1), topics.Spec{Name: consumers.DeadLetterTopic(topics.Commands(bc), bc), Partitions: 1, ReplicationFactor: 1})
+	if _, err := topics.Ensure(ctx, adm, specs...); err != nil {
+		return result{}, err
+	}
+	defer func() {
+		for _, s := range specs {
+			adm.DeleteTopics(context.Background(), s.Name)
+		}
+	}()
+	reg := codec.NewRegistry()
+	if err := banking.Register(reg); err != nil {
+		return result{}, err
+	}
+	agg, _ := banking.NewAggregate(aggregates.SnapshotEvery(100))
+	repo, _ := aggregates.NewRepository(agg, store, reg, "/bench")
+	proc, _ := aggregates.NewProcessor(repo, aggregates.WithOutcomes(cl, topics.Outcomes(bc)))
+	group, err := consumers.New(seeds, bc, []string{topics.Commands(bc)}, proc, consumers.WithLogger(slog.New(slog.DiscardHandler)))
+	if err != nil {
+		return result{}, err
+	}
+	aw, err := producers.NewAwaiter(seeds, topics.Outcomes(bc))
+	if err != nil {
+		return result{}, err
+	}
+	sender, _ := producers.NewSender(cl, reg, topics.Commands(bc), "/bench")
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer cancel()
+	wg.Go(func() { _ = group.Run(ctx) })
+	wg.Go(func() { _ = aw.Run(ctx) })
+	// Open every account first (not measured).
+	for a := range c.aggregates {
+		cmd, _ := sender.Command(fmt.Sprintf("acct-%05d", a), banking.OpenAccount{Owner: "bench"})
+		sender.SendAsync(ctx, cmd, func(error) {})
+		if a == c.aggregates-1 {
+			wctx, wcancel := context.WithTimeout(ctx, 2*time.Minute)
+			_, err := aw.Wait(wctx, cmd.ID)
+			wcancel()
+			if err != nil {
+				return result{}, fmt.Errorf("warm-up: %w", err)
+			}
+		}
+	}
+	peak := heapSampler(ctx)
+	lat := make([]time.Duration, n)
+	var lwg sync.WaitGroup
+	start := time.Now()
+	var failed error
+	var fmu sync.Mutex
+	pace(ctx, n, rate, func(i int) {
+		cmd, _ := sender.Command(fmt.Sprintf("acct-%05d", i%c.aggregates), banking.Deposit{Amount: 1})
+		at := time.Now()
+		sender.SendAsync(ctx, cmd, func(err error) {
+			if err != nil {
+				fmu.Lock()
+				failed = err
+				fmu.Unlock()
+			}
+		})
+		lwg.Go(func() {
+			wctx, wcancel := context.WithTimeout(ctx, 2*time.Minute)
+			defer wcancel()
+			if _, err := aw.Wait(wctx, cmd.ID); err != nil {
+				fmu.Lock()
+				failed = err
+				fmu.Unlock()
+				return
+			}
+			lat[i] = time.Since(at)
+		})
+	})
+	lwg.Wait()
+	elapsed := time.Since(start)
+	if failed != nil {
+		return result{}, failed
+	}
+	return result{sent: n, elapsed: elapsed, p50: pct(lat, .5), p99: pct(lat, .99), p999: pct(lat, .999), heapMiB: peak()}, nil
+}
+
+// bare is the baseline: the same number of records, keyed the same way,
+// produced by an idempotent franz-go client and consumed by a
+// read_committed group that commits after each poll.
+func bare(ctx context.Context, c config, seeds []string, n, rate int) (result, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	topic := fmt.Sprintf("bench-bare-%d", time.Now().UnixNano())
+	cl, err := kgo.NewClient(kgo.SeedBrokers(seeds...), kgo.ProducerLinger(producers.DefaultLinger))
+	if err != nil {
+		return result{}, err
+	}
+	defer cl.Close()
+	adm := kadm.NewClient(cl)
+	if _, err := adm.CreateTopic(ctx, int32(c.partitions), 1, nil, topic); err != nil {
+		return result{}, err
+	}
+	defer adm.DeleteTopics(context.Background(), topic)
+	cons, err := kgo.NewClient(kgo.SeedBrokers(seeds...), kgo.ConsumerGroup(topic), kgo.ConsumeTopics(topic),
+		kgo.FetchIsolationLevel(kgo.ReadCommitted()), kgo.DisableAutoCommit(), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
+	if err != nil {
+		return result{}, err
+	}
+	defer cons.Close()
+	peak := heapSampler(ctx)
+	sentAt := make([]time.Time, n)
+	lat := make([]time.Duration, n)
+	var mu sync.Mutex
+	got := 0
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for got < n && ctx.Err() == nil {
+			fs := cons.PollRecords(ctx, 1000)
+			now := time.Now()
+			fs.EachRecord(func(r *kgo.Record) {
+				i, _ := strconv.Atoi(string(r.Value))
+				mu.Lock()
+				lat[i] = now.Sub(sentAt[i])
+				mu.Unlock()
+				got++
+			})
+			_ = cons.CommitUncommittedOffsets(ctx)
+		}
+	}()
+	start := time.Now()
+	pace(ctx, n, rate, func(i int) {
+		mu.Lock()
+		sentAt[i] = time.Now()
+		mu.Unlock()
+		cl.Produce(ctx, &kgo.Record{Topic: topic, Key: []byte(fmt.Sprintf("acct-%05d", i%c.aggregates)), Value: []byte(strconv.Itoa(i))}, nil)
+	})
+	select {
+	case <-done:
+	case <-time.After(2 * time.Minute):
+		return result{}, fmt.Errorf("bare loop: %d of %d records consumed", got, n)
+	}
+	return result{sent: n, elapsed: time.Since(start), p50: pct(lat, .5), p99: pct(lat, .99), p999: pct(lat, .999), heapMiB: peak()}, nil
+}
