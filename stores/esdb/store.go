@@ -1,0 +1,606 @@
+package esdb
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"iter"
+	"strings"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/orchestrix/orchestrix"
+	"github.com/orchestrix/orchestrix/stores"
+)
+
+// Defaults of a Store.
+const (
+	// DefaultSubjectPrefix is the subject under which a Store keeps its
+	// subjects.
+	DefaultSubjectPrefix = "/orchestrix"
+	// DefaultSource is the CloudEvents source of events whose Source is
+	// empty.
+	DefaultSource = "urn:orchestrix:store"
+	// DefaultEventTypePrefix prefixes orchestrix event types that are not
+	// valid ESDB types (see WithEventTypePrefix).
+	DefaultEventTypePrefix = "io.orchestrix.event"
+	// DefaultMaxAppendAttempts bounds the attempts of one append whose
+	// preconditions keep failing because of concurrent writers.
+	DefaultMaxAppendAttempts = 64
+)
+
+// ESDB event types of the store's bookkeeping events.
+const (
+	CommandRecordedType = "io.orchestrix.store.command-recorded"
+	SnapshotSavedType   = "io.orchestrix.store.snapshot-saved"
+)
+
+// Store is a stores.EventStore on EventSourcingDB. It is safe for
+// concurrent use and keeps no state of its own: everything lives in the
+// server, under the subject prefix. See the package documentation for how
+// the contract maps onto EventSourcingDB.
+type Store struct {
+	c           *Client
+	prefix      string
+	source      string
+	typePrefix  string
+	maxSize     int
+	maxAttempts int
+	observe     ObserveOptions
+}
+
+// Option configures a Store.
+type Option func(*Store)
+
+// WithSubjectPrefix sets the subject under which the store keeps its
+// streams, command records and snapshots (default DefaultSubjectPrefix).
+// Stores with different prefixes on one server are independent.
+func WithSubjectPrefix(p string) Option { return func(s *Store) { s.prefix = p } }
+
+// WithSource sets the CloudEvents source written for events whose Source
+// is empty (default DefaultSource).
+func WithSource(src string) Option { return func(s *Store) { s.source = src } }
+
+// WithEventTypePrefix sets the prefix of ESDB event types made from
+// orchestrix types that are not reverse domain names (default
+// DefaultEventTypePrefix; "Deposited" becomes "io.orchestrix.event.Deposited").
+func WithEventTypePrefix(p string) Option { return func(s *Store) { s.typePrefix = p } }
+
+// WithMaxEventSize limits one event's Data (default stores.DefaultMaxEventSize).
+func WithMaxEventSize(n int) Option { return func(s *Store) { s.maxSize = n } }
+
+// WithMaxAppendAttempts bounds how often one append is retried when its
+// preconditions fail because another writer got in between (default
+// DefaultMaxAppendAttempts). An append with expected version Any that
+// still loses then returns a *stores.ConflictError.
+func WithMaxAppendAttempts(n int) Option { return func(s *Store) { s.maxAttempts = n } }
+
+// WithObserveOptions sets the stall timeout, backoff, attempt limit and
+// reconnect hook of Observe (Recursive, LowerBound and FromLatestEvent are
+// set by Observe itself).
+func WithObserveOptions(o ObserveOptions) Option { return func(s *Store) { s.observe = o } }
+
+// New returns a store on the client. It reports every problem with the
+// options at once; the errors wrap orchestrix.ErrInvalid.
+func New(c *Client, opts ...Option) (*Store, error) {
+	s := &Store{
+		c:           c,
+		prefix:      DefaultSubjectPrefix,
+		source:      DefaultSource,
+		typePrefix:  DefaultEventTypePrefix,
+		maxSize:     stores.DefaultMaxEventSize,
+		maxAttempts: DefaultMaxAppendAttempts,
+	}
+	for _, o := range opts {
+		o(s)
+	}
+	var errs []error
+	if c == nil {
+		errs = append(errs, errors.New("client is nil"))
+	}
+	s.prefix = strings.TrimSuffix(s.prefix, "/")
+	if err := ValidateSubject(s.prefix + "/streams"); err != nil {
+		errs = append(errs, fmt.Errorf("subject prefix %q: %w", s.prefix, err))
+	}
+	if s.source == "" {
+		errs = append(errs, errors.New("source is empty"))
+	}
+	if err := ValidateEventType(s.typePrefix + ".x"); err != nil {
+		errs = append(errs, fmt.Errorf("event type prefix %q: %w", s.typePrefix, err))
+	}
+	if s.maxSize <= 0 {
+		errs = append(errs, fmt.Errorf("max event size %d is not positive", s.maxSize))
+	}
+	if s.maxAttempts <= 0 {
+		errs = append(errs, fmt.Errorf("max append attempts %d is not positive", s.maxAttempts))
+	}
+	if len(errs) > 0 {
+		return nil, fmt.Errorf("esdb: new store: %w: %w", orchestrix.ErrInvalid, errors.Join(errs...))
+	}
+	return s, nil
+}
+
+// Client returns the store's client.
+func (s *Store) Client() *Client { return s.c }
+
+// StreamsSubject is the subject whose children are the streams; ReadAll
+// and Observe read it recursively.
+func (s *Store) StreamsSubject() string { return s.prefix + "/streams" }
+
+// StreamSubject returns the subject of a stream: the prefix, "/streams/"
+// and the stream ID escaped into one segment (letters, digits and "-"
+// stay; every other byte becomes "_XX", e.g. "order/42" → "order_2F42").
+func (s *Store) StreamSubject(streamID string) string {
+	return s.prefix + "/streams/" + escapeSegment(streamID)
+}
+
+func (s *Store) commandSubject(commandID string) string {
+	return s.prefix + "/commands/" + escapeSegment(commandID)
+}
+
+func (s *Store) snapshotSubject(streamID string) string {
+	return s.prefix + "/snapshots/" + escapeSegment(streamID)
+}
+
+// head is a stream's state: its version and the ESDB ID of its last event.
+type head struct {
+	version uint64
+	lastID  string
+}
+
+// latest reads the last event of a subject, if any.
+func (s *Store) latest(ctx context.Context, subject string) (Event, bool, error) {
+	for e, err := range s.c.ReadEvents(ctx, subject, ReadOptions{Order: Antichronological}) {
+		if err != nil {
+			return Event{}, false, err
+		}
+		return e, true, nil
+	}
+	return Event{}, false, nil
+}
+
+func (s *Store) head(ctx context.Context, streamID string) (head, error) {
+	e, ok, err := s.latest(ctx, s.StreamSubject(streamID))
+	if err != nil || !ok {
+		return head{}, err
+	}
+	ev, err := s.decode(e)
+	if err != nil {
+		return head{}, err
+	}
+	return head{version: ev.Version, lastID: e.ID}, nil
+}
+
+// decode turns a stream event into an orchestrix event.
+func (s *Store) decode(e Event) (orchestrix.Event, error) {
+	var env envelope
+	if err := json.Unmarshal(e.Data, &env); err != nil || env.Orchestrix == nil {
+		return orchestrix.Event{}, fmt.Errorf("esdb: event %s in %s has no orchestrix envelope: %w", e.ID, e.Subject, ErrForeignEvent)
+	}
+	m := env.Orchestrix
+	if m.V != envelopeVersion || m.Version == 0 {
+		return orchestrix.Event{}, fmt.Errorf("esdb: event %s in %s: envelope v%d, version %d: %w", e.ID, e.Subject, m.V, m.Version, ErrForeignEvent)
+	}
+	if want := s.StreamSubject(m.Stream); e.Subject != want {
+		return orchestrix.Event{}, fmt.Errorf("esdb: event %s of stream %q is in %s, not %s: %w", e.ID, m.Stream, e.Subject, want, ErrForeignEvent)
+	}
+	data, err := payloadBytes(env.Payload, env.PayloadBase64)
+	if err != nil {
+		return orchestrix.Event{}, fmt.Errorf("esdb: event %s: %w: %w", e.ID, ErrForeignEvent, err)
+	}
+	pos, err := e.Position()
+	if err != nil {
+		return orchestrix.Event{}, err
+	}
+	t := e.Time
+	if m.Time != nil {
+		t = *m.Time
+	}
+	return orchestrix.Event{
+		Metadata: orchestrix.Metadata{
+			ID: m.ID, Type: m.Type, Source: m.Source, Subject: m.Subject, Time: t,
+			CorrelationID: m.CorrelationID, CausationID: m.CausationID, TraceParent: m.TraceParent,
+			Extensions: m.Extensions,
+		},
+		StreamID:    m.Stream,
+		Version:     m.Version,
+		Position:    pos + 1,
+		CommandID:   m.CommandID,
+		ContentType: m.ContentType,
+		Data:        data,
+	}, nil
+}
+
+// candidate builds the ESDB event for an orchestrix event at a version.
+func (s *Store) candidate(streamID string, version uint64, e orchestrix.Event) (EventCandidate, error) {
+	m := &meta{
+		V: envelopeVersion, Stream: streamID, Version: version, ID: e.ID, Type: e.Type,
+		Source: e.Source, Subject: e.Subject, CorrelationID: e.CorrelationID, CausationID: e.CausationID,
+		TraceParent: e.TraceParent, Extensions: e.Extensions, CommandID: e.CommandID, ContentType: e.ContentType,
+	}
+	if !e.Time.IsZero() {
+		t := e.Time
+		m.Time = &t
+	}
+	env := envelope{Orchestrix: m}
+	env.Payload, env.PayloadBase64 = payloadFields(e.ContentType, e.Data)
+	data, err := json.Marshal(env)
+	if err != nil {
+		return EventCandidate{}, fmt.Errorf("esdb: encode event %d of %q: %w", version, streamID, err)
+	}
+	src := e.Source
+	if src == "" {
+		src = s.source
+	}
+	c := EventCandidate{Source: src, Subject: s.StreamSubject(streamID), Type: mapEventType(s.typePrefix, e.Type), Data: data}
+	if ValidateTraceParent(e.TraceParent) == nil {
+		c.TraceParent = e.TraceParent
+	}
+	return c, nil
+}
+
+// commandRecord is the data of a command's record.
+type commandRecord struct {
+	Stream      string `json:"stream"`
+	FromVersion uint64 `json:"fromVersion"`
+	ToVersion   uint64 `json:"toVersion"`
+}
+
+// Append implements stores.EventStore.
+func (s *Store) Append(ctx context.Context, streamID string, expected stores.ExpectedVersion, events []orchestrix.Event) (stores.AppendResult, error) {
+	res, err := s.AppendMany(ctx, []stores.AppendRequest{{StreamID: streamID, Expected: expected, Events: events}})
+	if err != nil {
+		return stores.AppendResult{}, err
+	}
+	return res[0], nil
+}
+
+// AppendMany implements stores.EventStore: every request's events, and the
+// records of their commands, go into one write-events call, which the
+// server applies atomically.
+func (s *Store) AppendMany(ctx context.Context, reqs []stores.AppendRequest) ([]stores.AppendResult, error) {
+	if len(reqs) == 0 {
+		return []stores.AppendResult{}, nil
+	}
+	// Events get their IDs once, so a retried attempt writes the same
+	// events.
+	prepared := make([][]orchestrix.Event, len(reqs))
+	for i, r := range reqs {
+		if err := stores.CheckEvents(r.StreamID, r.Events, s.maxSize); err != nil {
+			return nil, err
+		}
+		evs := make([]orchestrix.Event, len(r.Events))
+		for j, e := range r.Events {
+			if e.ID == "" {
+				id, err := uuid.NewV7()
+				if err != nil {
+					return nil, fmt.Errorf("esdb: event id: %w", err)
+				}
+				e.ID = id.String()
+			}
+			if e.Subject == "" {
+				e.Subject = r.StreamID
+			}
+			evs[j] = e
+		}
+		prepared[i] = evs
+	}
+	var lastConflict *stores.ConflictError
+	for attempt := 0; attempt < s.maxAttempts; attempt++ {
+		p, err := s.plan(ctx, reqs, prepared)
+		if err != nil {
+			return nil, err
+		}
+		if len(p.candidates) == 0 {
+			return p.results, nil
+		}
+		_, err = s.c.WriteEvents(ctx, p.candidates, p.preconditions...)
+		if err == nil {
+			return p.results, nil
+		}
+		if !errors.Is(err, ErrPreconditionFailed) {
+			return nil, fmt.Errorf("esdb: append: %w", err)
+		}
+		// Someone wrote to one of the streams or recorded one of the
+		// commands in between: plan again from the new state, which
+		// reports the conflict or the duplicate, or retries an Any.
+		lastConflict = p.firstWrite
+		if err := pause(ctx, attempt); err != nil {
+			return nil, err
+		}
+	}
+	return nil, fmt.Errorf("esdb: append: preconditions failed %d times under concurrent writers: %w", s.maxAttempts, lastConflict)
+}
+
+// pause waits a little longer after each failed attempt, so competing
+// writers spread out, or returns the context's error.
+func pause(ctx context.Context, attempt int) error {
+	t := time.NewTimer(time.Duration(attempt) * time.Millisecond)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
+
+type appendPlan struct {
+	results       []stores.AppendResult
+	candidates    []EventCandidate
+	preconditions []Precondition
+	firstWrite    *stores.ConflictError
+}
+
+// plan reads the current state of the streams and commands of reqs and
+// builds one write: the events with their versions, each command's record,
+// and the preconditions that pin the state the plan was made on.
+func (s *Store) plan(ctx context.Context, reqs []stores.AppendRequest, prepared [][]orchestrix.Event) (appendPlan, error) {
+	p := appendPlan{results: make([]stores.AppendResult, len(reqs))}
+	heads := map[string]*head{}
+	commands := map[string]int{}
+	for i, r := range reqs {
+		cmd := r.Events[0].CommandID
+		if cmd != "" {
+			if j, ok := commands[cmd]; ok {
+				p.results[i] = p.results[j]
+				p.results[i].Duplicate = true
+				continue
+			}
+			prev, found, err := s.FindCommand(ctx, cmd)
+			if err != nil {
+				return appendPlan{}, err
+			}
+			if found {
+				prev.Duplicate = true
+				p.results[i] = prev
+				continue
+			}
+			commands[cmd] = i
+		}
+		h, ok := heads[r.StreamID]
+		if !ok {
+			cur, err := s.head(ctx, r.StreamID)
+			if err != nil {
+				return appendPlan{}, fmt.Errorf("esdb: append to %q: %w", r.StreamID, err)
+			}
+			h = &cur
+			heads[r.StreamID] = h
+			subject := s.StreamSubject(r.StreamID)
+			if cur.lastID == "" {
+				p.preconditions = append(p.preconditions, IsSubjectPristine(subject))
+			} else {
+				p.preconditions = append(p.preconditions, IsSubjectOnEventID(subject, cur.lastID))
+			}
+		}
+		if !r.Expected.IsAny() && r.Expected.Version() != h.version {
+			return appendPlan{}, &stores.ConflictError{StreamID: r.StreamID, Expected: r.Expected, Actual: h.version}
+		}
+		if p.firstWrite == nil {
+			p.firstWrite = &stores.ConflictError{StreamID: r.StreamID, Expected: r.Expected, Actual: h.version}
+		}
+		res := stores.AppendResult{StreamID: r.StreamID, FromVersion: h.version + 1, ToVersion: h.version + uint64(len(r.Events))}
+		for j, e := range prepared[i] {
+			c, err := s.candidate(r.StreamID, res.FromVersion+uint64(j), e)
+			if err != nil {
+				return appendPlan{}, err
+			}
+			p.candidates = append(p.candidates, c)
+		}
+		h.version = res.ToVersion
+		p.results[i] = res
+		if cmd != "" {
+			data, err := json.Marshal(commandRecord{Stream: res.StreamID, FromVersion: res.FromVersion, ToVersion: res.ToVersion})
+			if err != nil {
+				return appendPlan{}, fmt.Errorf("esdb: encode command record: %w", err)
+			}
+			subject := s.commandSubject(cmd)
+			p.candidates = append(p.candidates, EventCandidate{Source: s.source, Subject: subject, Type: CommandRecordedType, Data: data})
+			p.preconditions = append(p.preconditions, IsSubjectPristine(subject))
+		}
+	}
+	return p, nil
+}
+
+// ReadStream implements stores.EventStore. It reads the stream's subject
+// from its first event and skips `after` of them: ESDB cannot seek by
+// index within a subject, so the cost grows with after.
+func (s *Store) ReadStream(ctx context.Context, streamID string, after uint64) iter.Seq2[orchestrix.Event, error] {
+	return func(yield func(orchestrix.Event, error) bool) {
+		if err := orchestrix.CheckID("stream id", streamID); err != nil {
+			yield(orchestrix.Event{}, fmt.Errorf("read stream: %w", err))
+			return
+		}
+		var index uint64
+		for e, err := range s.c.ReadEvents(ctx, s.StreamSubject(streamID), ReadOptions{}) {
+			if err != nil {
+				yield(orchestrix.Event{}, fmt.Errorf("esdb: read stream %q: %w", streamID, err))
+				return
+			}
+			index++
+			if index <= after {
+				continue
+			}
+			ev, err := s.decode(e)
+			if err == nil && (ev.Version != index || ev.StreamID != streamID) {
+				err = fmt.Errorf("esdb: event %s is version %d of %q at index %d of %q: %w", e.ID, ev.Version, ev.StreamID, index, streamID, ErrForeignEvent)
+			}
+			if err != nil {
+				yield(orchestrix.Event{}, err)
+				return
+			}
+			if !yield(ev, nil) {
+				return
+			}
+		}
+	}
+}
+
+// ReadAll implements stores.EventStore: it reads the streams subject
+// recursively from the ESDB ID after.Position (Position is the ESDB ID +
+// 1, so a cursor's Position is the ID of the next event to read).
+// EventSourcingDB commits in ID order, so the log is gap-safe and Tx is
+// always 0.
+func (s *Store) ReadAll(ctx context.Context, after stores.Cursor, limit int) iter.Seq2[stores.Entry, error] {
+	return func(yield func(stores.Entry, error) bool) {
+		opts := ReadOptions{Recursive: true}
+		if after.Position > 0 {
+			opts.LowerBound = &Bound{ID: after.Position, Type: Inclusive}
+		}
+		n := 0
+		for e, err := range s.c.ReadEvents(ctx, s.StreamsSubject(), opts) {
+			if err != nil {
+				yield(stores.Entry{}, fmt.Errorf("esdb: read all: %w", err))
+				return
+			}
+			if limit > 0 && n >= limit {
+				return
+			}
+			ev, err := s.decode(e)
+			if err != nil {
+				yield(stores.Entry{}, err)
+				return
+			}
+			n++
+			if !yield(stores.Entry{Event: ev, Cursor: stores.Cursor{Position: ev.Position}}, nil) {
+				return
+			}
+		}
+	}
+}
+
+// Observe yields every stream event after the cursor in log order, then
+// each new one as it is written, until ctx ends: the source for an outbox
+// relay that keeps its cursor as a durable checkpoint. It rides on
+// ObserveEvents, so a dropped or stalled connection is resumed from the
+// last event yielded, losing and repeating nothing; transient errors go to
+// the OnReconnect hook of WithObserveOptions. The iteration ends with an
+// error that retrying cannot fix, or with the context's error.
+func (s *Store) Observe(ctx context.Context, after stores.Cursor) iter.Seq2[stores.Entry, error] {
+	return func(yield func(stores.Entry, error) bool) {
+		o := s.observe
+		o.Recursive, o.FromLatestEvent, o.LowerBound = true, nil, nil
+		if after.Position > 0 {
+			o.LowerBound = &Bound{ID: after.Position, Type: Inclusive}
+		}
+		for e, err := range s.c.ObserveEvents(ctx, s.StreamsSubject(), o) {
+			if err != nil {
+				yield(stores.Entry{}, fmt.Errorf("esdb: observe: %w", err))
+				return
+			}
+			ev, err := s.decode(e)
+			if err != nil {
+				yield(stores.Entry{}, err)
+				return
+			}
+			if !yield(stores.Entry{Event: ev, Cursor: stores.Cursor{Position: ev.Position}}, nil) {
+				return
+			}
+		}
+	}
+}
+
+// FindCommand implements stores.EventStore by reading the command's record
+// subject.
+func (s *Store) FindCommand(ctx context.Context, commandID string) (stores.AppendResult, bool, error) {
+	if err := orchestrix.CheckID("command id", commandID); err != nil {
+		return stores.AppendResult{}, false, fmt.Errorf("esdb: find command: %w", err)
+	}
+	for e, err := range s.c.ReadEvents(ctx, s.commandSubject(commandID), ReadOptions{}) {
+		if err != nil {
+			return stores.AppendResult{}, false, fmt.Errorf("esdb: find command %q: %w", commandID, err)
+		}
+		var rec commandRecord
+		if err := json.Unmarshal(e.Data, &rec); err != nil || e.Type != CommandRecordedType || rec.Stream == "" {
+			return stores.AppendResult{}, false, fmt.Errorf("esdb: command record %s of %q: %w", e.ID, commandID, ErrForeignEvent)
+		}
+		return stores.AppendResult{StreamID: rec.Stream, FromVersion: rec.FromVersion, ToVersion: rec.ToVersion}, true, nil
+	}
+	return stores.AppendResult{}, false, nil
+}
+
+// snapshotRecord is the data of a snapshot event.
+type snapshotRecord struct {
+	Stream      string          `json:"stream"`
+	Version     uint64          `json:"version"`
+	Type        string          `json:"type"`
+	ContentType string          `json:"contentType,omitempty"`
+	Data        json.RawMessage `json:"data,omitempty"`
+	DataBase64  *string         `json:"dataBase64,omitempty"`
+}
+
+func (s *Store) latestSnapshot(ctx context.Context, streamID string) (stores.Snapshot, string, bool, error) {
+	e, ok, err := s.latest(ctx, s.snapshotSubject(streamID))
+	if err != nil || !ok {
+		return stores.Snapshot{}, "", false, err
+	}
+	var rec snapshotRecord
+	if err := json.Unmarshal(e.Data, &rec); err != nil || e.Type != SnapshotSavedType || rec.Stream != streamID {
+		return stores.Snapshot{}, "", false, fmt.Errorf("esdb: snapshot %s of %q: %w", e.ID, streamID, ErrForeignEvent)
+	}
+	data, err := payloadBytes(rec.Data, rec.DataBase64)
+	if err != nil {
+		return stores.Snapshot{}, "", false, fmt.Errorf("esdb: snapshot %s of %q: %w: %w", e.ID, streamID, ErrForeignEvent, err)
+	}
+	return stores.Snapshot{StreamID: streamID, Version: rec.Version, Type: rec.Type, ContentType: rec.ContentType, Data: data}, e.ID, true, nil
+}
+
+// SaveSnapshot implements stores.EventStore: it appends a snapshot event to
+// the stream's snapshot subject, guarded by the subject's last event, unless
+// that one is of a later version.
+func (s *Store) SaveSnapshot(ctx context.Context, snap stores.Snapshot) error {
+	if err := orchestrix.CheckID("stream id", snap.StreamID); err != nil {
+		return fmt.Errorf("save snapshot: %w", err)
+	}
+	if snap.Data == nil {
+		return fmt.Errorf("save snapshot of %q: data is nil: %w", snap.StreamID, orchestrix.ErrInvalid)
+	}
+	if len(snap.Data) > s.maxSize {
+		return fmt.Errorf("save snapshot of %q: data is %d bytes, limit %d: %w", snap.StreamID, len(snap.Data), s.maxSize, orchestrix.ErrInvalid)
+	}
+	rec := snapshotRecord{Stream: snap.StreamID, Version: snap.Version, Type: snap.Type, ContentType: snap.ContentType}
+	rec.Data, rec.DataBase64 = payloadFields(snap.ContentType, snap.Data)
+	data, err := json.Marshal(rec)
+	if err != nil {
+		return fmt.Errorf("esdb: encode snapshot of %q: %w", snap.StreamID, err)
+	}
+	subject := s.snapshotSubject(snap.StreamID)
+	for attempt := 0; attempt < s.maxAttempts; attempt++ {
+		prev, lastID, ok, err := s.latestSnapshot(ctx, snap.StreamID)
+		if err != nil {
+			return err
+		}
+		if ok && prev.Version > snap.Version {
+			return nil
+		}
+		pre := IsSubjectPristine(subject)
+		if ok {
+			pre = IsSubjectOnEventID(subject, lastID)
+		}
+		_, err = s.c.WriteEvents(ctx, []EventCandidate{{Source: s.source, Subject: subject, Type: SnapshotSavedType, Data: data}}, pre)
+		switch {
+		case err == nil:
+			return nil
+		case !errors.Is(err, ErrPreconditionFailed):
+			return fmt.Errorf("esdb: save snapshot of %q: %w", snap.StreamID, err)
+		}
+		// A concurrent save got in between: look again.
+		if err := pause(ctx, attempt); err != nil {
+			return err
+		}
+	}
+	return fmt.Errorf("esdb: save snapshot of %q: preconditions failed %d times under concurrent writers", snap.StreamID, s.maxAttempts)
+}
+
+// LoadSnapshot implements stores.EventStore by reading the snapshot
+// subject's last event.
+func (s *Store) LoadSnapshot(ctx context.Context, streamID string) (stores.Snapshot, bool, error) {
+	if err := orchestrix.CheckID("stream id", streamID); err != nil {
+		return stores.Snapshot{}, false, fmt.Errorf("load snapshot: %w", err)
+	}
+	snap, _, ok, err := s.latestSnapshot(ctx, streamID)
+	return snap, ok, err
+}
+
+var _ stores.EventStore = (*Store)(nil)

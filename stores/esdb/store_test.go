@@ -1,0 +1,279 @@
+package esdb_test
+
+import (
+	"bytes"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/orchestrix/orchestrix"
+	"github.com/orchestrix/orchestrix/stores"
+	"github.com/orchestrix/orchestrix/stores/esdb"
+	"github.com/orchestrix/orchestrix/stores/esdb/esdbtest"
+	"github.com/orchestrix/orchestrix/stores/storetest"
+)
+
+const token = "secret"
+
+// backend is where a test's store lives: a real server when ESDB_URL and
+// ESDB_API_TOKEN are set (each test under its own subject prefix), the
+// in-process double otherwise. srv is nil on a real server.
+type backend struct {
+	client *esdb.Client
+	srv    *esdbtest.Server
+	prefix string
+}
+
+func realServer() (url, tok string) { return os.Getenv("ESDB_URL"), os.Getenv("ESDB_API_TOKEN") }
+
+func newBackend(t testing.TB, opts ...esdbtest.Option) backend {
+	t.Helper()
+	if url, tok := realServer(); url != "" {
+		if tok == "" {
+			t.Fatal("ESDB_URL is set but ESDB_API_TOKEN is not")
+		}
+		c, err := esdb.NewClient(url, tok)
+		if err != nil {
+			t.Fatalf("client for ESDB_URL: %v", err)
+		}
+		var b [6]byte
+		_, _ = rand.Read(b[:])
+		return backend{client: c, prefix: "/t" + hex.EncodeToString(b[:])}
+	}
+	srv := esdbtest.NewServer(token, opts...)
+	t.Cleanup(srv.Close)
+	c, err := esdb.NewClient(srv.URL, token)
+	if err != nil {
+		t.Fatalf("client: %v", err)
+	}
+	return backend{client: c, srv: srv, prefix: esdb.DefaultSubjectPrefix}
+}
+
+// needDouble skips a test that injects faults when it runs on a real
+// server.
+func needDouble(t testing.TB, b backend) {
+	t.Helper()
+	if b.srv == nil {
+		t.Skip("injects faults: runs only against the esdbtest double")
+	}
+}
+
+func newStore(t testing.TB, opts ...esdb.Option) (*esdb.Store, backend) {
+	t.Helper()
+	b := newBackend(t)
+	s, err := esdb.New(b.client, append([]esdb.Option{esdb.WithSubjectPrefix(b.prefix)}, opts...)...)
+	if err != nil {
+		t.Fatalf("new store: %v", err)
+	}
+	return s, b
+}
+
+func TestConformance(t *testing.T) {
+	if url, _ := realServer(); url != "" {
+		t.Logf("running against the real server at %s", url)
+	}
+	storetest.Run(t, func(t *testing.T) stores.EventStore {
+		s, _ := newStore(t)
+		return s
+	})
+}
+
+func TestStoreMapping(t *testing.T) {
+	s, b := newStore(t)
+	ctx := t.Context()
+	evs := storetest.Events("banking.Deposited", 2)
+	evs[1].ContentType = "application/octet-stream"
+	evs[1].Data = []byte{0, 1, 2, 0xff}
+	evs[0].TraceParent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+	if _, err := s.Append(ctx, "order/42 ü", stores.NoStream, evs); err != nil {
+		t.Fatalf("append: %v", err)
+	}
+	subject := b.prefix + "/streams/order_2F42_20_C3_BC"
+	if got := s.StreamSubject("order/42 ü"); got != subject {
+		t.Fatalf("StreamSubject = %q, want %q", got, subject)
+	}
+	var raw []esdb.Event
+	for e, err := range b.client.ReadEvents(ctx, subject, esdb.ReadOptions{}) {
+		if err != nil {
+			t.Fatalf("read subject: %v", err)
+		}
+		raw = append(raw, e)
+	}
+	if len(raw) != 2 {
+		t.Fatalf("subject %s holds %d events, want 2", subject, len(raw))
+	}
+	if raw[0].Type != "io.orchestrix.event.banking.Deposited" || raw[0].Source != "/storetest" || raw[0].TraceParent != evs[0].TraceParent {
+		t.Errorf("cloud event = %+v", raw[0])
+	}
+	if !strings.Contains(string(raw[0].Data), `"payload":{"n":0}`) || !strings.Contains(string(raw[1].Data), `"payloadBase64":"AAEC/w=="`) {
+		t.Errorf("envelopes: %s / %s", raw[0].Data, raw[1].Data)
+	}
+	got := storetest.ReadStream(t, s, "order/42 ü", 0)
+	if len(got) != 2 || !bytes.Equal(got[1].Data, []byte{0, 1, 2, 0xff}) || got[1].ContentType != "application/octet-stream" {
+		t.Fatalf("round trip: %+v", got)
+	}
+	if p, _ := raw[0].Position(); got[0].Position != p+1 {
+		t.Errorf("position %d, want ESDB ID %s + 1", got[0].Position, raw[0].ID)
+	}
+	// A command record and a snapshot live in their own subjects, outside
+	// the log.
+	cmdEvs := storetest.Events("Done", 1)
+	cmdEvs[0].CommandID = "cmd/1"
+	if _, err := s.Append(ctx, "c", stores.Any, cmdEvs); err != nil {
+		t.Fatalf("append with command: %v", err)
+	}
+	if err := s.SaveSnapshot(ctx, stores.Snapshot{StreamID: "c", Version: 1, Type: "State", Data: []byte(`{}`)}); err != nil {
+		t.Fatalf("snapshot: %v", err)
+	}
+	var subjects []string
+	for sub, err := range b.client.ReadSubjects(ctx, b.prefix) {
+		if err != nil {
+			t.Fatalf("read subjects: %v", err)
+		}
+		subjects = append(subjects, sub)
+	}
+	for _, want := range []string{b.prefix + "/commands/cmd_2F1", b.prefix + "/snapshots/c", b.prefix + "/streams/c"} {
+		if !contains(subjects, want) {
+			t.Errorf("subjects %v lack %s", subjects, want)
+		}
+	}
+	if all := storetest.ReadAll(t, s, stores.Cursor{}); len(all) != 3 {
+		t.Errorf("ReadAll read %d events, want the 3 stream events only", len(all))
+	}
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+func TestStoreJSONPayloadKeptByteForByte(t *testing.T) {
+	s, _ := newStore(t)
+	tests := []struct {
+		name, contentType, data string
+	}{
+		{"compact json", "application/json", `{"a":1,"b":[true,null]}`},
+		{"spaced json travels as base64", "application/json", `{ "a" : 1 }`},
+		{"html chars travel as base64", "application/json", `{"a":"<b>"}`},
+		{"cloudevents json", "application/cloudevents+json; charset=utf-8", `{"x":"y"}`},
+		{"not json", "text/plain", `hello`},
+		{"json array", "application/json", `[1,2,3]`},
+		{"empty", "application/octet-stream", ``},
+	}
+	for i, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			stream := fmt.Sprintf("p%d", i)
+			evs := storetest.Events("T", 1)
+			evs[0].ContentType, evs[0].Data = tc.contentType, []byte(tc.data)
+			if _, err := s.Append(t.Context(), stream, stores.NoStream, evs); err != nil {
+				t.Fatalf("append: %v", err)
+			}
+			got := storetest.ReadStream(t, s, stream, 0)
+			if len(got) != 1 || string(got[0].Data) != tc.data || got[0].ContentType != tc.contentType {
+				t.Fatalf("read %+v, want data %q", got, tc.data)
+			}
+		})
+	}
+}
+
+func TestStoreNewValidates(t *testing.T) {
+	c, err := esdb.NewClient("http://127.0.0.1:1", token)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name string
+		c    *esdb.Client
+		opts []esdb.Option
+	}{
+		{"nil client", nil, nil},
+		{"relative prefix", c, []esdb.Option{esdb.WithSubjectPrefix("orchestrix")}},
+		{"prefix with a dot", c, []esdb.Option{esdb.WithSubjectPrefix("/a.b")}},
+		{"bad type prefix", c, []esdb.Option{esdb.WithEventTypePrefix("x")}},
+		{"empty source", c, []esdb.Option{esdb.WithSource("")}},
+		{"zero size", c, []esdb.Option{esdb.WithMaxEventSize(0)}},
+		{"zero attempts", c, []esdb.Option{esdb.WithMaxAppendAttempts(0)}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if _, err := esdb.New(tc.c, tc.opts...); !errors.Is(err, orchestrix.ErrInvalid) {
+				t.Fatalf("err = %v, want ErrInvalid", err)
+			}
+		})
+	}
+	// Every problem is reported at once.
+	_, err = esdb.New(nil, esdb.WithSource(""), esdb.WithMaxEventSize(-1))
+	if err == nil || !strings.Contains(err.Error(), "client is nil") || !strings.Contains(err.Error(), "source is empty") {
+		t.Fatalf("err = %v, want all problems", err)
+	}
+}
+
+func TestStoreConcurrentAnyAppends(t *testing.T) {
+	s, _ := newStore(t)
+	const writers = 8
+	var wg sync.WaitGroup
+	for w := range writers {
+		wg.Go(func() {
+			if _, err := s.Append(t.Context(), "any", stores.Any, storetest.Events(fmt.Sprintf("W%d", w), 2)); err != nil {
+				t.Errorf("writer %d: %v", w, err)
+			}
+		})
+	}
+	wg.Wait()
+	got := storetest.ReadStream(t, s, "any", 0)
+	if len(got) != 2*writers {
+		t.Fatalf("stream has %d events, want %d", len(got), 2*writers)
+	}
+	for i := 0; i < len(got); i += 2 {
+		if got[i].Type != got[i+1].Type {
+			t.Fatalf("appends interleaved at version %d: %s then %s", i+1, got[i].Type, got[i+1].Type)
+		}
+	}
+}
+
+func TestStoreForeignEvents(t *testing.T) {
+	s, b := newStore(t)
+	ctx := t.Context()
+	// Someone else writes into the store's subjects.
+	_, err := b.client.WriteEvents(ctx, []esdb.EventCandidate{{
+		Source: "https://other.example", Subject: s.StreamSubject("x"), Type: "io.example.thing-happened", Data: []byte(`{"a":1}`),
+	}})
+	if err != nil {
+		t.Fatalf("write: %v", err)
+	}
+	for _, err := range s.ReadStream(ctx, "x", 0) {
+		if !errors.Is(err, esdb.ErrForeignEvent) {
+			t.Fatalf("ReadStream err = %v, want ErrForeignEvent", err)
+		}
+	}
+	if _, err := s.Append(ctx, "x", stores.Any, storetest.Events("A", 1)); !errors.Is(err, esdb.ErrForeignEvent) {
+		t.Fatalf("Append err = %v, want ErrForeignEvent", err)
+	}
+	for _, err := range s.ReadAll(ctx, stores.Cursor{}, 0) {
+		if !errors.Is(err, esdb.ErrForeignEvent) {
+			t.Fatalf("ReadAll err = %v, want ErrForeignEvent", err)
+		}
+	}
+}
+
+func TestStoreTimeDefaultsToServerTime(t *testing.T) {
+	s, _ := newStore(t)
+	before := time.Now().Add(-time.Minute)
+	if _, err := s.Append(t.Context(), "t", stores.NoStream, storetest.Events("A", 1)); err != nil {
+		t.Fatal(err)
+	}
+	got := storetest.ReadStream(t, s, "t", 0)
+	if got[0].Time.Before(before) || got[0].ID == "" || got[0].Subject != "t" {
+		t.Fatalf("defaults not filled: %+v", got[0].Metadata)
+	}
+}
