@@ -1,0 +1,91 @@
+package cli
+
+import (
+	"bytes"
+	"strings"
+	"testing"
+
+	"github.com/orchestrix/orchestrix/internal/testenv"
+)
+
+func run(t *testing.T, args ...string) (int, string, string) {
+	t.Helper()
+	var out, errb bytes.Buffer
+	code := Run(t.Context(), args, &out, &errb)
+	return code, out.String(), errb.String()
+}
+
+func TestUsage(t *testing.T) {
+	tests := []struct {
+		name string
+		args []string
+		code int
+		want string
+	}{
+		{"no command", nil, 2, "usage"},
+		{"help", []string{"help"}, 0, "commands:"},
+		{"unknown", []string{"frobnicate"}, 2, `unknown command "frobnicate"`},
+		{"bad flag", []string{"demo", "--commands", "many"}, 2, "invalid value"},
+		{"impossible demo", []string{"demo", "--commands", "5", "--accounts", "10"}, 2, "commands ≥ accounts"},
+		{"extra args", []string{"demo", "now"}, 2, "unexpected arguments"},
+		{"migrate without url", []string{"migrate", "--database-url", ""}, 2, "DATABASE_URL is required"},
+		{"migrate bad url", []string{"migrate", "--database-url", "::not a url"}, 2, "database url"},
+		{"topics without sub", []string{"topics"}, 2, "topics create|describe"},
+		{"topics without brokers", []string{"topics", "create", "--context", "x", "--brokers", ""}, 2, "KAFKA_BROKERS is required"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			code, _, stderr := run(t, tc.args...)
+			if code != tc.code || !strings.Contains(stderr, tc.want) {
+				t.Fatalf("exit %d, stderr %q; want exit %d mentioning %q", code, stderr, tc.code, tc.want)
+			}
+		})
+	}
+}
+
+func TestDemoEmbedded(t *testing.T) {
+	code, out, stderr := run(t, "demo", "--commands", "2000", "--accounts", "50", "--quiet")
+	if code != 0 || !strings.Contains(out, "consistent: every balance matches") {
+		t.Fatalf("demo exit %d\nstdout:\n%s\nstderr:\n%s", code, out, stderr)
+	}
+}
+
+func TestDemoIntegration(t *testing.T) {
+	brokers := strings.Join(testenv.Brokers(t), ",")
+	url := testenv.DatabaseURL(t)
+	code, out, stderr := run(t, "demo", "--commands", "3000", "--accounts", "100", "--quiet", "--brokers", brokers, "--database-url", url, "--schema", testenv.Schema(t, testenv.Pool(t)))
+	if code != 0 || !strings.Contains(out, "consistent") {
+		t.Fatalf("demo exit %d\nstdout:\n%s\nstderr:\n%s", code, out, stderr)
+	}
+}
+
+func TestTopicsIntegration(t *testing.T) {
+	brokers := strings.Join(testenv.Brokers(t), ",")
+	ctx := testenv.Name("ctx")
+	if code, out, stderr := run(t, "topics", "create", "--brokers", brokers, "--context", ctx, "--partitions", "3"); code != 0 || strings.Count(out, "created") != 3 {
+		t.Fatalf("create: exit %d\n%s%s", code, out, stderr)
+	}
+	if code, out, _ := run(t, "topics", "create", "--brokers", brokers, "--context", ctx, "--partitions", "3"); code != 0 || strings.Count(out, "exists") != 3 {
+		t.Fatalf("second create: exit %d\n%s", code, out)
+	}
+	if code, _, stderr := run(t, "topics", "create", "--brokers", brokers, "--context", ctx, "--partitions", "5"); code != 1 || !strings.Contains(stderr, "spec wants 5") {
+		t.Fatalf("create with other partitions: exit %d, %s", code, stderr)
+	}
+	if code, out, stderr := run(t, "topics", "describe", "--brokers", brokers, "--context", ctx); code != 0 || !strings.Contains(out, "partitions=3") {
+		t.Fatalf("describe: exit %d\n%s%s", code, out, stderr)
+	}
+}
+
+func TestMigrateIntegration(t *testing.T) {
+	url := testenv.DatabaseURL(t)
+	schema := testenv.Schema(t, testenv.Pool(t))
+	if code, out, stderr := run(t, "migrate", "--database-url", url, "--schema", schema); code != 0 || !strings.Contains(out, "applied") {
+		t.Fatalf("migrate: exit %d %s %s", code, out, stderr)
+	}
+	if code, out, _ := run(t, "migrate", "--database-url", url, "--schema", schema); code != 0 || !strings.Contains(out, "up to date") {
+		t.Fatalf("second migrate: exit %d %s", code, out)
+	}
+	if code, _, stderr := run(t, "migrate", "--database-url", url, "--schema", "Bad-Name"); code != 1 || !strings.Contains(stderr, "schema name") {
+		t.Fatalf("bad schema: exit %d %s", code, stderr)
+	}
+}
