@@ -3,6 +3,7 @@ package postgres_test
 import (
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -48,10 +49,14 @@ func rawTable(b *testing.B, s *postgres.Store) string {
 	return table
 }
 
-const rawInsertSQL = `INSERT INTO %s (stream_id, version, id, type, source, subject, time, content_type, data) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)`
+// rawColumns are the columns the store writes for an event.
+var rawColumns = []string{"stream_id", "version", "id", "type", "source", "subject", "time", "content_type", "data", "correlation_id", "causation_id", "traceparent", "extensions", "command_id"}
 
+const rawInsertSQL = `INSERT INTO %s (stream_id, version, id, type, source, subject, time, content_type, data, correlation_id, causation_id, traceparent, extensions, command_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)`
+
+// rawRow is the row the store writes for one storetest event.
 func rawRow(stream string, v int) []any {
-	return []any{stream, int64(v), fmt.Sprintf("0190b7a4-0000-7000-8000-%012d", v), "Bench", "/bench", stream, time.Now(), "application/json", []byte(`{"n":1}`)}
+	return []any{stream, int64(v), fmt.Sprintf("0190b7a4-0000-7000-8000-%012d", v), "Bench", "/storetest", stream, time.Now(), "application/json", []byte(`{"n":1}`), "", "", "", nil, ""}
 }
 
 // timed runs f once and returns how long it took. Baselines run the same
@@ -111,14 +116,18 @@ func BenchmarkAppendBatch100(b *testing.B) {
 	multi := func() {
 		run := time.Now().UnixNano()
 		for i := range b.N {
-			sql := fmt.Sprintf("INSERT INTO %s (stream_id, version, id, type, source, subject, time, content_type, data) VALUES ", raw)
-			args := make([]any, 0, size*9)
+			sql := fmt.Sprintf("INSERT INTO %s (%s) VALUES ", raw, strings.Join(rawColumns, ", "))
+			args := make([]any, 0, size*len(rawColumns))
 			for j := range size {
 				if j > 0 {
 					sql += ","
 				}
 				n := len(args)
-				sql += fmt.Sprintf("($%d,$%d,$%d,$%d,$%d,$%d,$%d,$%d,$%d)", n+1, n+2, n+3, n+4, n+5, n+6, n+7, n+8, n+9)
+				ph := make([]string, len(rawColumns))
+				for k := range ph {
+					ph[k] = fmt.Sprintf("$%d", n+k+1)
+				}
+				sql += "(" + strings.Join(ph, ",") + ")"
 				args = append(args, rawRow(fmt.Sprintf("multi-%d", run), i*size+j+1)...)
 			}
 			if _, err := pool.Exec(b.Context(), sql, args...); err != nil {
@@ -134,7 +143,7 @@ func BenchmarkAppendBatch100(b *testing.B) {
 				rows[j] = rawRow(fmt.Sprintf("copy-%d", run), i*size+j+1)
 			}
 			if _, err := pool.CopyFrom(b.Context(), pgx.Identifier{s.Schema(), "raw_events"},
-				[]string{"stream_id", "version", "id", "type", "source", "subject", "time", "content_type", "data"}, pgx.CopyFromRows(rows)); err != nil {
+				rawColumns, pgx.CopyFromRows(rows)); err != nil {
 				b.Fatal(err)
 			}
 		}
@@ -193,13 +202,15 @@ func BenchmarkReadStream(b *testing.B) {
 	}
 	baseline := timed(func() {
 		for range b.N {
-			rows, _ := pool.Query(b.Context(), "SELECT position, version, id, type, data FROM "+pgx.Identifier{s.Schema(), "events"}.Sanitize()+" WHERE stream_id = 'read' ORDER BY version")
+			// The same columns the store reads, scanned into plain values.
+			rows, _ := pool.Query(b.Context(), "SELECT position, stream_id, version, id, type, source, subject, time, content_type, data, correlation_id, causation_id, traceparent, extensions, command_id FROM "+pgx.Identifier{s.Schema(), "events"}.Sanitize()+" WHERE stream_id = 'read' ORDER BY version")
 			var pos, ver int64
-			var id, typ string
-			var data []byte
+			var stream, id, typ, src, subj, ct, corr, cause, tp, cmd string
+			var at time.Time
+			var data, ext []byte
 			count := 0
 			for rows.Next() {
-				_ = rows.Scan(&pos, &ver, &id, &typ, &data)
+				_ = rows.Scan(&pos, &stream, &ver, &id, &typ, &src, &subj, &at, &ct, &data, &corr, &cause, &tp, &ext, &cmd)
 				count++
 			}
 			if rows.Err() != nil || count != n {
