@@ -384,3 +384,61 @@ func TestProcessorKillIntegration(t *testing.T) {
 		}
 	}
 }
+
+// TestShutdownUnderLoadIntegration stops a processor (context cancelled,
+// graceful drain) while commands stream in, starts another, and checks
+// that every command was applied exactly once, in order.
+func TestShutdownUnderLoadIntegration(t *testing.T) {
+	seeds := testenv.Brokers(t)
+	pool := testenv.Pool(t)
+	schema := testenv.Schema(t, pool)
+	if _, err := postgres.Migrate(t.Context(), pool, schema); err != nil {
+		t.Fatal(err)
+	}
+	store, err := postgres.New(t.Context(), pool, postgres.WithSchema(schema))
+	if err != nil {
+		t.Fatal(err)
+	}
+	bc := testenv.Name("bank")
+	setupTopics(t, seeds, bc, 4)
+	log := slog.New(slog.DiscardHandler)
+	startProc := func() (context.CancelFunc, chan error) {
+		ctx, cancel := context.WithCancel(t.Context())
+		done := make(chan error, 1)
+		go func() { done <- runProcessor(ctx, seeds, bc, store, log) }()
+		return cancel, done
+	}
+	stop1, done1 := startProc()
+
+	cl := testenv.Client(t, seeds)
+	reg := codec.NewRegistry()
+	if err := banking.Register(reg); err != nil {
+		t.Fatal(err)
+	}
+	sender, err := producers.NewSender(cl, reg, topics.Commands(bc), "/test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	const aggs, total = 200, 4000
+	for i, round := range workload(t, sender, aggs, total) {
+		send(t, sender, cl, round)
+		time.Sleep(50 * time.Millisecond)
+		if i == 8 {
+			stop1() // mid-stream: drains the batch in flight, commits, leaves
+			if err := <-done1; err != nil {
+				t.Fatalf("first processor: %v", err)
+			}
+			t.Log("first processor stopped under load")
+		}
+	}
+	stop2, done2 := startProc()
+	waitFor(t, 2*time.Minute, func() bool { return countAll(t, store) >= total })
+	stop2()
+	if err := <-done2; err != nil {
+		t.Fatalf("second processor: %v", err)
+	}
+	checkStreams(t, store, reg, aggs, total/aggs)
+	if n := countAll(t, store); n != total {
+		t.Fatalf("%d events, want %d", n, total)
+	}
+}
