@@ -124,8 +124,8 @@ func (s *Store) Pool() *pgxpool.Pool { return s.pool }
 func (s *Store) Schema() string { return s.schema }
 
 type statements struct {
-	append, appendOne, maxVersions, readStream, readAll, findCommand, findCommands, saveSnapshot, loadSnapshot, insertCommand string
-	table                                                                                                                     string
+	append, appendOne, appendPlain, maxVersions, readStream, readAll, findCommand, findCommands, saveSnapshot, loadSnapshot, insertCommand string
+	table                                                                                                                                  string
 }
 
 const eventColumns = "position, stream_id, version, id, type, source, subject, time, content_type, data, correlation_id, causation_id, traceparent, extensions, command_id"
@@ -150,9 +150,18 @@ func newStatements(q string) statements {
 	        SELECT $1, base.v + 1, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $4
 	        FROM base WHERE base.ok AND ($4 = '' OR EXISTS (SELECT 1 FROM cmd)) RETURNING version)
 	SELECT (SELECT count(*) FROM ins), (SELECT actual FROM base)`
+	// The plainest form, for one event with an exact expectation and no
+	// command: insert version $3+1 if version $3 exists (or $3 is 0); the
+	// unique (stream_id, version) constraint catches a stream that moved on.
+	// $2 (the Any flag, false here) is referenced only so that every append
+	// statement takes the same parameter list.
+	plain := `INSERT INTO ` + q + `.events (stream_id, version, id, type, source, subject, time, content_type, data, correlation_id, causation_id, traceparent, extensions, command_id)
+	SELECT $1, $3::bigint + 1, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $4
+	WHERE $2::bool IS NOT NULL AND ($3::bigint = 0 OR EXISTS (SELECT 1 FROM ` + q + `.events WHERE stream_id = $1 AND version = $3::bigint))`
 	return statements{
-		table:     q + ".events",
-		appendOne: one,
+		table:       q + ".events",
+		appendOne:   one,
+		appendPlain: plain,
 		append: fmt.Sprintf(head, "cardinality($5::text[])") + `
 	ins AS (` + insert + `)
 	SELECT (SELECT count(*) FROM ins), (SELECT actual FROM base)`,
@@ -264,6 +273,19 @@ func (s *Store) Append(ctx context.Context, streamID string, expected stores.Exp
 	for attempt := 0; ; attempt++ {
 		var n int64
 		var actual uint64
+		if len(events) == 1 && cmd == "" && !expected.IsAny() {
+			var tag pgconn.CommandTag
+			tag, err = s.pool.Exec(ctx, s.sql.appendPlain, c.args(streamID, false, expected.Version(), "")...)
+			if err == nil && tag.RowsAffected() == 1 {
+				return stores.AppendResult{StreamID: streamID, FromVersion: expected.Version() + 1, ToVersion: expected.Version() + 1}, nil
+			}
+			if err == nil { // version $3 does not exist: the stream is behind
+				ce := &stores.ConflictError{StreamID: streamID, Expected: expected}
+				_ = s.pool.QueryRow(ctx, "SELECT coalesce(max(version), 0) FROM "+s.sql.table+" WHERE stream_id = $1", streamID).Scan(&ce.Actual)
+				return stores.AppendResult{}, ce
+			}
+			return stores.AppendResult{}, s.wrap(ctx, streamID, expected, err)
+		}
 		err = s.pool.QueryRow(ctx, s.appendSQL(len(events)), c.args(streamID, expected.IsAny(), expected.Version(), cmd)...).Scan(&n, &actual)
 		if err == nil && n == int64(len(events)) {
 			return stores.AppendResult{StreamID: streamID, FromVersion: actual + 1, ToVersion: actual + uint64(n)}, nil
