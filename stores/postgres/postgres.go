@@ -405,40 +405,9 @@ func (s *Store) appendMany(ctx context.Context, tx pgx.Tx, reqs []stores.AppendR
 			cmds = append(cmds, c)
 		}
 	}
-	current := map[string]uint64{}
-	rows, err := tx.Query(ctx, s.sql.maxVersions, ids)
+	current, seen, err := s.readState(ctx, tx, ids, cmds)
 	if err != nil {
 		return nil, err
-	}
-	for rows.Next() {
-		var id string
-		var v int64
-		if err := rows.Scan(&id, &v); err != nil {
-			return nil, err
-		}
-		current[id] = uint64(v)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, err
-	}
-	seen := map[string]stores.AppendResult{}
-	if len(cmds) > 0 {
-		rows, err := tx.Query(ctx, s.sql.findCommands, cmds)
-		if err != nil {
-			return nil, err
-		}
-		for rows.Next() {
-			var id string
-			var r stores.AppendResult
-			if err := rows.Scan(&id, &r.StreamID, &r.FromVersion, &r.ToVersion); err != nil {
-				return nil, err
-			}
-			r.Duplicate = true
-			seen[id] = r
-		}
-		if err := rows.Err(); err != nil {
-			return nil, err
-		}
 	}
 	results := make([]stores.AppendResult, len(reqs))
 	// Every small request's statement goes out in one pipelined batch.
@@ -503,6 +472,53 @@ func (s *Store) appendMany(ctx context.Context, tx pgx.Tx, reqs []stores.AppendR
 		return nil, err
 	}
 	return results, nil
+}
+
+// readState reads, in one pipelined round trip, the current version of
+// each stream and the commands among cmds recorded before.
+func (s *Store) readState(ctx context.Context, tx pgx.Tx, ids, cmds []string) (map[string]uint64, map[string]stores.AppendResult, error) {
+	var reads pgx.Batch
+	reads.Queue(s.sql.maxVersions, ids)
+	if len(cmds) > 0 {
+		reads.Queue(s.sql.findCommands, cmds)
+	}
+	br := tx.SendBatch(ctx, &reads)
+	defer br.Close()
+	current := map[string]uint64{}
+	rows, err := br.Query()
+	if err != nil {
+		return nil, nil, err
+	}
+	for rows.Next() {
+		var id string
+		var v int64
+		if err := rows.Scan(&id, &v); err != nil {
+			return nil, nil, err
+		}
+		current[id] = uint64(v)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, nil, err
+	}
+	seen := map[string]stores.AppendResult{}
+	if len(cmds) > 0 {
+		rows, err := br.Query()
+		if err != nil {
+			return nil, nil, err
+		}
+		for rows.Next() {
+			var id string
+			r := stores.AppendResult{Duplicate: true}
+			if err := rows.Scan(&id, &r.StreamID, &r.FromVersion, &r.ToVersion); err != nil {
+				return nil, nil, err
+			}
+			seen[id] = r
+		}
+		if err := rows.Err(); err != nil {
+			return nil, nil, err
+		}
+	}
+	return current, seen, br.Close()
 }
 
 func (s *Store) copyEvents(ctx context.Context, tx pgx.Tx, streamID string, base uint64, cmd string, c columns) error {
