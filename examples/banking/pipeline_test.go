@@ -300,15 +300,7 @@ func readDeadLetters(t *testing.T, seeds []string, topic string, n int) []*kgo.R
 // imply, with its deposits in order, none applied twice.
 func TestProcessorKillIntegration(t *testing.T) {
 	seeds := testenv.Brokers(t)
-	pool := testenv.Pool(t)
-	schema := testenv.Schema(t, pool)
-	if _, err := postgres.Migrate(t.Context(), pool, schema); err != nil {
-		t.Fatal(err)
-	}
-	store, err := postgres.New(t.Context(), pool, postgres.WithSchema(schema))
-	if err != nil {
-		t.Fatal(err)
-	}
+	pool, schema, store := pgStore(t)
 	bc := testenv.Name("bank")
 	setupTopics(t, seeds, bc, 6)
 
@@ -390,15 +382,7 @@ func TestProcessorKillIntegration(t *testing.T) {
 // that every command was applied exactly once, in order.
 func TestShutdownUnderLoadIntegration(t *testing.T) {
 	seeds := testenv.Brokers(t)
-	pool := testenv.Pool(t)
-	schema := testenv.Schema(t, pool)
-	if _, err := postgres.Migrate(t.Context(), pool, schema); err != nil {
-		t.Fatal(err)
-	}
-	store, err := postgres.New(t.Context(), pool, postgres.WithSchema(schema))
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, _, store := pgStore(t)
 	bc := testenv.Name("bank")
 	setupTopics(t, seeds, bc, 4)
 	log := slog.New(slog.DiscardHandler)
@@ -441,4 +425,19 @@ func TestShutdownUnderLoadIntegration(t *testing.T) {
 	if n := countAll(t, store); n != total {
 		t.Fatalf("%d events, want %d", n, total)
 	}
+}
+
+// pgStore returns a PostgreSQL store on a fresh, migrated schema.
+func pgStore(t *testing.T) (*pgxpool.Pool, string, *postgres.Store) {
+	t.Helper()
+	pool := testenv.Pool(t)
+	schema := testenv.Schema(t, pool)
+	if _, err := postgres.Migrate(t.Context(), pool, schema); err != nil {
+		t.Fatal(err)
+	}
+	store, err := postgres.New(t.Context(), pool, postgres.WithSchema(schema))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pool, schema, store
 }
