@@ -1,0 +1,155 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/orchestrix/orchestrix"
+	"github.com/orchestrix/orchestrix/outbox"
+	"github.com/orchestrix/orchestrix/stores/postgres"
+	"github.com/orchestrix/orchestrix/topics"
+)
+
+// routeFlag collects repeated --route type=topic flags.
+type routeFlag [][2]string
+
+func (r *routeFlag) String() string {
+	parts := make([]string, len(*r))
+	for i, p := range *r {
+		parts[i] = p[0] + "=" + p[1]
+	}
+	return strings.Join(parts, ",")
+}
+
+func (r *routeFlag) Set(v string) error {
+	typ, topic, ok := strings.Cut(v, "=")
+	if !ok || strings.TrimSpace(typ) == "" || strings.TrimSpace(topic) == "" {
+		return fmt.Errorf("route %q is not event-type=topic", v)
+	}
+	*r = append(*r, [2]string{strings.TrimSpace(typ), strings.TrimSpace(topic)})
+	return nil
+}
+
+// runRelay publishes the PostgreSQL store's events (and its outbox table)
+// to Kafka until ctx ends (SIGTERM, SIGINT), then drains the transaction
+// in flight and returns nil.
+func runRelay(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flags("relay", stderr)
+	url := fs.String("database-url", env("DATABASE_URL", ""), "PostgreSQL URL (env DATABASE_URL)")
+	brokers := fs.String("brokers", env("KAFKA_BROKERS", ""), "comma-separated seed brokers (env KAFKA_BROKERS)")
+	schema := fs.String("schema", env("ORCHESTRIX_SCHEMA", postgres.DefaultSchema), "schema holding the store's tables (env ORCHESTRIX_SCHEMA)")
+	bc := fs.String("context", env("ORCHESTRIX_CONTEXT", ""), "bounded context: events go to <context>.events (env ORCHESTRIX_CONTEXT)")
+	topic := fs.String("topic", env("ORCHESTRIX_EVENTS_TOPIC", ""), "events topic (env ORCHESTRIX_EVENTS_TOPIC; default <context>.events)")
+	var routes routeFlag
+	fs.Var(&routes, "route", "event-type=topic: publish events of that type to topic instead (repeatable)")
+	txnID := fs.String("transactional-id", env("ORCHESTRIX_RELAY_TRANSACTIONAL_ID", ""), "Kafka transactional ID, the same for every instance of this relay (env ORCHESTRIX_RELAY_TRANSACTIONAL_ID; default orchestrix-relay.<topic>)")
+	instance := fs.String("instance", env("ORCHESTRIX_RELAY_INSTANCE", defaultInstance()), "this instance's name, in logs and the "+outbox.InstanceHeader+" header (env ORCHESTRIX_RELAY_INSTANCE)")
+	batch := fs.Int("batch-size", outbox.DefaultBatchSize, "events (and outbox messages) per read")
+	pollMin := fs.Duration("poll-min", outbox.DefaultPollMin, "wait after a read that found work but not a full batch")
+	pollMax := fs.Duration("poll-max", outbox.DefaultPollMax, "longest wait between reads of an idle store")
+	lease := fs.Duration("lease", outbox.DefaultLease, "how long a paused or disconnected leader keeps leadership before a standby takes over")
+	statsEvery := fs.Duration("stats-interval", outbox.DefaultStatsInterval, "how often to log throughput and lag")
+	drainOutbox := fs.Bool("outbox", true, "also publish the schema's outbox table (messages such as sagas' commands)")
+	logLevel := fs.String("log-level", env("ORCHESTRIX_LOG_LEVEL", "info"), "debug, info, warn or error (env ORCHESTRIX_LOG_LEVEL)")
+	logJSON := fs.Bool("log-json", false, "log JSON lines instead of text")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+
+	var problems []string
+	if *url == "" {
+		problems = append(problems, "--database-url or DATABASE_URL is required")
+	}
+	seeds := splitBrokers(*brokers)
+	if len(seeds) == 0 {
+		problems = append(problems, "--brokers or KAFKA_BROKERS is required")
+	}
+	if *topic == "" && *bc != "" {
+		*topic = topics.Events(*bc)
+	}
+	if *topic == "" {
+		problems = append(problems, "name the events topic with --topic or --context")
+	}
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
+		problems = append(problems, fmt.Sprintf("--log-level %q: want debug, info, warn or error", *logLevel))
+	}
+	opts := []outbox.Option{
+		outbox.ToTopic(*topic),
+		outbox.Instance(*instance),
+		outbox.BatchSize(*batch),
+		outbox.PollInterval(*pollMin, *pollMax),
+		outbox.Lease(*lease),
+		outbox.StatsInterval(*statsEvery),
+	}
+	for _, r := range routes {
+		opts = append(opts, outbox.Route(r[0], r[1]))
+	}
+	if *txnID != "" {
+		opts = append(opts, outbox.TransactionalID(*txnID))
+	}
+	if !*drainOutbox {
+		opts = append(opts, outbox.NoOutboxTable())
+	}
+	// Check the relay's whole configuration before connecting anywhere.
+	if _, err := outbox.NewRelay(checkOnly{}, []string{"check"}, opts...); err != nil && *topic != "" {
+		problems = append(problems, err.Error())
+	}
+	if len(problems) > 0 {
+		return fmt.Errorf("%w: %s", errUsage, strings.Join(problems, "; "))
+	}
+
+	hopts := &slog.HandlerOptions{Level: level}
+	var handler slog.Handler = slog.NewTextHandler(stderr, hopts)
+	if *logJSON {
+		handler = slog.NewJSONHandler(stderr, hopts)
+	}
+	log := slog.New(handler)
+	opts = append(opts, outbox.WithLogger(log))
+
+	pool, err := openPool(ctx, *url)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	store, err := postgres.New(ctx, pool, postgres.WithSchema(*schema))
+	if err != nil {
+		if errors.Is(err, orchestrix.ErrInvalid) {
+			return fmt.Errorf("%w: %w", errUsage, err)
+		}
+		return err
+	}
+	relay, err := outbox.NewRelay(store, seeds, opts...)
+	if err != nil {
+		return fmt.Errorf("%w: %w", errUsage, err)
+	}
+	log.Info("relay starting", "schema", *schema, "topic", *topic, "routes", routes.String(), "brokers", strings.Join(seeds, ","),
+		"instance", *instance, "outbox_table", *drainOutbox)
+	start := time.Now()
+	if err := relay.Run(ctx); err != nil {
+		return err
+	}
+	st := relay.Stats()
+	fmt.Fprintf(stdout, "relay stopped after %s: published %d events and %d outbox messages in %d transactions; checkpoint %s\n",
+		time.Since(start).Round(time.Second), st.Events, st.Messages, st.Transactions, st.Checkpoint.Events)
+	return nil
+}
+
+// checkOnly is a source that is never read: NewRelay validates the
+// options with it before the database is opened.
+type checkOnly struct{ outbox.Source }
+
+func defaultInstance() string {
+	host, err := os.Hostname()
+	if err != nil || host == "" {
+		host = "relay"
+	}
+	return host + "-" + strconv.Itoa(os.Getpid())
+}

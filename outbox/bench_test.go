@@ -1,0 +1,459 @@
+package outbox_test
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"runtime"
+	"runtime/metrics"
+	"slices"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/orchestrix/orchestrix"
+	"github.com/orchestrix/orchestrix/codec"
+	"github.com/orchestrix/orchestrix/internal/testenv"
+	"github.com/orchestrix/orchestrix/outbox"
+	"github.com/orchestrix/orchestrix/stores"
+	"github.com/orchestrix/orchestrix/stores/postgres"
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kgo"
+)
+
+// Benchmarks. Each runs once per op and reports its figures as metrics;
+// run them with -benchtime=1x (see BENCH.md for the commands and results).
+//
+//	ORCHESTRIX_BENCH_EVENTS  backlog size of BenchmarkRelayDrain (default 200000; 1000000 documented)
+//	ORCHESTRIX_BENCH_SECONDS duration of each latency and append phase (default 10)
+
+func benchInt(name string, def int) int {
+	if v, err := strconv.Atoi(os.Getenv(name)); err == nil && v > 0 {
+		return v
+	}
+	return def
+}
+
+// benchEnv is newEnv for benchmarks.
+func benchEnv(b *testing.B, partitions int32) *env {
+	b.Helper()
+	pool := testenv.Pool(b)
+	seeds := testenv.Brokers(b)
+	schema := testenv.Schema(b, pool)
+	if _, err := postgres.Migrate(b.Context(), pool, schema); err != nil {
+		b.Fatal(err)
+	}
+	store, err := postgres.New(b.Context(), pool, postgres.WithSchema(schema))
+	if err != nil {
+		b.Fatal(err)
+	}
+	topic := testenv.Topic(b, seeds, partitions, nil)
+	b.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		cl, err := kgo.NewClient(kgo.SeedBrokers(seeds...))
+		if err == nil {
+			defer cl.Close()
+			_, _ = kadm.NewClient(cl).DeleteTopics(ctx, topic+outbox.CheckpointSuffix)
+		}
+	})
+	return &env{pool: pool, store: store, schema: schema, seeds: seeds, topic: topic}
+}
+
+func benchClientOpts() []kgo.Opt {
+	if v := os.Getenv("ORCHESTRIX_BENCH_LINGER"); v != "" {
+		d, _ := time.ParseDuration(v)
+		return []kgo.Opt{kgo.ProducerLinger(d)}
+	}
+	return nil
+}
+
+// benchEvent is the i-th event of stream: about 300 bytes as a record.
+func benchEvent(stream string, i int) orchestrix.Event {
+	return orchestrix.Event{
+		Metadata: orchestrix.Metadata{
+			ID: fmt.Sprintf("%s-%08d", stream, i), Type: "bench.Deposited", Source: "/bench",
+			Time: time.Unix(1_700_000_000, int64(i)).UTC(), CorrelationID: "corr-" + stream,
+		},
+		ContentType: "application/json",
+		Data:        []byte(`{"amount":12345,"currency":"EUR","note":"benchmark payload"}`),
+	}
+}
+
+// BenchmarkRelayDrain fills a backlog (store.Append batches of 5000, which
+// use COPY), then measures: raw franz-go produce of the same records to the
+// same broker (idempotent, not transactional), the database's own read
+// rate of the log (ReadAll), and the relay draining it; with the relay's
+// peak heap, to compare across backlog sizes.
+func BenchmarkRelayDrain(b *testing.B) {
+	n := benchInt("ORCHESTRIX_BENCH_EVENTS", 200_000)
+	const perAppend = 5000
+	for b.Loop() {
+		e := benchEnv(b, 8)
+		ctx := b.Context()
+
+		start := time.Now()
+		streams := (n + perAppend - 1) / perAppend
+		for s := range streams {
+			stream := fmt.Sprintf("acct-%05d", s)
+			evs := make([]orchestrix.Event, min(perAppend, n-s*perAppend))
+			for i := range evs {
+				evs[i] = benchEvent(stream, i)
+			}
+			if _, err := e.store.Append(ctx, stream, stores.NoStream, evs); err != nil {
+				b.Fatal(err)
+			}
+		}
+		fill := time.Since(start)
+
+		// Baseline 1: raw produce of the same records.
+		raw := testenv.Topic(b, e.seeds, 8, nil)
+		cl, err := kgo.NewClient(kgo.SeedBrokers(e.seeds...))
+		if err != nil {
+			b.Fatal(err)
+		}
+		var perr atomic.Value
+		start = time.Now()
+		for s := range streams {
+			stream := fmt.Sprintf("acct-%05d", s)
+			for i := range min(perAppend, n-s*perAppend) {
+				ev := benchEvent(stream, i)
+				ev.StreamID, ev.Version, ev.Position = stream, uint64(i+1), uint64(s*perAppend+i+1)
+				rec, err := codec.EventToRecord(raw, ev)
+				if err != nil {
+					b.Fatal(err)
+				}
+				cl.Produce(ctx, rec, func(_ *kgo.Record, err error) {
+					if err != nil {
+						perr.CompareAndSwap(nil, err)
+					}
+				})
+			}
+		}
+		if err := cl.Flush(ctx); err != nil {
+			b.Fatal(err)
+		}
+		rawTime := time.Since(start)
+		cl.Close()
+		if err, ok := perr.Load().(error); ok {
+			b.Fatal(err)
+		}
+
+		// Baseline 2: the database's own read rate of the log, in the
+		// relay's batches (one query each, no Kafka).
+		batchSize := benchInt("ORCHESTRIX_BENCH_BATCH", outbox.DefaultBatchSize)
+		start = time.Now()
+		read := 0
+		for cur := (stores.Cursor{}); ; {
+			page, err := e.store.ReadLogBatch(ctx, cur, batchSize)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if len(page) == 0 {
+				break
+			}
+			read += len(page)
+			cur = page[len(page)-1].Cursor
+		}
+		readTime := time.Since(start)
+		if read != n {
+			b.Fatalf("read %d events, want %d", read, n)
+		}
+
+		// Baseline 3: the naive at-least-once pipeline on the same
+		// machine: read pages and produce them (idempotent, no
+		// transactions, no checkpoint), flushing once at the end. No
+		// relay can beat it; the gap to it is the price of exactly-once.
+		naiveTopic := testenv.Topic(b, e.seeds, 8, nil)
+		ncl, err := kgo.NewClient(kgo.SeedBrokers(e.seeds...))
+		if err != nil {
+			b.Fatal(err)
+		}
+		start = time.Now()
+		for cur := (stores.Cursor{}); ; {
+			page, err := e.store.ReadLogBatch(ctx, cur, batchSize)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if len(page) == 0 {
+				break
+			}
+			for _, en := range page {
+				rec, err := codec.EventToRecord(naiveTopic, en.Event)
+				if err != nil {
+					b.Fatal(err)
+				}
+				ncl.Produce(ctx, rec, func(_ *kgo.Record, err error) {
+					if err != nil {
+						perr.CompareAndSwap(nil, err)
+					}
+				})
+			}
+			cur = page[len(page)-1].Cursor
+		}
+		if err := ncl.Flush(ctx); err != nil {
+			b.Fatal(err)
+		}
+		naiveTime := time.Since(start)
+		ncl.Close()
+
+		// The relay.
+		runtime.GC()
+		var base runtime.MemStats
+		runtime.ReadMemStats(&base)
+		live := []metrics.Sample{{Name: "/gc/heap/live:bytes"}}
+		metrics.Read(live)
+		baseLive := live[0].Value.Uint64()
+		var peakLive atomic.Uint64
+		r := e.relay(b, "bench", outbox.BatchSize(batchSize), outbox.NoOutboxTable(), outbox.WithClientOpts(benchClientOpts()...))
+		last := e.lastCursor(b)
+		var peak atomic.Uint64
+		sampleDone := make(chan struct{})
+		sampleCtx, stopSample := context.WithCancel(ctx)
+		go func() {
+			defer close(sampleDone)
+			t := time.NewTicker(20 * time.Millisecond)
+			defer t.Stop()
+			var ms runtime.MemStats
+			for {
+				select {
+				case <-sampleCtx.Done():
+					return
+				case <-t.C:
+					runtime.ReadMemStats(&ms)
+					if ms.HeapInuse > peak.Load() {
+						peak.Store(ms.HeapInuse)
+					}
+					metrics.Read(live)
+					if v := live[0].Value.Uint64(); v > peakLive.Load() {
+						peakLive.Store(v)
+					}
+				}
+			}
+		}()
+		start = time.Now()
+		stop := runRelay(b, r)
+		waitFor(b, 30*time.Minute, "drain", func() bool { return r.Stats().Checkpoint.Events == last })
+		relayTime := time.Since(start)
+		stopSample()
+		<-sampleDone
+		if err := stop(); err != nil {
+			b.Fatal(err)
+		}
+
+		rawRate := float64(n) / rawTime.Seconds()
+		relayRate := float64(n) / relayTime.Seconds()
+		b.ReportMetric(float64(n), "events")
+		b.ReportMetric(float64(n)/fill.Seconds(), "fill_events/s")
+		b.ReportMetric(rawRate, "raw_produce_events/s")
+		b.ReportMetric(float64(n)/readTime.Seconds(), "db_read_events/s")
+		b.ReportMetric(relayRate, "relay_events/s")
+		b.ReportMetric(100*relayRate/rawRate, "relay_%_of_raw")
+		b.ReportMetric(float64(n)/naiveTime.Seconds(), "naive_read+produce_events/s")
+		b.ReportMetric(100*relayRate/(float64(n)/naiveTime.Seconds()), "relay_%_of_naive")
+		b.ReportMetric(float64(peak.Load()-min(peak.Load(), base.HeapInuse))/(1<<20), "peak_heap_inuse_MB_above_base")
+		b.ReportMetric(float64(peakLive.Load()-min(peakLive.Load(), baseLive))/(1<<20), "peak_live_heap_MB_above_base")
+		b.ReportMetric(float64(r.Stats().Transactions), "transactions")
+	}
+}
+
+// BenchmarkRelayLatency offers a fixed rate of single-event appends
+// (8 writers, random streams) with the relay running and measures, per
+// event, from the append's commit (Append returned) to the broker's
+// acknowledgement of the Kafka transaction that carried it (OnCommit).
+// "wake" calls Relay.Wake after every append (a post-commit hook) instead
+// of relying on the adaptive poll alone: it matters at low rates, where the
+// poll has backed off.
+func BenchmarkRelayLatency(b *testing.B) {
+	secs := benchInt("ORCHESTRIX_BENCH_SECONDS", 10)
+	for _, rate := range []int{100, 1000, 5000} {
+		for _, wake := range []bool{false, true} {
+			name := fmt.Sprintf("rate=%d/poll", rate)
+			if wake {
+				name = fmt.Sprintf("rate=%d/wake", rate)
+			}
+			b.Run(name, func(b *testing.B) {
+				for b.Loop() {
+					benchLatency(b, rate, time.Duration(secs)*time.Second, wake)
+				}
+			})
+		}
+	}
+}
+
+func benchLatency(b *testing.B, rate int, d time.Duration, wake bool) {
+	e := benchEnv(b, 8)
+	ctx := b.Context()
+	var mu sync.Mutex
+	committedAt := map[string]time.Time{}
+	var lat []time.Duration
+	r := e.relay(b, "latency", outbox.NoOutboxTable(), outbox.OnCommit(func(c outbox.Commit) {
+		now := time.Now()
+		mu.Lock()
+		defer mu.Unlock()
+		for _, rec := range c.Records {
+			for _, h := range rec.Headers {
+				if h.Key == "ce_id" {
+					if t, ok := committedAt[string(h.Value)]; ok {
+						lat = append(lat, now.Sub(t))
+					}
+					break
+				}
+			}
+		}
+	}))
+	stop := runRelay(b, r)
+	waitFor(b, time.Minute, "relay leading", func() bool { return r.Stats().Leader })
+	time.Sleep(500 * time.Millisecond)
+
+	const writers = 8
+	var wg sync.WaitGroup
+	var sent atomic.Int64
+	start := time.Now()
+	total := max(int64(float64(rate)*d.Seconds()), 200)
+	for w := range writers {
+		wg.Go(func() {
+			rng := rand.New(rand.NewPCG(uint64(w), 1))
+			for {
+				i := sent.Add(1)
+				if i > total {
+					return
+				}
+				time.Sleep(time.Until(start.Add(time.Duration(float64(i) / float64(rate) * float64(time.Second)))))
+				stream := fmt.Sprintf("s-%04d", rng.IntN(1000))
+				ev := benchEvent(stream, int(i))
+				if _, err := e.store.Append(ctx, stream, stores.Any, []orchestrix.Event{ev}); err != nil {
+					b.Error(err)
+					return
+				}
+				now := time.Now()
+				mu.Lock()
+				committedAt[ev.ID] = now
+				mu.Unlock()
+				if wake {
+					r.Wake()
+				}
+			}
+		})
+	}
+	wg.Wait()
+	offered := time.Since(start)
+	e.waitCaughtUp(b, r, 5*time.Minute)
+	if err := stop(); err != nil {
+		b.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(lat) == 0 {
+		b.Fatal("no latencies measured")
+	}
+	slices.Sort(lat)
+	pct := func(p float64) float64 {
+		return float64(lat[min(len(lat)-1, int(p*float64(len(lat))))].Microseconds()) / 1000
+	}
+	b.ReportMetric(float64(total)/offered.Seconds(), "achieved_events/s")
+	b.ReportMetric(pct(0.50), "p50_ms")
+	b.ReportMetric(pct(0.99), "p99_ms")
+	b.ReportMetric(float64(lat[len(lat)-1].Microseconds())/1000, "max_ms")
+	b.ReportMetric(float64(len(lat))/float64(r.Stats().Transactions), "events/txn")
+}
+
+// BenchmarkAppendWithRelay measures append throughput (8 writers, 10-event
+// appends to random streams) in three settings, interleaved over rounds so
+// that the drift of a shared machine hits all three alike, and reports the
+// medians: alone; with the relay publishing the same load (after it caught
+// up with the previous phases); and with only the relay's database side (a
+// follower making the relay's reads, no Kafka), which separates what the
+// relay costs the database from what a broker and a publisher competing
+// for the writers' CPUs cost.
+func BenchmarkAppendWithRelay(b *testing.B) {
+	d := time.Duration(benchInt("ORCHESTRIX_BENCH_SECONDS", 5)) * time.Second
+	rounds := benchInt("ORCHESTRIX_BENCH_ROUNDS", 3)
+	for b.Loop() {
+		e := benchEnv(b, 8)
+		phase := 0
+		appendFor := func() float64 {
+			phase++
+			prefix := fmt.Sprintf("p%d", phase)
+			// Appends are never cancelled half-way (a cancelled append
+			// may still commit), the writers stop between appends.
+			ctx := b.Context()
+			var n atomic.Int64
+			var wg sync.WaitGroup
+			start := time.Now()
+			end := start.Add(d)
+			for w := range 8 {
+				wg.Go(func() {
+					rng := rand.New(rand.NewPCG(uint64(w), uint64(phase)))
+					for i := 0; time.Now().Before(end); i++ {
+						stream := fmt.Sprintf("%s-%04d", prefix, rng.IntN(1000))
+						evs := make([]orchestrix.Event, 10)
+						for j := range evs {
+							evs[j] = benchEvent(stream, i*10+j)
+							evs[j].ID = fmt.Sprintf("%s-%d-%d-%d", prefix, w, i, j)
+						}
+						if _, err := e.store.Append(ctx, stream, stores.Any, evs); err != nil {
+							b.Error(err)
+							return
+						}
+						n.Add(10)
+					}
+				})
+			}
+			wg.Wait()
+			return float64(n.Load()) / time.Since(start).Seconds()
+		}
+		var alone, with, reads, relayRate []float64
+		var events, txns uint64
+		for range rounds {
+			alone = append(alone, appendFor())
+
+			r := e.relay(b, "append", outbox.NoOutboxTable())
+			stop := runRelay(b, r)
+			e.waitCaughtUp(b, r, 10*time.Minute)
+			before, beforeTxns := r.Stats().Events, r.Stats().Transactions
+			start := time.Now()
+			with = append(with, appendFor())
+			relayRate = append(relayRate, float64(r.Stats().Events-before)/time.Since(start).Seconds())
+			events += r.Stats().Events - before
+			txns += r.Stats().Transactions - beforeTxns
+			if err := stop(); err != nil {
+				b.Fatal(err)
+			}
+
+			fctx, stopFollow := context.WithCancel(b.Context())
+			done := make(chan struct{})
+			go func() {
+				defer close(done)
+				cur := e.lastCursor(b)
+				for fctx.Err() == nil {
+					page, err := e.store.ReadLogBatch(fctx, cur, outbox.DefaultBatchSize)
+					if err != nil {
+						return
+					}
+					if len(page) > 0 {
+						cur = page[len(page)-1].Cursor
+					}
+					if len(page) < outbox.DefaultBatchSize {
+						time.Sleep(outbox.DefaultPollMin)
+					}
+				}
+			}()
+			reads = append(reads, appendFor())
+			stopFollow()
+			<-done
+		}
+		median := func(v []float64) float64 { slices.Sort(v); return v[len(v)/2] }
+		a, w, rd := median(alone), median(with), median(reads)
+		b.ReportMetric(a, "append_alone_events/s")
+		b.ReportMetric(w, "append_with_relay_events/s")
+		b.ReportMetric(100*w/a, "with_relay_%_of_alone")
+		b.ReportMetric(rd, "append_with_relay_reads_only_events/s")
+		b.ReportMetric(100*rd/a, "reads_only_%_of_alone")
+		b.ReportMetric(median(relayRate), "relay_events/s_during")
+		b.ReportMetric(float64(events)/float64(max(txns, 1)), "events/txn")
+	}
+}

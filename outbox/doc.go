@@ -1,0 +1,86 @@
+// Package outbox publishes an event store's committed events, and the
+// messages of its outbox table, to Kafka: the transactional outbox relay.
+//
+//	store, _ := postgres.New(ctx, pool)
+//	relay, _ := outbox.NewRelay(store, seeds, outbox.ToTopic("banking.events"))
+//	err := relay.Run(ctx) // until ctx ends; finishes the transaction in flight
+//
+// Every event becomes one CloudEvents record (codec.EventToRecord, binary
+// mode) keyed by its stream ID, so a stream's events share a partition;
+// ce_position carries the store position. Route and RouteFunc send event
+// types to other topics. A saga writes its outgoing commands with a Writer
+// in the transaction that saves its state; the same relay publishes them.
+//
+// # Guarantees
+//
+// Exactly once into Kafka, for read_committed consumers. Each batch is
+// published in one Kafka transaction (a transactional producer with a
+// stable transactional ID) together with a record of the relay's
+// checkpoint — the stores.Cursor just after the batch, in the string form
+// — written to the compacted topic "<events topic>.relay-checkpoint". The
+// records and the checkpoint commit or abort together. A relay that starts
+// (or takes over) first initialises its producer, which fences every
+// earlier instance with the same transactional ID and makes the broker
+// abort that instance's open transaction; it then commits a session record
+// to the checkpoint topic and reads the last checkpoint below it with a
+// read_committed consumer. That checkpoint is exactly what consumers can
+// see, so the relay resumes just after the last event they saw: nothing is
+// published twice, nothing is skipped, after a crash (kill -9 mid-batch), a
+// broker or database restart, or a takeover. A position kept in the
+// database and updated after the Kafka commit could not give this.
+//
+// Order and completeness come from the source's log order, which is
+// gap-safe (stores.EventStore.ReadAll): the PostgreSQL store, and the
+// outbox table read the same way, only read rows whose transaction is
+// older than the oldest transaction still running, in (transaction ID,
+// position) order; an event committed late by a slow transaction is never
+// skipped, and a rolled-back one is never read. Each stream's events are
+// published in version order within their partition; one Kafka
+// transaction's records become visible at once.
+//
+// One relay publishes at a time. With a PostgreSQL source, relays
+// campaign for a session advisory lock on a dedicated connection; the
+// holder publishes, the others wait as standbys. The holder's connection
+// pings every Lease/3 with PostgreSQL's idle_session_timeout set to the
+// lease, so a leader that dies, hangs or is paused loses the lock within
+// the lease and a standby takes over. A lost lock connection means lost
+// leadership: the relay stops publishing and campaigns again. Mutual
+// exclusion is the lock's job; safety does not depend on it: a paused
+// leader that resumes after its replacement initialised its producer is
+// fenced by Kafka and cannot commit anything.
+//
+// # Limits
+//
+//   - Consumers must read with read_committed (franz-go reads
+//     read_uncommitted unless told); read_uncommitted consumers also see
+//     records of aborted transactions, i.e. duplicates.
+//   - Any long-running transaction in the PostgreSQL cluster, in any
+//     database, holds the read horizon: the relay publishes nothing
+//     committed after that transaction began until it ends (then all of it,
+//     in order, at the next poll). Keep transactions short.
+//   - Transaction IDs (xid8) do not survive a dump and restore: a restored
+//     database's rows carry new ones, so the checkpoint no longer means
+//     anything; publish it to a new events topic (a new checkpoint topic).
+//   - An event that codec.EventToRecord refuses stops the relay with an
+//     error naming it (or is skipped, if OnInvalid says so); a record
+//     larger than the broker accepts stops it too. Run returns such
+//     errors; everything transient is retried.
+//   - Per-stream order holds within one topic: routing one stream's event
+//     types to different topics orders each topic separately.
+//   - The same transactional ID must never be used by two different
+//     relays (different stores or topics): they would fence each other.
+//   - The checkpoint topic belongs to the relay: delete it only with its
+//     events topic, or the relay republishes from the start of the log.
+//
+// # Latency and load
+//
+// The relay polls with an adaptive interval (PollInterval): at once after a
+// full batch, the minimum after a partial one, doubling on every empty read
+// up to the maximum.
+// It never asks writers for a NOTIFY inside their transaction; Wake (or
+// a memory store's append signal) cuts a wait short after a commit. Reads
+// run while the previous transaction commits, records are produced
+// asynchronously within the transaction, and during a backlog one
+// transaction carries several batches, so memory is bounded by a few
+// batches, not by the backlog.
+package outbox

@@ -1,0 +1,221 @@
+package outbox
+
+import (
+	"context"
+	"log/slog"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/orchestrix/orchestrix"
+	"github.com/orchestrix/orchestrix/stores"
+	"github.com/twmb/franz-go/pkg/kgo"
+)
+
+// Defaults of a Relay's options.
+const (
+	// DefaultBatchSize is how many events (and, separately, outbox
+	// messages) one read returns at most.
+	DefaultBatchSize = 2000
+	// DefaultPollMin is the wait after a read that found work but not a
+	// full batch; a full batch is followed by the next read at once.
+	DefaultPollMin = 5 * time.Millisecond
+	// DefaultPollMax caps the wait between reads of an idle source: each
+	// empty read doubles the wait, from DefaultPollMin up to this.
+	DefaultPollMax = 100 * time.Millisecond
+	// DefaultLease is how long a paused or disconnected leader keeps
+	// leadership before a standby can take over (see LeaderElection).
+	DefaultLease = 10 * time.Second
+	// DefaultStatsInterval is how often Stats are logged and reported.
+	DefaultStatsInterval = 10 * time.Second
+	// DefaultTransactionTimeout bounds one Kafka transaction: the broker
+	// aborts it after this, and the relay gives up waiting for it.
+	DefaultTransactionTimeout = 60 * time.Second
+	// DefaultSource is the CloudEvents source given to events stored
+	// without one (the stores accept an empty source; CloudEvents does not).
+	DefaultSource = "/orchestrix"
+	// CheckpointSuffix names the checkpoint topic: "<events topic>" +
+	// CheckpointSuffix.
+	CheckpointSuffix = ".relay-checkpoint"
+	// InstanceHeader is the header naming the relay instance that
+	// published a record (set with Instance; absent when the instance is
+	// empty). Consumers ignore it; it tells operators who published what.
+	InstanceHeader = "orchestrix-relay"
+)
+
+// DefaultTransactionalID returns the transactional ID a relay publishing
+// to topic uses unless TransactionalID is given: "orchestrix-relay." +
+// topic. It must be the same for every instance of one relay (that is
+// what fences a replaced instance) and differ between relays.
+func DefaultTransactionalID(topic string) string { return "orchestrix-relay." + topic }
+
+type config struct {
+	topic           string
+	routes          map[string]string
+	routeFunc       func(orchestrix.Event) string
+	txnID           string
+	instance        string
+	checkpointTopic string
+	checkpointRF    int16
+	batchSize       int
+	pollMin         time.Duration
+	pollMax         time.Duration
+	lease           time.Duration
+	statsInterval   time.Duration
+	txnTimeout      time.Duration
+	defaultSource   string
+	logger          *slog.Logger
+	clientOpts      []kgo.Opt
+	onStats         func(Stats)
+	onCommit        func(Commit)
+	onError         func(error)
+	onInvalid       func(context.Context, stores.Entry, error) error
+
+	electionPool *pgxpool.Pool
+	noElection   bool
+	outboxPool   *pgxpool.Pool
+	outboxSchema string
+	noOutbox     bool
+}
+
+// Option configures a Relay.
+type Option func(*config)
+
+// ToTopic sets the topic events are published to unless a route says
+// otherwise; by convention "<context>.events" (topics.Events). Required.
+func ToTopic(topic string) Option { return func(c *config) { c.topic = topic } }
+
+// Route publishes events of eventType to topic instead of the default
+// topic. Routes are looked up before RouteFunc.
+func Route(eventType, topic string) Option {
+	return func(c *config) {
+		if c.routes == nil {
+			c.routes = map[string]string{}
+		}
+		c.routes[eventType] = topic
+	}
+}
+
+// RouteFunc chooses an event's topic; an empty result means the default
+// topic. It is called from one goroutine and must not block. Topics it
+// returns are not checked at start (Route and ToTopic topics are), so a
+// missing one shows up as failing transactions.
+func RouteFunc(f func(orchestrix.Event) string) Option {
+	return func(c *config) { c.routeFunc = f }
+}
+
+// TransactionalID sets the Kafka transactional ID (default
+// DefaultTransactionalID of the topic). Every instance of one relay must
+// use the same ID: a new leader's producer initialisation fences the
+// previous one with it.
+func TransactionalID(id string) Option { return func(c *config) { c.txnID = id } }
+
+// Instance names this relay instance in logs, in the InstanceHeader of
+// every record it publishes, and in the checkpoint topic's session
+// records (default: none, no header).
+func Instance(name string) Option { return func(c *config) { c.instance = name } }
+
+// CheckpointTopic overrides the checkpoint topic's name (default
+// "<topic>" + CheckpointSuffix). The relay creates it if it is missing:
+// one partition, cleanup.policy=compact.
+func CheckpointTopic(name string) Option { return func(c *config) { c.checkpointTopic = name } }
+
+// CheckpointReplication sets the replication factor the checkpoint topic
+// is created with (default -1: the broker's default.replication.factor).
+func CheckpointReplication(n int16) Option { return func(c *config) { c.checkpointRF = n } }
+
+// BatchSize sets how many events, and how many outbox messages, one read
+// returns at most (default DefaultBatchSize, at most 20000). A Kafka
+// transaction carries one read, or up to four during a backlog; memory is
+// bounded by about ten batches, whatever the backlog.
+func BatchSize(n int) Option { return func(c *config) { c.batchSize = n } }
+
+// PollInterval sets the adaptive poll: min after a partial batch, doubling
+// on every empty read up to max (defaults DefaultPollMin, DefaultPollMax).
+// Wake, and a source's Appended channel, cut the waits after empty reads
+// short.
+func PollInterval(min, max time.Duration) Option {
+	return func(c *config) { c.pollMin, c.pollMax = min, max }
+}
+
+// LeaderElection makes the relay publish only while it holds a PostgreSQL
+// session advisory lock on a dedicated connection of pool; the others wait
+// as standbys and take over when the leader's session ends. By default
+// the relay uses the pool of a source that has one (a stores/postgres
+// Store); see NoLeaderElection.
+func LeaderElection(pool *pgxpool.Pool) Option { return func(c *config) { c.electionPool = pool } }
+
+// NoLeaderElection turns leader election off: the relay publishes as soon
+// as it runs. Two such relays with one transactional ID keep fencing each
+// other; nothing is duplicated, but little is published either.
+func NoLeaderElection() Option { return func(c *config) { c.noElection = true } }
+
+// Lease sets how long a leader that stopped answering (paused, hung,
+// partitioned) keeps leadership: its lock connection sets PostgreSQL's
+// idle_session_timeout to d and pings every d/3, so the server ends a
+// silent leader's session after d and a standby takes over within about
+// a second more (default DefaultLease, at least 1s).
+func Lease(d time.Duration) Option { return func(c *config) { c.lease = d } }
+
+// OutboxTable drains the outbox table of schema (see Writer) besides the
+// events, in the same transactions. By default the relay drains the
+// outbox table of a source that has a pool and a schema (a
+// stores/postgres Store); see NoOutboxTable.
+func OutboxTable(pool *pgxpool.Pool, schema string) Option {
+	return func(c *config) { c.outboxPool, c.outboxSchema = pool, schema }
+}
+
+// NoOutboxTable turns draining the outbox table off.
+func NoOutboxTable() Option { return func(c *config) { c.noOutbox = true } }
+
+// WithClientOpts adds franz-go options (TLS, SASL, timeouts) to every
+// client the relay creates. Options that change transactions, isolation
+// or partitioning break the relay's guarantees; do not pass them.
+func WithClientOpts(opts ...kgo.Opt) Option {
+	return func(c *config) { c.clientOpts = append(c.clientOpts, opts...) }
+}
+
+// WithLogger sets the logger (default: discard). franz-go gets it too, at
+// warnings and above.
+func WithLogger(l *slog.Logger) Option { return func(c *config) { c.logger = l } }
+
+// WithStats calls f every interval (default DefaultStatsInterval when
+// interval ≤ 0) with the relay's counters and lag; the same figures are
+// logged at info level. f must not block.
+func WithStats(interval time.Duration, f func(Stats)) Option {
+	return func(c *config) {
+		if interval > 0 {
+			c.statsInterval = interval
+		}
+		c.onStats = f
+	}
+}
+
+// StatsInterval sets how often stats are logged (default
+// DefaultStatsInterval).
+func StatsInterval(d time.Duration) Option { return func(c *config) { c.statsInterval = d } }
+
+// OnCommit calls f after every committed Kafka transaction, from the
+// publishing goroutine: keep it short.
+func OnCommit(f func(Commit)) Option { return func(c *config) { c.onCommit = f } }
+
+// OnError calls f with every error the relay recovers from by itself (a
+// broker or database that went away, a lost leadership); Run returns
+// only the errors it cannot recover from. f must not block.
+func OnError(f func(error)) Option { return func(c *config) { c.onError = f } }
+
+// OnInvalid decides what happens to an event that cannot be mapped to a
+// CloudEvents record (see codec.EventToRecord): return nil to skip it (the
+// checkpoint passes it, it is never published: record it somewhere
+// first), or an error to stop the relay with it. The default stops.
+func OnInvalid(f func(ctx context.Context, e stores.Entry, err error) error) Option {
+	return func(c *config) { c.onInvalid = f }
+}
+
+// WithDefaultSource sets the CloudEvents source given to events stored
+// without one (default DefaultSource).
+func WithDefaultSource(source string) Option { return func(c *config) { c.defaultSource = source } }
+
+// TransactionTimeout bounds one Kafka transaction (default
+// DefaultTransactionTimeout): the broker aborts a transaction left open
+// longer, and the relay stops waiting for one and starts over.
+func TransactionTimeout(d time.Duration) Option { return func(c *config) { c.txnTimeout = d } }

@@ -1,0 +1,750 @@
+package outbox
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"iter"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/orchestrix/orchestrix"
+	"github.com/orchestrix/orchestrix/codec"
+	"github.com/orchestrix/orchestrix/stores"
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kgo"
+)
+
+// Source is the log a relay publishes: any stores.EventStore fits. ReadAll
+// must be gap-safe and keep each stream's order (the stores contract).
+type Source interface {
+	ReadAll(ctx context.Context, after stores.Cursor, limit int) iter.Seq2[stores.Entry, error]
+}
+
+// Optional capabilities of a Source, found by type assertion.
+type (
+	// pooled is a PostgreSQL-backed source (stores/postgres.Store): its
+	// pool serves leader election, its schema's outbox table is drained.
+	pooled interface {
+		Pool() *pgxpool.Pool
+		Schema() string
+	}
+	// notifier closes the returned channel at the next append
+	// (stores/memory.Store), so the relay need not wait for its poll.
+	notifier interface {
+		Appended() <-chan struct{}
+	}
+	// batchReader reads one batch of the log in one query
+	// (stores/postgres.Store); preferred to ReadAll.
+	batchReader interface {
+		ReadLogBatch(ctx context.Context, after stores.Cursor, limit int) ([]stores.Entry, error)
+	}
+)
+
+// Errors a caller can match with errors.Is.
+var (
+	// ErrTopicMissing: a topic the relay publishes to does not exist.
+	// Topics are created explicitly (orchestrix topics create), never by
+	// the relay, except its own checkpoint topic.
+	ErrTopicMissing = errors.New("outbox: topic does not exist")
+	// ErrFenced: another relay instance with the same transactional ID
+	// initialised its producer, so this one may no longer publish.
+	ErrFenced = errors.New("outbox: fenced by a newer relay instance")
+)
+
+// Relay publishes a store's committed events, and the outbox table's
+// messages, to Kafka: see the package documentation for what it
+// guarantees. Create it with NewRelay and call Run; its methods are safe
+// for concurrent use.
+type Relay struct {
+	cfg      config
+	src      Source
+	seeds    []string
+	log      *slog.Logger
+	election *election
+	outbox   *table
+	head     func(context.Context) (uint64, error)
+	instHdr  []byte
+	wake     chan struct{}
+	running  atomic.Bool
+	// checked is set once a term found every configured topic: after
+	// that, a topic that looks missing (a restarting broker) is retried.
+	checked atomic.Bool
+
+	st relayStats
+}
+
+// NewRelay returns a relay publishing src's events to the brokers at
+// seeds, after checking the whole configuration; every problem is
+// reported at once, matching orchestrix.ErrInvalid. ToTopic is required.
+//
+// When src has a PostgreSQL pool (a stores/postgres Store), the relay also
+// runs leader election on that pool and drains that schema's outbox
+// table, unless NoLeaderElection or NoOutboxTable say otherwise.
+func NewRelay(src Source, seeds []string, opts ...Option) (*Relay, error) {
+	cfg := config{
+		batchSize:     DefaultBatchSize,
+		pollMin:       DefaultPollMin,
+		pollMax:       DefaultPollMax,
+		lease:         DefaultLease,
+		statsInterval: DefaultStatsInterval,
+		txnTimeout:    DefaultTransactionTimeout,
+		defaultSource: DefaultSource,
+		checkpointRF:  -1,
+	}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	if cfg.txnID == "" && cfg.topic != "" {
+		cfg.txnID = DefaultTransactionalID(cfg.topic)
+	}
+	if cfg.checkpointTopic == "" && cfg.topic != "" && checkTopic(cfg.topic) == nil {
+		cfg.checkpointTopic = cfg.topic + CheckpointSuffix
+	}
+	pg, isPG := src.(pooled)
+	if !cfg.noElection && cfg.electionPool == nil && isPG {
+		cfg.electionPool = pg.Pool()
+	}
+	if !cfg.noOutbox && cfg.outboxPool == nil && isPG {
+		cfg.outboxPool, cfg.outboxSchema = pg.Pool(), pg.Schema()
+	}
+
+	var errs []error
+	if src == nil {
+		errs = append(errs, errors.New("nil source"))
+	}
+	if len(seeds) == 0 {
+		errs = append(errs, errors.New("no seed brokers"))
+	}
+	if cfg.topic == "" {
+		errs = append(errs, errors.New("no topic (use ToTopic, by convention \"<context>.events\")"))
+	} else if err := checkTopic(cfg.topic); err != nil {
+		errs = append(errs, err)
+	}
+	for typ, t := range cfg.routes {
+		if err := orchestrix.CheckID("routed event type", typ); err != nil {
+			errs = append(errs, err)
+		}
+		if err := checkTopic(t); err != nil {
+			errs = append(errs, fmt.Errorf("route %s: %w", typ, err))
+		}
+	}
+	if cfg.checkpointTopic != "" {
+		if err := checkTopic(cfg.checkpointTopic); err != nil {
+			errs = append(errs, fmt.Errorf("checkpoint topic: %w", err))
+		}
+	}
+	if cfg.topic != "" {
+		if err := orchestrix.CheckID("transactional id", cfg.txnID); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if cfg.batchSize < 1 || cfg.batchSize > 20000 {
+		errs = append(errs, fmt.Errorf("batch size %d must be 1-20000", cfg.batchSize))
+	}
+	if cfg.pollMin <= 0 || cfg.pollMax < cfg.pollMin {
+		errs = append(errs, fmt.Errorf("poll interval min %s, max %s: need 0 < min ≤ max", cfg.pollMin, cfg.pollMax))
+	}
+	if cfg.lease < time.Second {
+		errs = append(errs, fmt.Errorf("lease %s must be at least 1s", cfg.lease))
+	}
+	if cfg.statsInterval <= 0 {
+		errs = append(errs, fmt.Errorf("stats interval %s must be positive", cfg.statsInterval))
+	}
+	if cfg.txnTimeout < time.Second {
+		errs = append(errs, fmt.Errorf("transaction timeout %s must be at least 1s", cfg.txnTimeout))
+	}
+	if err := orchestrix.CheckID("default source", cfg.defaultSource); err != nil {
+		errs = append(errs, err)
+	}
+	if cfg.outboxPool != nil && !schemaName.MatchString(cfg.outboxSchema) {
+		errs = append(errs, fmt.Errorf("outbox schema name %q must match %s", cfg.outboxSchema, schemaName))
+	}
+	if len(cfg.instance) > 200 {
+		errs = append(errs, fmt.Errorf("instance name is %d bytes, limit 200", len(cfg.instance)))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, fmt.Errorf("outbox: %w: %w", orchestrix.ErrInvalid, err)
+	}
+
+	log := cfg.logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	log = log.With("topic", cfg.topic)
+	if cfg.instance != "" {
+		log = log.With("instance", cfg.instance)
+	}
+	if cfg.onInvalid == nil {
+		cfg.onInvalid = func(_ context.Context, e stores.Entry, err error) error {
+			return fmt.Errorf("outbox: event %s (stream %q, version %d, position %d) cannot be published: %w", e.ID, e.StreamID, e.Version, e.Position, err)
+		}
+	}
+	r := &Relay{cfg: cfg, src: src, seeds: seeds, log: log, wake: make(chan struct{}, 1)}
+	if cfg.instance != "" {
+		r.instHdr = []byte(cfg.instance)
+	}
+	if cfg.electionPool != nil && !cfg.noElection {
+		r.election = newElection(cfg.electionPool, "orchestrix.relay:"+cfg.txnID, cfg.instance, cfg.lease, log)
+	}
+	if cfg.outboxPool != nil && !cfg.noOutbox {
+		r.outbox = newTable(cfg.outboxPool, cfg.outboxSchema)
+	}
+	if isPG {
+		q := `SELECT coalesce(max(position), 0) FROM ` + pgx.Identifier{pg.Schema(), "events"}.Sanitize()
+		r.head = func(ctx context.Context) (uint64, error) {
+			var n int64
+			err := pg.Pool().QueryRow(ctx, q).Scan(&n)
+			return uint64(n), err
+		}
+	}
+	return r, nil
+}
+
+// Wake makes an idle relay read its source now instead of at its next
+// poll (a busy one reads every PollInterval minimum anyway). Call it after
+// committing an append, never inside the transaction; it never blocks.
+func (r *Relay) Wake() {
+	select {
+	case r.wake <- struct{}{}:
+	default:
+	}
+}
+
+// Run publishes until ctx ends, then finishes the transaction in flight
+// and returns nil. Errors the relay can recover from (a broker or database
+// restart, a lost leadership, being fenced) are logged, handed to OnError
+// and retried with backoff; Run returns the others: a missing topic, an
+// event that cannot be published, a schema that is not migrated, a
+// refused authorisation. Run must not be called twice at once.
+func (r *Relay) Run(ctx context.Context) error {
+	if !r.running.CompareAndSwap(false, true) {
+		return errors.New("outbox: Run is already running")
+	}
+	defer r.running.Store(false)
+	r.st.start(time.Now())
+
+	statsDone := make(chan struct{})
+	statsCtx, stopStats := context.WithCancel(ctx)
+	go func() { defer close(statsDone); r.reportStats(statsCtx) }()
+	defer func() { stopStats(); <-statsDone }()
+
+	backoff := 100 * time.Millisecond
+	for {
+		if ctx.Err() != nil {
+			return nil
+		}
+		var term leadership = always{}
+		if r.election != nil {
+			t, err := r.election.campaign(ctx)
+			if err != nil {
+				return nil // only ctx ends a campaign
+			}
+			term = t
+		}
+		r.log.Info("leading")
+		r.st.leader.Store(true)
+		published, err := r.lead(ctx, term)
+		r.st.leader.Store(false)
+		term.release()
+		if ctx.Err() != nil && (err == nil || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)) {
+			r.log.Info("stopped")
+			return nil
+		}
+		if err == nil {
+			continue
+		}
+		if isPermanent(err) && !(r.checked.Load() && errors.Is(err, ErrTopicMissing)) {
+			r.log.Error("stopping", "err", err)
+			return err
+		}
+		r.st.errors.Add(1)
+		if published {
+			backoff = 100 * time.Millisecond
+		}
+		level := slog.LevelWarn
+		if errors.Is(err, ErrFenced) || errors.Is(err, ErrLostLeadership) {
+			level = slog.LevelInfo
+		}
+		r.log.Log(ctx, level, "stepping down, will start over", "err", err, "retry_in", backoff)
+		if r.cfg.onError != nil {
+			r.cfg.onError(err)
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 5*time.Second)
+	}
+}
+
+// lead is one term as leader: a new transactional producer (whose
+// initialisation fences every earlier instance), the committed checkpoint,
+// then read–publish–commit until ctx ends, the term is lost or something
+// fails. Any failure ends the term and its producer: the next term starts
+// from the committed checkpoint with a fresh client.
+func (r *Relay) lead(ctx context.Context, term leadership) (published bool, err error) {
+	sctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	if lost := term.lost(); lost != nil {
+		go func() {
+			select {
+			case <-lost:
+				cancel(ErrLostLeadership)
+			case <-sctx.Done():
+			}
+		}()
+	}
+	fail := func(err error) (bool, error) {
+		if cause := context.Cause(sctx); cause != nil && errors.Is(cause, ErrLostLeadership) {
+			return published, fmt.Errorf("%w: %w", ErrLostLeadership, err)
+		}
+		return published, classify(err)
+	}
+
+	opts := append([]kgo.Opt{
+		kgo.SeedBrokers(r.seeds...),
+		kgo.TransactionalID(r.cfg.txnID),
+		kgo.TransactionTimeout(r.cfg.txnTimeout),
+		kgo.MaxBufferedRecords((txnBatches+1)*r.cfg.batchSize + 16),
+		// Kafka answers CONCURRENT_TRANSACTIONS while it completes the
+		// previous commit; retry sooner than franz-go's 20ms default.
+		kgo.ConcurrentTransactionsBackoff(2 * time.Millisecond),
+		kgo.WithLogger(kgoLogger{r.log}),
+	}, r.cfg.clientOpts...)
+	cl, err := kgo.NewClient(opts...)
+	if err != nil {
+		return false, fmt.Errorf("outbox: %w: new client: %w", orchestrix.ErrInvalid, err)
+	}
+	defer cl.Close()
+	adm := kadm.NewClient(cl)
+
+	if err := r.ensureTopics(sctx, adm); err != nil {
+		return fail(err)
+	}
+	r.checked.Store(true)
+	if err := r.checkOutboxTable(sctx); err != nil {
+		return fail(err)
+	}
+	// Initialising the producer ID fences every earlier instance with this
+	// transactional ID and makes the broker abort its open transaction.
+	id, epoch, err := cl.ProducerID(sctx)
+	if err != nil {
+		return fail(fmt.Errorf("outbox: init producer %q: %w", r.cfg.txnID, err))
+	}
+	cp, err := r.recoverCheckpoint(sctx, cl, adm)
+	if err != nil {
+		return fail(err)
+	}
+	r.st.setCheckpoint(cp)
+	r.log.Info("publishing", "transactional_id", r.cfg.txnID, "producer_id", id, "epoch", epoch,
+		"checkpoint", cp.Events.String(), "outbox_checkpoint", cp.Outbox.String())
+
+	batches := make(chan *batch, txnBatches)
+	readErr := make(chan error, 1)
+	var wg sync.WaitGroup
+	wg.Go(func() { readErr <- r.read(sctx, cp, batches) })
+	defer func() { cancel(nil); wg.Wait() }()
+	for {
+		select {
+		case <-sctx.Done():
+			if errors.Is(context.Cause(sctx), ErrLostLeadership) {
+				return published, ErrLostLeadership
+			}
+			return published, nil
+		case err := <-readErr:
+			if ctx.Err() != nil {
+				return published, nil
+			}
+			return fail(err)
+		case b := <-batches:
+			if sctx.Err() != nil {
+				continue // the select above ends the term
+			}
+			if err := r.commit(sctx, cl, b, batches); err != nil {
+				return fail(err)
+			}
+			published = true
+		}
+	}
+}
+
+func (r *Relay) checkOutboxTable(ctx context.Context) error {
+	if r.outbox == nil {
+		return nil
+	}
+	var ok bool
+	if err := r.outbox.pool.QueryRow(ctx, "SELECT to_regclass($1) IS NOT NULL", pgx.Identifier{r.cfg.outboxSchema, "outbox"}.Sanitize()).Scan(&ok); err != nil {
+		return fmt.Errorf("outbox: check outbox table: %w", err)
+	}
+	if !ok {
+		return fmt.Errorf("outbox: schema %q has no outbox table (run `orchestrix migrate`): %w", r.cfg.outboxSchema, stores.ErrNotMigrated)
+	}
+	return nil
+}
+
+// batch is one read: events (encoded when produced, so encoding overlaps
+// the next read) and outbox messages.
+type batch struct {
+	entries []stores.Entry
+	msgs    []*kgo.Record
+	cp      Checkpoint
+	full    bool
+}
+
+// published is what one transaction published.
+type published struct {
+	recs          []*kgo.Record
+	events, msgs  int
+	cp            Checkpoint
+	maxPosition   uint64
+	lastEventTime time.Time
+}
+
+// read reads batches from the source and the outbox table, starting after
+// cp, and sends them to out until ctx ends or a read fails. Reading runs
+// while the previous batch's transaction commits.
+func (r *Relay) read(ctx context.Context, cp Checkpoint, out chan<- *batch) error {
+	note, _ := r.src.(notifier)
+	interval := r.cfg.pollMin
+	for {
+		var appended <-chan struct{}
+		if note != nil {
+			appended = note.Appended()
+		}
+		fetchStart := time.Now()
+		b, err := r.fetch(ctx, cp)
+		if err != nil {
+			return err
+		}
+		fetchTime := time.Since(fetchStart)
+		if len(b.entries)+len(b.msgs) == 0 {
+			r.st.caughtUp.Store(true)
+			if !r.sleep(ctx, interval, r.wake, appended) {
+				return ctx.Err()
+			}
+			interval = min(2*interval, r.cfg.pollMax)
+			continue
+		}
+		r.st.caughtUp.Store(!b.full)
+		r.log.Debug("read", "events", len(b.entries), "messages", len(b.msgs), "full", b.full, "took", fetchTime, "checkpoint", b.cp.Events.String())
+		select {
+		case out <- b:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		cp = b.cp
+		interval = r.cfg.pollMin
+		// After a partial batch wait the minimum, whatever wakes: under
+		// load, a read per append would only make smaller transactions.
+		if !b.full && !r.sleep(ctx, interval, nil, nil) {
+			return ctx.Err()
+		}
+	}
+}
+
+// sleep waits d, or until wake or appended fires (nil: never); false
+// when ctx ended.
+func (r *Relay) sleep(ctx context.Context, d time.Duration, wake <-chan struct{}, appended <-chan struct{}) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+	case <-wake:
+	case <-appended:
+	}
+	return true
+}
+
+// fetch reads one batch after cp.
+func (r *Relay) fetch(ctx context.Context, cp Checkpoint) (*batch, error) {
+	b := &batch{cp: cp}
+	for e, err := range r.readEvents(ctx, cp.Events) {
+		if err != nil {
+			return nil, fmt.Errorf("outbox: read events after %s: %w", cp.Events, err)
+		}
+		b.entries = append(b.entries, e)
+		b.cp.Events = e.Cursor
+	}
+	b.full = len(b.entries) == r.cfg.batchSize
+	if r.outbox != nil {
+		msgs, err := r.outbox.readBatch(ctx, cp.Outbox, r.cfg.batchSize)
+		if err != nil {
+			return nil, err
+		}
+		for _, m := range msgs {
+			if r.instHdr != nil {
+				m.rec.Headers = append(m.rec.Headers, kgo.RecordHeader{Key: InstanceHeader, Value: r.instHdr})
+			}
+			b.msgs = append(b.msgs, m.rec)
+			b.cp.Outbox = m.cursor
+		}
+		b.full = b.full || len(msgs) == r.cfg.batchSize
+	}
+	return b, nil
+}
+
+// encode maps an entry to its record; nil when OnInvalid skipped it.
+func (r *Relay) encode(ctx context.Context, e stores.Entry) (*kgo.Record, error) {
+	if e.Source == "" {
+		e.Source = r.cfg.defaultSource
+	}
+	rec, err := codec.EventToRecord(r.route(e.Event), e.Event)
+	if err != nil {
+		if herr := r.cfg.onInvalid(ctx, e, err); herr != nil {
+			return nil, permanent(herr)
+		}
+		r.log.Warn("skipped an event that cannot be published", "stream", e.StreamID, "version", e.Version, "position", e.Position, "err", err)
+		r.st.skipped.Add(1)
+		return nil, nil
+	}
+	if r.instHdr != nil {
+		rec.Headers = append(rec.Headers, kgo.RecordHeader{Key: InstanceHeader, Value: r.instHdr})
+	}
+	return rec, nil
+}
+
+// readEvents reads one batch of events after cur.
+func (r *Relay) readEvents(ctx context.Context, cur stores.Cursor) iter.Seq2[stores.Entry, error] {
+	br, ok := r.src.(batchReader)
+	if !ok {
+		return r.src.ReadAll(ctx, cur, r.cfg.batchSize)
+	}
+	return func(yield func(stores.Entry, error) bool) {
+		entries, err := br.ReadLogBatch(ctx, cur, r.cfg.batchSize)
+		if err != nil {
+			yield(stores.Entry{}, err)
+			return
+		}
+		for _, e := range entries {
+			if !yield(e, nil) {
+				return
+			}
+		}
+	}
+}
+
+func (r *Relay) route(e orchestrix.Event) string {
+	if t, ok := r.cfg.routes[e.Type]; ok {
+		return t
+	}
+	if r.cfg.routeFunc != nil {
+		if t := r.cfg.routeFunc(e); t != "" {
+			return t
+		}
+	}
+	return r.cfg.topic
+}
+
+// Commit describes one committed Kafka transaction (see OnCommit).
+type Commit struct {
+	// Records are the published records with their partitions and
+	// offsets, events first, then outbox messages; the checkpoint records
+	// are not included. They are valid only during the callback.
+	Records []*kgo.Record
+	// Events and Messages count the records by origin.
+	Events, Messages int
+	// Checkpoint is the checkpoint committed with them.
+	Checkpoint Checkpoint
+	// Duration is from the transaction's start to its acknowledged
+	// commit.
+	Duration time.Duration
+}
+
+// txnBatches is how many batches one transaction carries at most when
+// the reads come back full (a backlog): producing the next batch while it
+// is read amortises the transaction's commit over more records.
+const txnBatches = 4
+
+// txnLinger is how long a transaction waits for the next batch of a
+// backlog before it commits what it has.
+const txnLinger = 20 * time.Millisecond
+
+// commit publishes first, and the batches that follow it at once when
+// reads come back full, in one Kafka transaction together with the
+// checkpoint of the last. Any error leaves the transaction for the next
+// producer initialisation to abort: the caller discards this client.
+func (r *Relay) commit(ctx context.Context, cl *kgo.Client, first *batch, more <-chan *batch) error {
+	// The transaction in flight is finished even when ctx ends (shutdown
+	// drains it); it is bounded by the transaction timeout.
+	tctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), r.cfg.txnTimeout)
+	defer cancel()
+	start := time.Now()
+	if err := cl.BeginTransaction(); err != nil {
+		return fmt.Errorf("outbox: begin transaction: %w", err)
+	}
+	var (
+		mu   sync.Mutex
+		perr error
+	)
+	promise := func(rec *kgo.Record, err error) {
+		if err == nil {
+			return
+		}
+		mu.Lock()
+		if perr == nil {
+			perr = fmt.Errorf("outbox: publish to %s (key %q): %w", rec.Topic, rec.Key, err)
+		}
+		mu.Unlock()
+	}
+	all := &published{}
+	full := false
+	add := func(b *batch) error {
+		for _, e := range b.entries {
+			rec, err := r.encode(ctx, e)
+			if err != nil {
+				return err
+			}
+			if rec == nil {
+				continue
+			}
+			cl.Produce(tctx, rec, promise)
+			all.recs = append(all.recs, rec)
+			all.events++
+			all.maxPosition = max(all.maxPosition, e.Position)
+			all.lastEventTime = e.Time
+		}
+		for _, rec := range b.msgs {
+			cl.Produce(tctx, rec, promise)
+			all.recs = append(all.recs, rec)
+			all.msgs++
+		}
+		all.cp, full = b.cp, b.full
+		return nil
+	}
+	// More batches join the transaction: those already read (queued
+	// while the previous transaction committed, however small), and,
+	// when reads come back full (a backlog), the next ones for up to
+	// txnLinger; in all, at most txnBatches full batches.
+	err := add(first)
+	t := time.NewTimer(txnLinger)
+	limit := txnBatches * r.cfg.batchSize
+gather:
+	for err == nil && all.events+all.msgs < limit {
+		if !full {
+			select {
+			case b := <-more:
+				err = add(b)
+				continue
+			default:
+				break gather
+			}
+		}
+		select {
+		case b := <-more:
+			err = add(b)
+		case <-t.C:
+			break gather
+		case <-ctx.Done():
+			break gather
+		}
+	}
+	t.Stop()
+	if err != nil {
+		r.abort(cl)
+		return err
+	}
+	cl.Produce(tctx, &kgo.Record{Topic: r.cfg.checkpointTopic, Key: []byte(keyEvents), Value: []byte(all.cp.Events.String())}, promise)
+	if r.outbox != nil {
+		cl.Produce(tctx, &kgo.Record{Topic: r.cfg.checkpointTopic, Key: []byte(keyOutbox), Value: []byte(all.cp.Outbox.String())}, promise)
+	}
+	gathered := time.Now()
+	if err := cl.Flush(tctx); err != nil {
+		r.abort(cl)
+		return fmt.Errorf("outbox: flush transaction: %w", err)
+	}
+	flushed := time.Now()
+	mu.Lock()
+	err = perr
+	mu.Unlock()
+	if err != nil {
+		r.abort(cl)
+		return err
+	}
+	if err := cl.EndTransaction(tctx, kgo.TryCommit); err != nil {
+		r.abort(cl)
+		return fmt.Errorf("outbox: commit transaction: %w", err)
+	}
+	d := time.Since(start)
+	r.log.Debug("committed", "events", all.events, "messages", all.msgs, "duration", d, "gather", gathered.Sub(start), "flush", flushed.Sub(gathered), "end", time.Since(flushed), "checkpoint", all.cp.Events.String())
+	r.st.committed(all, d)
+	if r.cfg.onCommit != nil {
+		r.cfg.onCommit(Commit{Records: all.recs, Events: all.events, Messages: all.msgs, Checkpoint: all.cp, Duration: d})
+	}
+	return nil
+}
+
+// abort ends a failed transaction, best effort: the client is discarded
+// next, and the next producer initialisation aborts whatever is left.
+func (r *Relay) abort(cl *kgo.Client) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := cl.AbortBufferedRecords(ctx); err != nil {
+		r.log.Debug("abort buffered records", "err", err)
+		return
+	}
+	if err := cl.EndTransaction(ctx, kgo.TryAbort); err != nil {
+		r.log.Debug("abort transaction", "err", err)
+	}
+}
+
+// permanentError marks an error the relay cannot recover from by itself.
+type permanentError struct{ err error }
+
+func (p permanentError) Error() string { return p.err.Error() }
+func (p permanentError) Unwrap() error { return p.err }
+
+func permanent(err error) error { return permanentError{err} }
+
+// isPermanent reports whether Run should return err rather than retry.
+func isPermanent(err error) bool {
+	var p permanentError
+	switch {
+	case errors.As(err, &p),
+		errors.Is(err, orchestrix.ErrInvalid),
+		errors.Is(err, ErrTopicMissing),
+		errors.Is(err, stores.ErrNotMigrated),
+		errors.Is(err, stores.ErrSchemaTooNew),
+		errors.Is(err, kerr.TopicAuthorizationFailed),
+		errors.Is(err, kerr.TransactionalIDAuthorizationFailed),
+		errors.Is(err, kerr.ClusterAuthorizationFailed),
+		errors.Is(err, kerr.MessageTooLarge),
+		errors.Is(err, kerr.RecordListTooLarge):
+		return true
+	}
+	return false
+}
+
+// classify marks fencing errors with ErrFenced.
+func classify(err error) error {
+	if errors.Is(err, kerr.ProducerFenced) || errors.Is(err, kerr.InvalidProducerEpoch) || errors.Is(err, kerr.TransactionalIDNotFound) {
+		return fmt.Errorf("%w: %w", ErrFenced, err)
+	}
+	return err
+}
+
+// kgoLogger hands franz-go's warnings and errors to slog.
+type kgoLogger struct{ l *slog.Logger }
+
+func (k kgoLogger) Level() kgo.LogLevel {
+	if k.l.Enabled(context.Background(), slog.LevelWarn) {
+		return kgo.LogLevelWarn
+	}
+	return kgo.LogLevelNone
+}
+
+func (k kgoLogger) Log(level kgo.LogLevel, msg string, keyvals ...any) {
+	l := slog.LevelWarn
+	if level == kgo.LogLevelError {
+		l = slog.LevelError
+	}
+	k.l.Log(context.Background(), l, "kafka: "+msg, keyvals...)
+}
