@@ -1,63 +1,179 @@
 package consumers
 
 import (
-	"context"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kgo"
 )
 
-// HeaderPrefix starts every header the runtime adds to a dead letter.
+// HeaderPrefix starts every header the runtime adds to a retry record or a
+// dead letter. Headers with this prefix are replaced, never duplicated,
+// when a record moves on; all other headers travel unchanged.
 const HeaderPrefix = "orchestrix.dlq."
 
-// Dead-letter header names.
+// Header names of retry records and dead letters. Times are RFC 3339 with
+// nanoseconds, UTC; numbers are decimal.
 const (
-	HeaderTopic        = HeaderPrefix + "topic"
-	HeaderPartition    = HeaderPrefix + "partition"
-	HeaderOffset       = HeaderPrefix + "offset"
-	HeaderTimestamp    = HeaderPrefix + "timestamp"
-	HeaderGroup        = HeaderPrefix + "group"
+	// HeaderTopic, HeaderPartition, HeaderOffset and HeaderTimestamp are
+	// the origin record's coordinates and timestamp.
+	HeaderTopic     = HeaderPrefix + "topic"
+	HeaderPartition = HeaderPrefix + "partition"
+	HeaderOffset    = HeaderPrefix + "offset"
+	HeaderTimestamp = HeaderPrefix + "timestamp"
+	// HeaderGroup is the consumer group whose handler failed.
+	HeaderGroup = HeaderPrefix + "group"
+	// HeaderAttempts counts handler calls over all levels.
 	HeaderAttempts     = HeaderPrefix + "attempts"
 	HeaderFirstFailure = HeaderPrefix + "first-failure"
 	HeaderLastFailure  = HeaderPrefix + "last-failure"
-	HeaderErrorClass   = HeaderPrefix + "error-class"
-	HeaderError        = HeaderPrefix + "error"
+	// HeaderErrorClass is ErrorClass of the last error, HeaderReason its
+	// ErrorReason, HeaderError its message truncated to MaxErrorLength.
+	HeaderErrorClass = HeaderPrefix + "error-class"
+	HeaderReason     = HeaderPrefix + "reason"
+	HeaderError      = HeaderPrefix + "error"
+	// HeaderLevel is the retry level (1..) of a record in a retry topic.
+	HeaderLevel = HeaderPrefix + "level"
+	// HeaderDue is when a retry record may be handled.
+	HeaderDue = HeaderPrefix + "due"
+	// HeaderParked is "true" on a record that never failed but waits
+	// behind an earlier record of its key (ordered modes).
+	HeaderParked = HeaderPrefix + "parked"
+	// HeaderRedrives counts how often a dead letter was redriven (set by
+	// `orchestrix dlq redrive`, kept through retries and dead-lettering).
+	HeaderRedrives = HeaderPrefix + "redrives"
 )
 
 // DeadLetterTopic returns the dead-letter topic of a topic for a group:
 // "<topic>.<group>.dlq".
 func DeadLetterTopic(topic, group string) string { return topic + "." + group + ".dlq" }
 
-// ErrorClass names an error's class for the dead-letter header:
-// "permanent" for errors IsPermanent reports, "transient" otherwise.
-func ErrorClass(err error) string {
-	if IsPermanent(err) {
-		return "permanent"
-	}
-	return "transient"
+// meta is what the runtime knows about a record's history.
+type meta struct {
+	topic          string
+	partition      int32
+	offset         int64
+	ts             time.Time
+	attempts       int
+	first, last    time.Time
+	due            time.Time
+	parked         bool
+	redrives       int
+	hasOriginTrail bool
 }
 
-func (g *Group) deadLetter(ctx context.Context, r *kgo.Record, cause error, attempts int, first, last time.Time) error {
-	msg := cause.Error()
-	if max := g.cfg.policy.MaxErrorLength; max > 0 && len(msg) > max {
-		msg = msg[:max] + "…"
+func headerTime(v string) time.Time {
+	t, err := time.Parse(time.RFC3339Nano, v)
+	if err != nil {
+		return time.Time{}
 	}
-	headers := make([]kgo.RecordHeader, 0, len(r.Headers)+10)
-	headers = append(headers, r.Headers...)
+	return t
+}
+
+// readMeta reads r's history headers. A record without them (an origin
+// record, or a malformed retry record) gets its own coordinates.
+func readMeta(r *kgo.Record, originTopic string) meta {
+	m := meta{topic: originTopic, partition: r.Partition, offset: r.Offset, ts: r.Timestamp}
+	for _, h := range r.Headers {
+		if !strings.HasPrefix(h.Key, HeaderPrefix) {
+			continue
+		}
+		v := string(h.Value)
+		switch h.Key {
+		case HeaderTopic:
+			if v != "" {
+				m.topic, m.hasOriginTrail = v, true
+			}
+		case HeaderPartition:
+			if n, err := strconv.ParseInt(v, 10, 32); err == nil {
+				m.partition = int32(n)
+			}
+		case HeaderOffset:
+			if n, err := strconv.ParseInt(v, 10, 64); err == nil {
+				m.offset = n
+			}
+		case HeaderTimestamp:
+			if t := headerTime(v); !t.IsZero() {
+				m.ts = t
+			}
+		case HeaderAttempts:
+			if n, err := strconv.Atoi(v); err == nil && n >= 0 {
+				m.attempts = n
+			}
+		case HeaderFirstFailure:
+			m.first = headerTime(v)
+		case HeaderLastFailure:
+			m.last = headerTime(v)
+		case HeaderDue:
+			m.due = headerTime(v)
+		case HeaderParked:
+			m.parked = v == "true"
+		case HeaderRedrives:
+			if n, err := strconv.Atoi(v); err == nil && n >= 0 {
+				m.redrives = n
+			}
+		}
+	}
+	if originTopic == r.Topic {
+		// An origin record: its own coordinates win over any trail a
+		// redrive left behind.
+		m.topic, m.partition, m.offset, m.ts = r.Topic, r.Partition, r.Offset, r.Timestamp
+	}
+	return m
+}
+
+// derived builds the record r becomes in topic dest: the original key,
+// value and headers (without HeaderPrefix ones) plus m as headers.
+func (g *Group) derived(r *kgo.Record, m meta, dest string, cause error, level int) *kgo.Record {
+	headers := make([]kgo.RecordHeader, 0, len(r.Headers)+16)
+	for _, h := range r.Headers {
+		if !strings.HasPrefix(h.Key, HeaderPrefix) {
+			headers = append(headers, h)
+		}
+	}
 	add := func(k, v string) { headers = append(headers, kgo.RecordHeader{Key: k, Value: []byte(v)}) }
-	add(HeaderTopic, r.Topic)
-	add(HeaderPartition, strconv.Itoa(int(r.Partition)))
-	add(HeaderOffset, strconv.FormatInt(r.Offset, 10))
-	add(HeaderTimestamp, r.Timestamp.UTC().Format(time.RFC3339Nano))
+	fmtTime := func(t time.Time) string { return t.UTC().Format(time.RFC3339Nano) }
+	add(HeaderTopic, m.topic)
+	add(HeaderPartition, strconv.Itoa(int(m.partition)))
+	add(HeaderOffset, strconv.FormatInt(m.offset, 10))
+	add(HeaderTimestamp, fmtTime(m.ts))
 	add(HeaderGroup, g.group)
-	add(HeaderAttempts, strconv.Itoa(attempts))
-	add(HeaderFirstFailure, first.UTC().Format(time.RFC3339Nano))
-	add(HeaderLastFailure, last.UTC().Format(time.RFC3339Nano))
-	add(HeaderErrorClass, ErrorClass(cause))
-	add(HeaderError, msg)
-	dl := &kgo.Record{Topic: DeadLetterTopic(r.Topic, g.group), Key: r.Key, Value: r.Value, Headers: headers}
-	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
-	defer cancel()
-	return g.cl.ProduceSync(pctx, dl).FirstErr()
+	add(HeaderAttempts, strconv.Itoa(m.attempts))
+	if !m.first.IsZero() {
+		add(HeaderFirstFailure, fmtTime(m.first))
+		add(HeaderLastFailure, fmtTime(m.last))
+	}
+	if cause != nil {
+		msg := cause.Error()
+		if max := g.cfg.policy.MaxErrorLength; max > 0 && len(msg) > max {
+			msg = truncate(msg, max) + "…"
+		}
+		add(HeaderErrorClass, ErrorClass(cause))
+		add(HeaderReason, ErrorReason(cause))
+		add(HeaderError, msg)
+	}
+	if level > 0 {
+		add(HeaderLevel, strconv.Itoa(level))
+		add(HeaderDue, fmtTime(m.due))
+	}
+	if m.parked {
+		add(HeaderParked, "true")
+	}
+	if m.redrives > 0 {
+		add(HeaderRedrives, strconv.Itoa(m.redrives))
+	}
+	out := &kgo.Record{Topic: dest, Key: r.Key, Value: r.Value, Headers: headers, Partition: r.Partition}
+	return out
+}
+
+// truncate cuts s to at most n bytes without splitting a UTF-8 sequence.
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	for n > 0 && n < len(s) && s[n]&0xC0 == 0x80 {
+		n--
+	}
+	return s[:n]
 }

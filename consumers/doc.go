@@ -10,8 +10,10 @@
 //     while each key keeps its order.
 //   - Offsets are committed only after the handler returned for every
 //     record below them (the batch barrier: a poll's records are all
-//     finished, dead-lettered or failed before anything is committed, and a
-//     partition's commit never passes its first failed record).
+//     finished, forwarded, dead-lettered or failed before anything is
+//     committed, and a partition's commit never passes its first failed
+//     record), and after every retry record or dead letter produced for
+//     them was acknowledged by the broker.
 //   - Rebalances wait for the batch in flight (kgo.BlockRebalanceOnPoll),
 //     so a revoked partition is never processed by two members at once and
 //     never has unprocessed work committed. PartitionAware handlers are told
@@ -20,14 +22,91 @@
 //     finish, what finished is committed, the member leaves the group and
 //     Run returns nil.
 //
-// A handler error goes to the FailurePolicy: bounded in-place retries with
-// exponential backoff and jitter (Permanent errors and orchestrix.ErrInvalid
-// skip them), then the dead-letter topic "<topic>.<group>.dlq" with the
-// original key, value and headers plus DLQ headers (HeaderPrefix), or, if
-// dead-lettering is off, Run stops with the error and the record's offset
-// stays uncommitted.
+// # Failures
+//
+// A handler error goes to the FailurePolicy:
+//
+//  1. Permanent errors, orchestrix.ErrInvalid and orchestrix.ErrUnknownType
+//     (which include the codec's PoisonError and DecodeError) go straight
+//     to the dead-letter topic "<topic>.<group>.dlq".
+//  2. Others are retried in place Retries times with exponential backoff
+//     and jitter. An in-place retry holds up the whole poll, so
+//     RetryTopics uses none by default.
+//  3. With retry topics (RetryTopics(delays...)), a record that still
+//     fails goes to "<topic>.<group>.retry.1" with a due time (now plus
+//     the level's delay) and its partition moves on. The group consumes
+//     its retry topics too: a retry partition whose next record is not due
+//     is paused (kgo.PauseFetchPartitions) and its fetched records are
+//     held in memory until due, while every other partition flows. A
+//     record failing at level n goes to level n+1; after the last level,
+//     to the dead-letter topic (ThenDLQ) or Run stops with the error.
+//     Each handler call can get its own deadline (WithAttemptTimeout).
+//  4. Without dead-lettering, Run stops with the error and the record's
+//     offset stays uncommitted.
+//
+// Retry records and dead letters keep the original key, value and
+// headers and add headers under HeaderPrefix: origin topic, partition,
+// offset and timestamp, group, attempts, first and last failure, error
+// class, reason and message (truncated to MaxErrorLength), and for retry
+// records the level and due time. A handler sees a retry record with its
+// origin topic, partition, offset and timestamp.
+//
+//	policy := consumers.RetryTopics(time.Second, 10*time.Second, time.Minute).ThenDLQ()
+//	g, err := consumers.New(seeds, "billing", []string{"billing.commands"}, h,
+//		consumers.WithFailurePolicy(policy))
+//	// create policy.Topics("billing.commands", "billing") first (kadm or topics.Ensure)
+//
+// # Per-key order with retry topics
+//
+// With Unordered (the default), later records of a key overtake a record
+// waiting in the retry topics. KeepKeyOrder(OrderedDeadLetterRest) or
+// KeepKeyOrder(OrderedResume) keep each key's order instead: once a
+// record of a key is in the retry chain, later records of that key are
+// parked behind it while other keys flow.
+//
+// The parked records live in the retry topics themselves, not in a
+// separate store: a record whose key is in the chain is forwarded,
+// unhandled (header HeaderParked), to retry level 1 of the same
+// partition, behind its key's earlier records. At level n, a record whose
+// key still has records at a higher level is forwarded, unhandled, to
+// level n+1; otherwise it is its key's oldest record and is handled (a
+// parked record without waiting for a due time). Because every level is a
+// FIFO partition and records only move up one level at a time in order,
+// a key's records, read from the highest level down, are always in their
+// original order, so a key is released in order when its head succeeds.
+// When the head is dead-lettered, OrderedResume handles the parked records
+// in order; OrderedDeadLetterRest dead-letters the records of the key
+// still in the chain (reason ErrParkedBehindDeadLetter) until it is empty.
+// A record released from parking that fails continues from the level it
+// was released at (moving down the ladder could let its followers
+// overtake it), so it may get fewer delayed retries than its head — down
+// to one attempt at the last level. With ordered modes, give the ladder
+// more levels than you would without. After a crash, a duplicate of a
+// record that was dead-lettered can reach the handler later, out of order,
+// under OrderedResume (at-least-once: the chain holds the copy the crash
+// left uncommitted).
+//
+// Why this design: the state that must survive restarts and rebalances is
+// the chain itself, which Kafka already stores durably and in order; no
+// second source of truth (a compacted state topic, a database) can
+// disagree with it. The in-memory set of parked keys (how many records of
+// each key wait at each level) is rebuilt when a partition is assigned,
+// by reading each retry level's partition from the group's committed
+// offset to its end. It needs one member to own partition p of a topic and
+// of all its retry topics: ordered modes require the retry topics to have
+// as many partitions as the topic (Run checks), place retry records in the
+// origin partition, and use range assignment (kgo.RangeBalancer), which
+// gives equal-numbered partitions of equally partitioned topics to the
+// same member. One limit: the "dead" mark of OrderedDeadLetterRest is in
+// memory only; after a restart between a head's dead-lettering and its
+// parked records' turn, those are handled (as with OrderedResume).
 //
 // Delivery is at-least-once: a handler sees a record again after a crash
 // or a lost partition, so effects must be idempotent or, as the aggregate
 // processor and projections do, recorded with what they consumed.
+// Retry records can be duplicated the same way; a handler that records
+// consumed offsets must expect a retried record's older origin offset.
+//
+// The CLI's `orchestrix dlq list|show|redrive|purge` works on the
+// dead-letter topics (see docs/failures.md).
 package consumers

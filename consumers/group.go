@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"hash/fnv"
 	"log/slog"
-	"math/rand/v2"
 	"sync"
 	"time"
 
@@ -71,6 +70,21 @@ type Group struct {
 	h      Handler
 	cl     *kgo.Client
 	log    *slog.Logger
+	// chain places every consumed topic: origin topics and their retry
+	// levels.
+	chain map[string]chainPos
+
+	mu sync.Mutex
+	// states holds the parking state per origin partition (ordered modes).
+	states map[tp]*chainState
+	// held keeps, per paused retry partition, the fetched records from
+	// the first one not yet due on. The partition is paused (franz-go
+	// then keeps its fetch position right after them) until they are
+	// handled.
+	held map[tp]*heldRecs
+	// pending queues, per partition, progress to commit once the retry
+	// records and dead letters its processing produced are acked.
+	pending map[tp][]pendingCommit
 }
 
 type config struct {
@@ -154,11 +168,21 @@ func New(seeds []string, group string, topics []string, h Handler, opts ...Optio
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	g := &Group{cfg: cfg, topics: topics, group: group, h: h, log: log.With("group", group)}
+	g := &Group{cfg: cfg, topics: topics, group: group, h: h, log: log.With("group", group),
+		chain: map[string]chainPos{}, states: map[tp]*chainState{}, held: map[tp]*heldRecs{}, pending: map[tp][]pendingCommit{}}
+	consume := append([]string(nil), topics...)
+	for _, t := range topics {
+		g.chain[t] = chainPos{origin: t}
+		for l := 1; l <= len(cfg.policy.RetryDelays); l++ {
+			rt := RetryTopic(t, group, l)
+			g.chain[rt] = chainPos{origin: t, level: l}
+			consume = append(consume, rt)
+		}
+	}
 	kopts := []kgo.Opt{
 		kgo.SeedBrokers(seeds...),
 		kgo.ConsumerGroup(group),
-		kgo.ConsumeTopics(topics...),
+		kgo.ConsumeTopics(consume...),
 		kgo.FetchIsolationLevel(kgo.ReadCommitted()),
 		kgo.DisableAutoCommit(),
 		kgo.BlockRebalanceOnPoll(),
@@ -166,6 +190,24 @@ func New(seeds []string, group string, topics []string, h Handler, opts ...Optio
 		kgo.WithLogger(kslog.New(log)),
 		kgo.OnPartitionsRevoked(g.revoked),
 		kgo.OnPartitionsLost(g.revoked),
+		// The client produces only retry records and dead letters, and a
+		// partition's commit waits for their acks: do not linger.
+		kgo.ProducerLinger(0),
+		kgo.RecordPartitioner(chainPartitioner{
+			manual: func(t string) bool { pos, ok := g.chain[t]; return ok && pos.level > 0 && cfg.policy.ordered() },
+			def:    kgo.StickyKeyPartitioner(nil),
+		}),
+	}
+	if len(cfg.policy.RetryDelays) > 0 {
+		// Resuming a paused retry partition waits for the fetch in
+		// flight: keep fetches short so due records start promptly.
+		kopts = append(kopts, kgo.FetchMaxWait(500*time.Millisecond))
+	}
+	if cfg.policy.ordered() {
+		// Range assignment gives partition p of a topic and of its retry
+		// topics (equal partition counts) to the same member, so one
+		// member owns a key's whole retry chain.
+		kopts = append(kopts, kgo.Balancers(kgo.RangeBalancer()))
 	}
 	cl, err := kgo.NewClient(append(kopts, cfg.clientOpts...)...)
 	if err != nil {
@@ -179,11 +221,34 @@ func New(seeds []string, group string, topics []string, h Handler, opts ...Optio
 // or inspecting; do not poll it).
 func (g *Group) Client() *kgo.Client { return g.cl }
 
-func (g *Group) revoked(_ context.Context, _ *kgo.Client, lost map[string][]int32) {
+func (g *Group) revoked(ctx context.Context, cl *kgo.Client, lost map[string][]int32) {
+	// Commit what was processed before the partitions go (retry records
+	// and dead letters acked first).
+	if err := g.commitReady(ctx, cl, true); err != nil {
+		g.log.Error("commit before revoke", "err", err)
+	}
 	pa, ok := g.h.(PartitionAware)
+	g.mu.Lock()
+	resume := map[string][]int32{}
+	for topic, parts := range lost {
+		pos := g.chain[topic]
+		for _, p := range parts {
+			delete(g.states, tp{pos.origin, p})
+			if _, w := g.held[tp{topic, p}]; w {
+				// Dropped: the next owner fetches them again from the
+				// committed offset.
+				delete(g.held, tp{topic, p})
+				resume[topic] = append(resume[topic], p)
+			}
+		}
+	}
+	g.mu.Unlock()
+	if len(resume) > 0 {
+		cl.ResumeFetchPartitions(resume)
+	}
 	for topic, parts := range lost {
 		g.log.Info("partitions revoked", "topic", topic, "partitions", parts)
-		if ok {
+		if ok && g.chain[topic].level == 0 {
 			pa.PartitionsRevoked(topic, parts)
 		}
 	}
@@ -194,15 +259,30 @@ func (g *Group) revoked(_ context.Context, _ *kgo.Client, lost map[string][]int3
 // committing everything before it). It closes the client when it returns.
 func (g *Group) Run(ctx context.Context) error {
 	defer g.cl.Close()
+	if err := g.checkTopics(ctx); err != nil {
+		return err
+	}
 	for {
-		fetches := g.cl.PollRecords(ctx, g.cfg.maxPoll)
+		pctx, cancel := ctx, context.CancelFunc(func() {})
+		due, ok := g.nextDue()
+		if g.hasPending() && (!ok || time.Until(due) > 10*time.Millisecond) {
+			// Come back soon to commit progress waiting for acks.
+			due, ok = time.Now().Add(10*time.Millisecond), true
+		}
+		if ok {
+			// Wake up when the first held retry record is due.
+			pctx, cancel = context.WithDeadline(ctx, due)
+		}
+		fetches := g.cl.PollRecords(pctx, g.cfg.maxPoll)
+		cancel()
 		if fetches.IsClientClosed() || ctx.Err() != nil {
+			err := g.commitReady(ctx, g.cl, true)
 			g.cl.AllowRebalance()
 			g.log.Info("stopping: context done")
-			return nil
+			return err
 		}
 		fetches.EachError(func(topic string, p int32, err error) {
-			if errors.Is(err, context.Canceled) {
+			if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 				return
 			}
 			g.log.Warn("fetch error", "topic", topic, "partition", p, "err", err)
@@ -215,8 +295,38 @@ func (g *Group) Run(ctx context.Context) error {
 	}
 }
 
-// process handles one poll: every partition concurrently, then commits
-// each partition's last record below its first failure.
+// heldRecs are a paused retry partition's records, the first not yet due.
+type heldRecs struct {
+	recs []*kgo.Record
+	due  time.Time
+	hwm  int64
+}
+
+// nextDue returns when the first held record is due.
+func (g *Group) nextDue() (time.Time, bool) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	var first time.Time
+	for _, h := range g.held {
+		if first.IsZero() || h.due.Before(first) {
+			first = h.due
+		}
+	}
+	return first, !first.IsZero()
+}
+
+// work is one partition's records to process in a poll.
+type work struct {
+	topic     string
+	partition int32
+	recs      []*kgo.Record
+	hwm       int64
+}
+
+// process handles one poll's records and the held retry records now due:
+// every partition concurrently, then commits each partition's last record
+// below its first failure or first record not yet due, and pauses retry
+// partitions until their next record is due.
 func (g *Group) process(ctx context.Context, fetches kgo.Fetches) error {
 	// Handlers get a context that survives ctx by DrainTimeout.
 	hctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
@@ -227,21 +337,76 @@ func (g *Group) process(ctx context.Context, fetches kgo.Fetches) error {
 	})
 	defer stop()
 
+	var parts []work
+	var need []tp
+	seen := map[tp]bool{}
+	add := func(w work) {
+		parts = append(parts, w)
+		if g.cfg.policy.ordered() {
+			k := tp{g.chain[w.topic].origin, w.partition}
+			if g.states[k] == nil && !seen[k] {
+				seen[k] = true
+				need = append(need, k)
+			}
+		}
+	}
+	g.mu.Lock()
+	now := time.Now()
+	due := map[tp]*heldRecs{}
+	for k, h := range g.held {
+		if !h.due.After(now) {
+			delete(g.held, k)
+			due[k] = h
+		}
+	}
+	fetches.EachPartition(func(p kgo.FetchTopicPartition) {
+		if len(p.Records) == 0 {
+			return
+		}
+		k := tp{p.Topic, p.Partition}
+		h := g.held[k]
+		if h == nil {
+			h = due[k]
+		}
+		if h != nil {
+			// Fetched before the pause took effect: they queue behind
+			// the held records.
+			if last := h.recs[len(h.recs)-1].Offset; p.Records[0].Offset > last {
+				h.recs = append(h.recs, p.Records...)
+			}
+			h.hwm = max(h.hwm, p.HighWatermark)
+			return
+		}
+		add(work{p.Topic, p.Partition, p.Records, p.HighWatermark})
+	})
+	for k, h := range due {
+		add(work{k.topic, k.partition, h.recs, h.hwm})
+	}
+	g.mu.Unlock()
+	if err := g.loadStates(hctx, need); err != nil {
+		// Nothing was processed or committed: stopping loses nothing.
+		return err
+	}
+
 	var (
 		wg     sync.WaitGroup
 		mu     sync.Mutex
 		commit []*kgo.Record
 		errs   []error
+		pause  = map[string][]int32{}
+		resume = map[string][]int32{}
 	)
-	fetches.EachPartition(func(p kgo.FetchTopicPartition) {
-		if len(p.Records) == 0 {
-			return
-		}
+	for _, p := range parts {
 		wg.Go(func() {
 			start := time.Now()
-			done, st, err := g.partition(hctx, p.Records)
-			st.Topic, st.Partition, st.Duration = p.Topic, p.Partition, time.Since(start)
-			st.Lag = p.HighWatermark - (p.Records[len(p.Records)-1].Offset + 1)
+			done, held, st, fl, err := g.partition(hctx, p.topic, p.partition, p.recs)
+			if err != nil {
+				// The group stops: let what can be committed land.
+				_ = fl.wait()
+			}
+			done = g.enqueueCommit(tp{p.topic, p.partition}, done, fl)
+			st.Topic, st.Partition, st.Duration = p.topic, p.partition, time.Since(start)
+			st.Lag = p.hwm - (p.recs[len(p.recs)-1].Offset + 1)
 			if g.cfg.onStats != nil {
 				g.cfg.onStats(st)
 			}
@@ -250,12 +415,32 @@ func (g *Group) process(ctx context.Context, fetches kgo.Fetches) error {
 			if done != nil {
 				commit = append(commit, done)
 			}
+			if held != nil {
+				held.hwm = p.hwm
+				g.mu.Lock()
+				g.held[tp{p.topic, p.partition}] = held
+				g.mu.Unlock()
+				pause[p.topic] = append(pause[p.topic], p.partition)
+			} else if g.chain[p.topic].level > 0 {
+				resume[p.topic] = append(resume[p.topic], p.partition)
+			}
 			if err != nil {
 				errs = append(errs, err)
 			}
 		})
-	})
+	}
 	wg.Wait()
+	if len(pause) > 0 {
+		g.cl.PauseFetchPartitions(pause)
+	}
+	if len(resume) > 0 {
+		g.cl.ResumeFetchPartitions(resume)
+	}
+	ready, err := g.readyCommits(len(errs) > 0)
+	if err != nil {
+		errs = append(errs, err)
+	}
+	commit = append(commit, ready...)
 	if len(commit) > 0 {
 		cctx, ccancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 		defer ccancel()
@@ -267,47 +452,102 @@ func (g *Group) process(ctx context.Context, fetches kgo.Fetches) error {
 }
 
 // partition processes one partition's records and returns the last record
-// that may be committed (nil for none) and the error that stops the group.
-func (g *Group) partition(ctx context.Context, recs []*kgo.Record) (*kgo.Record, Stats, error) {
+// that may be committed (nil for none), the records a retry partition
+// must hold until they are due, and the error that stops the group.
+func (g *Group) partition(ctx context.Context, topic string, part int32, recs []*kgo.Record) (*kgo.Record, *heldRecs, Stats, *flight, error) {
 	st := Stats{Records: len(recs)}
-	results := make([]error, len(recs))
-	if bh, ok := g.h.(BatchHandler); ok {
-		if r := bh.HandleBatch(ctx, recs); r != nil {
-			if len(r) != len(recs) {
-				return nil, st, fmt.Errorf("consumers: batch handler returned %d results for %d records", len(r), len(recs))
-			}
-			copy(results, r)
-		}
-		// Failed records go through the policy in order, retried alone.
+	pos := g.chain[topic]
+	var wait *heldRecs
+	if pos.level > 0 {
+		now := time.Now()
 		for i, r := range recs {
-			if results[i] != nil {
-				st.Failed++
-				dl, err := g.fail(ctx, r, results[i])
-				if dl {
-					st.DeadLettered++
-				}
-				results[i] = err
+			m := readMeta(r, pos.origin)
+			if !m.parked && m.due.After(now) {
+				wait = &heldRecs{recs: recs[i:], due: m.due}
+				recs = recs[:i]
+				break
 			}
+		}
+		st.Records = len(recs)
+	}
+	fl := &flight{}
+	if len(recs) == 0 {
+		return nil, wait, st, fl, nil
+	}
+	results := make([]error, len(recs))
+	ctx = context.WithValue(ctx, flightKey{}, fl)
+	if bh, ok := g.h.(BatchHandler); ok && pos.level == 0 {
+		if err := g.batch(ctx, bh, pos, recs, results, &st); err != nil {
+			return nil, wait, st, fl, err
 		}
 	} else {
-		g.lanes(ctx, recs, results, &st)
+		g.lanes(ctx, pos, recs, results, &st)
 	}
 	// Commit up to the first record that still failed.
 	var last *kgo.Record
 	for i, r := range recs {
 		if results[i] != nil {
-			return last, st, results[i]
+			return last, nil, st, fl, results[i]
 		}
 		last = r
 	}
-	return last, st, nil
+	return last, wait, st, fl, nil
+}
+
+// batch runs origin records through a BatchHandler; in ordered modes the
+// records of keys parked in the retry chain are forwarded first.
+func (g *Group) batch(ctx context.Context, bh BatchHandler, pos chainPos, recs []*kgo.Record, results []error, st *Stats) error {
+	idx := make([]int, 0, len(recs))
+	if g.cfg.policy.ordered() {
+		for i, r := range recs {
+			if s := g.stateOf(pos.origin, r.Partition); s != nil {
+				g.mu.Lock()
+				parked := s.route(string(r.Key), 0) == routePark
+				g.mu.Unlock()
+				if parked {
+					results[i] = g.settle(ctx, pos, r, nil, st)
+					continue
+				}
+			}
+			idx = append(idx, i)
+		}
+	} else {
+		for i := range recs {
+			idx = append(idx, i)
+		}
+	}
+	sub := make([]*kgo.Record, len(idx))
+	for j, i := range idx {
+		sub[j] = recs[i]
+	}
+	if len(sub) == 0 {
+		return nil
+	}
+	res := bh.HandleBatch(ctx, sub)
+	if res != nil && len(res) != len(sub) {
+		return fmt.Errorf("consumers: batch handler returned %d results for %d records", len(res), len(sub))
+	}
+	// Failed records go through the policy in order, retried alone.
+	for j, i := range idx {
+		if res != nil && res[j] != nil {
+			results[i] = g.settle(ctx, pos, recs[i], res[j], st)
+		}
+	}
+	return nil
 }
 
 // lanes runs records through Handle, spread over key lanes.
-func (g *Group) lanes(ctx context.Context, recs []*kgo.Record, results []error, st *Stats) {
+func (g *Group) lanes(ctx context.Context, pos chainPos, recs []*kgo.Record, results []error, st *Stats) {
 	n := g.cfg.keyConcurrency
 	var mu sync.Mutex
 	run := func(lane int) {
+		var ls Stats
+		defer func() {
+			mu.Lock()
+			st.Failed += ls.Failed
+			st.DeadLettered += ls.DeadLettered
+			mu.Unlock()
+		}()
 		failedKeys := map[string]bool{}
 		for i, r := range recs {
 			if n > 1 && laneOf(r.Key, n) != lane {
@@ -317,20 +557,7 @@ func (g *Group) lanes(ctx context.Context, recs []*kgo.Record, results []error, 
 				results[i] = fmt.Errorf("offset %d: %w", r.Offset, ErrBlocked)
 				continue
 			}
-			err := g.h.Handle(ctx, r)
-			dl := false
-			if err != nil {
-				mu.Lock()
-				st.Failed++
-				mu.Unlock()
-				dl, err = g.fail(ctx, r, err)
-			}
-			if dl {
-				mu.Lock()
-				st.DeadLettered++
-				mu.Unlock()
-			}
-			if err != nil {
+			if err := g.settle(ctx, pos, r, nil, &ls); err != nil {
 				results[i] = err
 				failedKeys[string(r.Key)] = true
 				if n == 1 {
@@ -360,100 +587,171 @@ func laneOf(key []byte, n int) int {
 	return int(h.Sum32() % uint32(n))
 }
 
-// fail applies the failure policy to a record whose handling failed with
-// err. It returns whether the record was dead-lettered, and the error that
-// remains (nil when the record is settled: retried to success or
-// dead-lettered).
-func (g *Group) fail(ctx context.Context, r *kgo.Record, err error) (bool, error) {
-	p := g.cfg.policy
-	first := time.Now()
-	attempts := 1
-	if !errors.Is(err, ErrBlocked) {
-		g.log.Warn("handler failed", "topic", r.Topic, "partition", r.Partition, "offset", r.Offset, "attempt", attempts, "err", err)
+// call runs the handler once on r, under the attempt deadline. A retry
+// record is shown with its origin topic, partition, offset and timestamp.
+func (g *Group) call(ctx context.Context, pos chainPos, r *kgo.Record, m meta) error {
+	rec := r
+	if pos.level > 0 {
+		c := *r
+		c.Topic, c.Partition, c.Offset, c.Timestamp = m.topic, m.partition, m.offset, m.ts
+		rec = &c
 	}
-	for !IsPermanent(err) && attempts <= p.Retries {
-		d := p.backoff(attempts)
+	if d := g.cfg.policy.AttemptTimeout; d > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, d)
+		defer cancel()
+	}
+	return g.h.Handle(ctx, rec)
+}
+
+// settle brings one record to a settled state: handled, forwarded to a
+// retry level, parked or dead-lettered. first is the error of a first
+// attempt already made (by a batch handler), nil to make it here. It
+// returns the error that leaves the record unsettled (stopping the
+// group).
+func (g *Group) settle(ctx context.Context, pos chainPos, r *kgo.Record, first error, st *Stats) error {
+	m := readMeta(r, pos.origin)
+	var s *chainState
+	if g.cfg.policy.ordered() {
+		s = g.stateOf(pos.origin, r.Partition)
+	}
+	key := string(r.Key)
+	if s != nil {
+		g.mu.Lock()
+		rt := s.route(key, pos.level)
+		g.mu.Unlock()
+		switch rt {
+		case routePark:
+			m.parked = true
+			m.due = time.Now()
+			if err := g.forward(ctx, r, m, nil, pos.level+1); err != nil {
+				return fmt.Errorf("consumers: %s/%d@%d: park: %w", r.Topic, r.Partition, r.Offset, err)
+			}
+			g.mu.Lock()
+			s.move(key, pos.level, pos.level+1)
+			g.mu.Unlock()
+			return nil
+		case routeDead:
+			m.parked = false
+			cause := Permanent(ErrParkedBehindDeadLetter)
+			return g.toDLQ(ctx, pos, r, m, s, cause, st)
+		}
+	}
+	err := first
+	if err == nil {
+		if err = g.call(ctx, pos, r, m); err == nil {
+			g.left(s, key, pos.level)
+			return nil
+		}
+	}
+	st.Failed++
+	return g.fail(ctx, pos, r, m, s, err, st)
+}
+
+// left records that a record of key left the chain from level.
+func (g *Group) left(s *chainState, key string, level int) {
+	if s == nil || level == 0 {
+		return
+	}
+	g.mu.Lock()
+	s.move(key, level, 0)
+	g.mu.Unlock()
+}
+
+// fail applies the failure policy to a record whose handling failed with
+// err: in-place retries, then the next retry level or the dead-letter
+// topic. It returns the error that remains (nil when the record is
+// settled).
+func (g *Group) fail(ctx context.Context, pos chainPos, r *kgo.Record, m meta, s *chainState, err error, st *Stats) error {
+	p := g.cfg.policy
+	now := time.Now()
+	if m.first.IsZero() {
+		m.first = now
+	}
+	m.attempts++
+	m.last = now
+	key := string(r.Key)
+	if !errors.Is(err, ErrBlocked) {
+		g.log.Warn("handler failed", "topic", r.Topic, "partition", r.Partition, "offset", r.Offset, "attempt", m.attempts, "err", err)
+	}
+	for tries := 0; !IsPermanent(err) && tries < p.Retries; tries++ {
+		if s != nil && pos.level == 0 {
+			g.mu.Lock()
+			parked := s.inChain(key)
+			g.mu.Unlock()
+			if parked {
+				// An earlier record of the key just entered the chain
+				// (a batch's ErrBlocked): park behind it.
+				break
+			}
+		}
 		select {
 		case <-ctx.Done():
-			return false, fmt.Errorf("consumers: %s/%d@%d: %w (retry interrupted: %w)", r.Topic, r.Partition, r.Offset, err, ctx.Err())
-		case <-time.After(d):
+			return fmt.Errorf("consumers: %s/%d@%d: %w (retry interrupted: %w)", r.Topic, r.Partition, r.Offset, err, ctx.Err())
+		case <-time.After(p.backoff(tries + 1)):
 		}
-		attempts++
-		if err = g.h.Handle(ctx, r); err == nil {
-			return false, nil
+		m.attempts++
+		if err = g.call(ctx, pos, r, m); err == nil {
+			g.left(s, key, pos.level)
+			return nil
 		}
-		g.log.Warn("handler failed", "topic", r.Topic, "partition", r.Partition, "offset", r.Offset, "attempt", attempts, "err", err)
+		m.last = time.Now()
+		g.log.Warn("handler failed", "topic", r.Topic, "partition", r.Partition, "offset", r.Offset, "attempt", m.attempts, "err", err)
 	}
-	if !p.DeadLetter {
-		return false, fmt.Errorf("consumers: %s/%d@%d failed after %d attempts: %w", r.Topic, r.Partition, r.Offset, attempts, err)
+	if ctx.Err() != nil && !IsPermanent(err) {
+		return fmt.Errorf("consumers: %s/%d@%d: %w (interrupted: %w)", r.Topic, r.Partition, r.Offset, err, ctx.Err())
 	}
-	if dlErr := g.deadLetter(ctx, r, err, attempts, first, time.Now()); dlErr != nil {
-		return false, fmt.Errorf("consumers: %s/%d@%d: %w; dead-lettering failed: %w", r.Topic, r.Partition, r.Offset, err, dlErr)
+	if s != nil && pos.level == 0 {
+		g.mu.Lock()
+		parked := s.inChain(key)
+		g.mu.Unlock()
+		if parked {
+			m.parked, m.due = true, time.Now()
+			if ferr := g.forward(ctx, r, m, nil, 1); ferr != nil {
+				return fmt.Errorf("consumers: %s/%d@%d: park: %w", r.Topic, r.Partition, r.Offset, ferr)
+			}
+			g.mu.Lock()
+			s.move(key, 0, 1)
+			g.mu.Unlock()
+			return nil
+		}
 	}
-	g.log.Error("record dead-lettered", "topic", r.Topic, "partition", r.Partition, "offset", r.Offset, "attempts", attempts, "err", err)
-	return true, nil
-}
-
-// FailurePolicy says what happens when a handler fails.
-type FailurePolicy struct {
-	// Retries is the number of in-place retries after the first attempt.
-	Retries int
-	// Backoff is the first retry's delay, doubled each retry up to
-	// MaxBackoff, with ±20% jitter.
-	Backoff, MaxBackoff time.Duration
-	// DeadLetter sends a record that still fails to the dead-letter topic
-	// and moves on; without it, Run stops with the error.
-	DeadLetter bool
-	// MaxErrorLength bounds the error message kept in the dead-letter
-	// header (default 1024 bytes).
-	MaxErrorLength int
-	// jitter returns a factor in [0.8, 1.2); replaceable in tests.
-	jitter func() float64
-}
-
-// DefaultFailurePolicy retries 3 times in place (100ms, 200ms, 400ms),
-// then dead-letters.
-func DefaultFailurePolicy() FailurePolicy {
-	return FailurePolicy{Retries: 3, Backoff: 100 * time.Millisecond, MaxBackoff: 5 * time.Second, DeadLetter: true, MaxErrorLength: 1024}
-}
-
-func (p FailurePolicy) validate() error {
-	if p.Retries < 0 || p.Backoff < 0 || p.MaxBackoff < p.Backoff || p.MaxErrorLength < 0 {
-		return fmt.Errorf("failure policy %+v: retries and backoffs must be non-negative, max backoff ≥ backoff", p)
-	}
-	return nil
-}
-
-func (p FailurePolicy) backoff(attempt int) time.Duration {
-	d := p.Backoff << (attempt - 1)
-	if d > p.MaxBackoff || d <= 0 {
-		d = p.MaxBackoff
-	}
-	j := 0.8 + 0.4*rand.Float64()
-	if p.jitter != nil {
-		j = p.jitter()
-	}
-	return time.Duration(float64(d) * j)
-}
-
-// permanent wraps an error that retrying cannot fix.
-type permanent struct{ err error }
-
-func (p permanent) Error() string { return p.err.Error() }
-func (p permanent) Unwrap() error { return p.err }
-
-// Permanent marks err as not worth retrying: the record goes straight to
-// the dead-letter topic.
-func Permanent(err error) error {
-	if err == nil {
+	if next := pos.level + 1; !IsPermanent(err) && next <= len(p.RetryDelays) {
+		m.parked = false
+		m.due = time.Now().Add(p.RetryDelays[next-1])
+		if ferr := g.forward(ctx, r, m, err, next); ferr != nil {
+			return fmt.Errorf("consumers: %s/%d@%d: %w; forwarding to retry level %d failed: %w", r.Topic, r.Partition, r.Offset, err, next, ferr)
+		}
+		if s != nil {
+			g.mu.Lock()
+			s.move(key, pos.level, next)
+			g.mu.Unlock()
+		}
+		g.log.Info("record sent to retry topic", "topic", r.Topic, "partition", r.Partition, "offset", r.Offset, "level", next, "attempts", m.attempts)
 		return nil
 	}
-	return permanent{err}
+	return g.toDLQ(ctx, pos, r, m, s, err, st)
 }
 
-// IsPermanent reports whether err was marked Permanent or is bad input
-// (orchestrix.ErrInvalid, orchestrix.ErrUnknownType).
-func IsPermanent(err error) bool {
-	var p permanent
-	return errors.As(err, &p) || errors.Is(err, orchestrix.ErrInvalid) || errors.Is(err, orchestrix.ErrUnknownType)
+// toDLQ dead-letters r, or returns the error that stops the group when
+// dead-lettering is off.
+func (g *Group) toDLQ(ctx context.Context, pos chainPos, r *kgo.Record, m meta, s *chainState, err error, st *Stats) error {
+	if !g.cfg.policy.DeadLetter {
+		return fmt.Errorf("consumers: %s/%d@%d failed after %d attempts: %w", m.topic, m.partition, m.offset, m.attempts, err)
+	}
+	if dlErr := g.forward(ctx, r, m, err, 0); dlErr != nil {
+		return fmt.Errorf("consumers: %s/%d@%d: %w; dead-lettering failed: %w", m.topic, m.partition, m.offset, err, dlErr)
+	}
+	st.DeadLettered++
+	if s != nil && pos.level > 0 {
+		key := string(r.Key)
+		g.mu.Lock()
+		s.move(key, pos.level, 0)
+		if g.cfg.policy.Ordering == OrderedDeadLetterRest {
+			s.markDead(key)
+		}
+		g.mu.Unlock()
+	}
+	g.log.Error("record dead-lettered", "topic", m.topic, "partition", m.partition, "offset", m.offset, "attempts", m.attempts, "reason", ErrorReason(err), "err", err)
+	return nil
 }

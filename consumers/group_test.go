@@ -12,6 +12,7 @@ import (
 	"github.com/orchestrix/orchestrix/consumers"
 	"github.com/orchestrix/orchestrix/internal/testenv"
 	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 )
 
@@ -51,10 +52,13 @@ func runGroup(t *testing.T, g *consumers.Group, stop func() bool) error {
 	}
 }
 
-func committed(t *testing.T, seeds []string, group, topic string) int64 {
+func committed(t testing.TB, seeds []string, group, topic string) int64 {
 	t.Helper()
 	adm := kadm.NewClient(testenv.Client(t, seeds))
 	offs, err := adm.FetchOffsets(t.Context(), group)
+	if errors.Is(err, kerr.GroupIDNotFound) {
+		return 0
+	}
 	if err != nil {
 		t.Fatalf("fetch offsets: %v", err)
 	}

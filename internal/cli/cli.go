@@ -23,6 +23,8 @@ func commands() []command {
 		{"demo", "run the banking demo through the real pipeline (embedded Kafka and store by default)", runDemo},
 		{"migrate", "apply the PostgreSQL store's schema migrations", runMigrate},
 		{"topics", "create or describe a context's topics (topics create|describe)", runTopics},
+		{"relay", "publish the store's committed events (and outbox table) to Kafka until SIGTERM", runRelay},
+		{"dlq", "inspect, redrive or purge a dead-letter topic (dlq list|show|redrive|purge)", runDLQ},
 	}
 }
 

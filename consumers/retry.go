@@ -1,0 +1,408 @@
+package consumers
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kgo"
+)
+
+// chainPos places a consumed topic in a retry chain: level 0 is the origin
+// topic, level n its retry topic n.
+type chainPos struct {
+	origin string
+	level  int
+}
+
+type tp struct {
+	topic     string
+	partition int32
+}
+
+// keyState counts, per retry level, the records of one key that are in
+// the retry chain of one origin partition and not yet settled.
+type keyState struct {
+	levels []int // index: level (0 unused)
+	total  int
+	dead   bool // OrderedDeadLetterRest: its head was dead-lettered
+}
+
+// chainState is the parking state of one origin partition: the keys that
+// have records in its retry chain. It is rebuilt from the retry topics
+// when the partition is assigned (loadStates) and kept up to date as
+// records enter and leave the chain. Goroutines of the origin partition
+// and of its retry partitions share it.
+type chainState struct {
+	levels int
+	keys   map[string]*keyState
+}
+
+type route int
+
+const (
+	routeHandle route = iota // handle the record
+	routePark                // forward it, unhandled, to the next level
+	routeDead                // dead-letter it: its key's head was dead-lettered
+)
+
+func (s *chainState) route(key string, level int) route {
+	k := s.keys[key]
+	if k == nil {
+		return routeHandle
+	}
+	if level == 0 {
+		return routePark
+	}
+	for l := level + 1; l <= s.levels; l++ {
+		if k.levels[l] > 0 {
+			return routePark
+		}
+	}
+	if k.dead {
+		return routeDead
+	}
+	return routeHandle
+}
+
+func (s *chainState) inChain(key string) bool { return s.keys[key] != nil }
+
+// move records that a record of key left level from (0: it was not in the
+// chain) for level to (0: it left the chain).
+func (s *chainState) move(key string, from, to int) {
+	k := s.keys[key]
+	if k == nil {
+		if from > 0 || to == 0 {
+			return
+		}
+		k = &keyState{levels: make([]int, s.levels+1)}
+		s.keys[key] = k
+	}
+	if from > 0 && k.levels[from] > 0 {
+		k.levels[from]--
+		k.total--
+	}
+	if to > 0 {
+		k.levels[to]++
+		k.total++
+	}
+	if k.total <= 0 {
+		delete(s.keys, key)
+	}
+}
+
+func (s *chainState) markDead(key string) {
+	if k := s.keys[key]; k != nil {
+		k.dead = true
+	}
+}
+
+// stateOf returns the loaded parking state of an origin partition.
+func (g *Group) stateOf(origin string, p int32) *chainState {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.states[tp{origin, p}]
+}
+
+// loadStates rebuilds the parking state of origin partitions from their
+// retry topics: every record from the group's committed offset to the end
+// of each level's partition is in the chain.
+func (g *Group) loadStates(ctx context.Context, need []tp) error {
+	if len(need) == 0 {
+		return nil
+	}
+	levels := len(g.cfg.policy.RetryDelays)
+	adm := kadm.NewClient(g.cl)
+	var topics []string
+	for _, n := range need {
+		for l := 1; l <= levels; l++ {
+			topics = append(topics, RetryTopic(n.topic, g.group, l))
+		}
+	}
+	committed, err := adm.FetchOffsets(ctx, g.group)
+	if err != nil && !errors.Is(err, kerr.GroupIDNotFound) {
+		return fmt.Errorf("consumers: load parked keys: fetch offsets: %w", err)
+	}
+	starts, err := adm.ListStartOffsets(ctx, topics...)
+	if err != nil {
+		return fmt.Errorf("consumers: load parked keys: start offsets: %w", err)
+	}
+	ends, err := adm.ListEndOffsets(ctx, topics...)
+	if err != nil {
+		return fmt.Errorf("consumers: load parked keys: end offsets: %w", err)
+	}
+	consume := map[string]map[int32]kgo.Offset{}
+	want := map[tp]int64{} // last offset to read
+	states := map[tp]*chainState{}
+	for _, n := range need {
+		states[n] = &chainState{levels: levels, keys: map[string]*keyState{}}
+		for l := 1; l <= levels; l++ {
+			t := RetryTopic(n.topic, g.group, l)
+			end, ok := ends.Lookup(t, n.partition)
+			if !ok || end.Err != nil {
+				return fmt.Errorf("consumers: load parked keys: end offset of %s/%d: %v", t, n.partition, end.Err)
+			}
+			from := int64(0)
+			if s, ok := starts.Lookup(t, n.partition); ok && s.Err == nil {
+				from = s.Offset
+			}
+			if c, ok := committed.Lookup(t, n.partition); ok && c.Err == nil && c.At > from {
+				from = c.At
+			}
+			if end.Offset > from {
+				if consume[t] == nil {
+					consume[t] = map[int32]kgo.Offset{}
+				}
+				consume[t][n.partition] = kgo.NewOffset().At(from)
+				want[tp{t, n.partition}] = end.Offset - 1
+			}
+		}
+	}
+	if len(consume) > 0 {
+		opts := append([]kgo.Opt{kgo.SeedBrokers(g.cfg.seeds...)}, g.cfg.clientOpts...)
+		opts = append(opts, kgo.ConsumePartitions(consume), kgo.FetchIsolationLevel(kgo.ReadCommitted()))
+		rd, err := kgo.NewClient(opts...)
+		if err != nil {
+			return fmt.Errorf("consumers: load parked keys: %w", err)
+		}
+		defer rd.Close()
+		lctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+		defer cancel()
+		for len(want) > 0 {
+			fs := rd.PollFetches(lctx)
+			if lctx.Err() != nil {
+				return fmt.Errorf("consumers: load parked keys: %d partitions unread: %w", len(want), lctx.Err())
+			}
+			fs.EachRecord(func(r *kgo.Record) {
+				k := tp{r.Topic, r.Partition}
+				last, ok := want[k]
+				if !ok || r.Offset > last {
+					return
+				}
+				pos := g.chain[r.Topic]
+				states[tp{pos.origin, r.Partition}].move(string(r.Key), 0, pos.level)
+				if r.Offset == last {
+					delete(want, k)
+				}
+			})
+			// Transaction markers can hide the last offsets: stop a
+			// partition once the reader's position passed its end.
+			fs.EachPartition(func(p kgo.FetchTopicPartition) {
+				k := tp{p.Topic, p.Partition}
+				if last, ok := want[k]; ok && p.LastStableOffset > 0 && p.LastStableOffset <= last && len(p.Records) == 0 {
+					delete(want, k)
+				}
+			})
+		}
+	}
+	g.mu.Lock()
+	for n, s := range states {
+		g.states[n] = s
+		g.log.Info("parked keys loaded", "topic", n.topic, "partition", n.partition, "keys", len(s.keys))
+	}
+	g.mu.Unlock()
+	return nil
+}
+
+// checkTopics checks that the retry topics exist and, in an ordered mode,
+// have as many partitions as their origin topic.
+func (g *Group) checkTopics(ctx context.Context) error {
+	p := g.cfg.policy
+	if len(p.RetryDelays) == 0 {
+		return nil
+	}
+	all := append([]string(nil), g.topics...)
+	for _, t := range g.topics {
+		for l := 1; l <= len(p.RetryDelays); l++ {
+			all = append(all, RetryTopic(t, g.group, l))
+		}
+	}
+	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	td, err := kadm.NewClient(g.cl).ListTopics(cctx, all...)
+	if err != nil {
+		return fmt.Errorf("consumers: check retry topics: %w", err)
+	}
+	var errs []error
+	for _, t := range g.topics {
+		origin := td[t]
+		for l := 1; l <= len(p.RetryDelays); l++ {
+			rt := RetryTopic(t, g.group, l)
+			d, ok := td[rt]
+			if !ok || d.Err != nil {
+				errs = append(errs, fmt.Errorf("retry topic %s is missing (create the topics of FailurePolicy.Topics)", rt))
+				continue
+			}
+			if p.ordered() && origin.Err == nil && len(d.Partitions) != len(origin.Partitions) {
+				errs = append(errs, fmt.Errorf("retry topic %s has %d partitions, %s has %d: ordered retries need equal counts", rt, len(d.Partitions), t, len(origin.Partitions)))
+			}
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("consumers: %w", err)
+	}
+	return nil
+}
+
+// chainPartitioner places records of retry topics in the partition the
+// runtime chose (the origin partition, in ordered modes) and leaves all
+// others to the default partitioner.
+type chainPartitioner struct {
+	manual func(topic string) bool
+	def    kgo.Partitioner
+}
+
+func (p chainPartitioner) ForTopic(t string) kgo.TopicPartitioner {
+	if p.manual(t) {
+		return kgo.ManualPartitioner().ForTopic(t)
+	}
+	return p.def.ForTopic(t)
+}
+
+// flight tracks the records a partition's processing produced
+// asynchronously; the partition is committed only after all were acked.
+type flight struct {
+	wg      sync.WaitGroup
+	pending atomic.Int64
+	mu      sync.Mutex
+	err     error
+}
+
+func (f *flight) add() { f.wg.Add(1); f.pending.Add(1) }
+
+func (f *flight) done(err error) {
+	if err != nil {
+		f.mu.Lock()
+		f.err = errors.Join(f.err, err)
+		f.mu.Unlock()
+	}
+	f.pending.Add(-1)
+	f.wg.Done()
+}
+
+// landed reports whether every record of the flight was acked or failed.
+func (f *flight) landed() bool { return f.pending.Load() == 0 }
+
+func (f *flight) wait() error {
+	f.wg.Wait()
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.err
+}
+
+type flightKey struct{}
+
+// forward produces r's successor to retry level to (or the dead-letter
+// topic when to is 0). Within a partition's processing (a flight in ctx)
+// it does not wait for the ack: records produced to one partition keep
+// the order of the calls, and the partition commits after every ack.
+func (g *Group) forward(ctx context.Context, r *kgo.Record, m meta, cause error, to int) error {
+	dest := DeadLetterTopic(m.topic, g.group)
+	if to > 0 {
+		dest = RetryTopic(m.topic, g.group, to)
+	}
+	out := g.derived(r, m, dest, cause, to)
+	if f, ok := ctx.Value(flightKey{}).(*flight); ok {
+		f.add()
+		g.cl.Produce(context.WithoutCancel(ctx), out, func(_ *kgo.Record, err error) {
+			if err != nil {
+				err = fmt.Errorf("consumers: produce %s/%d@%d to %s: %w", m.topic, m.partition, m.offset, dest, err)
+			}
+			f.done(err)
+		})
+		return nil
+	}
+	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	defer cancel()
+	if err := g.cl.ProduceSync(pctx, out).FirstErr(); err != nil {
+		return fmt.Errorf("produce to %s: %w", dest, err)
+	}
+	return nil
+}
+
+// pendingCommit is a partition's progress that may be committed once the
+// records its processing produced are acked.
+type pendingCommit struct {
+	rec *kgo.Record // nil: nothing to commit, only the flight to wait for
+	fl  *flight
+}
+
+// enqueueCommit returns rec if it can be committed now, or queues it
+// behind the flights of its partition.
+func (g *Group) enqueueCommit(k tp, rec *kgo.Record, fl *flight) *kgo.Record {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if fl.landed() && len(g.pending[k]) == 0 {
+		return rec
+	}
+	g.pending[k] = append(g.pending[k], pendingCommit{rec, fl})
+	return nil
+}
+
+// readyCommits returns the queued progress whose flights landed (all of
+// it when block is set, waiting for the acks), per partition in order and
+// never past a record that failed to be produced.
+func (g *Group) readyCommits(block bool) ([]*kgo.Record, error) {
+	g.mu.Lock()
+	snap := make(map[tp][]pendingCommit, len(g.pending))
+	for k, q := range g.pending {
+		snap[k] = q
+	}
+	g.mu.Unlock()
+	var (
+		out  []*kgo.Record
+		errs []error
+	)
+	for k, q := range snap {
+		n := 0
+		var last *kgo.Record
+		for _, pc := range q {
+			if !block && !pc.fl.landed() {
+				break
+			}
+			if err := pc.fl.wait(); err != nil {
+				errs = append(errs, err)
+				break
+			}
+			n++
+			if pc.rec != nil {
+				last = pc.rec
+			}
+		}
+		g.mu.Lock()
+		if rest := g.pending[k][n:]; len(rest) > 0 {
+			g.pending[k] = rest
+		} else {
+			delete(g.pending, k)
+		}
+		g.mu.Unlock()
+		if last != nil {
+			out = append(out, last)
+		}
+	}
+	return out, errors.Join(errs...)
+}
+
+func (g *Group) hasPending() bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return len(g.pending) > 0
+}
+
+// commitReady commits the queued progress whose flights landed.
+func (g *Group) commitReady(ctx context.Context, cl *kgo.Client, block bool) error {
+	recs, err := g.readyCommits(block)
+	if len(recs) > 0 {
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+		defer cancel()
+		if cerr := cl.CommitRecords(cctx, recs...); cerr != nil {
+			err = errors.Join(err, fmt.Errorf("consumers: commit: %w", cerr))
+		}
+	}
+	return err
+}
