@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"slices"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -208,7 +207,10 @@ func demo(ctx context.Context, c demoConfig, stdout, stderr io.Writer) error {
 	waitCtx, waitCancel := context.WithTimeout(ctx, c.timeout)
 	defer waitCancel()
 	var done atomic.Int64
-	stopBar := progress(stderr, c.quiet, len(plan), &done, start)
+	stopBar := func() {}
+	if !c.quiet {
+		stopBar = progress(stderr, "commands", int64(len(plan)), &done, start)
+	}
 	latencies := make([]time.Duration, len(plan))
 	outcomes := make([]orchestrix.Outcome, len(plan))
 	var owg sync.WaitGroup
@@ -286,36 +288,4 @@ func demo(ctx context.Context, c demoConfig, stdout, stderr io.Writer) error {
 		}
 	}
 	return nil
-}
-
-// progress draws a bar on w until the returned stop is called.
-func progress(w io.Writer, quiet bool, total int, done *atomic.Int64, start time.Time) func() {
-	if quiet {
-		return func() {}
-	}
-	draw := func() {
-		n := int(done.Load())
-		width := 40
-		fill := width * n / total
-		rate := float64(n) / max(time.Since(start).Seconds(), 1e-3)
-		fmt.Fprintf(w, "\r[%s%s] %d/%d commands %6.0f/s", strings.Repeat("#", fill), strings.Repeat(".", width-fill), n, total, rate)
-	}
-	stop := make(chan struct{})
-	finished := make(chan struct{})
-	go func() {
-		defer close(finished)
-		t := time.NewTicker(200 * time.Millisecond)
-		defer t.Stop()
-		for {
-			select {
-			case <-stop:
-				draw()
-				fmt.Fprintln(w)
-				return
-			case <-t.C:
-				draw()
-			}
-		}
-	}()
-	return func() { close(stop); <-finished }
 }

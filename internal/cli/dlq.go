@@ -443,7 +443,7 @@ func dlqRedrive(ctx context.Context, cl *kgo.Client, c dlqConfig, stdout, stderr
 	}
 	stop := func() {}
 	if total >= 1000 {
-		stop = dlqProgress(stderr, total, &seen)
+		stop = progress(stderr, "records", total, &seen, time.Now())
 	}
 	err = scanDLQ(ctx, c, ranges, func(r *kgo.Record) (bool, error) {
 		defer seen.Add(1)
@@ -509,33 +509,6 @@ func dlqRedrive(ctx context.Context, cl *kgo.Client, c dlqConfig, stdout, stderr
 		return fmt.Errorf("interrupted; run again to resume from the committed position: %w", err)
 	}
 	return err
-}
-
-// dlqProgress draws a progress bar on w until the returned stop is called.
-func dlqProgress(w io.Writer, total int64, done *atomic.Int64) func() {
-	draw := func() {
-		n := done.Load()
-		const width = 40
-		fill := int(width * min(n, total) / max(total, 1))
-		fmt.Fprintf(w, "\r[%s%s] %d/%d", strings.Repeat("#", fill), strings.Repeat(".", width-fill), n, total)
-	}
-	quit, finished := make(chan struct{}), make(chan struct{})
-	go func() {
-		defer close(finished)
-		t := time.NewTicker(200 * time.Millisecond)
-		defer t.Stop()
-		for {
-			select {
-			case <-quit:
-				draw()
-				fmt.Fprintln(w)
-				return
-			case <-t.C:
-				draw()
-			}
-		}
-	}()
-	return func() { close(quit); <-finished }
 }
 
 // dlqPurge moves the redriver's position to the end (or to --until): the
