@@ -20,7 +20,8 @@ import (
 // and consumers.BatchHandler, and consumers.PartitionAware.
 //
 // HandleBatch handles a partition's records of one poll in one store
-// transaction (AppendMany): states come from a per-partition cache (kept
+// transaction (AppendMany), shared with the other partitions of the poll
+// that are handled at the same time: states come from a per-partition cache (kept
 // while this member owns the partition, dropped on revoke; the version
 // check still guards correctness) or are loaded before the transaction,
 // then each aggregate's commands are decided in order against the
@@ -41,6 +42,10 @@ type Processor[S any] struct {
 
 	mu    sync.Mutex
 	cache map[int32]map[string]Root[S]
+
+	comb    sync.Mutex // guards queue and running
+	queue   []*job[S]
+	running bool
 }
 
 // ProcessorOption configures a Processor.
@@ -54,6 +59,10 @@ type processorConfig struct {
 }
 
 // WithOutcomes publishes every command's Outcome to topic with client.
+// The processor waits for the outcomes' acknowledgement before the
+// offsets are committed, so give it a client that does not linger
+// (kgo.ProducerLinger(0)); a lingering client adds its linger to every
+// poll.
 func WithOutcomes(client *kgo.Client, topic string) ProcessorOption {
 	return func(c *processorConfig) { c.outcomes, c.topic = client, topic }
 }
@@ -200,111 +209,187 @@ type pendingCmd struct {
 	cmd orchestrix.Command
 }
 
-// HandleBatch processes one partition's records in one store transaction.
+// job is one partition's records of a poll on their way through a
+// combined round.
+type job[S any] struct {
+	ctx   context.Context
+	recs  []*kgo.Record
+	part  int32
+	errs  []error
+	byAgg map[string][]pendingCmd
+	order []string
+	done  chan struct{}
+
+	// Filled by decide.
+	reqs      []stores.AppendRequest
+	outs      []orchestrix.Outcome
+	roots     map[string]Root[S]
+	start     map[string]Root[S]
+	newEvents map[string][]orchestrix.Event
+}
+
+// HandleBatch processes one partition's records. Concurrent calls (the
+// partitions of one poll) are combined: while one round runs, the calls
+// that arrive queue up, and the next round serves all of them with one
+// command lookup, one store transaction and one outcome produce. A
+// conflict in a combined transaction falls back to each partition's
+// records one by one. Every combined call must end before the first
+// call's context does: the consumers runtime gives all partitions of a
+// poll the same context.
 func (p *Processor[S]) HandleBatch(ctx context.Context, recs []*kgo.Record) []error {
-	errs := make([]error, len(recs))
 	if len(recs) == 0 {
 		return nil
 	}
-	part := recs[0].Partition
-	var outs []orchestrix.Outcome
-	// 1. Decode; group by aggregate, keeping order.
-	byAgg := map[string][]pendingCmd{}
-	var order []string
+	j := &job[S]{ctx: ctx, recs: recs, part: recs[0].Partition, errs: make([]error, len(recs)), byAgg: map[string][]pendingCmd{}, done: make(chan struct{})}
+	// Decode; group by aggregate, keeping order.
 	for i, r := range recs {
 		cmd, err := p.decode(r)
 		if err != nil {
-			errs[i] = err
+			j.errs[i] = err
 			continue
 		}
-		if _, ok := byAgg[cmd.AggregateID]; !ok {
-			order = append(order, cmd.AggregateID)
+		if _, ok := j.byAgg[cmd.AggregateID]; !ok {
+			j.order = append(j.order, cmd.AggregateID)
 		}
-		byAgg[cmd.AggregateID] = append(byAgg[cmd.AggregateID], pendingCmd{i, cmd})
+		j.byAgg[cmd.AggregateID] = append(j.byAgg[cmd.AggregateID], pendingCmd{i, cmd})
 	}
-	// 2. Commands handled before are answered, not decided again.
-	seen, err := p.findCommands(ctx, byAgg)
+	if len(j.order) == 0 {
+		return j.errs
+	}
+	p.comb.Lock()
+	p.queue = append(p.queue, j)
+	if p.running {
+		p.comb.Unlock()
+		<-j.done
+		return j.errs
+	}
+	p.running = true
+	for len(p.queue) > 0 {
+		jobs := p.queue
+		p.queue = nil
+		p.comb.Unlock()
+		p.round(ctx, jobs)
+		for _, x := range jobs {
+			close(x.done)
+		}
+		p.comb.Lock()
+	}
+	p.running = false
+	p.comb.Unlock()
+	return j.errs
+}
+
+// round handles jobs together: one lookup of the commands seen before,
+// decisions per partition, one transaction, one produce of the outcomes.
+func (p *Processor[S]) round(ctx context.Context, jobs []*job[S]) {
+	// 1. Commands handled before are answered, not decided again.
+	seen, err := p.findCommands(ctx, jobs)
 	if err != nil {
-		return fill(errs, err)
+		for _, j := range jobs {
+			fill(j.errs, err)
+		}
+		return
 	}
-	// 3. Load every state before the transaction, decide in order.
+	// 2. Load every state before the transaction, decide in order.
 	var reqs []stores.AppendRequest
-	roots := map[string]Root[S]{}
-	start := map[string]Root[S]{}
-	newEvents := map[string][]orchestrix.Event{}
-	for _, id := range order {
-		root, ok := p.cached(part, id)
+	for _, j := range jobs {
+		p.decide(ctx, j, seen)
+		reqs = append(reqs, j.reqs...)
+	}
+	// 3. One transaction for every partition.
+	if len(reqs) > 0 {
+		if _, err := p.repo.store.AppendMany(ctx, reqs); err != nil {
+			for _, j := range jobs {
+				for _, id := range j.order {
+					p.forget(j.part, id)
+				}
+			}
+			if !errors.Is(err, stores.ErrConflict) {
+				for _, j := range jobs {
+					fill(j.errs, err)
+				}
+				return
+			}
+			p.log.Info("batch conflict; handling records one by one", "partitions", len(jobs), "err", err)
+			for _, j := range jobs {
+				p.oneByOne(j.ctx, j.recs, j.errs)
+			}
+			return
+		}
+	}
+	var outs []orchestrix.Outcome
+	for _, j := range jobs {
+		for _, id := range j.order {
+			if root, ok := j.roots[id]; ok {
+				p.remember(j.part, root)
+				if err := p.repo.MaybeSnapshot(ctx, j.start[id], j.newEvents[id]); err != nil {
+					p.log.Warn("snapshot failed", "stream", id, "err", err)
+				}
+			}
+		}
+		outs = append(outs, j.outs...)
+	}
+	if err := p.publish(ctx, outs); err != nil {
+		for _, j := range jobs {
+			fill(j.errs, err)
+		}
+	}
+}
+
+// decide loads (or takes from the cache) the state of each of j's
+// aggregates and decides its commands in order against the evolving
+// state, collecting append requests and outcomes.
+func (p *Processor[S]) decide(ctx context.Context, j *job[S], seen map[string]stores.AppendResult) {
+	j.roots, j.start, j.newEvents = map[string]Root[S]{}, map[string]Root[S]{}, map[string][]orchestrix.Event{}
+	for _, id := range j.order {
+		root, ok := p.cached(j.part, id)
 		if !ok {
+			var err error
 			if root, err = p.repo.Load(ctx, id); err != nil {
-				for _, pc := range byAgg[id] {
-					errs[pc.idx] = err
+				for _, pc := range j.byAgg[id] {
+					j.errs[pc.idx] = err
 				}
 				continue
 			}
 		}
-		start[id] = root
+		j.start[id] = root
 		blocked := false
-		for _, pc := range byAgg[id] {
+		for _, pc := range j.byAgg[id] {
 			if blocked {
-				errs[pc.idx] = fmt.Errorf("command %s: %w", pc.cmd.ID, errBlocked)
+				j.errs[pc.idx] = fmt.Errorf("command %s: %w", pc.cmd.ID, errBlocked)
 				continue
 			}
 			if prev, ok := seen[pc.cmd.ID]; ok {
-				outs = append(outs, orchestrix.Outcome{CommandID: pc.cmd.ID, AggregateID: id, Status: orchestrix.OutcomeDuplicate, FromVersion: prev.FromVersion, ToVersion: prev.ToVersion, At: time.Now().UTC()})
+				j.outs = append(j.outs, orchestrix.Outcome{CommandID: pc.cmd.ID, AggregateID: id, Status: orchestrix.OutcomeDuplicate, FromVersion: prev.FromVersion, ToVersion: prev.ToVersion, At: time.Now().UTC()})
 				continue
 			}
 			payloads, err := p.repo.agg.Decide(root.State, pc.cmd)
 			if err == nil && len(payloads) > 0 {
 				var evs []orchestrix.Event
 				if evs, err = p.repo.NewEvents(pc.cmd, payloads); err == nil {
-					reqs = append(reqs, stores.AppendRequest{StreamID: id, Expected: stores.Exact(root.Version), Events: evs})
-					for j := range evs {
-						evs[j].Version = root.Version + uint64(j) + 1
+					j.reqs = append(j.reqs, stores.AppendRequest{StreamID: id, Expected: stores.Exact(root.Version), Events: evs})
+					for k := range evs {
+						evs[k].Version = root.Version + uint64(k) + 1
 					}
 					root.State = p.repo.agg.Evolve(root.State, evs...)
 					res := Result{AggregateID: id, FromVersion: root.Version + 1, ToVersion: root.Version + uint64(len(evs))}
 					root.Version = res.ToVersion
-					newEvents[id] = append(newEvents[id], evs...)
+					j.newEvents[id] = append(j.newEvents[id], evs...)
 					o, _ := outcome(pc.cmd, res, nil)
-					outs = append(outs, o)
+					j.outs = append(j.outs, o)
 					continue
 				}
 			}
 			if err == nil || errors.Is(err, orchestrix.ErrRejected) {
 				o, _ := outcome(pc.cmd, Result{AggregateID: id}, err)
-				outs = append(outs, o)
+				j.outs = append(j.outs, o)
 				continue
 			}
-			errs[pc.idx] = err
+			j.errs[pc.idx] = err
 			blocked = true
 		}
-		roots[id] = root
+		j.roots[id] = root
 	}
-	// 4. One transaction for the whole batch.
-	if len(reqs) > 0 {
-		if _, err := p.repo.store.AppendMany(ctx, reqs); err != nil {
-			for _, id := range order {
-				p.forget(part, id)
-			}
-			if errors.Is(err, stores.ErrConflict) {
-				p.log.Info("batch conflict; handling records one by one", "partition", part, "err", err)
-				return p.oneByOne(ctx, recs, errs)
-			}
-			return fill(errs, err)
-		}
-	}
-	for _, id := range order {
-		if root, ok := roots[id]; ok {
-			p.remember(part, root)
-			if err := p.repo.MaybeSnapshot(ctx, start[id], newEvents[id]); err != nil {
-				p.log.Warn("snapshot failed", "stream", id, "err", err)
-			}
-		}
-	}
-	if err := p.publish(ctx, outs); err != nil {
-		return fill(errs, err)
-	}
-	return errs
 }
 
 var errBlocked = errors.New("aggregates: an earlier command of the same aggregate failed")
@@ -333,12 +418,14 @@ type CommandFinder interface {
 	FindCommands(ctx context.Context, ids []string) (map[string]stores.AppendResult, error)
 }
 
-func (p *Processor[S]) findCommands(ctx context.Context, byAgg map[string][]pendingCmd) (map[string]stores.AppendResult, error) {
+func (p *Processor[S]) findCommands(ctx context.Context, jobs []*job[S]) (map[string]stores.AppendResult, error) {
 	var ids []string
-	for _, pcs := range byAgg {
-		for _, pc := range pcs {
-			if pc.cmd.ID != "" {
-				ids = append(ids, pc.cmd.ID)
+	for _, j := range jobs {
+		for _, pcs := range j.byAgg {
+			for _, pc := range pcs {
+				if pc.cmd.ID != "" {
+					ids = append(ids, pc.cmd.ID)
+				}
 			}
 		}
 	}

@@ -19,6 +19,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -57,6 +58,7 @@ func main() {
 	flag.IntVar(&c.burst, "burst", 50000, "commands of the maximum-throughput run (0: skip)")
 	flag.IntVar(&c.aggregates, "aggregates", 1000, "aggregates the commands are spread over")
 	flag.IntVar(&c.partitions, "partitions", 6, "partitions of the command topic")
+	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
 	flag.Parse()
 	for _, r := range strings.Split(rates, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(r))
@@ -69,6 +71,19 @@ func main() {
 	if c.brokers == "" || c.dbURL == "" {
 		fmt.Fprintln(os.Stderr, "--brokers and --database-url are required (or KAFKA_BROKERS, DATABASE_URL)")
 		os.Exit(2)
+	}
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "pipeline:", err)
+			os.Exit(2)
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			fmt.Fprintln(os.Stderr, "pipeline:", err)
+			os.Exit(2)
+		}
+		defer pprof.StopCPUProfile()
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
@@ -210,8 +225,32 @@ func orchestrix(ctx context.Context, c config, seeds []string, pool *pgxpool.Poo
 	}
 	agg, _ := banking.NewAggregate(aggregates.SnapshotEvery(100))
 	repo, _ := aggregates.NewRepository(agg, store, reg, "/bench")
-	proc, _ := aggregates.NewProcessor(repo, aggregates.WithOutcomes(cl, topics.Outcomes(bc)))
-	group, err := consumers.New(seeds, bc, []string{topics.Commands(bc)}, proc, consumers.WithLogger(slog.New(slog.DiscardHandler)))
+	ocl, err := producers.NewClient(seeds, kgo.ProducerLinger(0))
+	if err != nil {
+		return result{}, err
+	}
+	defer ocl.Close()
+	plog := slog.New(slog.DiscardHandler)
+	if os.Getenv("PIPELINE_DEBUG") != "" {
+		plog = slog.New(slog.NewTextHandler(os.Stderr, nil))
+	}
+	proc, _ := aggregates.NewProcessor(repo, aggregates.WithOutcomes(ocl, topics.Outcomes(bc)), aggregates.WithProcessorLogger(plog))
+	var smu sync.Mutex
+	var batches, recsN int
+	var busy time.Duration
+	stats := consumers.WithStats(func(st consumers.Stats) {
+		smu.Lock()
+		batches++
+		recsN += st.Records
+		busy += st.Duration
+		smu.Unlock()
+	})
+	defer func() {
+		if os.Getenv("PIPELINE_DEBUG") != "" && batches > 0 {
+			fmt.Fprintf(os.Stderr, "  processor: %d partition batches, %.1f records/batch, %.1f ms/batch\n", batches, float64(recsN)/float64(batches), busy.Seconds()*1000/float64(batches))
+		}
+	}()
+	group, err := consumers.New(seeds, bc, []string{topics.Commands(bc)}, proc, stats, consumers.WithLogger(slog.New(slog.DiscardHandler)))
 	if err != nil {
 		return result{}, err
 	}

@@ -3,6 +3,8 @@ package postgres_test
 import (
 	"errors"
 	"fmt"
+	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -236,3 +238,110 @@ func BenchmarkReadStream(b *testing.B) {
 }
 
 func asConflict(err error, ce **stores.ConflictError) bool { return errors.As(err, ce) }
+
+// BenchmarkAppendManyCommands: what an aggregate processor does per poll —
+// AppendMany of 50 one-event requests, each to its own stream (of 1,000)
+// with a command ID, 4 writers — beside a raw pgx transaction per batch
+// inserting the same 50 rows with one unnest INSERT into a table shaped
+// like events, and 50 rows into one like commands.
+func BenchmarkAppendManyCommands(b *testing.B) {
+	s, pool := benchStore(b)
+	raw := rawTable(b, s)
+	rawCmds := pgx.Identifier{s.Schema(), "raw_commands"}.Sanitize()
+	if _, err := pool.Exec(b.Context(), "CREATE TABLE "+rawCmds+" (LIKE "+pgx.Identifier{s.Schema(), "commands"}.Sanitize()+" INCLUDING ALL)"); err != nil {
+		b.Fatal(err)
+	}
+	size, writers, streams := benchEnvInt("BENCH_BATCH", 50), 4, 1000
+	rawSQL := fmt.Sprintf(`INSERT INTO %s (stream_id, version, id, type, source, subject, time, content_type, data, command_id)
+	SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], $7::timestamptz[], $8::text[], $9::bytea[], $10::text[])`, raw)
+	cmdSQL := fmt.Sprintf(`INSERT INTO %s SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[])`, rawCmds)
+	run := time.Now().UnixNano()
+	versions := make([][]uint64, writers)
+	for w := range versions {
+		versions[w] = make([]uint64, streams/writers)
+	}
+	baseline := timed(func() {
+		var seq atomic.Int64
+		parallel(b, writers, b.N, func(w, i int) error {
+			cols := make([][]any, 10)
+			var cs, ss []string
+			var fs []int64
+			for j := range size {
+				n := seq.Add(1)
+				stream := fmt.Sprintf("raw-%d-%d", run, n)
+				row := rawRow(stream, 1)
+				for c := range 10 {
+					cols[c] = append(cols[c], row[c])
+				}
+				cols[9][len(cols[9])-1] = fmt.Sprintf("cmd-%d-%d", run, n)
+				cs, ss, fs = append(cs, fmt.Sprintf("cmd-%d-%d", run, n)), append(ss, stream), append(fs, 1)
+				_ = j
+			}
+			return pgx.BeginFunc(b.Context(), pool, func(tx pgx.Tx) error {
+				var batch pgx.Batch
+				batch.Queue(cmdSQL, cs, ss, fs, fs)
+				args := make([]any, 10)
+				for c := range 10 {
+					args[c] = typed(cols[c])
+				}
+				batch.Queue(rawSQL, args...)
+				return tx.SendBatch(b.Context(), &batch).Close()
+			})
+		})
+	})
+	b.ResetTimer()
+	start := time.Now()
+	var seq atomic.Int64
+	parallel(b, writers, b.N, func(w, i int) error {
+		reqs := make([]stores.AppendRequest, size)
+		for j := range size {
+			k := (i*size + j) % (streams / writers)
+			evs := storetest.Events("Bench", 1)
+			evs[0].CommandID = fmt.Sprintf("c-%d-%d", run, seq.Add(1))
+			reqs[j] = stores.AppendRequest{StreamID: fmt.Sprintf("s-%d-%d-%d", run, w, k), Expected: stores.Exact(versions[w][k]), Events: evs}
+			versions[w][k]++
+		}
+		_, err := s.AppendMany(b.Context(), reqs)
+		return err
+	})
+	reportRatio(b, size, time.Since(start), baseline)
+}
+
+// typed turns a column of raw values into the slice type pgx encodes as
+// an array of the column's type.
+func typed(col []any) any {
+	switch col[0].(type) {
+	case string:
+		out := make([]string, len(col))
+		for i, v := range col {
+			out[i] = v.(string)
+		}
+		return out
+	case int64:
+		out := make([]int64, len(col))
+		for i, v := range col {
+			out[i] = v.(int64)
+		}
+		return out
+	case time.Time:
+		out := make([]time.Time, len(col))
+		for i, v := range col {
+			out[i] = v.(time.Time)
+		}
+		return out
+	default:
+		out := make([][]byte, len(col))
+		for i, v := range col {
+			out[i] = v.([]byte)
+		}
+		return out
+	}
+}
+
+// benchEnvInt reads a benchmark size from the environment.
+func benchEnvInt(name string, def int) int {
+	if n, err := strconv.Atoi(os.Getenv(name)); err == nil && n > 0 {
+		return n
+	}
+	return def
+}

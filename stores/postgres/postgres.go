@@ -124,8 +124,8 @@ func (s *Store) Pool() *pgxpool.Pool { return s.pool }
 func (s *Store) Schema() string { return s.schema }
 
 type statements struct {
-	append, appendOne, appendPlain, maxVersions, readStream, readAll, findCommand, findCommands, saveSnapshot, loadSnapshot, insertCommand string
-	table                                                                                                                                  string
+	append, appendOne, appendPlain, maxVersions, insertCommands, insertEvents, readStream, readAll, findCommand, findCommands, saveSnapshot, loadSnapshot string
+	table                                                                                                                                                 string
 }
 
 const eventColumns = "position, stream_id, version, id, type, source, subject, time, content_type, data, correlation_id, causation_id, traceparent, extensions, command_id"
@@ -165,14 +165,24 @@ func newStatements(q string) statements {
 		append: fmt.Sprintf(head, "cardinality($5::text[])") + `
 	ins AS (` + insert + `)
 	SELECT (SELECT count(*) FROM ins), (SELECT actual FROM base)`,
-		maxVersions:   `SELECT stream_id, max(version) FROM ` + q + `.events WHERE stream_id = ANY($1) GROUP BY stream_id`,
-		insertCommand: `INSERT INTO ` + q + `.commands (command_id, stream_id, from_version, to_version) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING`,
-		readStream:    `SELECT ` + eventColumns + ` FROM ` + q + `.events WHERE stream_id = $1 AND version > $2 ORDER BY version LIMIT $3`,
+		// One index probe per stream (max via the (stream_id, version)
+		// index), not a scan of every version of every stream.
+		maxVersions: `SELECT s.id, coalesce((SELECT max(version) FROM ` + q + `.events WHERE stream_id = s.id), 0) FROM unnest($1::text[]) AS s(id)`,
+		insertCommands: `INSERT INTO ` + q + `.commands (command_id, stream_id, from_version, to_version)
+	SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[]) ON CONFLICT DO NOTHING`,
+		insertEvents: `INSERT INTO ` + q + `.events (stream_id, version, id, type, source, subject, time, content_type, data, correlation_id, causation_id, traceparent, extensions, command_id)
+	SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], $7::timestamptz[], $8::text[], $9::bytea[], $10::text[], $11::text[], $12::text[], $13::jsonb[], $14::text[])`,
+		readStream: `SELECT ` + eventColumns + ` FROM ` + q + `.events WHERE stream_id = $1 AND version > $2 ORDER BY version LIMIT $3`,
 		readAll: `SELECT tx_id::text, ` + eventColumns + ` FROM ` + q + `.events
 	WHERE (tx_id, position) > ($1::text::xid8, $2) AND tx_id < pg_snapshot_xmin(pg_current_snapshot())
 	ORDER BY tx_id, position LIMIT $3`,
-		findCommand:  `SELECT stream_id, from_version, to_version FROM ` + q + `.commands WHERE command_id = $1`,
-		findCommands: `SELECT command_id, stream_id, from_version, to_version FROM ` + q + `.commands WHERE command_id = ANY($1)`,
+		findCommand: `SELECT stream_id, from_version, to_version FROM ` + q + `.commands WHERE command_id = $1`,
+		// One index probe per ID: with "command_id = ANY($1)" and a
+		// thousand IDs the planner picks a sequential scan that compares
+		// every row with every ID; the LIMIT keeps the lateral subquery
+		// from being flattened into a hash join.
+		findCommands: `SELECT c.command_id, c.stream_id, c.from_version, c.to_version FROM unnest($1::text[]) AS u(id)
+	CROSS JOIN LATERAL (SELECT command_id, stream_id, from_version, to_version FROM ` + q + `.commands WHERE command_id = u.id LIMIT 1) AS c`,
 		saveSnapshot: `INSERT INTO ` + q + `.snapshots AS s (stream_id, version, type, content_type, data) VALUES ($1, $2, $3, $4, $5)
 	ON CONFLICT (stream_id) DO UPDATE SET version = excluded.version, type = excluded.type, content_type = excluded.content_type, data = excluded.data, taken_at = now()
 	WHERE s.version <= excluded.version`,
@@ -393,9 +403,16 @@ func (s *Store) AppendTx(ctx context.Context, tx pgx.Tx, reqs []stores.AppendReq
 	return s.appendMany(ctx, tx, reqs)
 }
 
-// appendMany reads the versions of every stream first (before the first
-// write, see the package doc), then writes each request: duplicates are
-// skipped, large requests go through COPY.
+// appendMany reads the versions of every stream and the commands seen
+// before, first (before the first write, see the package doc); then it
+// checks every expectation and numbers every event itself, and writes the
+// whole batch in two pipelined statements: one multi-row insert of the
+// commands (ON CONFLICT DO NOTHING: fewer rows than sent means a
+// concurrent transaction recorded one meanwhile) and one of the events,
+// through unnest, or COPY from CopyThreshold events. The unique (stream,
+// version) constraint stops a concurrent writer that read the same
+// version. A request whose command was seen before writes nothing and
+// reports the first result, Duplicate.
 func (s *Store) appendMany(ctx context.Context, tx pgx.Tx, reqs []stores.AppendRequest) ([]stores.AppendResult, error) {
 	ids := make([]string, 0, len(reqs))
 	cmds := make([]string, 0, len(reqs))
@@ -410,9 +427,8 @@ func (s *Store) appendMany(ctx context.Context, tx pgx.Tx, reqs []stores.AppendR
 		return nil, err
 	}
 	results := make([]stores.AppendResult, len(reqs))
-	// Every small request's statement goes out in one pipelined batch.
-	var batch pgx.Batch
-	var queued []int
+	var rows batchRows
+	var cmdRows commandRows
 	for i, r := range reqs {
 		cmd := r.Events[0].CommandID
 		if prev, ok := seen[cmd]; ok && cmd != "" {
@@ -428,50 +444,101 @@ func (s *Store) appendMany(ctx context.Context, tx pgx.Tx, reqs []stores.AppendR
 		current[r.StreamID] = cur + n
 		if cmd != "" {
 			seen[cmd] = stores.AppendResult{StreamID: r.StreamID, FromVersion: cur + 1, ToVersion: cur + n, Duplicate: true}
+			cmdRows.add(cmd, r.StreamID, cur+1, cur+n)
 		}
-		c, err := toColumns(r.StreamID, r.Events)
-		if err != nil {
+		if err := rows.add(r.StreamID, cur, cmd, r.Events); err != nil {
 			return nil, err
 		}
-		if len(r.Events) >= CopyThreshold {
-			if cmd != "" {
-				tag, err := tx.Exec(ctx, s.sql.insertCommand, cmd, r.StreamID, int64(cur+1), int64(cur+n))
-				if err != nil {
-					return nil, err
-				}
-				if tag.RowsAffected() == 0 { // a concurrent transaction recorded it meanwhile
-					return nil, &stores.ConflictError{StreamID: r.StreamID, Expected: r.Expected, Actual: cur}
-				}
-			}
-			if err := s.copyEvents(ctx, tx, r.StreamID, cur, cmd, c); err != nil {
-				return nil, err
-			}
-			continue
-		}
-		// The statement records the command too; it inserts nothing when a
-		// concurrent transaction recorded the command meanwhile.
-		batch.Queue(s.appendSQL(len(r.Events)), c.args(r.StreamID, false, cur, cmd)...)
-		queued = append(queued, i)
 	}
-	if len(queued) == 0 {
+	if rows.len() == 0 {
 		return results, nil
 	}
-	br := tx.SendBatch(ctx, &batch)
-	defer br.Close()
-	for _, i := range queued {
-		var inserted int64
-		var actual uint64
-		if err := br.QueryRow().Scan(&inserted, &actual); err != nil {
-			return nil, err
+	var batch pgx.Batch
+	if len(cmdRows.id) > 0 {
+		batch.Queue(s.sql.insertCommands, cmdRows.id, cmdRows.stream, cmdRows.from, cmdRows.to)
+	}
+	copyRows := rows.len() >= CopyThreshold
+	if !copyRows {
+		batch.Queue(s.sql.insertEvents, rows.args()...)
+	}
+	if batch.Len() > 0 {
+		br := tx.SendBatch(ctx, &batch)
+		if len(cmdRows.id) > 0 {
+			tag, err := br.Exec()
+			if err != nil {
+				br.Close()
+				return nil, s.conflict(err, reqs)
+			}
+			if tag.RowsAffected() != int64(len(cmdRows.id)) { // a concurrent transaction recorded one meanwhile
+				br.Close()
+				return nil, &stores.ConflictError{StreamID: rows.stream[0], Expected: stores.Any}
+			}
 		}
-		if inserted != int64(len(reqs[i].Events)) {
-			return nil, &stores.ConflictError{StreamID: reqs[i].StreamID, Expected: reqs[i].Expected, Actual: actual}
+		if !copyRows {
+			if _, err := br.Exec(); err != nil {
+				br.Close()
+				return nil, s.conflict(err, reqs)
+			}
+		}
+		if err := br.Close(); err != nil {
+			return nil, s.conflict(err, reqs)
 		}
 	}
-	if err := br.Close(); err != nil {
-		return nil, err
+	if copyRows {
+		if err := s.copyEvents(ctx, tx, &rows); err != nil {
+			return nil, s.conflict(err, reqs)
+		}
 	}
 	return results, nil
+}
+
+// conflict turns a unique violation of a batch into a ConflictError naming
+// the stream when it can.
+func (s *Store) conflict(err error, reqs []stores.AppendRequest) error {
+	if isUniqueViolation(err) {
+		return &stores.ConflictError{StreamID: conflictStream(err, reqs), Expected: stores.Any}
+	}
+	return err
+}
+
+// commandRows are the rows of a multi-row insert into the commands table.
+type commandRows struct {
+	id, stream []string
+	from, to   []int64
+}
+
+func (c *commandRows) add(id, stream string, from, to uint64) {
+	c.id, c.stream = append(c.id, id), append(c.stream, stream)
+	c.from, c.to = append(c.from, int64(from)), append(c.to, int64(to))
+}
+
+// batchRows are the events of many requests, numbered, as column arrays.
+type batchRows struct {
+	columns
+	stream, cmd []string
+	version     []int64
+}
+
+func (b *batchRows) len() int { return len(b.stream) }
+
+func (b *batchRows) add(streamID string, cur uint64, cmd string, events []orchestrix.Event) error {
+	c, err := toColumns(streamID, events)
+	if err != nil {
+		return err
+	}
+	for i := range events {
+		b.stream = append(b.stream, streamID)
+		b.version = append(b.version, int64(cur)+int64(i)+1)
+		b.cmd = append(b.cmd, cmd)
+	}
+	b.id, b.typ, b.source, b.subject = append(b.id, c.id...), append(b.typ, c.typ...), append(b.source, c.source...), append(b.subject, c.subject...)
+	b.contentType, b.corr, b.cause, b.tp = append(b.contentType, c.contentType...), append(b.corr, c.corr...), append(b.cause, c.cause...), append(b.tp, c.tp...)
+	b.time, b.data, b.ext = append(b.time, c.time...), append(b.data, c.data...), append(b.ext, c.ext...)
+	return nil
+}
+
+func (b *batchRows) args() []any {
+	return []any{b.stream, b.version, b.id, b.typ, b.source, b.subject, b.time, b.contentType, b.data, b.corr, b.cause, b.tp, b.ext, b.cmd}
 }
 
 // readState reads, in one pipelined round trip, the current version of
@@ -521,16 +588,15 @@ func (s *Store) readState(ctx context.Context, tx pgx.Tx, ids, cmds []string) (m
 	return current, seen, br.Close()
 }
 
-func (s *Store) copyEvents(ctx context.Context, tx pgx.Tx, streamID string, base uint64, cmd string, c columns) error {
-	n := len(c.id)
+func (s *Store) copyEvents(ctx context.Context, tx pgx.Tx, b *batchRows) error {
 	_, err := tx.CopyFrom(ctx, pgx.Identifier{s.schema, "events"},
 		[]string{"stream_id", "version", "id", "type", "source", "subject", "time", "content_type", "data", "correlation_id", "causation_id", "traceparent", "extensions", "command_id"},
-		pgx.CopyFromSlice(n, func(i int) ([]any, error) {
+		pgx.CopyFromSlice(b.len(), func(i int) ([]any, error) {
 			var ext any
-			if c.ext[i] != nil {
-				ext = c.ext[i]
+			if b.ext[i] != nil {
+				ext = b.ext[i]
 			}
-			return []any{streamID, int64(base) + int64(i) + 1, c.id[i], c.typ[i], c.source[i], c.subject[i], c.time[i], c.contentType[i], c.data[i], c.corr[i], c.cause[i], c.tp[i], ext, cmd}, nil
+			return []any{b.stream[i], b.version[i], b.id[i], b.typ[i], b.source[i], b.subject[i], b.time[i], b.contentType[i], b.data[i], b.corr[i], b.cause[i], b.tp[i], ext, b.cmd[i]}, nil
 		}))
 	return err
 }
