@@ -265,6 +265,8 @@ func (r *Repository[S]) Handle(ctx context.Context, cmd orchestrix.Command) (Res
 	if cmd.ID != "" {
 		if prev, ok, err := r.store.FindCommand(ctx, cmd.ID); err != nil {
 			return Result{}, err
+		} else if ok && prev.Rejection != nil {
+			return Result{AggregateID: cmd.AggregateID, Duplicate: true}, recordedRejection(prev.Rejection)
 		} else if ok {
 			return Result{AggregateID: prev.StreamID, FromVersion: prev.FromVersion, ToVersion: prev.ToVersion, Duplicate: true}, nil
 		}
@@ -331,4 +333,17 @@ func (r *Repository[S]) MaybeSnapshot(ctx context.Context, root Root[S], appende
 		return fmt.Errorf("%s %q: encode snapshot: %w", r.agg.name, root.ID, err)
 	}
 	return r.store.SaveSnapshot(ctx, stores.Snapshot{StreamID: root.ID, Version: to, Type: r.snapshotType(), ContentType: "application/json", Data: data})
+}
+
+// recordedRejection rebuilds the error of a rejection recorded by a
+// Processor (the JSON Outcome kept by stores.RejectionRecorder).
+func recordedRejection(reason []byte) error {
+	var o orchestrix.Outcome
+	if err := json.Unmarshal(reason, &o); err != nil {
+		return &orchestrix.Rejection{Code: "rejected", Message: string(reason)}
+	}
+	if len(o.Fields) > 0 {
+		return &orchestrix.ValidationError{Fields: o.Fields}
+	}
+	return &orchestrix.Rejection{Code: o.Code, Message: o.Message}
 }

@@ -29,7 +29,14 @@ import (
 // handling the records one by one with fresh state.
 //
 // A command seen before (same ID) is answered with its first result and
-// decided again never. An undecodable record fails permanently (the
+// decided again never. With a store that records rejections
+// (stores.RejectionRecorder: memory, postgres) that holds for rejected
+// commands too: the rejection is recorded in the transaction of the poll,
+// so a command redelivered after a crash is answered with its first
+// rejection, not decided again against a state that later commands of
+// the same poll have changed (a refused withdrawal must not go through on
+// redelivery because a deposit behind it was stored). Other stores
+// decide a redelivered rejected command again. An undecodable record fails permanently (the
 // failure policy dead-letters it). A rejection is an outcome, not a
 // failure. With WithOutcomes, every outcome is published (JSON, key =
 // command ID) before the batch's offsets are committed.
@@ -150,12 +157,72 @@ func (p *Processor[S]) Handle(ctx context.Context, r *kgo.Record) error {
 		return err
 	}
 	p.forget(r.Partition, cmd.AggregateID)
+	if cmd.ID != "" {
+		prev, ok, err := p.repo.store.FindCommand(ctx, cmd.ID)
+		if err != nil {
+			return err
+		}
+		if ok {
+			return p.publish(ctx, []orchestrix.Outcome{answered(cmd, prev)})
+		}
+	}
 	res, err := p.repo.Handle(ctx, cmd)
 	out, err := outcome(cmd, res, err)
 	if err != nil {
 		return err
 	}
+	if rc, ok := p.rejection(out); ok {
+		// A conflict means another member decided it meanwhile: the
+		// failure policy retries, and the retry finds that decision.
+		if err := p.store(ctx, nil, []stores.RejectedCommand{rc}); err != nil {
+			return err
+		}
+	}
 	return p.publish(ctx, []orchestrix.Outcome{out})
+}
+
+// store appends reqs and records rejected, in one transaction when the
+// store records rejections (stores.RejectionRecorder); otherwise
+// rejections are not recorded.
+func (p *Processor[S]) store(ctx context.Context, reqs []stores.AppendRequest, rejected []stores.RejectedCommand) error {
+	if rr, ok := p.repo.store.(stores.RejectionRecorder); ok && len(rejected) > 0 {
+		_, err := rr.AppendDecisions(ctx, reqs, rejected)
+		return err
+	}
+	if len(reqs) == 0 {
+		return nil
+	}
+	_, err := p.repo.store.AppendMany(ctx, reqs)
+	return err
+}
+
+// rejection returns what records a rejected outcome in the store.
+func (p *Processor[S]) rejection(o orchestrix.Outcome) (stores.RejectedCommand, bool) {
+	if o.Status != orchestrix.OutcomeRejected || o.CommandID == "" {
+		return stores.RejectedCommand{}, false
+	}
+	if _, ok := p.repo.store.(stores.RejectionRecorder); !ok {
+		return stores.RejectedCommand{}, false
+	}
+	b, err := json.Marshal(o)
+	if err != nil {
+		return stores.RejectedCommand{}, false
+	}
+	return stores.RejectedCommand{CommandID: o.CommandID, StreamID: o.AggregateID, Reason: b}, true
+}
+
+// answered is the outcome of a command decided before: its recorded
+// rejection, or a duplicate with the first append's versions.
+func answered(cmd orchestrix.Command, prev stores.AppendResult) orchestrix.Outcome {
+	if prev.Rejection != nil {
+		var o orchestrix.Outcome
+		if err := json.Unmarshal(prev.Rejection, &o); err == nil && o.Status == orchestrix.OutcomeRejected {
+			o.CommandID = cmd.ID
+			return o
+		}
+		return orchestrix.Outcome{CommandID: cmd.ID, AggregateID: cmd.AggregateID, Status: orchestrix.OutcomeRejected, Code: "rejected", Message: string(prev.Rejection), At: time.Now().UTC()}
+	}
+	return orchestrix.Outcome{CommandID: cmd.ID, AggregateID: cmd.AggregateID, Status: orchestrix.OutcomeDuplicate, FromVersion: prev.FromVersion, ToVersion: prev.ToVersion, At: time.Now().UTC()}
 }
 
 // outcome maps a handling result to an Outcome, or returns the error when
@@ -222,6 +289,7 @@ type job[S any] struct {
 
 	// Filled by decide.
 	reqs      []stores.AppendRequest
+	rejected  []stores.RejectedCommand
 	outs      []orchestrix.Outcome
 	roots     map[string]Root[S]
 	start     map[string]Root[S]
@@ -292,13 +360,15 @@ func (p *Processor[S]) round(ctx context.Context, jobs []*job[S]) {
 	}
 	// 2. Load every state before the transaction, decide in order.
 	var reqs []stores.AppendRequest
+	var rejected []stores.RejectedCommand
 	for _, j := range jobs {
 		p.decide(ctx, j, seen)
 		reqs = append(reqs, j.reqs...)
+		rejected = append(rejected, j.rejected...)
 	}
 	// 3. One transaction for every partition.
-	if len(reqs) > 0 {
-		if _, err := p.repo.store.AppendMany(ctx, reqs); err != nil {
+	if len(reqs) > 0 || len(rejected) > 0 {
+		if err := p.store(ctx, reqs, rejected); err != nil {
 			for _, j := range jobs {
 				for _, id := range j.order {
 					p.forget(j.part, id)
@@ -360,7 +430,7 @@ func (p *Processor[S]) decide(ctx context.Context, j *job[S], seen map[string]st
 				continue
 			}
 			if prev, ok := seen[pc.cmd.ID]; ok {
-				j.outs = append(j.outs, orchestrix.Outcome{CommandID: pc.cmd.ID, AggregateID: id, Status: orchestrix.OutcomeDuplicate, FromVersion: prev.FromVersion, ToVersion: prev.ToVersion, At: time.Now().UTC()})
+				j.outs = append(j.outs, answered(pc.cmd, prev))
 				continue
 			}
 			payloads, err := p.repo.agg.Decide(root.State, pc.cmd)
@@ -383,6 +453,9 @@ func (p *Processor[S]) decide(ctx context.Context, j *job[S], seen map[string]st
 			if err == nil || errors.Is(err, orchestrix.ErrRejected) {
 				o, _ := outcome(pc.cmd, Result{AggregateID: id}, err)
 				j.outs = append(j.outs, o)
+				if rc, ok := p.rejection(o); ok {
+					j.rejected = append(j.rejected, rc)
+				}
 				continue
 			}
 			j.errs[pc.idx] = err

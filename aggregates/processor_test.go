@@ -2,6 +2,7 @@ package aggregates_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"sync/atomic"
@@ -178,5 +179,50 @@ func typeOf(payload any) string {
 		return banking.TypeDeposit
 	default:
 		return banking.TypeWithdraw
+	}
+}
+
+// TestProcessorRedeliveredRejection: a poll's refused withdrawal and the
+// deposit behind it are stored; the process dies before its offsets are
+// committed and both are delivered again. The withdrawal keeps its first
+// answer (rejected), though the balance would now cover it — in the
+// combined path and in the one-by-one path.
+func TestProcessorRedeliveredRejection(t *testing.T) {
+	reg := registry(t)
+	store := memory.New()
+	repo, err := aggregates.NewRepository(account(t), store, reg, "/test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := aggregates.NewProcessor(repo)
+	if err != nil {
+		t.Fatal(err)
+	}
+	poll := records(t, reg, 0,
+		cmd("open", "a", banking.OpenAccount{Owner: "ada"}),
+		cmd("dep-50", "a", banking.Deposit{Amount: 50}),
+		cmd("wd-100", "a", banking.Withdraw{Amount: 100}),
+		cmd("dep-100", "a", banking.Deposit{Amount: 100}))
+	checkNoErrors(t, handleConcurrently(p, poll))
+	prev, ok, err := store.FindCommand(t.Context(), "wd-100")
+	if err != nil || !ok || prev.Rejection == nil {
+		t.Fatalf("rejected withdrawal recorded = %+v, %v, %v; want its rejection", prev, ok, err)
+	}
+	// Redelivery after a crash (a new processor: empty cache).
+	p2, _ := aggregates.NewProcessor(repo)
+	checkNoErrors(t, handleConcurrently(p2, poll))
+	for _, r := range poll[2:3] {
+		if err := p2.Handle(t.Context(), r); err != nil {
+			t.Fatalf("one by one: %v", err)
+		}
+	}
+	root, err := repo.Load(t.Context(), "a")
+	if err != nil || root.State.Balance != 150 || root.Version != 3 {
+		t.Fatalf("account = version %d balance %d, %v; want version 3, balance 150 (the withdrawal stays refused)", root.Version, root.State.Balance, err)
+	}
+	_, err = repo.Handle(t.Context(), cmd("wd-100", "a", banking.Withdraw{Amount: 100}))
+	var rej *orchestrix.Rejection
+	if !errors.As(err, &rej) || rej.Code != "insufficient_funds" {
+		t.Fatalf("Repository.Handle of the recorded rejection = %v, want its insufficient_funds rejection", err)
 	}
 }

@@ -25,6 +25,7 @@ package stores
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"iter"
@@ -103,6 +104,33 @@ type AppendResult struct {
 	// Duplicate is true when the command had been appended before: nothing
 	// was written and the versions are those of the first append.
 	Duplicate bool
+	// Rejection is set when the command was recorded as rejected
+	// (RejectionRecorder): it holds the recorded reason, no events were
+	// ever written for it, and the versions are 0.
+	Rejection []byte
+}
+
+// RejectedCommand is a command that was decided and refused, recorded so
+// that a redelivered copy gets the same answer instead of a new decision
+// against a state that has moved on.
+type RejectedCommand struct {
+	CommandID string
+	StreamID  string
+	// Reason is opaque to the store (the aggregates package keeps the
+	// JSON Outcome there).
+	Reason []byte
+}
+
+// RejectionRecorder is an optional EventStore interface (memory and
+// postgres stores have it). AppendDecisions does what AppendMany does
+// and, in the same atomic step, records the rejected commands: FindCommand
+// then reports each as a Duplicate carrying its Rejection, and a later
+// append request with its command ID writes nothing. A rejected command
+// whose ID is already recorded (accepted or rejected, e.g. by another
+// processor that got the partition) fails the whole call with a
+// *ConflictError, so the caller re-reads the first decision.
+type RejectionRecorder interface {
+	AppendDecisions(ctx context.Context, reqs []AppendRequest, rejected []RejectedCommand) ([]AppendResult, error)
 }
 
 // AppendRequest is one stream's part of an AppendMany call.
@@ -178,6 +206,22 @@ type EventStore interface {
 	SaveSnapshot(ctx context.Context, s Snapshot) error
 	// LoadSnapshot returns the stream's latest snapshot, if any.
 	LoadSnapshot(ctx context.Context, streamID string) (Snapshot, bool, error)
+}
+
+// CheckRejected validates a rejected command before a store records it: a
+// valid command and stream ID and a reason that is a JSON value. The
+// returned error wraps orchestrix.ErrInvalid.
+func CheckRejected(rc RejectedCommand) error {
+	if err := orchestrix.CheckID("command id", rc.CommandID); err != nil {
+		return fmt.Errorf("record rejection: %w", err)
+	}
+	if err := orchestrix.CheckID("stream id", rc.StreamID); err != nil {
+		return fmt.Errorf("record rejection of %q: %w", rc.CommandID, err)
+	}
+	if len(rc.Reason) == 0 || !json.Valid(rc.Reason) {
+		return fmt.Errorf("record rejection of %q: the reason must be JSON: %w", rc.CommandID, orchestrix.ErrInvalid)
+	}
+	return nil
 }
 
 // DefaultMaxEventSize is the default limit on one event's Data.

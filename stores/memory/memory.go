@@ -60,6 +60,11 @@ func (s *Store) Append(ctx context.Context, streamID string, expected stores.Exp
 
 // AppendMany implements stores.EventStore.
 func (s *Store) AppendMany(ctx context.Context, reqs []stores.AppendRequest) ([]stores.AppendResult, error) {
+	return s.AppendDecisions(ctx, reqs, nil)
+}
+
+// AppendDecisions implements stores.RejectionRecorder.
+func (s *Store) AppendDecisions(ctx context.Context, reqs []stores.AppendRequest, rejected []stores.RejectedCommand) ([]stores.AppendResult, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
@@ -68,8 +73,18 @@ func (s *Store) AppendMany(ctx context.Context, reqs []stores.AppendRequest) ([]
 			return nil, err
 		}
 	}
+	for _, rc := range rejected {
+		if err := stores.CheckRejected(rc); err != nil {
+			return nil, err
+		}
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	for _, rc := range rejected {
+		if _, ok := s.commands[rc.CommandID]; ok {
+			return nil, &stores.ConflictError{StreamID: rc.StreamID, Expected: stores.Any}
+		}
+	}
 	results := make([]stores.AppendResult, len(reqs))
 	planned := map[string]uint64{} // stream -> version after the requests before
 	write := make([]bool, len(reqs))
@@ -119,8 +134,13 @@ func (s *Store) AppendMany(ctx context.Context, reqs []stores.AppendRequest) ([]
 			s.commands[cmd] = results[i]
 		}
 	}
-	close(s.notify)
-	s.notify = make(chan struct{})
+	for _, rc := range rejected {
+		s.commands[rc.CommandID] = stores.AppendResult{StreamID: rc.StreamID, Rejection: append([]byte{}, rc.Reason...)}
+	}
+	if len(reqs) > 0 {
+		close(s.notify)
+		s.notify = make(chan struct{})
+	}
 	return results, nil
 }
 
@@ -212,4 +232,7 @@ func (s *Store) LoadSnapshot(ctx context.Context, streamID string) (stores.Snaps
 	return snap, ok, ctx.Err()
 }
 
-var _ stores.EventStore = (*Store)(nil)
+var (
+	_ stores.EventStore        = (*Store)(nil)
+	_ stores.RejectionRecorder = (*Store)(nil)
+)

@@ -17,6 +17,14 @@
 // race fail with a *stores.ConflictError. Appends of at least CopyThreshold
 // events use COPY. Event IDs default to UUIDv7 (time-ordered).
 //
+// AppendMany (and AppendDecisions, which also records rejected commands
+// in the commands table, stores.RejectionRecorder) reads every stream's
+// version and the commands seen before in one pipelined round trip, then
+// writes the whole batch — however many streams — with one multi-row
+// insert of the commands and one of the events (COPY from CopyThreshold
+// events). Lookups probe the indexes once per key: a thousand-ID
+// "= ANY($1)" was planned as a sequential scan.
+//
 // # Reading the log (gap-safe)
 //
 // Positions come from an identity sequence, and sequence order is not
@@ -124,8 +132,8 @@ func (s *Store) Pool() *pgxpool.Pool { return s.pool }
 func (s *Store) Schema() string { return s.schema }
 
 type statements struct {
-	append, appendOne, appendPlain, maxVersions, insertCommands, insertEvents, readStream, readAll, findCommand, findCommands, saveSnapshot, loadSnapshot string
-	table                                                                                                                                                 string
+	append, appendOne, appendPlain, maxVersions, insertCommands, insertEvents, insertRejections, readStream, readAll, findCommand, findCommands, saveSnapshot, loadSnapshot string
+	table                                                                                                                                                                   string
 }
 
 const eventColumns = "position, stream_id, version, id, type, source, subject, time, content_type, data, correlation_id, causation_id, traceparent, extensions, command_id"
@@ -176,13 +184,15 @@ func newStatements(q string) statements {
 		readAll: `SELECT tx_id::text, ` + eventColumns + ` FROM ` + q + `.events
 	WHERE (tx_id, position) > ($1::text::xid8, $2) AND tx_id < pg_snapshot_xmin(pg_current_snapshot())
 	ORDER BY tx_id, position LIMIT $3`,
-		findCommand: `SELECT stream_id, from_version, to_version FROM ` + q + `.commands WHERE command_id = $1`,
+		findCommand: `SELECT stream_id, from_version, to_version, rejection FROM ` + q + `.commands WHERE command_id = $1`,
 		// One index probe per ID: with "command_id = ANY($1)" and a
 		// thousand IDs the planner picks a sequential scan that compares
 		// every row with every ID; the LIMIT keeps the lateral subquery
 		// from being flattened into a hash join.
-		findCommands: `SELECT c.command_id, c.stream_id, c.from_version, c.to_version FROM unnest($1::text[]) AS u(id)
-	CROSS JOIN LATERAL (SELECT command_id, stream_id, from_version, to_version FROM ` + q + `.commands WHERE command_id = u.id LIMIT 1) AS c`,
+		findCommands: `SELECT c.command_id, c.stream_id, c.from_version, c.to_version, c.rejection FROM unnest($1::text[]) AS u(id)
+	CROSS JOIN LATERAL (SELECT command_id, stream_id, from_version, to_version, rejection FROM ` + q + `.commands WHERE command_id = u.id LIMIT 1) AS c`,
+		insertRejections: `INSERT INTO ` + q + `.commands (command_id, stream_id, from_version, to_version, rejection)
+	SELECT id, stream, 0, 0, reason FROM unnest($1::text[], $2::text[], $3::jsonb[]) AS r(id, stream, reason) ON CONFLICT DO NOTHING`,
 		saveSnapshot: `INSERT INTO ` + q + `.snapshots AS s (stream_id, version, type, content_type, data) VALUES ($1, $2, $3, $4, $5)
 	ON CONFLICT (stream_id) DO UPDATE SET version = excluded.version, type = excluded.type, content_type = excluded.content_type, data = excluded.data, taken_at = now()
 	WHERE s.version <= excluded.version`,
@@ -265,7 +275,7 @@ func (s *Store) Append(ctx context.Context, streamID string, expected stores.Exp
 	if len(events) >= CopyThreshold {
 		var res stores.AppendResult
 		err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-			r, err := s.appendMany(ctx, tx, []stores.AppendRequest{{StreamID: streamID, Expected: expected, Events: events}})
+			r, err := s.appendMany(ctx, tx, []stores.AppendRequest{{StreamID: streamID, Expected: expected, Events: events}}, nil)
 			if err == nil {
 				res = r[0]
 			}
@@ -349,15 +359,26 @@ func isUniqueViolation(err error) bool {
 
 // AppendMany implements stores.EventStore in one transaction.
 func (s *Store) AppendMany(ctx context.Context, reqs []stores.AppendRequest) ([]stores.AppendResult, error) {
+	return s.AppendDecisions(ctx, reqs, nil)
+}
+
+// AppendDecisions implements stores.RejectionRecorder in one transaction:
+// rejected commands become rows of the commands table with no versions.
+func (s *Store) AppendDecisions(ctx context.Context, reqs []stores.AppendRequest, rejected []stores.RejectedCommand) ([]stores.AppendResult, error) {
 	for _, r := range reqs {
 		if err := stores.CheckEvents(r.StreamID, r.Events, s.maxSize); err != nil {
+			return nil, err
+		}
+	}
+	for _, rc := range rejected {
+		if err := stores.CheckRejected(rc); err != nil {
 			return nil, err
 		}
 	}
 	var res []stores.AppendResult
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		var err error
-		res, err = s.appendMany(ctx, tx, reqs)
+		res, err = s.appendMany(ctx, tx, reqs, rejected)
 		return err
 	})
 	if err != nil {
@@ -400,7 +421,7 @@ func (s *Store) AppendTx(ctx context.Context, tx pgx.Tx, reqs []stores.AppendReq
 			return nil, err
 		}
 	}
-	return s.appendMany(ctx, tx, reqs)
+	return s.appendMany(ctx, tx, reqs, nil)
 }
 
 // appendMany reads the versions of every stream and the commands seen
@@ -413,7 +434,7 @@ func (s *Store) AppendTx(ctx context.Context, tx pgx.Tx, reqs []stores.AppendReq
 // version) constraint stops a concurrent writer that read the same
 // version. A request whose command was seen before writes nothing and
 // reports the first result, Duplicate.
-func (s *Store) appendMany(ctx context.Context, tx pgx.Tx, reqs []stores.AppendRequest) ([]stores.AppendResult, error) {
+func (s *Store) appendMany(ctx context.Context, tx pgx.Tx, reqs []stores.AppendRequest, rejected []stores.RejectedCommand) ([]stores.AppendResult, error) {
 	ids := make([]string, 0, len(reqs))
 	cmds := make([]string, 0, len(reqs))
 	for _, r := range reqs {
@@ -421,6 +442,13 @@ func (s *Store) appendMany(ctx context.Context, tx pgx.Tx, reqs []stores.AppendR
 		if c := r.Events[0].CommandID; c != "" {
 			cmds = append(cmds, c)
 		}
+	}
+	var rej struct {
+		id, stream []string
+		reason     [][]byte
+	}
+	for _, rc := range rejected {
+		rej.id, rej.stream, rej.reason = append(rej.id, rc.CommandID), append(rej.stream, rc.StreamID), append(rej.reason, rc.Reason)
 	}
 	current, seen, err := s.readState(ctx, tx, ids, cmds)
 	if err != nil {
@@ -450,19 +478,33 @@ func (s *Store) appendMany(ctx context.Context, tx pgx.Tx, reqs []stores.AppendR
 			return nil, err
 		}
 	}
-	if rows.len() == 0 {
+	if rows.len() == 0 && len(rej.id) == 0 {
 		return results, nil
 	}
 	var batch pgx.Batch
+	if len(rej.id) > 0 {
+		batch.Queue(s.sql.insertRejections, rej.id, rej.stream, rej.reason)
+	}
 	if len(cmdRows.id) > 0 {
 		batch.Queue(s.sql.insertCommands, cmdRows.id, cmdRows.stream, cmdRows.from, cmdRows.to)
 	}
 	copyRows := rows.len() >= CopyThreshold
-	if !copyRows {
+	if !copyRows && rows.len() > 0 {
 		batch.Queue(s.sql.insertEvents, rows.args()...)
 	}
 	if batch.Len() > 0 {
 		br := tx.SendBatch(ctx, &batch)
+		if len(rej.id) > 0 {
+			tag, err := br.Exec()
+			if err != nil {
+				br.Close()
+				return nil, s.conflict(err, reqs)
+			}
+			if tag.RowsAffected() != int64(len(rej.id)) { // recorded before, or meanwhile
+				br.Close()
+				return nil, &stores.ConflictError{StreamID: rej.stream[0], Expected: stores.Any}
+			}
+		}
 		if len(cmdRows.id) > 0 {
 			tag, err := br.Exec()
 			if err != nil {
@@ -474,7 +516,7 @@ func (s *Store) appendMany(ctx context.Context, tx pgx.Tx, reqs []stores.AppendR
 				return nil, &stores.ConflictError{StreamID: rows.stream[0], Expected: stores.Any}
 			}
 		}
-		if !copyRows {
+		if !copyRows && rows.len() > 0 {
 			if _, err := br.Exec(); err != nil {
 				br.Close()
 				return nil, s.conflict(err, reqs)
@@ -484,7 +526,7 @@ func (s *Store) appendMany(ctx context.Context, tx pgx.Tx, reqs []stores.AppendR
 			return nil, s.conflict(err, reqs)
 		}
 	}
-	if copyRows {
+	if copyRows && rows.len() > 0 {
 		if err := s.copyEvents(ctx, tx, &rows); err != nil {
 			return nil, s.conflict(err, reqs)
 		}
@@ -576,7 +618,7 @@ func (s *Store) readState(ctx context.Context, tx pgx.Tx, ids, cmds []string) (m
 		for rows.Next() {
 			var id string
 			r := stores.AppendResult{Duplicate: true}
-			if err := rows.Scan(&id, &r.StreamID, &r.FromVersion, &r.ToVersion); err != nil {
+			if err := rows.Scan(&id, &r.StreamID, &r.FromVersion, &r.ToVersion, &r.Rejection); err != nil {
 				return nil, nil, err
 			}
 			seen[id] = r
@@ -697,7 +739,7 @@ func (s *Store) page(ctx context.Context, sql string, withTx bool, a, b any, siz
 // FindCommand implements stores.EventStore.
 func (s *Store) FindCommand(ctx context.Context, commandID string) (stores.AppendResult, bool, error) {
 	var r stores.AppendResult
-	err := s.pool.QueryRow(ctx, s.sql.findCommand, commandID).Scan(&r.StreamID, &r.FromVersion, &r.ToVersion)
+	err := s.pool.QueryRow(ctx, s.sql.findCommand, commandID).Scan(&r.StreamID, &r.FromVersion, &r.ToVersion, &r.Rejection)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return r, false, nil
 	}
@@ -722,7 +764,7 @@ func (s *Store) FindCommands(ctx context.Context, ids []string) (map[string]stor
 	for rows.Next() {
 		var id string
 		r := stores.AppendResult{Duplicate: true}
-		if err := rows.Scan(&id, &r.StreamID, &r.FromVersion, &r.ToVersion); err != nil {
+		if err := rows.Scan(&id, &r.StreamID, &r.FromVersion, &r.ToVersion, &r.Rejection); err != nil {
 			return nil, err
 		}
 		out[id] = r
@@ -763,3 +805,5 @@ func (s *Store) LoadSnapshot(ctx context.Context, streamID string) (stores.Snaps
 }
 
 var _ stores.EventStore = (*Store)(nil)
+
+var _ stores.RejectionRecorder = (*Store)(nil)

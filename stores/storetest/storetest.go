@@ -13,6 +13,7 @@ package storetest
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"runtime"
@@ -52,6 +53,14 @@ func Run(t *testing.T, newStore Factory) {
 			t.Skip("store does not implement storetest.PendingAppender (commits in position order)")
 		}
 		testGapSafe(t, s, p)
+	})
+	t.Run("Rejections", func(t *testing.T) {
+		s := newStore(t)
+		r, ok := s.(stores.RejectionRecorder)
+		if !ok {
+			t.Skip("store does not implement stores.RejectionRecorder")
+		}
+		testRejections(t, s, r)
 	})
 }
 
@@ -539,4 +548,59 @@ func RunLongStream(t *testing.T, s stores.EventStore, n int, maxGrowth uint64) {
 		t.Fatalf("heap grew by %d MiB while reading %d events (limit %d MiB)", (peak-base.HeapInuse)>>20, n, maxGrowth>>20)
 	}
 	t.Logf("read %d events; heap in use %d MiB before, peak %d MiB", n, base.HeapInuse>>20, peak>>20)
+}
+
+// testRejections: a recorded rejection is found with its reason, a later
+// append with its command ID writes nothing, recording an ID that is
+// already recorded conflicts and writes nothing else, and bad input is
+// refused.
+func testRejections(t *testing.T, s stores.EventStore, r stores.RejectionRecorder) {
+	ctx := t.Context()
+	reason := []byte(`{"code":"insufficient_funds"}`)
+	res, err := r.AppendDecisions(ctx,
+		[]stores.AppendRequest{{StreamID: "acct-1", Expected: stores.NoStream, Events: withCommand(Events("Opened", 1), "c-open")}},
+		[]stores.RejectedCommand{{CommandID: "c-rejected", StreamID: "acct-1", Reason: reason}})
+	if err != nil || len(res) != 1 || res[0].ToVersion != 1 {
+		t.Fatalf("AppendDecisions = %+v, %v; want one result at version 1", res, err)
+	}
+	prev, ok, err := s.FindCommand(ctx, "c-rejected")
+	if err != nil || !ok || prev.Rejection == nil || prev.ToVersion != 0 {
+		t.Fatalf("FindCommand(rejected) = %+v, %v, %v; want a rejection without versions", prev, ok, err)
+	}
+	var got, want map[string]any
+	if err := json.Unmarshal(prev.Rejection, &got); err != nil {
+		t.Fatalf("recorded reason %q: %v", prev.Rejection, err)
+	}
+	_ = json.Unmarshal(reason, &want)
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("recorded reason = %s, want %s", prev.Rejection, reason)
+	}
+	if acc, ok, _ := s.FindCommand(ctx, "c-open"); !ok || acc.Rejection != nil || acc.ToVersion != 1 {
+		t.Errorf("FindCommand(accepted) = %+v, %v; want version 1 and no rejection", acc, ok)
+	}
+	// A redelivered copy that would now be accepted writes nothing.
+	dup, err := s.AppendMany(ctx, []stores.AppendRequest{{StreamID: "acct-1", Expected: stores.Exact(1), Events: withCommand(Events("Withdrawn", 1), "c-rejected")}})
+	if err != nil || len(dup) != 1 || !dup[0].Duplicate || dup[0].Rejection == nil {
+		t.Fatalf("append of a rejected command = %+v, %v; want a duplicate carrying the rejection", dup, err)
+	}
+	// Recording a decision for an ID already recorded conflicts, atomically.
+	for _, id := range []string{"c-open", "c-rejected"} {
+		_, err = r.AppendDecisions(ctx,
+			[]stores.AppendRequest{{StreamID: "acct-2", Expected: stores.NoStream, Events: Events("Opened", 1)}},
+			[]stores.RejectedCommand{{CommandID: id, StreamID: "acct-1", Reason: reason}})
+		if !errors.Is(err, stores.ErrConflict) {
+			t.Errorf("recording %s again = %v, want a conflict", id, err)
+		}
+	}
+	if evs := ReadStream(t, s, "acct-2", 0); len(evs) != 0 {
+		t.Errorf("a conflicting AppendDecisions wrote %d events", len(evs))
+	}
+	if evs := ReadStream(t, s, "acct-1", 0); len(evs) != 1 {
+		t.Errorf("acct-1 has %d events, want 1", len(evs))
+	}
+	for _, bad := range []stores.RejectedCommand{{StreamID: "acct-1", Reason: reason}, {CommandID: "c-x", Reason: reason}, {CommandID: "c-x", StreamID: "acct-1"}, {CommandID: "c-x", StreamID: "acct-1", Reason: []byte("{")}} {
+		if _, err := r.AppendDecisions(ctx, nil, []stores.RejectedCommand{bad}); !errors.Is(err, orchestrix.ErrInvalid) {
+			t.Errorf("AppendDecisions(%+v) = %v, want ErrInvalid", bad, err)
+		}
+	}
 }
