@@ -24,6 +24,7 @@ import (
 	"github.com/orchestrix/orchestrix/topics"
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kgo"
 )
 
 type demoConfig struct {
@@ -151,7 +152,14 @@ func demo(ctx context.Context, c demoConfig, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	proc, err := aggregates.NewProcessor(repo, aggregates.WithOutcomes(cl, topics.Outcomes(c.context)), aggregates.WithProcessorLogger(logger))
+	// The processor's outcome producer must not linger: every poll waits
+	// for its outcomes' acknowledgement.
+	ocl, err := producers.NewClient(seeds, kgo.ProducerLinger(0))
+	if err != nil {
+		return err
+	}
+	defer ocl.Close()
+	proc, err := aggregates.NewProcessor(repo, aggregates.WithOutcomes(ocl, topics.Outcomes(c.context)), aggregates.WithProcessorLogger(logger))
 	if err != nil {
 		return err
 	}
