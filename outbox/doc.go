@@ -72,11 +72,29 @@
 //   - The checkpoint topic belongs to the relay: delete it only with its
 //     events topic, or the relay republishes from the start of the log.
 //
+// # Push sources
+//
+// A source that implements Observer (stores/esdb.Store: EventSourcingDB's
+// observe-events stream; the store is its own outbox) is followed instead
+// of polled. A goroutine reads the stream into a channel of one batch's
+// size; the relay blocks for the first entry, takes whatever else is ready
+// up to the batch size and publishes it, with the same transactions and
+// checkpoint as a polled source, so the guarantees above hold unchanged.
+// While a transaction commits, the next batch keeps growing; when Kafka is
+// slower than the source, the full channel holds the stream back, so
+// memory stays bounded. Every term (a start, a takeover, being fenced, any
+// error) opens a new observation from the checkpoint it recovered from
+// Kafka; a source that yields an entry not after the previous one is
+// refused (the term ends) rather than published twice, and a stream that
+// ends is observed anew. Dropped connections are the source's to resume
+// (stores/esdb.Store resumes from the last event it yielded). The outbox
+// table, if one is drained too, is still polled.
+//
 // # Latency and load
 //
-// The relay polls with an adaptive interval (PollInterval): at once after a
-// full batch, the minimum after a partial one, doubling on every empty read
-// up to the maximum.
+// A polled source is read with an adaptive interval (PollInterval): at once
+// after a full batch, the minimum after a partial one, doubling on every
+// empty read up to the maximum.
 // It never asks writers for a NOTIFY inside their transaction; Wake (or
 // a memory store's append signal) cuts a wait short after a commit. Reads
 // run while the previous transaction commits, records are produced

@@ -26,6 +26,21 @@ type Source interface {
 	ReadAll(ctx context.Context, after stores.Cursor, limit int) iter.Seq2[stores.Entry, error]
 }
 
+// Observer is a Source that pushes: Observe yields every entry after the
+// cursor in log order, then each new one as it is committed, until ctx
+// ends or an error that retrying cannot fix (which it yields last). It
+// must resume by itself from the last entry yielded after a dropped
+// connection, repeating and losing nothing. stores/esdb.Store is one (it
+// follows EventSourcingDB's observe-events stream).
+//
+// A relay whose source is an Observer follows that stream instead of
+// polling ReadAll: an event is published as soon as it arrives, and each
+// term (after a start, a takeover, being fenced or any error) observes
+// anew from the checkpoint it recovered from Kafka.
+type Observer interface {
+	Observe(ctx context.Context, after stores.Cursor) iter.Seq2[stores.Entry, error]
+}
+
 // Optional capabilities of a Source, found by type assertion.
 type (
 	// pooled is a PostgreSQL-backed source (stores/postgres.Store): its
@@ -411,6 +426,9 @@ type published struct {
 // cp, and sends them to out until ctx ends or a read fails. Reading runs
 // while the previous batch's transaction commits.
 func (r *Relay) read(ctx context.Context, cp Checkpoint, out chan<- *batch) error {
+	if obs, ok := r.src.(Observer); ok {
+		return r.follow(ctx, obs, cp, out)
+	}
 	note, _ := r.src.(notifier)
 	interval := r.cfg.pollMin
 	for {
@@ -447,6 +465,139 @@ func (r *Relay) read(ctx context.Context, cp Checkpoint, out chan<- *batch) erro
 			return ctx.Err()
 		}
 	}
+}
+
+// follow is read for an Observer: a goroutine follows the source's stream
+// from cp into a channel of one batch's size (so a relay that cannot keep
+// up holds the stream back, and memory stays bounded), and batches are
+// cut from what is ready — blocking only for the first entry, so an event
+// is published as soon as it arrives. A batch grows while the previous
+// ones wait to be committed. The outbox table, if drained too, is polled
+// as in read.
+func (r *Relay) follow(ctx context.Context, obs Observer, cp Checkpoint, out chan<- *batch) error {
+	ctx, cancel := context.WithCancel(ctx)
+	entries := make(chan stores.Entry, r.cfg.batchSize)
+	obsErr := make(chan error, 1)
+	var wg sync.WaitGroup
+	defer func() { cancel(); wg.Wait() }()
+	wg.Go(func() {
+		last := cp.Events
+		for e, err := range obs.Observe(ctx, cp.Events) {
+			if err == nil && !after(e.Cursor, last) {
+				err = fmt.Errorf("got %s next: the source repeated or reordered its log", e.Cursor)
+			}
+			if err != nil {
+				obsErr <- fmt.Errorf("outbox: observe events after %s: %w", last, err)
+				return
+			}
+			last = e.Cursor
+			select {
+			case entries <- e:
+			case <-ctx.Done():
+				obsErr <- ctx.Err()
+				return
+			}
+		}
+		if err := ctx.Err(); err != nil {
+			obsErr <- err
+			return
+		}
+		obsErr <- fmt.Errorf("outbox: observe events after %s: the stream ended", last)
+	})
+	r.log.Debug("observing", "checkpoint", cp.Events.String())
+
+	interval := r.cfg.pollMin
+	for {
+		b := &batch{cp: cp}
+		var (
+			poll  *time.Timer
+			pollC <-chan time.Time
+			wake  <-chan struct{}
+		)
+		if r.outbox != nil {
+			poll = time.NewTimer(interval)
+			pollC, wake = poll.C, r.wake
+		}
+		r.st.caughtUp.Store(len(entries) == 0)
+		// Block for the first entry (or, with an outbox table, its poll).
+		var err error
+		select {
+		case e := <-entries:
+			b.entries = append(b.entries, e)
+		case err = <-obsErr:
+		case <-ctx.Done():
+			err = ctx.Err()
+		case <-pollC:
+		case <-wake:
+		}
+		if poll != nil {
+			poll.Stop()
+		}
+		if err != nil {
+			return err
+		}
+		take(entries, b, r.cfg.batchSize)
+		if r.outbox != nil {
+			msgs, err := r.outbox.readBatch(ctx, cp.Outbox, r.cfg.batchSize)
+			if err != nil {
+				return err
+			}
+			for _, m := range msgs {
+				if r.instHdr != nil {
+					m.rec.Headers = append(m.rec.Headers, kgo.RecordHeader{Key: InstanceHeader, Value: r.instHdr})
+				}
+				b.msgs = append(b.msgs, m.rec)
+				b.cp.Outbox = m.cursor
+			}
+			b.full = b.full || len(msgs) == r.cfg.batchSize
+			if len(msgs) == 0 && len(b.entries) == 0 {
+				interval = min(2*interval, r.cfg.pollMax)
+				continue
+			}
+			interval = r.cfg.pollMin
+		}
+		// Hand the batch over; while the committer is busy, let it grow.
+		for sent := false; !sent; {
+			var more <-chan stores.Entry
+			if len(b.entries) < r.cfg.batchSize {
+				more = entries
+			}
+			select {
+			case out <- b:
+				sent = true
+			case e := <-more:
+				b.entries = append(b.entries, e)
+				take(entries, b, r.cfg.batchSize)
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+		r.log.Debug("observed", "events", len(b.entries), "messages", len(b.msgs), "full", b.full, "checkpoint", b.cp.Events.String())
+		cp = b.cp
+	}
+}
+
+// take moves the entries that are ready into b, up to limit, and sets its
+// events checkpoint and fullness.
+func take(entries <-chan stores.Entry, b *batch, limit int) {
+	for len(b.entries) < limit {
+		select {
+		case e := <-entries:
+			b.entries = append(b.entries, e)
+			continue
+		default:
+		}
+		break
+	}
+	if n := len(b.entries); n > 0 {
+		b.cp.Events = b.entries[n-1].Cursor
+	}
+	b.full = b.full || len(b.entries) == limit
+}
+
+// after reports whether cursor a comes after b in log order.
+func after(a, b stores.Cursor) bool {
+	return a.Tx > b.Tx || (a.Tx == b.Tx && a.Position > b.Position)
 }
 
 // sleep waits d, or until wake or appended fires (nil: never); false

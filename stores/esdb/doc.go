@@ -86,8 +86,14 @@
 // (antichronologically, one event).
 //
 // Observe(ctx, cursor) streams the log from a cursor and then live, via
-// observe-events with reconnection: the source for an outbox relay with a
-// durable checkpoint.
+// observe-events with reconnection. Store thereby implements
+// outbox.Observer: an outbox.Relay over a Store follows that stream (the
+// store is its own outbox) rather than polling ReadAll, publishing each
+// event as soon as the server pushes it, in transactions together with
+// its checkpoint in Kafka. Each relay term observes from the checkpoint
+// it recovered, so after a restart, a takeover or a dropped connection
+// every event is published exactly once, in log order, as from
+// PostgreSQL.
 //
 // Events under the prefix that the store did not write fail reads with
 // ErrForeignEvent.
