@@ -792,7 +792,7 @@ func TestPostgresRestartIntegration(t *testing.T) {
 // no error at all: the producer retries until the broker is back, and the
 // transaction, in the broker's transaction log, survives.)
 func TestKafkaRestartIntegration(t *testing.T) {
-	broker := startOwnBroker(t)
+	broker := testenv.OwnBroker(t)
 	e := newEnv(t, 4)
 	e.seeds = broker.Seeds()
 	e.topic = testenv.Topic(t, e.seeds, 4, nil)
@@ -808,10 +808,10 @@ func TestKafkaRestartIntegration(t *testing.T) {
 	_, _, waitLoad := load(loadCtx, t, e, "kr", 2, 100, 10, 0, 2000)
 	time.Sleep(2 * time.Second)
 	before := r.Stats().Events
-	broker.kill(t)
+	broker.Kill(t)
 	t.Logf("killed the broker after %d events", before)
 	time.Sleep(500 * time.Millisecond)
-	broker.start(t)
+	broker.Start(t)
 	waitFor(t, time.Minute, "the relay publishing again", func() bool { return r.Stats().Events > before })
 	time.Sleep(time.Second)
 	stopLoad()

@@ -1,4 +1,4 @@
-package outbox_test
+package testenv
 
 import (
 	"context"
@@ -14,16 +14,15 @@ import (
 	"testing"
 	"time"
 
-	"github.com/orchestrix/orchestrix/internal/testenv"
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 )
 
-// ownBroker is a single-node KRaft Kafka that one test starts for itself,
+// KafkaProcess is a single-node KRaft Kafka that one test starts for itself,
 // from the jars scripts/services.sh caches, on free loopback ports and a
 // data directory of its own, so the test can kill -9 and restart it
 // without disturbing the shared broker other tests use.
-type ownBroker struct {
+type KafkaProcess struct {
 	java, libs, dir, props, log4j string
 	port                          int
 	cmd                           *exec.Cmd
@@ -59,7 +58,7 @@ func findJava() (string, error) {
 
 func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }
 
-func freePort(t *testing.T) int {
+func freePort(t testing.TB) int {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -69,10 +68,10 @@ func freePort(t *testing.T) int {
 	return l.Addr().(*net.TCPAddr).Port
 }
 
-// startOwnBroker formats and starts the test's broker; it is killed when
+// OwnBroker formats and starts the test's broker; it is killed when
 // the test ends. Without Java or the jar cache the test is skipped, or
 // fails under ORCHESTRIX_REQUIRE_SERVICES=1.
-func startOwnBroker(t *testing.T) *ownBroker {
+func OwnBroker(t *testing.T) *KafkaProcess {
 	t.Helper()
 	libs, err := kafkaLibs()
 	java, jerr := findJava()
@@ -81,13 +80,13 @@ func startOwnBroker(t *testing.T) *ownBroker {
 	}
 	if err != nil {
 		msg := "needs a Kafka broker of its own: " + err.Error()
-		if os.Getenv(testenv.RequireEnv) == "1" {
+		if os.Getenv(RequireEnv) == "1" {
 			t.Fatal(msg)
 		}
 		t.Skip(msg)
 	}
 	dir := t.TempDir()
-	b := &ownBroker{java: java, libs: libs, dir: dir, port: freePort(t),
+	b := &KafkaProcess{java: java, libs: libs, dir: dir, port: freePort(t),
 		props: filepath.Join(dir, "server.properties"), log4j: filepath.Join(dir, "log4j2.properties")}
 	ctrl := freePort(t)
 	props := fmt.Sprintf(`process.roles=broker,controller
@@ -143,28 +142,28 @@ logger.statechange.level = WARN
 		t.Fatalf("format the broker's data dir: %v\n%s", err, out)
 	}
 	t.Cleanup(func() {
-		b.kill(t)
+		b.Kill(t)
 		if t.Failed() {
 			log, _ := os.ReadFile(filepath.Join(dir, "kafka.log"))
 			lines := strings.Split(strings.TrimSpace(string(log)), "\n")
 			t.Logf("last lines of the test's broker log:\n%s", strings.Join(lines[max(0, len(lines)-20):], "\n"))
 		}
 	})
-	b.start(t)
+	b.Start(t)
 	return b
 }
 
 // jvmOpts keeps the JVM small and quick to start on a busy machine.
-func (b *ownBroker) jvmOpts(main string, args ...string) []string {
+func (b *KafkaProcess) jvmOpts(main string, args ...string) []string {
 	return append([]string{"-Xms256m", "-Xmx256m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
 		"-Djava.awt.headless=true", "-Dlog4j2.configurationFile=" + b.log4j, "-cp", b.libs + "/*", main}, args...)
 }
 
 // Seeds returns the broker's address.
-func (b *ownBroker) Seeds() []string { return []string{fmt.Sprintf("127.0.0.1:%d", b.port)} }
+func (b *KafkaProcess) Seeds() []string { return []string{fmt.Sprintf("127.0.0.1:%d", b.port)} }
 
-// start launches the broker and waits until it answers metadata requests.
-func (b *ownBroker) start(t *testing.T) {
+// Start launches the broker (again, after Kill: same data) and waits until it answers metadata requests.
+func (b *KafkaProcess) Start(t *testing.T) {
 	t.Helper()
 	out, err := os.OpenFile(filepath.Join(b.dir, "kafka.out"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
@@ -207,8 +206,8 @@ func (b *ownBroker) start(t *testing.T) {
 
 }
 
-// kill ends the broker with SIGKILL (no clean shutdown) and waits for it.
-func (b *ownBroker) kill(t *testing.T) {
+// Kill ends the broker with SIGKILL (no clean shutdown) and waits for it.
+func (b *KafkaProcess) Kill(t *testing.T) {
 	t.Helper()
 	if b.cmd == nil || b.cmd.Process == nil {
 		return
