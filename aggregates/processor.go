@@ -392,9 +392,6 @@ func (p *Processor[S]) round(ctx context.Context, jobs []*job[S]) {
 		for _, id := range j.order {
 			if root, ok := j.roots[id]; ok {
 				p.remember(j.part, root)
-				if err := p.repo.MaybeSnapshot(ctx, j.start[id], j.newEvents[id]); err != nil {
-					p.log.Warn("snapshot failed", "stream", id, "err", err)
-				}
 			}
 		}
 		outs = append(outs, j.outs...)
@@ -402,6 +399,17 @@ func (p *Processor[S]) round(ctx context.Context, jobs []*job[S]) {
 	if err := p.publish(ctx, outs); err != nil {
 		for _, j := range jobs {
 			fill(j.errs, err)
+		}
+	}
+	// Snapshots are an optimisation: taken after the outcomes are out, so
+	// their round trips do not delay any sender.
+	for _, j := range jobs {
+		for _, id := range j.order {
+			if _, ok := j.roots[id]; ok {
+				if err := p.repo.MaybeSnapshot(ctx, j.start[id], j.newEvents[id]); err != nil {
+					p.log.Warn("snapshot failed", "stream", id, "err", err)
+				}
+			}
 		}
 	}
 }

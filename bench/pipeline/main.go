@@ -310,6 +310,13 @@ func orchestrix(ctx context.Context, c config, seeds []string, pool *pgxpool.Poo
 	if failed != nil {
 		return result{}, failed
 	}
+	if os.Getenv("PIPELINE_DEBUG") != "" && rate > 0 {
+		// Latency by second of sending: where the tail comes from.
+		for s := 0; s*rate < n; s++ {
+			part := slices.Clone(lat[s*rate : min(n, (s+1)*rate)])
+			fmt.Fprintf(os.Stderr, "  second %2d: p50 %v p99 %v max %v\n", s, pct(part, .5).Round(time.Millisecond), pct(part, .99).Round(time.Millisecond), pct(part, 1).Round(time.Millisecond))
+		}
+	}
 	return result{sent: n, elapsed: elapsed, p50: pct(lat, .5), p99: pct(lat, .99), p999: pct(lat, .999), heapMiB: peak()}, nil
 }
 
