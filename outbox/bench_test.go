@@ -26,7 +26,7 @@ import (
 )
 
 // Benchmarks. Each runs once per op and reports its figures as metrics;
-// run them with -benchtime=1x (see BENCH.md for the commands and results).
+// run them with -benchtime=1x (see bench/README.md, "Outbox relay", for the commands and results).
 //
 //	ORCHESTRIX_BENCH_EVENTS  backlog sizes of BenchmarkRelayDrain, comma-separated (default 200000)
 //	ORCHESTRIX_BENCH_SECONDS duration of each latency and append phase (default 10)
