@@ -9,6 +9,7 @@ import (
 	"runtime/metrics"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -25,9 +26,9 @@ import (
 )
 
 // Benchmarks. Each runs once per op and reports its figures as metrics;
-// run them with -benchtime=1x (see BENCH.md for the commands and results).
+// run them with -benchtime=1x (see bench/README.md, "Outbox relay", for the commands and results).
 //
-//	ORCHESTRIX_BENCH_EVENTS  backlog size of BenchmarkRelayDrain (default 200000; 1000000 documented)
+//	ORCHESTRIX_BENCH_EVENTS  backlog sizes of BenchmarkRelayDrain, comma-separated (default 200000)
 //	ORCHESTRIX_BENCH_SECONDS duration of each latency and append phase (default 10)
 
 func benchInt(name string, def int) int {
@@ -88,8 +89,28 @@ func benchEvent(stream string, i int) orchestrix.Event {
 // same broker (idempotent, not transactional), the database's own read
 // rate of the log (ReadAll), and the relay draining it; with the relay's
 // peak heap, to compare across backlog sizes.
+//
+// ORCHESTRIX_BENCH_EVENTS may list several sizes ("100000,1000000"): one
+// sub-benchmark each, to show the relay's heap does not grow with the
+// backlog.
 func BenchmarkRelayDrain(b *testing.B) {
-	n := benchInt("ORCHESTRIX_BENCH_EVENTS", 200_000)
+	sizes := []int{200_000}
+	if v := os.Getenv("ORCHESTRIX_BENCH_EVENTS"); v != "" {
+		sizes = sizes[:0]
+		for f := range strings.SplitSeq(v, ",") {
+			n, err := strconv.Atoi(strings.TrimSpace(f))
+			if err != nil || n <= 0 {
+				b.Fatalf("ORCHESTRIX_BENCH_EVENTS=%q: want sizes separated by commas", v)
+			}
+			sizes = append(sizes, n)
+		}
+	}
+	for _, n := range sizes {
+		b.Run(fmt.Sprintf("events=%d", n), func(b *testing.B) { benchDrain(b, n) })
+	}
+}
+
+func benchDrain(b *testing.B, n int) {
 	const perAppend = 5000
 	for b.Loop() {
 		e := benchEnv(b, 8)

@@ -180,11 +180,20 @@ func verify(t testing.TB, got []published, want map[string]expected) {
 	}
 }
 
-// testLogger logs to the test at level (ORCHESTRIX_TEST_LOG=debug for more).
+// testLogger logs to the test at level (ORCHESTRIX_TEST_LOG=debug for more;
+// ORCHESTRIX_TEST_LOG_FILE=path writes to a file instead, untruncated).
 func testLogger(t testing.TB) *slog.Logger {
 	level := slog.LevelWarn
 	if os.Getenv("ORCHESTRIX_TEST_LOG") != "" {
 		level = slog.LevelDebug
+	}
+	if path := os.Getenv("ORCHESTRIX_TEST_LOG_FILE"); path != "" {
+		f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { f.Close() })
+		return slog.New(slog.NewTextHandler(f, &slog.HandlerOptions{Level: level}))
 	}
 	return slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: level}))
 }
