@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"log/slog"
+	"slices"
 	"sync"
 	"time"
 
@@ -85,6 +86,10 @@ type Group struct {
 	// pending queues, per partition, progress to commit once the retry
 	// records and dead letters its processing produced are acked.
 	pending map[tp][]pendingCommit
+	// processed and committed are, per partition, the offset after the
+	// last record processed by a completed poll and the committed offset
+	// (ordered modes: dead-letter markers wait for them).
+	processed, committed map[tp]int64
 }
 
 type config struct {
@@ -169,7 +174,8 @@ func New(seeds []string, group string, topics []string, h Handler, opts ...Optio
 		log = slog.New(slog.DiscardHandler)
 	}
 	g := &Group{cfg: cfg, topics: topics, group: group, h: h, log: log.With("group", group),
-		chain: map[string]chainPos{}, states: map[tp]*chainState{}, held: map[tp]*heldRecs{}, pending: map[tp][]pendingCommit{}}
+		chain: map[string]chainPos{}, states: map[tp]*chainState{}, held: map[tp]*heldRecs{}, pending: map[tp][]pendingCommit{},
+		processed: map[tp]int64{}, committed: map[tp]int64{}}
 	consume := append([]string(nil), topics...)
 	for _, t := range topics {
 		g.chain[t] = chainPos{origin: t}
@@ -234,6 +240,8 @@ func (g *Group) revoked(ctx context.Context, cl *kgo.Client, lost map[string][]i
 		pos := g.chain[topic]
 		for _, p := range parts {
 			delete(g.states, tp{pos.origin, p})
+			delete(g.processed, tp{topic, p})
+			delete(g.committed, tp{topic, p})
 			if _, w := g.held[tp{topic, p}]; w {
 				// Dropped: the next owner fetches them again from the
 				// committed offset.
@@ -412,6 +420,19 @@ func (g *Group) process(ctx context.Context, fetches kgo.Fetches) error {
 			}
 			mu.Lock()
 			defer mu.Unlock()
+			if last := p.recs[len(p.recs)-1]; err == nil {
+				next := last.Offset + 1
+				if held != nil {
+					next = held.recs[0].Offset
+				}
+				g.mu.Lock()
+				g.processed[tp{p.topic, p.partition}] = max(g.processed[tp{p.topic, p.partition}], next)
+				if s := g.states[tp{p.topic, p.partition}]; s != nil && g.chain[p.topic].level == 0 {
+					s.originNext = max(s.originNext, next)
+					s.sweep(s.originNext)
+				}
+				g.mu.Unlock()
+			}
 			if done != nil {
 				commit = append(commit, done)
 			}
@@ -446,9 +467,61 @@ func (g *Group) process(ctx context.Context, fetches kgo.Fetches) error {
 		defer ccancel()
 		if err := g.cl.CommitRecords(cctx, commit...); err != nil {
 			errs = append(errs, fmt.Errorf("consumers: commit: %w", err))
+		} else {
+			g.noteCommitted(commit)
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// noteCommitted records the offsets committed for recs.
+func (g *Group) noteCommitted(recs []*kgo.Record) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for _, r := range recs {
+		k := tp{r.Topic, r.Partition}
+		g.committed[k] = max(g.committed[k], r.Offset+1)
+	}
+}
+
+// markerReady reports whether the dead-letter marker r at a retry level
+// may be passed: the origin record it settles is committed in the origin
+// partition, no stale copy of it is still ahead, and, for a marker this
+// member wrote, the lower chain partitions are committed up to what was
+// processed when it was written. Then no copy of the settled record can
+// be replayed after the marker is committed past.
+func (g *Group) markerReady(pos chainPos, r *kgo.Record, m meta) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	origin := tp{pos.origin, r.Partition}
+	if g.committed[origin] <= m.offset {
+		return false
+	}
+	s := g.states[origin]
+	if s == nil {
+		return true
+	}
+	key := string(r.Key)
+	if s.staleLeft(key, m.offset) {
+		return false
+	}
+	k := s.keys[key]
+	if k == nil {
+		return true
+	}
+	w := k.waits[m.offset]
+	if w == nil {
+		return true
+	}
+	for q, next := range w.lower {
+		if g.committed[q] < next {
+			return false
+		}
+	}
+	if w.markers--; w.markers <= 0 {
+		delete(k.waits, m.offset)
+	}
+	return true
 }
 
 // partition processes one partition's records and returns the last record
@@ -462,7 +535,14 @@ func (g *Group) partition(ctx context.Context, topic string, part int32, recs []
 		now := time.Now()
 		for i, r := range recs {
 			m := readMeta(r, pos.origin)
-			if !m.parked && m.due.After(now) {
+			if m.marker != "" && g.cfg.policy.ordered() && !g.markerReady(pos, r, m) {
+				// Not yet: older copies of its record may still be
+				// uncommitted. Look again shortly.
+				wait = &heldRecs{recs: recs[i:], due: now.Add(20 * time.Millisecond)}
+				recs = recs[:i]
+				break
+			}
+			if !m.parked && m.marker == "" && m.due.After(now) {
 				wait = &heldRecs{recs: recs[i:], due: m.due}
 				recs = recs[:i]
 				break
@@ -502,7 +582,7 @@ func (g *Group) batch(ctx context.Context, bh BatchHandler, pos chainPos, recs [
 		for i, r := range recs {
 			if s := g.stateOf(pos.origin, r.Partition); s != nil {
 				g.mu.Lock()
-				parked := s.route(string(r.Key), 0) == routePark
+				parked := s.routeOrigin(string(r.Key), r.Offset) != routeHandle
 				g.mu.Unlock()
 				if parked {
 					results[i] = g.settle(ctx, pos, r, nil, st)
@@ -605,10 +685,10 @@ func (g *Group) call(ctx context.Context, pos chainPos, r *kgo.Record, m meta) e
 }
 
 // settle brings one record to a settled state: handled, forwarded to a
-// retry level, parked or dead-lettered. first is the error of a first
-// attempt already made (by a batch handler), nil to make it here. It
-// returns the error that leaves the record unsettled (stopping the
-// group).
+// retry level, parked, dropped (a replayed copy) or dead-lettered. first
+// is the error of a first attempt already made (by a batch handler), nil
+// to make it here. It returns the error that leaves the record unsettled
+// (stopping the group).
 func (g *Group) settle(ctx context.Context, pos chainPos, r *kgo.Record, first error, st *Stats) error {
 	m := readMeta(r, pos.origin)
 	var s *chainState
@@ -618,29 +698,38 @@ func (g *Group) settle(ctx context.Context, pos chainPos, r *kgo.Record, first e
 	key := string(r.Key)
 	if s != nil {
 		g.mu.Lock()
-		rt := s.route(key, pos.level)
+		var rt route
+		switch {
+		case pos.level > 0 && m.marker != "":
+			rt = routeMarker
+		case pos.level == 0:
+			rt = s.routeOrigin(key, m.offset)
+		default:
+			rt = s.routeRetry(key, pos.level, r.Offset, m.offset)
+		}
+		if rt == routePark {
+			k := s.keys[key]
+			if pos.level == 0 && k.deadMax >= 0 {
+				// Parked while its key is dead: dead too.
+				k.deadMax = max(k.deadMax, m.offset)
+			}
+			m.deadKey = k.dead(m.offset)
+		}
 		g.mu.Unlock()
 		switch rt {
-		case routePark:
-			m.parked = true
-			m.due = time.Now()
-			if err := g.forward(ctx, r, m, nil, pos.level+1); err != nil {
-				return fmt.Errorf("consumers: %s/%d@%d: park: %w", r.Topic, r.Partition, r.Offset, err)
-			}
-			g.mu.Lock()
-			s.move(key, pos.level, pos.level+1)
-			g.mu.Unlock()
+		case routeMarker, routeDrop:
 			return nil
+		case routePark:
+			return g.park(ctx, pos, r, m, s)
 		case routeDead:
 			m.parked = false
-			cause := Permanent(ErrParkedBehindDeadLetter)
-			return g.toDLQ(ctx, pos, r, m, s, cause, st)
+			return g.toDLQ(ctx, pos, r, m, s, Permanent(ErrParkedBehindDeadLetter), st, false)
 		}
 	}
 	err := first
 	if err == nil {
 		if err = g.call(ctx, pos, r, m); err == nil {
-			g.left(s, key, pos.level)
+			g.left(s, key, pos.level, m.offset)
 			return nil
 		}
 	}
@@ -648,13 +737,30 @@ func (g *Group) settle(ctx context.Context, pos chainPos, r *kgo.Record, first e
 	return g.fail(ctx, pos, r, m, s, err, st)
 }
 
-// left records that a record of key left the chain from level.
-func (g *Group) left(s *chainState, key string, level int) {
+// park forwards r, unhandled, to the retry level where the oldest record
+// of its key is, behind it.
+func (g *Group) park(ctx context.Context, pos chainPos, r *kgo.Record, m meta, s *chainState) error {
+	g.mu.Lock()
+	to := s.headLevel(string(r.Key))
+	g.mu.Unlock()
+	m.retries, m.hop = m.rung(pos.level), m.hopAt(pos.level)
+	m.parked, m.due = true, time.Now()
+	if err := g.forward(ctx, r, m, nil, to); err != nil {
+		return fmt.Errorf("consumers: %s/%d@%d: park: %w", r.Topic, r.Partition, r.Offset, err)
+	}
+	g.mu.Lock()
+	s.enter(string(r.Key), m.offset, to)
+	g.mu.Unlock()
+	return nil
+}
+
+// left records that the record of key at origin offset o left the chain.
+func (g *Group) left(s *chainState, key string, level int, o int64) {
 	if s == nil || level == 0 {
 		return
 	}
 	g.mu.Lock()
-	s.move(key, level, 0)
+	s.leave(key, o)
 	g.mu.Unlock()
 }
 
@@ -692,7 +798,7 @@ func (g *Group) fail(ctx context.Context, pos chainPos, r *kgo.Record, m meta, s
 		}
 		m.attempts++
 		if err = g.call(ctx, pos, r, m); err == nil {
-			g.left(s, key, pos.level)
+			g.left(s, key, pos.level, m.offset)
 			return nil
 		}
 		m.last = time.Now()
@@ -704,54 +810,111 @@ func (g *Group) fail(ctx context.Context, pos chainPos, r *kgo.Record, m meta, s
 	if s != nil && pos.level == 0 {
 		g.mu.Lock()
 		parked := s.inChain(key)
+		if parked {
+			if k := s.keys[key]; k.deadMax >= 0 {
+				k.deadMax = max(k.deadMax, m.offset)
+				m.deadKey = true
+			}
+		}
 		g.mu.Unlock()
 		if parked {
-			m.parked, m.due = true, time.Now()
-			if ferr := g.forward(ctx, r, m, nil, 1); ferr != nil {
-				return fmt.Errorf("consumers: %s/%d@%d: park: %w", r.Topic, r.Partition, r.Offset, ferr)
-			}
-			g.mu.Lock()
-			s.move(key, 0, 1)
-			g.mu.Unlock()
-			return nil
+			return g.park(ctx, pos, r, m, s)
 		}
 	}
-	if next := pos.level + 1; !IsPermanent(err) && next <= len(p.RetryDelays) {
-		m.parked = false
-		m.due = time.Now().Add(p.RetryDelays[next-1])
+	// The next rung of the ladder, at the level with its delay: every
+	// record gets all delayed retries, whatever level it was released
+	// from parking at (then it moves down, and its key's later records,
+	// parked at its level, follow it).
+	if rung := m.rung(pos.level); !IsPermanent(err) && rung < len(p.RetryDelays) {
+		next := rung + 1
+		m.parked, m.deadKey = false, false
+		m.retries, m.hop = rung+1, m.hopAt(pos.level)
+		m.due = time.Now().Add(p.RetryDelays[rung])
 		if ferr := g.forward(ctx, r, m, err, next); ferr != nil {
 			return fmt.Errorf("consumers: %s/%d@%d: %w; forwarding to retry level %d failed: %w", r.Topic, r.Partition, r.Offset, err, next, ferr)
 		}
 		if s != nil {
 			g.mu.Lock()
-			s.move(key, pos.level, next)
+			s.enter(key, m.offset, next)
 			g.mu.Unlock()
 		}
-		g.log.Info("record sent to retry topic", "topic", r.Topic, "partition", r.Partition, "offset", r.Offset, "level", next, "attempts", m.attempts)
+		g.log.Info("record sent to retry topic", "topic", r.Topic, "partition", r.Partition, "offset", r.Offset, "level", next, "retries", m.retries, "attempts", m.attempts)
 		return nil
 	}
-	return g.toDLQ(ctx, pos, r, m, s, err, st)
+	return g.toDLQ(ctx, pos, r, m, s, err, st, true)
 }
 
 // toDLQ dead-letters r, or returns the error that stops the group when
-// dead-lettering is off.
-func (g *Group) toDLQ(ctx context.Context, pos chainPos, r *kgo.Record, m meta, s *chainState, err error, st *Stats) error {
+// dead-lettering is off. In ordered modes, a record of the retry chain
+// that failed (head) is dead-lettered durably before its key's later
+// records may be handled: the dead letter and a marker in the retry
+// partition (which survives a crash with the record's uncommitted copies,
+// see loadStates) are acknowledged first.
+func (g *Group) toDLQ(ctx context.Context, pos chainPos, r *kgo.Record, m meta, s *chainState, err error, st *Stats, head bool) error {
 	if !g.cfg.policy.DeadLetter {
 		return fmt.Errorf("consumers: %s/%d@%d failed after %d attempts: %w", m.topic, m.partition, m.offset, m.attempts, err)
 	}
-	if dlErr := g.forward(ctx, r, m, err, 0); dlErr != nil {
-		return fmt.Errorf("consumers: %s/%d@%d: %w; dead-lettering failed: %w", m.topic, m.partition, m.offset, err, dlErr)
-	}
-	st.DeadLettered++
-	if s != nil && pos.level > 0 {
-		key := string(r.Key)
-		g.mu.Lock()
-		s.move(key, pos.level, 0)
+	key := string(r.Key)
+	if s == nil || pos.level == 0 || !head {
+		if dlErr := g.forward(ctx, r, m, err, 0); dlErr != nil {
+			return fmt.Errorf("consumers: %s/%d@%d: %w; dead-lettering failed: %w", m.topic, m.partition, m.offset, err, dlErr)
+		}
+		if s != nil && pos.level > 0 {
+			g.mu.Lock()
+			s.leave(key, m.offset)
+			g.mu.Unlock()
+		}
+	} else {
+		kind, deadThrough := markerSettled, int64(-1)
+		levels := []int{pos.level}
 		if g.cfg.policy.Ordering == OrderedDeadLetterRest {
-			s.markDead(key)
+			kind = markerDead
+			g.mu.Lock()
+			k := s.keys[key]
+			for _, o := range k.live {
+				if o != m.offset {
+					deadThrough = max(deadThrough, o)
+					if l := k.level[o]; !slices.Contains(levels, l) {
+						levels = append(levels, l)
+					}
+				}
+			}
+			g.mu.Unlock()
+		}
+		g.mu.Lock()
+		w := &markerWait{markers: len(levels), lower: map[tp]int64{}}
+		for l := 0; l <= len(g.cfg.policy.RetryDelays); l++ {
+			q := tp{pos.origin, r.Partition}
+			if l > 0 {
+				q.topic = RetryTopic(pos.origin, g.group, l)
+			}
+			w.lower[q] = g.processed[q]
+		}
+		if k := s.keys[key]; k != nil {
+			if k.waits == nil {
+				k.waits = map[int64]*markerWait{}
+			}
+			k.waits[m.offset] = w
+		}
+		g.mu.Unlock()
+		recs := []*kgo.Record{g.derived(r, m, DeadLetterTopic(m.topic, g.group), err, 0)}
+		for _, l := range levels {
+			recs = append(recs, g.marker(r.Key, m, l, r.Partition, kind, deadThrough))
+		}
+		pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+		perr := g.cl.ProduceSync(pctx, recs...).FirstErr()
+		cancel()
+		if perr != nil {
+			return fmt.Errorf("consumers: %s/%d@%d: %w; dead-lettering failed: %w", m.topic, m.partition, m.offset, err, perr)
+		}
+		g.mu.Lock()
+		s.leave(key, m.offset)
+		if k := s.keys[key]; k != nil && deadThrough >= 0 && len(k.live) > 0 {
+			k.deadMax = max(k.deadMax, deadThrough)
 		}
 		g.mu.Unlock()
 	}
+	st.DeadLettered++
 	g.log.Error("record dead-lettered", "topic", m.topic, "partition", m.partition, "offset", m.offset, "attempts", m.attempts, "reason", ErrorReason(err), "err", err)
 	return nil
 }
