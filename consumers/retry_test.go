@@ -282,6 +282,7 @@ func TestRetryTopics(t *testing.T) {
 				runLoad(t, seeds, loadCase{n: n / 2, keys: 200, failRate: 0.10, partitions: 4, ordering: consumers.OrderedResume, twoMembers: true})
 			})
 			t.Run("OrderedAfterDeadLetter", func(t *testing.T) { testAfterDeadLetter(t, seeds) })
+			t.Run("ReleasedFullLadder", func(t *testing.T) { testReleasedFullLadder(t, seeds) })
 			t.Run("Poison", func(t *testing.T) { testPoison(t, seeds) })
 			t.Run("MissingRetryTopic", func(t *testing.T) { testMissingRetryTopic(t, seeds) })
 		})
@@ -425,5 +426,64 @@ func testAfterDeadLetter(t *testing.T, seeds []string) {
 				}
 			}
 		})
+	}
+}
+
+// testReleasedFullLadder checks that a record released from parking gets
+// every delayed retry, like a record that failed first: a1, parked behind
+// the always failing a0 up to the last level, fails three more times
+// after a0 is dead-lettered and is handled on its fourth call.
+func testReleasedFullLadder(t *testing.T, seeds []string) {
+	topic := testenv.Topic(t, seeds, 1, nil)
+	group := testenv.Name("g")
+	policy := consumers.RetryTopics(10*time.Millisecond, 10*time.Millisecond, 10*time.Millisecond).KeepKeyOrder(consumers.OrderedResume).ThenDLQ()
+	createTopics(t, seeds, 1, policy.Topics(topic, group)...)
+	var recs []*kgo.Record
+	for _, v := range []string{"a0", "a1", "a2"} {
+		recs = append(recs, &kgo.Record{Topic: topic, Key: []byte("a"), Value: []byte(v)})
+	}
+	if err := testenv.Client(t, seeds).ProduceSync(t.Context(), recs...).FirstErr(); err != nil {
+		t.Fatal(err)
+	}
+	var (
+		mu    sync.Mutex
+		calls = map[string]int{}
+		got   []string
+	)
+	h := consumers.HandlerFunc(func(ctx context.Context, r *kgo.Record) error {
+		mu.Lock()
+		defer mu.Unlock()
+		v := string(r.Value)
+		calls[v]++
+		if v == "a0" || (v == "a1" && calls[v] <= 3) {
+			return fmt.Errorf("%s fails (call %d)", v, calls[v])
+		}
+		got = append(got, v)
+		return nil
+	})
+	g, err := consumers.New(seeds, group, []string{topic}, h, consumers.WithFailurePolicy(policy))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := runGroup(t, g, func() bool { mu.Lock(); defer mu.Unlock(); return len(got) == 2 }); err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(got) != "[a1 a2]" || calls["a0"] != 4 || calls["a1"] != 4 {
+		t.Fatalf("handled %v, calls %v; want [a1 a2] and 4 calls each of a0 and a1", got, calls)
+	}
+	if dlq := readAll(t, seeds, consumers.DeadLetterTopic(topic, group)); len(dlq) != 1 || string(dlq[0].Value) != "a0" {
+		t.Fatalf("dead letters %d, want a0 only", len(dlq))
+	}
+	// a1's own retries went through levels 1, 2, 3 with its rung.
+	var ladder []string
+	for l := 1; l <= 3; l++ {
+		for _, r := range readAll(t, seeds, consumers.RetryTopic(topic, group, l)) {
+			if string(r.Value) == "a1" && header(r, consumers.HeaderParked) != "true" {
+				ladder = append(ladder, header(r, consumers.HeaderLevel)+"/"+header(r, consumers.HeaderRetries))
+			}
+		}
+	}
+	if fmt.Sprint(ladder) != "[1/1 2/2 3/3]" {
+		t.Fatalf("a1's retry records (level/retries): %v, want [1/1 2/2 3/3]", ladder)
 	}
 }
