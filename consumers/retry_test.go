@@ -283,6 +283,7 @@ func TestRetryTopics(t *testing.T) {
 			})
 			t.Run("OrderedAfterDeadLetter", func(t *testing.T) { testAfterDeadLetter(t, seeds) })
 			t.Run("ReleasedFullLadder", func(t *testing.T) { testReleasedFullLadder(t, seeds) })
+			t.Run("DeadRestRestart", func(t *testing.T) { testDeadRestRestart(t, seeds) })
 			t.Run("Poison", func(t *testing.T) { testPoison(t, seeds) })
 			t.Run("MissingRetryTopic", func(t *testing.T) { testMissingRetryTopic(t, seeds) })
 		})
@@ -485,5 +486,95 @@ func testReleasedFullLadder(t *testing.T, seeds []string) {
 	}
 	if fmt.Sprint(ladder) != "[1/1 2/2 3/3]" {
 		t.Fatalf("a1's retry records (level/retries): %v, want [1/1 2/2 3/3]", ladder)
+	}
+}
+
+// testDeadRestRestart checks that OrderedDeadLetterRest's decision
+// survives a restart: a0 is dead-lettered while a1 and a2, parked behind
+// it, wait at retry level 1 behind b0 (not due yet); the group stops right
+// then, and a new member dead-letters a1 and a2 instead of handling them.
+func testDeadRestRestart(t *testing.T, seeds []string) {
+	topic := testenv.Topic(t, seeds, 1, nil)
+	group := testenv.Name("g")
+	policy := consumers.RetryTopics(2*time.Second, 10*time.Millisecond).KeepKeyOrder(consumers.OrderedDeadLetterRest).ThenDLQ()
+	createTopics(t, seeds, 1, policy.Topics(topic, group)...)
+	cl := testenv.Client(t, seeds)
+	send := func(vs ...string) {
+		t.Helper()
+		var recs []*kgo.Record
+		for _, v := range vs {
+			recs = append(recs, &kgo.Record{Topic: topic, Key: []byte(v[:1]), Value: []byte(v)})
+		}
+		if err := cl.ProduceSync(t.Context(), recs...).FirstErr(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var (
+		mu      sync.Mutex
+		calls   = map[string]int{}
+		handled []string
+		dead    atomic.Int64
+		sent    = make(chan struct{})
+		started bool
+	)
+	h := consumers.HandlerFunc(func(ctx context.Context, r *kgo.Record) error {
+		mu.Lock()
+		defer mu.Unlock()
+		v := string(r.Value)
+		calls[v]++
+		if v == "a0" || (v == "b0" && calls[v] == 1) {
+			return fmt.Errorf("%s fails", v)
+		}
+		handled = append(handled, v)
+		return nil
+	})
+	newGroup := func() *consumers.Group {
+		g, err := consumers.New(seeds, group, []string{topic}, h, consumers.WithFailurePolicy(policy),
+			consumers.WithStats(func(s consumers.Stats) { dead.Add(int64(s.DeadLettered)) }))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return g
+	}
+	send("a0")
+	err := runGroup(t, newGroup(), func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		if calls["a0"] == 1 && !started {
+			// a0 is at level 1 (due in 2s): b0 and a1, a2 follow it there,
+			// b0 due a second after a0.
+			started = true
+			go func() {
+				defer close(sent)
+				time.Sleep(time.Second)
+				send("b0", "a1", "a2")
+			}()
+		}
+		return dead.Load() > 0
+	})
+	if started {
+		<-sent
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	if len(handled) != 0 {
+		mu.Unlock()
+		t.Fatalf("handled %v before the restart, want nothing (a1, a2 wait behind b0)", handled)
+	}
+	mu.Unlock()
+	t.Log("restarting after a0 was dead-lettered")
+	if err := runGroup(t, newGroup(), func() bool { mu.Lock(); defer mu.Unlock(); return len(handled) > 0 && dead.Load() >= 3 }); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	var dlq []string
+	for _, r := range readAll(t, seeds, consumers.DeadLetterTopic(topic, group)) {
+		dlq = append(dlq, string(r.Value)+":"+header(r, consumers.HeaderReason))
+	}
+	if fmt.Sprint(handled) != "[b0]" || fmt.Sprint(dlq) != "[a0:retries-exhausted a1:parked-behind-dead-letter a2:parked-behind-dead-letter]" {
+		t.Fatalf("handled %v, dead letters %v; want b0 handled, a0 exhausted, a1 and a2 dead-lettered behind it", handled, dlq)
 	}
 }
