@@ -213,7 +213,28 @@ func testOrderedCrash(t *testing.T, seeds []string) {
 	}
 	for _, r := range recs {
 		if !handled[string(r.Value)] && !inDLQ[string(r.Value)] {
-			t.Fatalf("record %s lost", r.Value)
+			// Where its copies are, and the members' lifecycle.
+			var copies []string
+			for l := 1; l <= 2; l++ {
+				for _, c := range readAll(t, seeds, consumers.RetryTopic(topic, group, l)) {
+					if string(c.Value) == string(r.Value) || (string(c.Key) == string(r.Key) && header(c, consumers.HeaderMarker) != "") {
+						copies = append(copies, fmt.Sprintf("L%d@%d hop=%s retries=%s parked=%s marker=%s o=%s", l, c.Offset,
+							header(c, consumers.HeaderHop), header(c, consumers.HeaderRetries), header(c, consumers.HeaderParked),
+							header(c, consumers.HeaderMarker), header(c, consumers.HeaderOffset)))
+					}
+				}
+			}
+			offs, _ := adm.FetchOffsets(t.Context(), group)
+			var cm []string
+			offs.Each(func(o kadm.OffsetResponse) { cm = append(cm, fmt.Sprintf("%s/%d=%d", o.Topic, o.Partition, o.At)) })
+			logs, _ := os.ReadFile(file + ".log")
+			logs2, _ := os.ReadFile(file + ".log2")
+			for _, l := range strings.Split(string(logs)+"---- new member ----\n"+string(logs2), "\n") {
+				if strings.Contains(l, "loaded") || strings.Contains(l, "assigned") || strings.Contains(l, "revoked") || strings.Contains(l, "ERROR") || strings.Contains(l, "new member") {
+					t.Log(l)
+				}
+			}
+			t.Fatalf("record %s (origin offset %d) lost; copies and its key's markers: %v; committed: %v", r.Value, r.Offset, copies, cm)
 		}
 	}
 	t.Logf("%d handler calls in all, %d dead letters", len(seq), len(inDLQ))

@@ -897,12 +897,17 @@ func (g *Group) toDLQ(ctx context.Context, pos chainPos, r *kgo.Record, m meta, 
 			k.waits[m.offset] = w
 		}
 		g.mu.Unlock()
-		recs := []*kgo.Record{g.derived(r, m, DeadLetterTopic(m.topic, g.group), err, 0)}
+		// The dead letter first: a marker drops the record's copies, so
+		// it must never exist without the dead letter.
+		var markers []*kgo.Record
 		for _, l := range levels {
-			recs = append(recs, g.marker(r.Key, m, l, r.Partition, kind, deadThrough))
+			markers = append(markers, g.marker(r.Key, m, l, r.Partition, kind, deadThrough))
 		}
 		pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
-		perr := g.cl.ProduceSync(pctx, recs...).FirstErr()
+		perr := g.cl.ProduceSync(pctx, g.derived(r, m, DeadLetterTopic(m.topic, g.group), err, 0)).FirstErr()
+		if perr == nil {
+			perr = g.cl.ProduceSync(pctx, markers...).FirstErr()
+		}
 		cancel()
 		if perr != nil {
 			return fmt.Errorf("consumers: %s/%d@%d: %w; dead-lettering failed: %w", m.topic, m.partition, m.offset, err, perr)
