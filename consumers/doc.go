@@ -22,6 +22,24 @@
 //     finish, what finished is committed, the member leaves the group and
 //     Run returns nil.
 //
+// # Unreachable brokers
+//
+// At start, Run waits up to ConnectTimeout (15s by default) for a seed
+// broker to answer and otherwise returns an error matching ErrUnreachable
+// that names the seeds and the last dial error: a misconfigured address
+// fails fast instead of waiting silently. Once running, Run does not stop
+// when the brokers go away: franz-go reconnects with backoff, the group
+// logs one error when the outage starts ("brokers unreachable", repeated
+// every 30s while it lasts) and one line when they answer again, and
+// OnConnectivity tells a readiness probe. Records already fetched are
+// still handled; commits that fail are kept and retried with the next
+// commit; retry records and dead letters wait in the producer until
+// acknowledged. A member that loses its session during the outage rejoins
+// and resumes from the committed offsets, so records handled but not yet
+// committed are handled again (at-least-once). At shutdown or before a
+// rebalance, retry records not acknowledged within DrainTimeout leave
+// their progress uncommitted instead of blocking.
+//
 // # Failures
 //
 // A handler error goes to the FailurePolicy:

@@ -5,9 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"io"
 	"log/slog"
+	"net"
 	"slices"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/orchestrix/orchestrix"
@@ -44,6 +47,11 @@ type BatchHandler interface {
 type PartitionAware interface {
 	PartitionsRevoked(topic string, partitions []int32)
 }
+
+// ErrUnreachable is returned by Run when no seed broker answers within
+// ConnectTimeout at start (wrapped with the seeds and the last error).
+// Later outages do not stop Run: see the package documentation.
+var ErrUnreachable = errors.New("consumers: brokers unreachable")
 
 // ErrBlocked marks a record not processed because an earlier record of the
 // same key failed in the same batch.
@@ -86,6 +94,12 @@ type Group struct {
 	// pending queues, per partition, progress to commit once the retry
 	// records and dead letters its processing produced are acked.
 	pending map[tp][]pendingCommit
+	// retryCommit holds, per partition, progress whose commit failed (the
+	// broker unreachable): committed with the next commit.
+	retryCommit map[tp]*kgo.Record
+	// down is when the brokers became unreachable (zero: reachable);
+	// downLogged when that was last logged.
+	down, downLogged time.Time
 	// processed and committed are, per partition, the offset after the
 	// last record processed by a completed poll and the committed offset
 	// (ordered modes: dead-letter markers wait for them).
@@ -102,6 +116,8 @@ type config struct {
 	logger         *slog.Logger
 	onStats        func(Stats)
 	startOffset    kgo.Offset
+	connectTimeout time.Duration
+	onConn         func(up bool, err error)
 }
 
 // Option configures a Group.
@@ -136,6 +152,15 @@ func WithLogger(l *slog.Logger) Option { return func(c *config) { c.logger = l }
 // poll, for lag and throughput metrics. It must not block.
 func WithStats(f func(Stats)) Option { return func(c *config) { c.onStats = f } }
 
+// ConnectTimeout bounds how long Run waits at start for a seed broker to
+// answer before it returns ErrUnreachable (default 15s).
+func ConnectTimeout(d time.Duration) Option { return func(c *config) { c.connectTimeout = d } }
+
+// OnConnectivity sets a callback called when the group loses contact with
+// the brokers (up false, with the error seen) and when it regains it (up
+// true), e.g. for a readiness probe. It must not block.
+func OnConnectivity(f func(up bool, err error)) Option { return func(c *config) { c.onConn = f } }
+
 // StartAtEnd makes a group without committed offsets start at the end of
 // the partitions (default: the start).
 func StartAtEnd() Option { return func(c *config) { c.startOffset = kgo.NewOffset().AtEnd() } }
@@ -143,7 +168,8 @@ func StartAtEnd() Option { return func(c *config) { c.startOffset = kgo.NewOffse
 // New returns a group named group reading topics from the seed brokers,
 // after checking the whole configuration.
 func New(seeds []string, group string, topics []string, h Handler, opts ...Option) (*Group, error) {
-	cfg := config{keyConcurrency: 1, maxPoll: 1000, drainTimeout: 30 * time.Second, policy: DefaultFailurePolicy(), seeds: seeds, startOffset: kgo.NewOffset().AtStart()}
+	cfg := config{keyConcurrency: 1, maxPoll: 1000, drainTimeout: 30 * time.Second, policy: DefaultFailurePolicy(), seeds: seeds,
+		startOffset: kgo.NewOffset().AtStart(), connectTimeout: 15 * time.Second}
 	for _, o := range opts {
 		o(&cfg)
 	}
@@ -160,8 +186,9 @@ func New(seeds []string, group string, topics []string, h Handler, opts ...Optio
 	if h == nil {
 		errs = append(errs, errors.New("nil handler"))
 	}
-	if cfg.keyConcurrency < 1 || cfg.maxPoll < 1 || cfg.drainTimeout <= 0 {
-		errs = append(errs, fmt.Errorf("key concurrency %d, max poll %d and drain timeout %s must be positive", cfg.keyConcurrency, cfg.maxPoll, cfg.drainTimeout))
+	if cfg.keyConcurrency < 1 || cfg.maxPoll < 1 || cfg.drainTimeout <= 0 || cfg.connectTimeout <= 0 {
+		errs = append(errs, fmt.Errorf("key concurrency %d, max poll %d, drain timeout %s and connect timeout %s must be positive",
+			cfg.keyConcurrency, cfg.maxPoll, cfg.drainTimeout, cfg.connectTimeout))
 	}
 	if err := cfg.policy.validate(); err != nil {
 		errs = append(errs, err)
@@ -175,7 +202,7 @@ func New(seeds []string, group string, topics []string, h Handler, opts ...Optio
 	}
 	g := &Group{cfg: cfg, topics: topics, group: group, h: h, log: log.With("group", group),
 		chain: map[string]chainPos{}, states: map[tp]*chainState{}, held: map[tp]*heldRecs{}, pending: map[tp][]pendingCommit{},
-		processed: map[tp]int64{}, committed: map[tp]int64{}}
+		processed: map[tp]int64{}, committed: map[tp]int64{}, retryCommit: map[tp]*kgo.Record{}}
 	consume := append([]string(nil), topics...)
 	for _, t := range topics {
 		g.chain[t] = chainPos{origin: t}
@@ -242,6 +269,7 @@ func (g *Group) revoked(ctx context.Context, cl *kgo.Client, lost map[string][]i
 			delete(g.states, tp{pos.origin, p})
 			delete(g.processed, tp{topic, p})
 			delete(g.committed, tp{topic, p})
+			delete(g.retryCommit, tp{topic, p})
 			if _, w := g.held[tp{topic, p}]; w {
 				// Dropped: the next owner fetches them again from the
 				// committed offset.
@@ -264,9 +292,15 @@ func (g *Group) revoked(ctx context.Context, cl *kgo.Client, lost map[string][]i
 
 // Run consumes until ctx ends (then drains, commits and returns nil) or a
 // record fails beyond the failure policy (then returns that error after
-// committing everything before it). It closes the client when it returns.
+// committing everything before it). It first waits up to ConnectTimeout
+// for a seed broker to answer and returns an error matching
+// ErrUnreachable if none does. Losing the brokers later does not stop it
+// (see the package documentation). It closes the client when it returns.
 func (g *Group) Run(ctx context.Context) error {
 	defer g.cl.Close()
+	if err := g.connect(ctx); err != nil || ctx.Err() != nil {
+		return err
+	}
 	if err := g.checkTopics(ctx); err != nil {
 		return err
 	}
@@ -276,6 +310,10 @@ func (g *Group) Run(ctx context.Context) error {
 		if g.hasPending() && (!ok || time.Until(due) > 10*time.Millisecond) {
 			// Come back soon to commit progress waiting for acks.
 			due, ok = time.Now().Add(10*time.Millisecond), true
+		}
+		if g.isDown() && (!ok || time.Until(due) > time.Second) {
+			// Check every second whether the brokers are back.
+			due, ok = time.Now().Add(time.Second), true
 		}
 		if ok {
 			// Wake up when the first held retry record is due.
@@ -289,17 +327,104 @@ func (g *Group) Run(ctx context.Context) error {
 			g.log.Info("stopping: context done")
 			return err
 		}
+		var connErr error
 		fetches.EachError(func(topic string, p int32, err error) {
-			if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
-				return
+			switch {
+			case errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded):
+			case isConnError(err):
+				connErr = err
+			default:
+				g.log.Warn("fetch error", "topic", topic, "partition", p, "err", err)
 			}
-			g.log.Warn("fetch error", "topic", topic, "partition", p, "err", err)
 		})
+		if connErr != nil {
+			g.brokersDown(connErr)
+		} else if g.isDown() {
+			g.probe(ctx)
+		}
 		err := g.process(ctx, fetches)
 		g.cl.AllowRebalance()
 		if err != nil {
 			return err
 		}
+	}
+}
+
+// connect waits up to ConnectTimeout for a seed broker to answer.
+func (g *Group) connect(ctx context.Context) error {
+	cctx, cancel := context.WithTimeout(ctx, g.cfg.connectTimeout)
+	defer cancel()
+	var err error
+	for wait := 100 * time.Millisecond; ; wait = min(2*wait, 2*time.Second) {
+		if err = g.cl.Ping(cctx); err == nil {
+			return nil
+		}
+		g.log.Warn("brokers unreachable at start, retrying", "seeds", g.cfg.seeds, "err", err)
+		select {
+		case <-cctx.Done():
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("%w: none of the seed brokers %v answered within %s: %w", ErrUnreachable, g.cfg.seeds, g.cfg.connectTimeout, err)
+		case <-time.After(wait):
+		}
+	}
+}
+
+// isConnError reports whether err says a broker could not be reached.
+func isConnError(err error) bool {
+	var op *net.OpError
+	return errors.As(err, &op) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET)
+}
+
+func (g *Group) isDown() bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return !g.down.IsZero()
+}
+
+// brokersDown notes that the brokers could not be reached: logged as an
+// error when the outage starts and every 30s while it lasts.
+func (g *Group) brokersDown(err error) {
+	g.mu.Lock()
+	now := time.Now()
+	first := g.down.IsZero()
+	if first {
+		g.down = now
+	}
+	logIt := first || now.Sub(g.downLogged) >= 30*time.Second
+	if logIt {
+		g.downLogged = now
+	}
+	since := g.down
+	g.mu.Unlock()
+	if logIt {
+		g.log.Error("brokers unreachable: retrying; processing and commits resume when they are back",
+			"seeds", g.cfg.seeds, "down for", now.Sub(since).Round(time.Millisecond), "err", err)
+	}
+	if first && g.cfg.onConn != nil {
+		g.cfg.onConn(false, err)
+	}
+}
+
+// probe checks, during an outage, whether a broker answers again.
+func (g *Group) probe(ctx context.Context) {
+	pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	if err := g.cl.Ping(pctx); err != nil {
+		if ctx.Err() == nil {
+			g.brokersDown(err)
+		}
+		return
+	}
+	g.mu.Lock()
+	since := g.down
+	g.down = time.Time{}
+	g.mu.Unlock()
+	g.log.Info("brokers reachable again", "seeds", g.cfg.seeds, "down for", time.Since(since).Round(time.Millisecond))
+	if g.cfg.onConn != nil {
+		g.cfg.onConn(true, nil)
 	}
 }
 
@@ -462,16 +587,50 @@ func (g *Group) process(ctx context.Context, fetches kgo.Fetches) error {
 		errs = append(errs, err)
 	}
 	commit = append(commit, ready...)
-	if len(commit) > 0 {
-		cctx, ccancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
-		defer ccancel()
-		if err := g.cl.CommitRecords(cctx, commit...); err != nil {
-			errs = append(errs, fmt.Errorf("consumers: commit: %w", err))
-		} else {
-			g.noteCommitted(commit)
-		}
+	if err := g.commit(ctx, commit, len(errs) > 0); err != nil {
+		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
+}
+
+// commit commits recs and the progress whose commit failed before. A
+// failure is not fatal unless final (the group stops): the progress is
+// kept and committed with the next commit (at-least-once: a crash before
+// that replays it).
+func (g *Group) commit(ctx context.Context, recs []*kgo.Record, final bool) error {
+	g.mu.Lock()
+	for _, r := range g.retryCommit {
+		recs = append(recs, r)
+	}
+	clear(g.retryCommit)
+	g.mu.Unlock()
+	if len(recs) == 0 {
+		return nil
+	}
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	defer cancel()
+	err := g.cl.CommitRecords(cctx, recs...)
+	if err == nil {
+		g.noteCommitted(recs)
+		return nil
+	}
+	if final {
+		return fmt.Errorf("consumers: commit: %w", err)
+	}
+	g.mu.Lock()
+	for _, r := range recs {
+		k := tp{r.Topic, r.Partition}
+		if old := g.retryCommit[k]; old == nil || old.Offset < r.Offset {
+			g.retryCommit[k] = r
+		}
+	}
+	g.mu.Unlock()
+	if isConnError(err) || errors.Is(err, context.DeadlineExceeded) {
+		g.brokersDown(err)
+	} else {
+		g.log.Warn("commit failed, retrying with the next commit", "err", err)
+	}
+	return nil
 }
 
 // noteCommitted records the offsets committed for recs.

@@ -222,6 +222,18 @@ func (f *flight) done(err error) {
 // landed reports whether every record of the flight was acked or failed.
 func (f *flight) landed() bool { return f.pending.Load() == 0 }
 
+// waitFor waits up to d for the flight to land.
+func (f *flight) waitFor(d time.Duration) bool {
+	done := make(chan struct{})
+	go func() { f.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+		return true
+	case <-time.After(d):
+		return false
+	}
+}
+
 func (f *flight) wait() error {
 	f.wg.Wait()
 	f.mu.Lock()
@@ -296,7 +308,11 @@ func (g *Group) readyCommits(block bool) ([]*kgo.Record, error) {
 		n := 0
 		var last *kgo.Record
 		for _, pc := range q {
-			if !block && !pc.fl.landed() {
+			if !pc.fl.landed() && (!block || !pc.fl.waitFor(g.cfg.drainTimeout)) {
+				if block {
+					g.log.Warn("retry records or dead letters not acknowledged in time: progress left uncommitted",
+						"topic", k.topic, "partition", k.partition)
+				}
 				break
 			}
 			if err := pc.fl.wait(); err != nil {
@@ -328,17 +344,10 @@ func (g *Group) hasPending() bool {
 	return len(g.pending) > 0
 }
 
-// commitReady commits the queued progress whose flights landed.
-func (g *Group) commitReady(ctx context.Context, cl *kgo.Client, block bool) error {
+// commitReady commits the queued progress whose flights landed (with
+// block, before a rebalance or at shutdown, it waits up to DrainTimeout
+// for the others).
+func (g *Group) commitReady(ctx context.Context, _ *kgo.Client, block bool) error {
 	recs, err := g.readyCommits(block)
-	if len(recs) > 0 {
-		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
-		defer cancel()
-		if cerr := cl.CommitRecords(cctx, recs...); cerr != nil {
-			err = errors.Join(err, fmt.Errorf("consumers: commit: %w", cerr))
-		} else {
-			g.noteCommitted(recs)
-		}
-	}
-	return err
+	return errors.Join(err, g.commit(ctx, recs, block))
 }
