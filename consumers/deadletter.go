@@ -43,6 +43,30 @@ const (
 	// HeaderRedrives counts how often a dead letter was redriven (set by
 	// `orchestrix dlq redrive`, kept through retries and dead-lettering).
 	HeaderRedrives = HeaderPrefix + "redrives"
+	// HeaderRetries counts the delayed retries a record had (its rung on
+	// the ladder of RetryDelays). It equals HeaderLevel except for records
+	// that were parked (ordered modes), which climb levels unhandled.
+	HeaderRetries = HeaderPrefix + "retries"
+	// HeaderDeadKey is "true" on a record parked behind a dead-lettered
+	// record of its key under OrderedDeadLetterRest: it is dead-lettered
+	// unhandled when its turn comes.
+	HeaderDeadKey = HeaderPrefix + "dead-key"
+	// HeaderMarker marks a record of a retry topic that is not a record
+	// but a note for the runtime (ordered modes), never handed to a
+	// handler: "settled" says the record at HeaderOffset was
+	// dead-lettered, "dead" also that the records of its key up to
+	// HeaderDeadThrough are to be dead-lettered (OrderedDeadLetterRest).
+	HeaderMarker = HeaderPrefix + "marker"
+	// HeaderHop counts how often the record was produced into the retry
+	// topics: of two copies of one record, the higher hop is the newer.
+	HeaderHop         = HeaderPrefix + "hop"
+	HeaderDeadThrough = HeaderPrefix + "dead-through"
+)
+
+// Marker kinds (HeaderMarker).
+const (
+	markerSettled = "settled"
+	markerDead    = "dead"
 )
 
 // DeadLetterTopic returns the dead-letter topic of a topic for a group:
@@ -61,6 +85,12 @@ type meta struct {
 	parked         bool
 	redrives       int
 	hasOriginTrail bool
+	// retries is the record's rung on the retry ladder (-1: no header).
+	retries     int
+	hop         int
+	deadKey     bool
+	marker      string
+	deadThrough int64
 }
 
 func headerTime(v string) time.Time {
@@ -74,7 +104,7 @@ func headerTime(v string) time.Time {
 // readMeta reads r's history headers. A record without them (an origin
 // record, or a malformed retry record) gets its own coordinates.
 func readMeta(r *kgo.Record, originTopic string) meta {
-	m := meta{topic: originTopic, partition: r.Partition, offset: r.Offset, ts: r.Timestamp}
+	m := meta{topic: originTopic, partition: r.Partition, offset: r.Offset, ts: r.Timestamp, retries: -1, hop: -1, deadThrough: -1}
 	for _, h := range r.Headers {
 		if !strings.HasPrefix(h.Key, HeaderPrefix) {
 			continue
@@ -113,14 +143,52 @@ func readMeta(r *kgo.Record, originTopic string) meta {
 			if n, err := strconv.Atoi(v); err == nil && n >= 0 {
 				m.redrives = n
 			}
+		case HeaderRetries:
+			if n, err := strconv.Atoi(v); err == nil && n >= 0 {
+				m.retries = n
+			}
+		case HeaderHop:
+			if n, err := strconv.Atoi(v); err == nil && n >= 0 {
+				m.hop = n
+			}
+		case HeaderDeadKey:
+			m.deadKey = v == "true"
+		case HeaderMarker:
+			m.marker = v
+		case HeaderDeadThrough:
+			if n, err := strconv.ParseInt(v, 10, 64); err == nil {
+				m.deadThrough = n
+			}
 		}
 	}
 	if originTopic == r.Topic {
 		// An origin record: its own coordinates win over any trail a
 		// redrive left behind.
 		m.topic, m.partition, m.offset, m.ts = r.Topic, r.Partition, r.Offset, r.Timestamp
+		m.retries, m.hop, m.parked, m.deadKey, m.marker = 0, 0, false, false, ""
 	}
 	return m
+}
+
+// rung returns how many delayed retries the record had: its header, or
+// for records written without it, its level (0 for a parked record).
+func (m meta) rung(level int) int {
+	switch {
+	case m.retries >= 0:
+		return m.retries
+	case m.parked:
+		return 0
+	}
+	return level
+}
+
+// hopAt returns the record's hop count: its header, or its level for
+// records written without it.
+func (m meta) hopAt(level int) int {
+	if m.hop >= 0 {
+		return m.hop
+	}
+	return level
 }
 
 // derived builds the record r becomes in topic dest: the original key,
@@ -163,8 +231,34 @@ func (g *Group) derived(r *kgo.Record, m meta, dest string, cause error, level i
 	if m.redrives > 0 {
 		add(HeaderRedrives, strconv.Itoa(m.redrives))
 	}
+	if level > 0 && m.retries >= 0 {
+		add(HeaderRetries, strconv.Itoa(m.retries))
+	}
+	if level > 0 {
+		add(HeaderHop, strconv.Itoa(max(m.hop, 0)+1))
+	}
+	if level > 0 && m.deadKey {
+		add(HeaderDeadKey, "true")
+	}
 	out := &kgo.Record{Topic: dest, Key: r.Key, Value: r.Value, Headers: headers, Partition: r.Partition}
 	return out
+}
+
+// marker builds a dead-letter marker for the record of key at origin
+// offset m.offset, for retry level level of partition p.
+func (g *Group) marker(key []byte, m meta, level int, p int32, kind string, deadThrough int64) *kgo.Record {
+	headers := []kgo.RecordHeader{
+		{Key: HeaderTopic, Value: []byte(m.topic)},
+		{Key: HeaderPartition, Value: []byte(strconv.Itoa(int(m.partition)))},
+		{Key: HeaderOffset, Value: []byte(strconv.FormatInt(m.offset, 10))},
+		{Key: HeaderGroup, Value: []byte(g.group)},
+		{Key: HeaderLevel, Value: []byte(strconv.Itoa(level))},
+		{Key: HeaderMarker, Value: []byte(kind)},
+	}
+	if kind == markerDead {
+		headers = append(headers, kgo.RecordHeader{Key: HeaderDeadThrough, Value: []byte(strconv.FormatInt(deadThrough, 10))})
+	}
+	return &kgo.Record{Topic: RetryTopic(m.topic, g.group, level), Partition: p, Key: key, Headers: headers}
 }
 
 // truncate cuts s to at most n bytes without splitting a UTF-8 sequence.

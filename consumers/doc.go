@@ -22,6 +22,24 @@
 //     finish, what finished is committed, the member leaves the group and
 //     Run returns nil.
 //
+// # Unreachable brokers
+//
+// At start, Run waits up to ConnectTimeout (15s by default) for a seed
+// broker to answer and otherwise returns an error matching ErrUnreachable
+// that names the seeds and the last dial error: a misconfigured address
+// fails fast instead of waiting silently. Once running, Run does not stop
+// when the brokers go away: franz-go reconnects with backoff, the group
+// logs one error when the outage starts ("brokers unreachable", repeated
+// every 30s while it lasts) and one line when they answer again, and
+// OnConnectivity tells a readiness probe. Records already fetched are
+// still handled; commits that fail are kept and retried with the next
+// commit; retry records and dead letters wait in the producer until
+// acknowledged. A member that loses its session during the outage rejoins
+// and resumes from the committed offsets, so records handled but not yet
+// committed are handled again (at-least-once). At shutdown or before a
+// rebalance, retry records not acknowledged within DrainTimeout leave
+// their progress uncommitted instead of blocking.
+//
 // # Failures
 //
 // A handler error goes to the FailurePolicy:
@@ -66,46 +84,64 @@
 //
 // The parked records live in the retry topics themselves, not in a
 // separate store: a record whose key is in the chain is forwarded,
-// unhandled (header HeaderParked), to retry level 1 of the same
-// partition, behind its key's earlier records. At level n, a record whose
-// key still has records at a higher level is forwarded, unhandled, to
-// level n+1; otherwise it is its key's oldest record and is handled (a
-// parked record without waiting for a due time). Because every level is a
-// FIFO partition and records only move up one level at a time in order,
-// a key's records, read from the highest level down, are always in their
-// original order, so a key is released in order when its head succeeds.
-// When the head is dead-lettered, OrderedResume handles the parked records
-// in order; OrderedDeadLetterRest dead-letters the records of the key
-// still in the chain (reason ErrParkedBehindDeadLetter) until it is empty.
-// A record released from parking that fails continues from the level it
-// was released at (moving down the ladder could let its followers
-// overtake it), so it may get fewer delayed retries than its head — down
-// to one attempt at the last level. With ordered modes, give the ladder
-// more levels than you would without. After a crash, a duplicate of a
-// record that was dead-lettered can reach the handler later, out of order,
-// under OrderedResume (at-least-once: the chain holds the copy the crash
-// left uncommitted).
+// unhandled (header HeaderParked), to the retry level where its key's
+// oldest record is, behind it. A record of the chain is handled only when
+// it is its key's oldest record in the chain; otherwise it is parked
+// again behind that one. A record that fails climbs the ladder by its own
+// count of delayed retries (header HeaderRetries), at the level whose delay
+// is next (retry n goes to level n), so a record released from parking
+// gets all delayed retries, like any other; its key's later records
+// follow it to that level. When the head is dead-lettered,
+// OrderedResume handles the parked records in order;
+// OrderedDeadLetterRest dead-letters the records of the key then in the
+// chain, and those parked behind them (header HeaderDeadKey), until the
+// key's chain is empty (reason ErrParkedBehindDeadLetter).
 //
 // Why this design: the state that must survive restarts and rebalances is
 // the chain itself, which Kafka already stores durably and in order; no
 // second source of truth (a compacted state topic, a database) can
-// disagree with it. The in-memory set of parked keys (how many records of
-// each key wait at each level) is rebuilt when a partition is assigned,
-// by reading each retry level's partition from the group's committed
-// offset to its end. It needs one member to own partition p of a topic and
-// of all its retry topics: ordered modes require the retry topics to have
-// as many partitions as the topic (Run checks), place retry records in the
-// origin partition, and use range assignment (kgo.RangeBalancer), which
-// gives equal-numbered partitions of equally partitioned topics to the
-// same member. One limit: the "dead" mark of OrderedDeadLetterRest is in
-// memory only; after a restart between a head's dead-lettering and its
-// parked records' turn, those are handled (as with OrderedResume).
+// disagree with it. The in-memory state (each key's records in the chain,
+// by origin offset, and their levels) is rebuilt when a partition is
+// assigned, by reading each retry level's partition from the group's
+// committed offset to its end. It needs one member to own partition p of a
+// topic and of all its retry topics: ordered modes require the retry
+// topics to have as many partitions as the topic (Run checks), place retry
+// records in the origin partition, and use range assignment
+// (kgo.RangeBalancer), which gives equal-numbered partitions of equally
+// partitioned topics to the same member.
+//
+// A crash leaves copies behind: a record forwarded to its next level
+// stays uncommitted at the previous one (and at the origin) until the
+// forward is acknowledged and committed. Rebuilding therefore identifies
+// every copy by its origin offset and keeps only the newest (header
+// HeaderHop); older copies are dropped when reached, and so are origin
+// records of a key at or below an offset already in its chain (a replay).
+// A dead-lettered head is the one case where replaying a copy would break
+// the order — its successors were handled, so handling its copy again
+// would be a first handling after them. So, in ordered modes, a head is
+// dead-lettered durably before its key moves on: the dead letter and a
+// marker record (header HeaderMarker, with the head's origin offset and,
+// for OrderedDeadLetterRest, the last origin offset of the key then in
+// the chain) are produced to the retry partitions and acknowledged first.
+// The marker sits behind the head's copy, so it is read back with it
+// after a crash, and the copy is dropped. A marker is committed past only
+// once every older copy of its record is committed (the origin record,
+// the chain partitions as processed when it was written, and any stale
+// copy known from rebuilding), so no copy outlives it. The same marker
+// carries OrderedDeadLetterRest's decision across restarts.
 //
 // Delivery is at-least-once: a handler sees a record again after a crash
 // or a lost partition, so effects must be idempotent or, as the aggregate
 // processor and projections do, recorded with what they consumed.
 // Retry records can be duplicated the same way; a handler that records
 // consumed offsets must expect a retried record's older origin offset.
+// In ordered modes, copies left by a crash are dropped (see above), so a
+// key's records reach the handler for the first time in order; only a
+// record whose handling succeeded may be seen again, before its key's
+// later records are. One limit: a record failing permanently at the
+// origin is dead-lettered without a marker, so after a crash before its
+// offset is committed it is handled again (a permanent error is expected
+// to fail again).
 //
 // The CLI's `orchestrix dlq list|show|redrive|purge` works on the
 // dead-letter topics (see docs/failures.md).

@@ -5,8 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"io"
 	"log/slog"
+	"net"
+	"slices"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/orchestrix/orchestrix"
@@ -43,6 +47,11 @@ type BatchHandler interface {
 type PartitionAware interface {
 	PartitionsRevoked(topic string, partitions []int32)
 }
+
+// ErrUnreachable is returned by Run when no seed broker answers within
+// ConnectTimeout at start (wrapped with the seeds and the last error).
+// Later outages do not stop Run: see the package documentation.
+var ErrUnreachable = errors.New("consumers: brokers unreachable")
 
 // ErrBlocked marks a record not processed because an earlier record of the
 // same key failed in the same batch.
@@ -85,6 +94,16 @@ type Group struct {
 	// pending queues, per partition, progress to commit once the retry
 	// records and dead letters its processing produced are acked.
 	pending map[tp][]pendingCommit
+	// retryCommit holds, per partition, progress whose commit failed (the
+	// broker unreachable): committed with the next commit.
+	retryCommit map[tp]*kgo.Record
+	// down is when the brokers became unreachable (zero: reachable);
+	// downLogged when that was last logged.
+	down, downLogged time.Time
+	// processed and committed are, per partition, the offset after the
+	// last record processed by a completed poll and the committed offset
+	// (ordered modes: dead-letter markers wait for them).
+	processed, committed map[tp]int64
 }
 
 type config struct {
@@ -97,6 +116,8 @@ type config struct {
 	logger         *slog.Logger
 	onStats        func(Stats)
 	startOffset    kgo.Offset
+	connectTimeout time.Duration
+	onConn         func(up bool, err error)
 }
 
 // Option configures a Group.
@@ -131,6 +152,15 @@ func WithLogger(l *slog.Logger) Option { return func(c *config) { c.logger = l }
 // poll, for lag and throughput metrics. It must not block.
 func WithStats(f func(Stats)) Option { return func(c *config) { c.onStats = f } }
 
+// ConnectTimeout bounds how long Run waits at start for a seed broker to
+// answer before it returns ErrUnreachable (default 15s).
+func ConnectTimeout(d time.Duration) Option { return func(c *config) { c.connectTimeout = d } }
+
+// OnConnectivity sets a callback called when the group loses contact with
+// the brokers (up false, with the error seen) and when it regains it (up
+// true), e.g. for a readiness probe. It must not block.
+func OnConnectivity(f func(up bool, err error)) Option { return func(c *config) { c.onConn = f } }
+
 // StartAtEnd makes a group without committed offsets start at the end of
 // the partitions (default: the start).
 func StartAtEnd() Option { return func(c *config) { c.startOffset = kgo.NewOffset().AtEnd() } }
@@ -138,7 +168,8 @@ func StartAtEnd() Option { return func(c *config) { c.startOffset = kgo.NewOffse
 // New returns a group named group reading topics from the seed brokers,
 // after checking the whole configuration.
 func New(seeds []string, group string, topics []string, h Handler, opts ...Option) (*Group, error) {
-	cfg := config{keyConcurrency: 1, maxPoll: 1000, drainTimeout: 30 * time.Second, policy: DefaultFailurePolicy(), seeds: seeds, startOffset: kgo.NewOffset().AtStart()}
+	cfg := config{keyConcurrency: 1, maxPoll: 1000, drainTimeout: 30 * time.Second, policy: DefaultFailurePolicy(), seeds: seeds,
+		startOffset: kgo.NewOffset().AtStart(), connectTimeout: 15 * time.Second}
 	for _, o := range opts {
 		o(&cfg)
 	}
@@ -155,8 +186,9 @@ func New(seeds []string, group string, topics []string, h Handler, opts ...Optio
 	if h == nil {
 		errs = append(errs, errors.New("nil handler"))
 	}
-	if cfg.keyConcurrency < 1 || cfg.maxPoll < 1 || cfg.drainTimeout <= 0 {
-		errs = append(errs, fmt.Errorf("key concurrency %d, max poll %d and drain timeout %s must be positive", cfg.keyConcurrency, cfg.maxPoll, cfg.drainTimeout))
+	if cfg.keyConcurrency < 1 || cfg.maxPoll < 1 || cfg.drainTimeout <= 0 || cfg.connectTimeout <= 0 {
+		errs = append(errs, fmt.Errorf("key concurrency %d, max poll %d, drain timeout %s and connect timeout %s must be positive",
+			cfg.keyConcurrency, cfg.maxPoll, cfg.drainTimeout, cfg.connectTimeout))
 	}
 	if err := cfg.policy.validate(); err != nil {
 		errs = append(errs, err)
@@ -169,7 +201,8 @@ func New(seeds []string, group string, topics []string, h Handler, opts ...Optio
 		log = slog.New(slog.DiscardHandler)
 	}
 	g := &Group{cfg: cfg, topics: topics, group: group, h: h, log: log.With("group", group),
-		chain: map[string]chainPos{}, states: map[tp]*chainState{}, held: map[tp]*heldRecs{}, pending: map[tp][]pendingCommit{}}
+		chain: map[string]chainPos{}, states: map[tp]*chainState{}, held: map[tp]*heldRecs{}, pending: map[tp][]pendingCommit{},
+		processed: map[tp]int64{}, committed: map[tp]int64{}, retryCommit: map[tp]*kgo.Record{}}
 	consume := append([]string(nil), topics...)
 	for _, t := range topics {
 		g.chain[t] = chainPos{origin: t}
@@ -234,6 +267,9 @@ func (g *Group) revoked(ctx context.Context, cl *kgo.Client, lost map[string][]i
 		pos := g.chain[topic]
 		for _, p := range parts {
 			delete(g.states, tp{pos.origin, p})
+			delete(g.processed, tp{topic, p})
+			delete(g.committed, tp{topic, p})
+			delete(g.retryCommit, tp{topic, p})
 			if _, w := g.held[tp{topic, p}]; w {
 				// Dropped: the next owner fetches them again from the
 				// committed offset.
@@ -256,9 +292,15 @@ func (g *Group) revoked(ctx context.Context, cl *kgo.Client, lost map[string][]i
 
 // Run consumes until ctx ends (then drains, commits and returns nil) or a
 // record fails beyond the failure policy (then returns that error after
-// committing everything before it). It closes the client when it returns.
+// committing everything before it). It first waits up to ConnectTimeout
+// for a seed broker to answer and returns an error matching
+// ErrUnreachable if none does. Losing the brokers later does not stop it
+// (see the package documentation). It closes the client when it returns.
 func (g *Group) Run(ctx context.Context) error {
 	defer g.cl.Close()
+	if err := g.connect(ctx); err != nil || ctx.Err() != nil {
+		return err
+	}
 	if err := g.checkTopics(ctx); err != nil {
 		return err
 	}
@@ -268,6 +310,10 @@ func (g *Group) Run(ctx context.Context) error {
 		if g.hasPending() && (!ok || time.Until(due) > 10*time.Millisecond) {
 			// Come back soon to commit progress waiting for acks.
 			due, ok = time.Now().Add(10*time.Millisecond), true
+		}
+		if g.isDown() && (!ok || time.Until(due) > time.Second) {
+			// Check every second whether the brokers are back.
+			due, ok = time.Now().Add(time.Second), true
 		}
 		if ok {
 			// Wake up when the first held retry record is due.
@@ -281,17 +327,104 @@ func (g *Group) Run(ctx context.Context) error {
 			g.log.Info("stopping: context done")
 			return err
 		}
+		var connErr error
 		fetches.EachError(func(topic string, p int32, err error) {
-			if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
-				return
+			switch {
+			case errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded):
+			case isConnError(err):
+				connErr = err
+			default:
+				g.log.Warn("fetch error", "topic", topic, "partition", p, "err", err)
 			}
-			g.log.Warn("fetch error", "topic", topic, "partition", p, "err", err)
 		})
+		if connErr != nil {
+			g.brokersDown(connErr)
+		} else if g.isDown() {
+			g.probe(ctx)
+		}
 		err := g.process(ctx, fetches)
 		g.cl.AllowRebalance()
 		if err != nil {
 			return err
 		}
+	}
+}
+
+// connect waits up to ConnectTimeout for a seed broker to answer.
+func (g *Group) connect(ctx context.Context) error {
+	cctx, cancel := context.WithTimeout(ctx, g.cfg.connectTimeout)
+	defer cancel()
+	var err error
+	for wait := 100 * time.Millisecond; ; wait = min(2*wait, 2*time.Second) {
+		if err = g.cl.Ping(cctx); err == nil {
+			return nil
+		}
+		g.log.Warn("brokers unreachable at start, retrying", "seeds", g.cfg.seeds, "err", err)
+		select {
+		case <-cctx.Done():
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("%w: none of the seed brokers %v answered within %s: %w", ErrUnreachable, g.cfg.seeds, g.cfg.connectTimeout, err)
+		case <-time.After(wait):
+		}
+	}
+}
+
+// isConnError reports whether err says a broker could not be reached.
+func isConnError(err error) bool {
+	var op *net.OpError
+	return errors.As(err, &op) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET)
+}
+
+func (g *Group) isDown() bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return !g.down.IsZero()
+}
+
+// brokersDown notes that the brokers could not be reached: logged as an
+// error when the outage starts and every 30s while it lasts.
+func (g *Group) brokersDown(err error) {
+	g.mu.Lock()
+	now := time.Now()
+	first := g.down.IsZero()
+	if first {
+		g.down = now
+	}
+	logIt := first || now.Sub(g.downLogged) >= 30*time.Second
+	if logIt {
+		g.downLogged = now
+	}
+	since := g.down
+	g.mu.Unlock()
+	if logIt {
+		g.log.Error("brokers unreachable: retrying; processing and commits resume when they are back",
+			"seeds", g.cfg.seeds, "down for", now.Sub(since).Round(time.Millisecond), "err", err)
+	}
+	if first && g.cfg.onConn != nil {
+		g.cfg.onConn(false, err)
+	}
+}
+
+// probe checks, during an outage, whether a broker answers again.
+func (g *Group) probe(ctx context.Context) {
+	pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	if err := g.cl.Ping(pctx); err != nil {
+		if ctx.Err() == nil {
+			g.brokersDown(err)
+		}
+		return
+	}
+	g.mu.Lock()
+	since := g.down
+	g.down = time.Time{}
+	g.mu.Unlock()
+	g.log.Info("brokers reachable again", "seeds", g.cfg.seeds, "down for", time.Since(since).Round(time.Millisecond))
+	if g.cfg.onConn != nil {
+		g.cfg.onConn(true, nil)
 	}
 }
 
@@ -412,6 +545,19 @@ func (g *Group) process(ctx context.Context, fetches kgo.Fetches) error {
 			}
 			mu.Lock()
 			defer mu.Unlock()
+			if last := p.recs[len(p.recs)-1]; err == nil {
+				next := last.Offset + 1
+				if held != nil {
+					next = held.recs[0].Offset
+				}
+				g.mu.Lock()
+				g.processed[tp{p.topic, p.partition}] = max(g.processed[tp{p.topic, p.partition}], next)
+				if s := g.states[tp{p.topic, p.partition}]; s != nil && g.chain[p.topic].level == 0 {
+					s.originNext = max(s.originNext, next)
+					s.sweep(s.originNext)
+				}
+				g.mu.Unlock()
+			}
 			if done != nil {
 				commit = append(commit, done)
 			}
@@ -441,14 +587,100 @@ func (g *Group) process(ctx context.Context, fetches kgo.Fetches) error {
 		errs = append(errs, err)
 	}
 	commit = append(commit, ready...)
-	if len(commit) > 0 {
-		cctx, ccancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
-		defer ccancel()
-		if err := g.cl.CommitRecords(cctx, commit...); err != nil {
-			errs = append(errs, fmt.Errorf("consumers: commit: %w", err))
-		}
+	if err := g.commit(ctx, commit, len(errs) > 0); err != nil {
+		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
+}
+
+// commit commits recs and the progress whose commit failed before. A
+// failure is not fatal unless final (the group stops): the progress is
+// kept and committed with the next commit (at-least-once: a crash before
+// that replays it).
+func (g *Group) commit(ctx context.Context, recs []*kgo.Record, final bool) error {
+	g.mu.Lock()
+	for _, r := range g.retryCommit {
+		recs = append(recs, r)
+	}
+	clear(g.retryCommit)
+	g.mu.Unlock()
+	if len(recs) == 0 {
+		return nil
+	}
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	defer cancel()
+	err := g.cl.CommitRecords(cctx, recs...)
+	if err == nil {
+		g.noteCommitted(recs)
+		return nil
+	}
+	if final {
+		return fmt.Errorf("consumers: commit: %w", err)
+	}
+	g.mu.Lock()
+	for _, r := range recs {
+		k := tp{r.Topic, r.Partition}
+		if old := g.retryCommit[k]; old == nil || old.Offset < r.Offset {
+			g.retryCommit[k] = r
+		}
+	}
+	g.mu.Unlock()
+	if isConnError(err) || errors.Is(err, context.DeadlineExceeded) {
+		g.brokersDown(err)
+	} else {
+		g.log.Warn("commit failed, retrying with the next commit", "err", err)
+	}
+	return nil
+}
+
+// noteCommitted records the offsets committed for recs.
+func (g *Group) noteCommitted(recs []*kgo.Record) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for _, r := range recs {
+		k := tp{r.Topic, r.Partition}
+		g.committed[k] = max(g.committed[k], r.Offset+1)
+	}
+}
+
+// markerReady reports whether the dead-letter marker r at a retry level
+// may be passed: the origin record it settles is committed in the origin
+// partition, no stale copy of it is still ahead, and, for a marker this
+// member wrote, the lower chain partitions are committed up to what was
+// processed when it was written. Then no copy of the settled record can
+// be replayed after the marker is committed past.
+func (g *Group) markerReady(pos chainPos, r *kgo.Record, m meta) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	origin := tp{pos.origin, r.Partition}
+	if g.committed[origin] <= m.offset {
+		return false
+	}
+	s := g.states[origin]
+	if s == nil {
+		return true
+	}
+	key := string(r.Key)
+	if s.staleLeft(key, m.offset) {
+		return false
+	}
+	k := s.keys[key]
+	if k == nil {
+		return true
+	}
+	w := k.waits[m.offset]
+	if w == nil {
+		return true
+	}
+	for q, next := range w.lower {
+		if g.committed[q] < next {
+			return false
+		}
+	}
+	if w.markers--; w.markers <= 0 {
+		delete(k.waits, m.offset)
+	}
+	return true
 }
 
 // partition processes one partition's records and returns the last record
@@ -462,7 +694,14 @@ func (g *Group) partition(ctx context.Context, topic string, part int32, recs []
 		now := time.Now()
 		for i, r := range recs {
 			m := readMeta(r, pos.origin)
-			if !m.parked && m.due.After(now) {
+			if m.marker != "" && g.cfg.policy.ordered() && !g.markerReady(pos, r, m) {
+				// Not yet: older copies of its record may still be
+				// uncommitted. Look again shortly.
+				wait = &heldRecs{recs: recs[i:], due: now.Add(20 * time.Millisecond)}
+				recs = recs[:i]
+				break
+			}
+			if !m.parked && m.marker == "" && m.due.After(now) {
 				wait = &heldRecs{recs: recs[i:], due: m.due}
 				recs = recs[:i]
 				break
@@ -502,7 +741,7 @@ func (g *Group) batch(ctx context.Context, bh BatchHandler, pos chainPos, recs [
 		for i, r := range recs {
 			if s := g.stateOf(pos.origin, r.Partition); s != nil {
 				g.mu.Lock()
-				parked := s.route(string(r.Key), 0) == routePark
+				parked := s.routeOrigin(string(r.Key), r.Offset) != routeHandle
 				g.mu.Unlock()
 				if parked {
 					results[i] = g.settle(ctx, pos, r, nil, st)
@@ -605,10 +844,10 @@ func (g *Group) call(ctx context.Context, pos chainPos, r *kgo.Record, m meta) e
 }
 
 // settle brings one record to a settled state: handled, forwarded to a
-// retry level, parked or dead-lettered. first is the error of a first
-// attempt already made (by a batch handler), nil to make it here. It
-// returns the error that leaves the record unsettled (stopping the
-// group).
+// retry level, parked, dropped (a replayed copy) or dead-lettered. first
+// is the error of a first attempt already made (by a batch handler), nil
+// to make it here. It returns the error that leaves the record unsettled
+// (stopping the group).
 func (g *Group) settle(ctx context.Context, pos chainPos, r *kgo.Record, first error, st *Stats) error {
 	m := readMeta(r, pos.origin)
 	var s *chainState
@@ -618,29 +857,38 @@ func (g *Group) settle(ctx context.Context, pos chainPos, r *kgo.Record, first e
 	key := string(r.Key)
 	if s != nil {
 		g.mu.Lock()
-		rt := s.route(key, pos.level)
+		var rt route
+		switch {
+		case pos.level > 0 && m.marker != "":
+			rt = routeMarker
+		case pos.level == 0:
+			rt = s.routeOrigin(key, m.offset)
+		default:
+			rt = s.routeRetry(key, pos.level, r.Offset, m.offset)
+		}
+		if rt == routePark {
+			k := s.keys[key]
+			if pos.level == 0 && k.deadMax >= 0 {
+				// Parked while its key is dead: dead too.
+				k.deadMax = max(k.deadMax, m.offset)
+			}
+			m.deadKey = k.dead(m.offset)
+		}
 		g.mu.Unlock()
 		switch rt {
-		case routePark:
-			m.parked = true
-			m.due = time.Now()
-			if err := g.forward(ctx, r, m, nil, pos.level+1); err != nil {
-				return fmt.Errorf("consumers: %s/%d@%d: park: %w", r.Topic, r.Partition, r.Offset, err)
-			}
-			g.mu.Lock()
-			s.move(key, pos.level, pos.level+1)
-			g.mu.Unlock()
+		case routeMarker, routeDrop:
 			return nil
+		case routePark:
+			return g.park(ctx, pos, r, m, s)
 		case routeDead:
 			m.parked = false
-			cause := Permanent(ErrParkedBehindDeadLetter)
-			return g.toDLQ(ctx, pos, r, m, s, cause, st)
+			return g.toDLQ(ctx, pos, r, m, s, Permanent(ErrParkedBehindDeadLetter), st, false)
 		}
 	}
 	err := first
 	if err == nil {
 		if err = g.call(ctx, pos, r, m); err == nil {
-			g.left(s, key, pos.level)
+			g.left(s, key, pos.level, m.offset)
 			return nil
 		}
 	}
@@ -648,13 +896,30 @@ func (g *Group) settle(ctx context.Context, pos chainPos, r *kgo.Record, first e
 	return g.fail(ctx, pos, r, m, s, err, st)
 }
 
-// left records that a record of key left the chain from level.
-func (g *Group) left(s *chainState, key string, level int) {
+// park forwards r, unhandled, to the retry level where the oldest record
+// of its key is, behind it.
+func (g *Group) park(ctx context.Context, pos chainPos, r *kgo.Record, m meta, s *chainState) error {
+	g.mu.Lock()
+	to := s.headLevel(string(r.Key))
+	g.mu.Unlock()
+	m.retries, m.hop = m.rung(pos.level), m.hopAt(pos.level)
+	m.parked, m.due = true, time.Now()
+	if err := g.forward(ctx, r, m, nil, to); err != nil {
+		return fmt.Errorf("consumers: %s/%d@%d: park: %w", r.Topic, r.Partition, r.Offset, err)
+	}
+	g.mu.Lock()
+	s.enter(string(r.Key), m.offset, to)
+	g.mu.Unlock()
+	return nil
+}
+
+// left records that the record of key at origin offset o left the chain.
+func (g *Group) left(s *chainState, key string, level int, o int64) {
 	if s == nil || level == 0 {
 		return
 	}
 	g.mu.Lock()
-	s.move(key, level, 0)
+	s.leave(key, o)
 	g.mu.Unlock()
 }
 
@@ -692,7 +957,7 @@ func (g *Group) fail(ctx context.Context, pos chainPos, r *kgo.Record, m meta, s
 		}
 		m.attempts++
 		if err = g.call(ctx, pos, r, m); err == nil {
-			g.left(s, key, pos.level)
+			g.left(s, key, pos.level, m.offset)
 			return nil
 		}
 		m.last = time.Now()
@@ -704,54 +969,116 @@ func (g *Group) fail(ctx context.Context, pos chainPos, r *kgo.Record, m meta, s
 	if s != nil && pos.level == 0 {
 		g.mu.Lock()
 		parked := s.inChain(key)
+		if parked {
+			if k := s.keys[key]; k.deadMax >= 0 {
+				k.deadMax = max(k.deadMax, m.offset)
+				m.deadKey = true
+			}
+		}
 		g.mu.Unlock()
 		if parked {
-			m.parked, m.due = true, time.Now()
-			if ferr := g.forward(ctx, r, m, nil, 1); ferr != nil {
-				return fmt.Errorf("consumers: %s/%d@%d: park: %w", r.Topic, r.Partition, r.Offset, ferr)
-			}
-			g.mu.Lock()
-			s.move(key, 0, 1)
-			g.mu.Unlock()
-			return nil
+			return g.park(ctx, pos, r, m, s)
 		}
 	}
-	if next := pos.level + 1; !IsPermanent(err) && next <= len(p.RetryDelays) {
-		m.parked = false
-		m.due = time.Now().Add(p.RetryDelays[next-1])
+	// The next rung of the ladder, at the level with its delay: every
+	// record gets all delayed retries, whatever level it was released
+	// from parking at (then it moves down, and its key's later records,
+	// parked at its level, follow it).
+	if rung := m.rung(pos.level); !IsPermanent(err) && rung < len(p.RetryDelays) {
+		next := rung + 1
+		m.parked, m.deadKey = false, false
+		m.retries, m.hop = rung+1, m.hopAt(pos.level)
+		m.due = time.Now().Add(p.RetryDelays[rung])
 		if ferr := g.forward(ctx, r, m, err, next); ferr != nil {
 			return fmt.Errorf("consumers: %s/%d@%d: %w; forwarding to retry level %d failed: %w", r.Topic, r.Partition, r.Offset, err, next, ferr)
 		}
 		if s != nil {
 			g.mu.Lock()
-			s.move(key, pos.level, next)
+			s.enter(key, m.offset, next)
 			g.mu.Unlock()
 		}
-		g.log.Info("record sent to retry topic", "topic", r.Topic, "partition", r.Partition, "offset", r.Offset, "level", next, "attempts", m.attempts)
+		g.log.Info("record sent to retry topic", "topic", r.Topic, "partition", r.Partition, "offset", r.Offset, "level", next, "retries", m.retries, "attempts", m.attempts)
 		return nil
 	}
-	return g.toDLQ(ctx, pos, r, m, s, err, st)
+	return g.toDLQ(ctx, pos, r, m, s, err, st, true)
 }
 
 // toDLQ dead-letters r, or returns the error that stops the group when
-// dead-lettering is off.
-func (g *Group) toDLQ(ctx context.Context, pos chainPos, r *kgo.Record, m meta, s *chainState, err error, st *Stats) error {
+// dead-lettering is off. In ordered modes, a record of the retry chain
+// that failed (head) is dead-lettered durably before its key's later
+// records may be handled: the dead letter and a marker in the retry
+// partition (which survives a crash with the record's uncommitted copies,
+// see loadStates) are acknowledged first.
+func (g *Group) toDLQ(ctx context.Context, pos chainPos, r *kgo.Record, m meta, s *chainState, err error, st *Stats, head bool) error {
 	if !g.cfg.policy.DeadLetter {
 		return fmt.Errorf("consumers: %s/%d@%d failed after %d attempts: %w", m.topic, m.partition, m.offset, m.attempts, err)
 	}
-	if dlErr := g.forward(ctx, r, m, err, 0); dlErr != nil {
-		return fmt.Errorf("consumers: %s/%d@%d: %w; dead-lettering failed: %w", m.topic, m.partition, m.offset, err, dlErr)
-	}
-	st.DeadLettered++
-	if s != nil && pos.level > 0 {
-		key := string(r.Key)
-		g.mu.Lock()
-		s.move(key, pos.level, 0)
+	key := string(r.Key)
+	if s == nil || pos.level == 0 || !head {
+		if dlErr := g.forward(ctx, r, m, err, 0); dlErr != nil {
+			return fmt.Errorf("consumers: %s/%d@%d: %w; dead-lettering failed: %w", m.topic, m.partition, m.offset, err, dlErr)
+		}
+		if s != nil && pos.level > 0 {
+			g.mu.Lock()
+			s.leave(key, m.offset)
+			g.mu.Unlock()
+		}
+	} else {
+		kind, deadThrough := markerSettled, int64(-1)
+		levels := []int{pos.level}
 		if g.cfg.policy.Ordering == OrderedDeadLetterRest {
-			s.markDead(key)
+			kind = markerDead
+			g.mu.Lock()
+			k := s.keys[key]
+			for _, o := range k.live {
+				if o != m.offset {
+					deadThrough = max(deadThrough, o)
+					if l := k.level[o]; !slices.Contains(levels, l) {
+						levels = append(levels, l)
+					}
+				}
+			}
+			g.mu.Unlock()
+		}
+		g.mu.Lock()
+		w := &markerWait{markers: len(levels), lower: map[tp]int64{}}
+		for l := 0; l <= len(g.cfg.policy.RetryDelays); l++ {
+			q := tp{pos.origin, r.Partition}
+			if l > 0 {
+				q.topic = RetryTopic(pos.origin, g.group, l)
+			}
+			w.lower[q] = g.processed[q]
+		}
+		if k := s.keys[key]; k != nil {
+			if k.waits == nil {
+				k.waits = map[int64]*markerWait{}
+			}
+			k.waits[m.offset] = w
+		}
+		g.mu.Unlock()
+		// The dead letter first: a marker drops the record's copies, so
+		// it must never exist without the dead letter.
+		var markers []*kgo.Record
+		for _, l := range levels {
+			markers = append(markers, g.marker(r.Key, m, l, r.Partition, kind, deadThrough))
+		}
+		pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+		perr := g.cl.ProduceSync(pctx, g.derived(r, m, DeadLetterTopic(m.topic, g.group), err, 0)).FirstErr()
+		if perr == nil {
+			perr = g.cl.ProduceSync(pctx, markers...).FirstErr()
+		}
+		cancel()
+		if perr != nil {
+			return fmt.Errorf("consumers: %s/%d@%d: %w; dead-lettering failed: %w", m.topic, m.partition, m.offset, err, perr)
+		}
+		g.mu.Lock()
+		s.leave(key, m.offset)
+		if k := s.keys[key]; k != nil && deadThrough >= 0 && len(k.live) > 0 {
+			k.deadMax = max(k.deadMax, deadThrough)
 		}
 		g.mu.Unlock()
 	}
+	st.DeadLettered++
 	g.log.Error("record dead-lettered", "topic", m.topic, "partition", m.partition, "offset", m.offset, "attempts", m.attempts, "reason", ErrorReason(err), "err", err)
 	return nil
 }

@@ -20,7 +20,8 @@ import (
 func testGroup(p FailurePolicy, h Handler) *Group {
 	p.jitter = func() float64 { return 1 }
 	g := &Group{cfg: config{policy: p, keyConcurrency: 1}, group: "g", h: h, log: slog.New(slog.DiscardHandler),
-		chain: map[string]chainPos{"t": {origin: "t"}}, states: map[tp]*chainState{}, held: map[tp]*heldRecs{}, pending: map[tp][]pendingCommit{}}
+		chain: map[string]chainPos{"t": {origin: "t"}}, states: map[tp]*chainState{}, held: map[tp]*heldRecs{}, pending: map[tp][]pendingCommit{},
+		processed: map[tp]int64{}, committed: map[tp]int64{}}
 	for l := 1; l <= len(p.RetryDelays); l++ {
 		g.chain[RetryTopic("t", "g", l)] = chainPos{origin: "t", level: l}
 	}
@@ -127,30 +128,75 @@ func TestRetryPartitionWaitsForDue(t *testing.T) {
 }
 
 func TestChainStateRoutes(t *testing.T) {
-	s := &chainState{levels: 3, keys: map[string]*keyState{}}
-	check := func(name, key string, level int, want route) {
+	s := newChainState(3)
+	check := func(name string, got, want route) {
 		t.Helper()
-		if got := s.route(key, level); got != want {
-			t.Errorf("%s: route(%s, %d) = %d, want %d", name, key, level, got, want)
+		if got != want {
+			t.Errorf("%s: route %d, want %d", name, got, want)
 		}
 	}
-	check("free key at origin", "k", 0, routeHandle)
-	s.move("k", 0, 1) // k's head fails into level 1
-	check("origin behind level 1", "k", 0, routePark)
-	check("other key", "x", 0, routeHandle)
-	s.move("k", 0, 1) // a follower parked at level 1
-	s.move("k", 1, 2) // the head moves to level 2
-	check("follower at level 1 behind level 2", "k", 1, routePark)
-	s.move("k", 1, 2) // the follower follows
-	check("head at level 2", "k", 2, routeHandle)
-	s.move("k", 2, 0) // head dead-lettered
-	s.markDead("k")
-	check("follower after dead head", "k", 2, routeDead)
-	s.move("k", 2, 0)
+	check("free key at origin", s.routeOrigin("k", 10), routeHandle)
+	s.enter("k", 10, 1) // k's head fails into level 1
+	check("origin behind level 1", s.routeOrigin("k", 11), routePark)
+	check("other key", s.routeOrigin("x", 12), routeHandle)
+	s.enter("k", 11, 1) // a follower parked at level 1
+	s.enter("k", 10, 2) // the head moves to level 2
+	check("follower at level 1 behind the head", s.routeRetry("k", 1, 5, 11), routePark)
+	s.enter("k", 11, 2) // the follower follows
+	check("head at level 2", s.routeRetry("k", 2, 7, 10), routeHandle)
+	check("replayed origin record", s.routeOrigin("k", 9), routeDrop)
+	s.leave("k", 10) // head dead-lettered
+	s.keys["k"].deadMax = 11
+	check("follower after dead head", s.routeRetry("k", 2, 8, 11), routeDead)
+	s.leave("k", 11)
 	if s.inChain("k") {
 		t.Fatal("key still in chain after its last record left")
 	}
-	check("free again", "k", 0, routeHandle)
+	check("replay after the key left", s.routeOrigin("k", 11), routeDrop)
+	s.sweep(12)
+	check("free again", s.routeOrigin("k", 12), routeHandle)
+}
+
+// TestRebuild checks the state rebuilt from a retry chain a crash left
+// behind: older copies of a record are stale, a marker settles its record,
+// dead marks come from markers and flagged records.
+func TestRebuild(t *testing.T) {
+	cp := func(key string, level int, off, o int64) loadedCopy {
+		return loadedCopy{key: key, level: level, offset: off, m: meta{offset: o, retries: -1, hop: -1, deadThrough: -1}}
+	}
+	mk := func(key string, level int, off, o int64, kind string, through int64) loadedCopy {
+		c := cp(key, level, off, o)
+		c.m.marker, c.m.deadThrough = kind, through
+		return c
+	}
+	s := rebuild(2, []loadedCopy{
+		cp("a", 1, 0, 5), cp("a", 1, 1, 6), // a:5 forwarded to level 2, its level-1 copy left uncommitted
+		cp("a", 2, 0, 5), cp("a", 2, 1, 6),
+		cp("b", 2, 2, 7), mk("b", 2, 3, 7, markerSettled, -1), cp("b", 1, 2, 8), // b:7 dead-lettered before the crash
+		cp("c", 2, 4, 9), mk("c", 2, 5, 9, markerDead, 12), cp("c", 1, 3, 12), cp("c", 1, 4, 13),
+	})
+	if got := s.routeRetry("a", 1, 0, 5); got != routeDrop {
+		t.Errorf("stale copy: %d", got)
+	}
+	if got := s.routeRetry("a", 2, 0, 5); got != routeHandle {
+		t.Errorf("live head: %d", got)
+	}
+	if got := s.routeRetry("b", 2, 2, 7); got != routeDrop {
+		t.Errorf("settled copy: %d", got)
+	}
+	if got := s.routeRetry("b", 1, 2, 8); got != routeHandle {
+		t.Errorf("b's next record: %d", got)
+	}
+	if got := s.routeOrigin("b", 7); got != routeDrop {
+		t.Errorf("replayed settled origin record: %d", got)
+	}
+	if got := s.routeRetry("c", 1, 3, 12); got != routeDead {
+		t.Errorf("c:12 parked behind the dead c:9: %d", got)
+	}
+	s.leave("c", 12)
+	if got := s.routeRetry("c", 1, 4, 13); got != routeHandle {
+		t.Errorf("c:13 parked after the death: %d", got)
+	}
 }
 
 func TestErrorReason(t *testing.T) {

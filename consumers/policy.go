@@ -55,8 +55,10 @@ const (
 	Unordered Ordering = iota
 	// OrderedDeadLetterRest parks later records of a key behind a record
 	// in the retry topics; if that record is dead-lettered, the records
-	// parked behind it at that moment are dead-lettered too (reason
-	// "parked-behind-dead-letter").
+	// parked behind it at that moment, and those parked behind them until
+	// the key has no record left in the retry topics, are dead-lettered
+	// too (reason "parked-behind-dead-letter"). The decision survives
+	// restarts and rebalances (a marker record in the retry topics).
 	OrderedDeadLetterRest
 	// OrderedResume parks later records of a key behind a record in the
 	// retry topics; if that record is dead-lettered, the parked records

@@ -25,83 +25,6 @@ type tp struct {
 	partition int32
 }
 
-// keyState counts, per retry level, the records of one key that are in
-// the retry chain of one origin partition and not yet settled.
-type keyState struct {
-	levels []int // index: level (0 unused)
-	total  int
-	dead   bool // OrderedDeadLetterRest: its head was dead-lettered
-}
-
-// chainState is the parking state of one origin partition: the keys that
-// have records in its retry chain. It is rebuilt from the retry topics
-// when the partition is assigned (loadStates) and kept up to date as
-// records enter and leave the chain. Goroutines of the origin partition
-// and of its retry partitions share it.
-type chainState struct {
-	levels int
-	keys   map[string]*keyState
-}
-
-type route int
-
-const (
-	routeHandle route = iota // handle the record
-	routePark                // forward it, unhandled, to the next level
-	routeDead                // dead-letter it: its key's head was dead-lettered
-)
-
-func (s *chainState) route(key string, level int) route {
-	k := s.keys[key]
-	if k == nil {
-		return routeHandle
-	}
-	if level == 0 {
-		return routePark
-	}
-	for l := level + 1; l <= s.levels; l++ {
-		if k.levels[l] > 0 {
-			return routePark
-		}
-	}
-	if k.dead {
-		return routeDead
-	}
-	return routeHandle
-}
-
-func (s *chainState) inChain(key string) bool { return s.keys[key] != nil }
-
-// move records that a record of key left level from (0: it was not in the
-// chain) for level to (0: it left the chain).
-func (s *chainState) move(key string, from, to int) {
-	k := s.keys[key]
-	if k == nil {
-		if from > 0 || to == 0 {
-			return
-		}
-		k = &keyState{levels: make([]int, s.levels+1)}
-		s.keys[key] = k
-	}
-	if from > 0 && k.levels[from] > 0 {
-		k.levels[from]--
-		k.total--
-	}
-	if to > 0 {
-		k.levels[to]++
-		k.total++
-	}
-	if k.total <= 0 {
-		delete(s.keys, key)
-	}
-}
-
-func (s *chainState) markDead(key string) {
-	if k := s.keys[key]; k != nil {
-		k.dead = true
-	}
-}
-
 // stateOf returns the loaded parking state of an origin partition.
 func (g *Group) stateOf(origin string, p int32) *chainState {
 	g.mu.Lock()
@@ -110,8 +33,9 @@ func (g *Group) stateOf(origin string, p int32) *chainState {
 }
 
 // loadStates rebuilds the parking state of origin partitions from their
-// retry topics: every record from the group's committed offset to the end
-// of each level's partition is in the chain.
+// retry topics: the records from the group's committed offset to the end
+// of each level's partition (see rebuild for copies a crash left behind,
+// and dead-letter markers).
 func (g *Group) loadStates(ctx context.Context, need []tp) error {
 	if len(need) == 0 {
 		return nil
@@ -138,9 +62,12 @@ func (g *Group) loadStates(ctx context.Context, need []tp) error {
 	}
 	consume := map[string]map[int32]kgo.Offset{}
 	want := map[tp]int64{} // last offset to read
-	states := map[tp]*chainState{}
+	copies := map[tp][]loadedCopy{}
+	originNext := map[tp]int64{}
 	for _, n := range need {
-		states[n] = &chainState{levels: levels, keys: map[string]*keyState{}}
+		if c, ok := committed.Lookup(n.topic, n.partition); ok && c.Err == nil {
+			originNext[n] = c.At
+		}
 		for l := 1; l <= levels; l++ {
 			t := RetryTopic(n.topic, g.group, l)
 			end, ok := ends.Lookup(t, n.partition)
@@ -151,8 +78,11 @@ func (g *Group) loadStates(ctx context.Context, need []tp) error {
 			if s, ok := starts.Lookup(t, n.partition); ok && s.Err == nil {
 				from = s.Offset
 			}
-			if c, ok := committed.Lookup(t, n.partition); ok && c.Err == nil && c.At > from {
-				from = c.At
+			if c, ok := committed.Lookup(t, n.partition); ok && c.Err == nil {
+				g.mu.Lock()
+				g.committed[tp{t, n.partition}] = max(g.committed[tp{t, n.partition}], c.At)
+				g.mu.Unlock()
+				from = max(from, c.At)
 			}
 			if end.Offset > from {
 				if consume[t] == nil {
@@ -185,7 +115,8 @@ func (g *Group) loadStates(ctx context.Context, need []tp) error {
 					return
 				}
 				pos := g.chain[r.Topic]
-				states[tp{pos.origin, r.Partition}].move(string(r.Key), 0, pos.level)
+				o := tp{pos.origin, r.Partition}
+				copies[o] = append(copies[o], loadedCopy{key: string(r.Key), level: pos.level, offset: r.Offset, m: readMeta(r, pos.origin)})
 				if r.Offset == last {
 					delete(want, k)
 				}
@@ -201,9 +132,12 @@ func (g *Group) loadStates(ctx context.Context, need []tp) error {
 		}
 	}
 	g.mu.Lock()
-	for n, s := range states {
+	for _, n := range need {
+		s := rebuild(levels, copies[n])
+		s.originNext = originNext[n]
 		g.states[n] = s
-		g.log.Info("parked keys loaded", "topic", n.topic, "partition", n.partition, "keys", len(s.keys))
+		g.committed[n] = max(g.committed[n], originNext[n])
+		g.log.Info("parked keys loaded", "topic", n.topic, "partition", n.partition, "keys", len(s.keys), "stale copies", len(s.stale))
 	}
 	g.mu.Unlock()
 	return nil
@@ -288,6 +222,18 @@ func (f *flight) done(err error) {
 // landed reports whether every record of the flight was acked or failed.
 func (f *flight) landed() bool { return f.pending.Load() == 0 }
 
+// waitFor waits up to d for the flight to land.
+func (f *flight) waitFor(d time.Duration) bool {
+	done := make(chan struct{})
+	go func() { f.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+		return true
+	case <-time.After(d):
+		return false
+	}
+}
+
 func (f *flight) wait() error {
 	f.wg.Wait()
 	f.mu.Lock()
@@ -362,7 +308,11 @@ func (g *Group) readyCommits(block bool) ([]*kgo.Record, error) {
 		n := 0
 		var last *kgo.Record
 		for _, pc := range q {
-			if !block && !pc.fl.landed() {
+			if !pc.fl.landed() && (!block || !pc.fl.waitFor(g.cfg.drainTimeout)) {
+				if block {
+					g.log.Warn("retry records or dead letters not acknowledged in time: progress left uncommitted",
+						"topic", k.topic, "partition", k.partition)
+				}
 				break
 			}
 			if err := pc.fl.wait(); err != nil {
@@ -394,15 +344,10 @@ func (g *Group) hasPending() bool {
 	return len(g.pending) > 0
 }
 
-// commitReady commits the queued progress whose flights landed.
-func (g *Group) commitReady(ctx context.Context, cl *kgo.Client, block bool) error {
+// commitReady commits the queued progress whose flights landed (with
+// block, before a rebalance or at shutdown, it waits up to DrainTimeout
+// for the others).
+func (g *Group) commitReady(ctx context.Context, _ *kgo.Client, block bool) error {
 	recs, err := g.readyCommits(block)
-	if len(recs) > 0 {
-		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
-		defer cancel()
-		if cerr := cl.CommitRecords(cctx, recs...); cerr != nil {
-			err = errors.Join(err, fmt.Errorf("consumers: commit: %w", cerr))
-		}
-	}
-	return err
+	return errors.Join(err, g.commit(ctx, recs, block))
 }

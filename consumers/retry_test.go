@@ -248,9 +248,9 @@ func runLoad(t *testing.T, seeds []string, c loadCase) {
 	if lost > 0 || disorder > 0 {
 		t.Fatalf("%d lost, %d out of order", lost, disorder)
 	}
-	// In ordered modes a record released from parking keeps the level it
-	// was parked at, so a few more exhaust their retries.
-	if (c.ordering == consumers.Unordered && len(inDLQ) != wantDead) || len(inDLQ) < wantDead {
+	// Every record gets the full ladder, released from parking or not:
+	// only the always failing records exhaust it.
+	if len(inDLQ) != wantDead {
 		t.Errorf("%d dead letters, want %d", len(inDLQ), wantDead)
 	}
 }
@@ -282,6 +282,8 @@ func TestRetryTopics(t *testing.T) {
 				runLoad(t, seeds, loadCase{n: n / 2, keys: 200, failRate: 0.10, partitions: 4, ordering: consumers.OrderedResume, twoMembers: true})
 			})
 			t.Run("OrderedAfterDeadLetter", func(t *testing.T) { testAfterDeadLetter(t, seeds) })
+			t.Run("ReleasedFullLadder", func(t *testing.T) { testReleasedFullLadder(t, seeds) })
+			t.Run("DeadRestRestart", func(t *testing.T) { testDeadRestRestart(t, seeds) })
 			t.Run("Poison", func(t *testing.T) { testPoison(t, seeds) })
 			t.Run("MissingRetryTopic", func(t *testing.T) { testMissingRetryTopic(t, seeds) })
 		})
@@ -425,5 +427,154 @@ func testAfterDeadLetter(t *testing.T, seeds []string) {
 				}
 			}
 		})
+	}
+}
+
+// testReleasedFullLadder checks that a record released from parking gets
+// every delayed retry, like a record that failed first: a1, parked behind
+// the always failing a0 up to the last level, fails three more times
+// after a0 is dead-lettered and is handled on its fourth call.
+func testReleasedFullLadder(t *testing.T, seeds []string) {
+	topic := testenv.Topic(t, seeds, 1, nil)
+	group := testenv.Name("g")
+	policy := consumers.RetryTopics(10*time.Millisecond, 10*time.Millisecond, 10*time.Millisecond).KeepKeyOrder(consumers.OrderedResume).ThenDLQ()
+	createTopics(t, seeds, 1, policy.Topics(topic, group)...)
+	var recs []*kgo.Record
+	for _, v := range []string{"a0", "a1", "a2"} {
+		recs = append(recs, &kgo.Record{Topic: topic, Key: []byte("a"), Value: []byte(v)})
+	}
+	if err := testenv.Client(t, seeds).ProduceSync(t.Context(), recs...).FirstErr(); err != nil {
+		t.Fatal(err)
+	}
+	var (
+		mu    sync.Mutex
+		calls = map[string]int{}
+		got   []string
+	)
+	h := consumers.HandlerFunc(func(ctx context.Context, r *kgo.Record) error {
+		mu.Lock()
+		defer mu.Unlock()
+		v := string(r.Value)
+		calls[v]++
+		if v == "a0" || (v == "a1" && calls[v] <= 3) {
+			return fmt.Errorf("%s fails (call %d)", v, calls[v])
+		}
+		got = append(got, v)
+		return nil
+	})
+	g, err := consumers.New(seeds, group, []string{topic}, h, consumers.WithFailurePolicy(policy))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := runGroup(t, g, func() bool { mu.Lock(); defer mu.Unlock(); return len(got) == 2 }); err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(got) != "[a1 a2]" || calls["a0"] != 4 || calls["a1"] != 4 {
+		t.Fatalf("handled %v, calls %v; want [a1 a2] and 4 calls each of a0 and a1", got, calls)
+	}
+	if dlq := readAll(t, seeds, consumers.DeadLetterTopic(topic, group)); len(dlq) != 1 || string(dlq[0].Value) != "a0" {
+		t.Fatalf("dead letters %d, want a0 only", len(dlq))
+	}
+	// a1's own retries went through levels 1, 2, 3 with its rung.
+	var ladder []string
+	for l := 1; l <= 3; l++ {
+		for _, r := range readAll(t, seeds, consumers.RetryTopic(topic, group, l)) {
+			if string(r.Value) == "a1" && header(r, consumers.HeaderParked) != "true" {
+				ladder = append(ladder, header(r, consumers.HeaderLevel)+"/"+header(r, consumers.HeaderRetries))
+			}
+		}
+	}
+	if fmt.Sprint(ladder) != "[1/1 2/2 3/3]" {
+		t.Fatalf("a1's retry records (level/retries): %v, want [1/1 2/2 3/3]", ladder)
+	}
+}
+
+// testDeadRestRestart checks that OrderedDeadLetterRest's decision
+// survives a restart: a0 is dead-lettered while a1 and a2, parked behind
+// it, wait at retry level 1 behind b0 (not due yet); the group stops right
+// then, and a new member dead-letters a1 and a2 instead of handling them.
+func testDeadRestRestart(t *testing.T, seeds []string) {
+	topic := testenv.Topic(t, seeds, 1, nil)
+	group := testenv.Name("g")
+	policy := consumers.RetryTopics(2*time.Second, 10*time.Millisecond).KeepKeyOrder(consumers.OrderedDeadLetterRest).ThenDLQ()
+	createTopics(t, seeds, 1, policy.Topics(topic, group)...)
+	cl := testenv.Client(t, seeds)
+	send := func(vs ...string) {
+		t.Helper()
+		var recs []*kgo.Record
+		for _, v := range vs {
+			recs = append(recs, &kgo.Record{Topic: topic, Key: []byte(v[:1]), Value: []byte(v)})
+		}
+		if err := cl.ProduceSync(t.Context(), recs...).FirstErr(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var (
+		mu      sync.Mutex
+		calls   = map[string]int{}
+		handled []string
+		dead    atomic.Int64
+		sent    = make(chan struct{})
+		started bool
+	)
+	h := consumers.HandlerFunc(func(ctx context.Context, r *kgo.Record) error {
+		mu.Lock()
+		defer mu.Unlock()
+		v := string(r.Value)
+		calls[v]++
+		if v == "a0" || (v == "b0" && calls[v] == 1) {
+			return fmt.Errorf("%s fails", v)
+		}
+		handled = append(handled, v)
+		return nil
+	})
+	newGroup := func() *consumers.Group {
+		g, err := consumers.New(seeds, group, []string{topic}, h, consumers.WithFailurePolicy(policy),
+			consumers.WithStats(func(s consumers.Stats) { dead.Add(int64(s.DeadLettered)) }))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return g
+	}
+	send("a0")
+	err := runGroup(t, newGroup(), func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		if calls["a0"] == 1 && !started {
+			// a0 is at level 1 (due in 2s): b0 and a1, a2 follow it there,
+			// b0 due a second after a0.
+			started = true
+			go func() {
+				defer close(sent)
+				time.Sleep(time.Second)
+				send("b0", "a1", "a2")
+			}()
+		}
+		return dead.Load() > 0
+	})
+	if started {
+		<-sent
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	if len(handled) != 0 {
+		mu.Unlock()
+		t.Fatalf("handled %v before the restart, want nothing (a1, a2 wait behind b0)", handled)
+	}
+	mu.Unlock()
+	t.Log("restarting after a0 was dead-lettered")
+	if err := runGroup(t, newGroup(), func() bool { mu.Lock(); defer mu.Unlock(); return len(handled) > 0 && dead.Load() >= 3 }); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	var dlq []string
+	for _, r := range readAll(t, seeds, consumers.DeadLetterTopic(topic, group)) {
+		dlq = append(dlq, string(r.Value)+":"+header(r, consumers.HeaderReason))
+	}
+	if fmt.Sprint(handled) != "[b0]" || fmt.Sprint(dlq) != "[a0:retries-exhausted a1:parked-behind-dead-letter a2:parked-behind-dead-letter]" {
+		t.Fatalf("handled %v, dead letters %v; want b0 handled, a0 exhausted, a1 and a2 dead-lettered behind it", handled, dlq)
 	}
 }
