@@ -87,11 +87,15 @@
 // unhandled (header HeaderParked), to the retry level where its key's
 // oldest record is, behind it. A record of the chain is handled only when
 // it is its key's oldest record in the chain; otherwise it is parked
-// again behind that one. A record that fails climbs the ladder by its own
-// count of delayed retries (header HeaderRetries), at the level whose delay
-// is next (retry n goes to level n), so a record released from parking
-// gets all delayed retries, like any other; its key's later records
-// follow it to that level. When the head is dead-lettered,
+// again behind that one. Every record gets all delayed retries, counted
+// by header HeaderRetries: a failing record goes to the level of its next
+// retry (retry n at level n) and its key's later records follow it there.
+// A record released from parking at a level above its count instead
+// waits in place for the next delay: its retry partition is held from it
+// on, in memory (its other records are due later anyway when delays do
+// not decrease), because producing it again would mean parking all its
+// key's later records again behind it, once per failure. After a crash
+// it retries from the count in its headers. When the head is dead-lettered,
 // OrderedResume handles the parked records in order;
 // OrderedDeadLetterRest dead-letters the records of the key then in the
 // chain, and those parked behind them (header HeaderDeadKey), until the
