@@ -123,10 +123,10 @@
 // A dead-lettered head is the one case where replaying a copy would break
 // the order — its successors were handled, so handling its copy again
 // would be a first handling after them. So, in ordered modes, a head is
-// dead-lettered durably before its key moves on: the dead letter and a
-// marker record (header HeaderMarker, with the head's origin offset and,
-// for OrderedDeadLetterRest, the last origin offset of the key then in
-// the chain) are produced to the retry partitions and acknowledged first.
+// dead-lettered durably before its key moves on: the dead letter is
+// acknowledged, then a marker record (header HeaderMarker, with the head's
+// origin offset and, for OrderedDeadLetterRest, the last origin offset of
+// the key then in the chain) in the retry partition(s) is acknowledged.
 // The marker sits behind the head's copy, so it is read back with it
 // after a crash, and the copy is dropped. A marker is committed past only
 // once every older copy of its record is committed (the origin record,
