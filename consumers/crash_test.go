@@ -29,7 +29,7 @@ type crashConfig struct {
 }
 
 func crashPolicy() consumers.FailurePolicy {
-	return consumers.RetryTopics(100*time.Millisecond, 50*time.Millisecond).KeepKeyOrder(consumers.OrderedResume).ThenDLQ()
+	return consumers.RetryTopics(50*time.Millisecond, 100*time.Millisecond).KeepKeyOrder(consumers.OrderedResume).ThenDLQ()
 }
 
 // crashFailRate is the share of handler calls failing in TestOrderedCrash:

@@ -87,11 +87,15 @@
 // unhandled (header HeaderParked), to the retry level where its key's
 // oldest record is, behind it. A record of the chain is handled only when
 // it is its key's oldest record in the chain; otherwise it is parked
-// again behind that one. A record that fails climbs the ladder by its own
-// count of delayed retries (header HeaderRetries), at the level whose delay
-// is next (retry n goes to level n), so a record released from parking
-// gets all delayed retries, like any other; its key's later records
-// follow it to that level. When the head is dead-lettered,
+// again behind that one. Every record gets all delayed retries, counted
+// by header HeaderRetries: a failing record goes to the level of its next
+// retry (retry n at level n) and its key's later records follow it there.
+// A record released from parking at a level above its count instead
+// waits in place for the next delay: its retry partition is held from it
+// on, in memory (its other records are due later anyway when delays do
+// not decrease), because producing it again would mean parking all its
+// key's later records again behind it, once per failure. After a crash
+// it retries from the count in its headers. When the head is dead-lettered,
 // OrderedResume handles the parked records in order;
 // OrderedDeadLetterRest dead-letters the records of the key then in the
 // chain, and those parked behind them (header HeaderDeadKey), until the
@@ -119,10 +123,10 @@
 // A dead-lettered head is the one case where replaying a copy would break
 // the order — its successors were handled, so handling its copy again
 // would be a first handling after them. So, in ordered modes, a head is
-// dead-lettered durably before its key moves on: the dead letter and a
-// marker record (header HeaderMarker, with the head's origin offset and,
-// for OrderedDeadLetterRest, the last origin offset of the key then in
-// the chain) are produced to the retry partitions and acknowledged first.
+// dead-lettered durably before its key moves on: the dead letter is
+// acknowledged, then a marker record (header HeaderMarker, with the head's
+// origin offset and, for OrderedDeadLetterRest, the last origin offset of
+// the key then in the chain) in the retry partition(s) is acknowledged.
 // The marker sits behind the head's copy, so it is read back with it
 // after a crash, and the copy is dropped. A marker is committed past only
 // once every older copy of its record is committed (the origin record,

@@ -100,6 +100,9 @@ type Group struct {
 	// down is when the brokers became unreachable (zero: reachable);
 	// downLogged when that was last logged.
 	down, downLogged time.Time
+	// inplace holds the history of records retried in place, by partition
+	// and offset.
+	inplace map[tp]map[int64]inPlace
 	// processed and committed are, per partition, the offset after the
 	// last record processed by a completed poll and the committed offset
 	// (ordered modes: dead-letter markers wait for them).
@@ -202,7 +205,7 @@ func New(seeds []string, group string, topics []string, h Handler, opts ...Optio
 	}
 	g := &Group{cfg: cfg, topics: topics, group: group, h: h, log: log.With("group", group),
 		chain: map[string]chainPos{}, states: map[tp]*chainState{}, held: map[tp]*heldRecs{}, pending: map[tp][]pendingCommit{},
-		processed: map[tp]int64{}, committed: map[tp]int64{}, retryCommit: map[tp]*kgo.Record{}}
+		processed: map[tp]int64{}, committed: map[tp]int64{}, retryCommit: map[tp]*kgo.Record{}, inplace: map[tp]map[int64]inPlace{}}
 	consume := append([]string(nil), topics...)
 	for _, t := range topics {
 		g.chain[t] = chainPos{origin: t}
@@ -270,6 +273,7 @@ func (g *Group) revoked(ctx context.Context, cl *kgo.Client, lost map[string][]i
 			delete(g.processed, tp{topic, p})
 			delete(g.committed, tp{topic, p})
 			delete(g.retryCommit, tp{topic, p})
+			delete(g.inplace, tp{topic, p})
 			if _, w := g.held[tp{topic, p}]; w {
 				// Dropped: the next owner fetches them again from the
 				// committed offset.
@@ -433,6 +437,32 @@ type heldRecs struct {
 	recs []*kgo.Record
 	due  time.Time
 	hwm  int64
+	// skip holds offsets among recs already settled (by other key lanes,
+	// after an in-place retry held the partition).
+	skip map[int64]bool
+}
+
+// inPlace is the history of a record retried in place (a record released
+// from parking that failed, ordered modes): it waits at its position in
+// its partition, which is held until due, instead of being produced
+// behind its key's later records again.
+type inPlace struct {
+	m meta
+}
+
+// errHold is the result of a record retried in place; errHeldBehind of
+// the records a lane did not process after it.
+type errHold struct{ due time.Time }
+
+func (e errHold) Error() string {
+	return "consumers: retried in place until " + e.due.Format(time.RFC3339Nano)
+}
+
+var errHeldBehind = errors.New("consumers: behind a record retried in place")
+
+func isHold(err error) bool {
+	var h errHold
+	return errors.As(err, &h) || errors.Is(err, errHeldBehind)
 }
 
 // nextDue returns when the first held record is due.
@@ -454,6 +484,7 @@ type work struct {
 	partition int32
 	recs      []*kgo.Record
 	hwm       int64
+	skip      map[int64]bool
 }
 
 // process handles one poll's records and the held retry records now due:
@@ -510,10 +541,10 @@ func (g *Group) process(ctx context.Context, fetches kgo.Fetches) error {
 			h.hwm = max(h.hwm, p.HighWatermark)
 			return
 		}
-		add(work{p.Topic, p.Partition, p.Records, p.HighWatermark})
+		add(work{p.Topic, p.Partition, p.Records, p.HighWatermark, nil})
 	})
 	for k, h := range due {
-		add(work{k.topic, k.partition, h.recs, h.hwm})
+		add(work{k.topic, k.partition, h.recs, h.hwm, h.skip})
 	}
 	g.mu.Unlock()
 	if err := g.loadStates(hctx, need); err != nil {
@@ -532,7 +563,7 @@ func (g *Group) process(ctx context.Context, fetches kgo.Fetches) error {
 	for _, p := range parts {
 		wg.Go(func() {
 			start := time.Now()
-			done, held, st, fl, err := g.partition(hctx, p.topic, p.partition, p.recs)
+			done, held, st, fl, err := g.partition(hctx, p.topic, p.partition, p.recs, p.skip)
 			if err != nil {
 				// The group stops: let what can be committed land.
 				_ = fl.wait()
@@ -686,23 +717,26 @@ func (g *Group) markerReady(pos chainPos, r *kgo.Record, m meta) bool {
 // partition processes one partition's records and returns the last record
 // that may be committed (nil for none), the records a retry partition
 // must hold until they are due, and the error that stops the group.
-func (g *Group) partition(ctx context.Context, topic string, part int32, recs []*kgo.Record) (*kgo.Record, *heldRecs, Stats, *flight, error) {
+func (g *Group) partition(ctx context.Context, topic string, part int32, recs []*kgo.Record, skip map[int64]bool) (*kgo.Record, *heldRecs, Stats, *flight, error) {
 	st := Stats{Records: len(recs)}
 	pos := g.chain[topic]
 	var wait *heldRecs
 	if pos.level > 0 {
 		now := time.Now()
 		for i, r := range recs {
-			m := readMeta(r, pos.origin)
+			if skip[r.Offset] {
+				continue
+			}
+			m := g.metaOf(pos, r)
 			if m.marker != "" && g.cfg.policy.ordered() && !g.markerReady(pos, r, m) {
 				// Not yet: older copies of its record may still be
 				// uncommitted. Look again shortly.
-				wait = &heldRecs{recs: recs[i:], due: now.Add(20 * time.Millisecond)}
+				wait = &heldRecs{recs: recs[i:], due: now.Add(20 * time.Millisecond), skip: skip}
 				recs = recs[:i]
 				break
 			}
 			if !m.parked && m.marker == "" && m.due.After(now) {
-				wait = &heldRecs{recs: recs[i:], due: m.due}
+				wait = &heldRecs{recs: recs[i:], due: m.due, skip: skip}
 				recs = recs[:i]
 				break
 			}
@@ -720,17 +754,58 @@ func (g *Group) partition(ctx context.Context, topic string, part int32, recs []
 			return nil, wait, st, fl, err
 		}
 	} else {
-		g.lanes(ctx, pos, recs, results, &st)
+		g.lanes(ctx, pos, recs, results, skip, &st)
 	}
-	// Commit up to the first record that still failed.
+	// Commit up to the first record that still failed, or that is
+	// retried in place (the partition is then held from it on; what other
+	// lanes settled after it is skipped when it resumes).
 	var last *kgo.Record
 	for i, r := range recs {
-		if results[i] != nil {
+		if results[i] == nil {
+			last = r
+			continue
+		}
+		if !isHold(results[i]) {
 			return last, nil, st, fl, results[i]
 		}
-		last = r
+		hold := &heldRecs{recs: recs[i:], skip: map[int64]bool{}}
+		for j := i; j < len(recs); j++ {
+			var h errHold
+			switch {
+			case results[j] == nil:
+				hold.skip[recs[j].Offset] = true
+			case errors.As(results[j], &h):
+				if hold.due.IsZero() || h.due.Before(hold.due) {
+					hold.due = h.due
+				}
+			case !isHold(results[j]):
+				return last, nil, st, fl, results[j]
+			}
+		}
+		if wait != nil {
+			hold.recs = append(hold.recs[:len(hold.recs):len(hold.recs)], wait.recs...)
+			for o := range wait.skip {
+				hold.skip[o] = true
+			}
+		}
+		if hold.due.IsZero() {
+			hold.due = time.Now()
+		}
+		return last, hold, st, fl, nil
 	}
 	return last, wait, st, fl, nil
+}
+
+// metaOf returns r's history: its headers, or what an in-place retry
+// recorded for it.
+func (g *Group) metaOf(pos chainPos, r *kgo.Record) meta {
+	g.mu.Lock()
+	ip, ok := g.inplace[tp{r.Topic, r.Partition}][r.Offset]
+	g.mu.Unlock()
+	if ok {
+		return ip.m
+	}
+	return readMeta(r, pos.origin)
 }
 
 // batch runs origin records through a BatchHandler; in ordered modes the
@@ -776,7 +851,7 @@ func (g *Group) batch(ctx context.Context, bh BatchHandler, pos chainPos, recs [
 }
 
 // lanes runs records through Handle, spread over key lanes.
-func (g *Group) lanes(ctx context.Context, pos chainPos, recs []*kgo.Record, results []error, st *Stats) {
+func (g *Group) lanes(ctx context.Context, pos chainPos, recs []*kgo.Record, results []error, skip map[int64]bool, st *Stats) {
 	n := g.cfg.keyConcurrency
 	var mu sync.Mutex
 	run := func(lane int) {
@@ -787,22 +862,33 @@ func (g *Group) lanes(ctx context.Context, pos chainPos, recs []*kgo.Record, res
 			st.DeadLettered += ls.DeadLettered
 			mu.Unlock()
 		}()
-		failedKeys := map[string]bool{}
+		failedKeys := map[string]error{}
 		for i, r := range recs {
 			if n > 1 && laneOf(r.Key, n) != lane {
 				continue
 			}
-			if failedKeys[string(r.Key)] {
-				results[i] = fmt.Errorf("offset %d: %w", r.Offset, ErrBlocked)
+			if skip[r.Offset] {
+				continue
+			}
+			if err, ok := failedKeys[string(r.Key)]; ok {
+				if isHold(err) {
+					results[i] = errHeldBehind
+				} else {
+					results[i] = fmt.Errorf("offset %d: %w", r.Offset, ErrBlocked)
+				}
 				continue
 			}
 			if err := g.settle(ctx, pos, r, nil, &ls); err != nil {
 				results[i] = err
-				failedKeys[string(r.Key)] = true
+				failedKeys[string(r.Key)] = err
 				if n == 1 {
 					// Strict offset order: nothing after a failure.
 					for j := i + 1; j < len(recs); j++ {
-						results[j] = fmt.Errorf("offset %d: %w", recs[j].Offset, ErrBlocked)
+						if isHold(err) {
+							results[j] = errHeldBehind
+						} else {
+							results[j] = fmt.Errorf("offset %d: %w", recs[j].Offset, ErrBlocked)
+						}
 					}
 					return
 				}
@@ -849,7 +935,10 @@ func (g *Group) call(ctx context.Context, pos chainPos, r *kgo.Record, m meta) e
 // to make it here. It returns the error that leaves the record unsettled
 // (stopping the group).
 func (g *Group) settle(ctx context.Context, pos chainPos, r *kgo.Record, first error, st *Stats) error {
-	m := readMeta(r, pos.origin)
+	m := g.metaOf(pos, r)
+	g.mu.Lock()
+	delete(g.inplace[tp{r.Topic, r.Partition}], r.Offset)
+	g.mu.Unlock()
 	var s *chainState
 	if g.cfg.policy.ordered() {
 		s = g.stateOf(pos.origin, r.Partition)
@@ -980,12 +1069,29 @@ func (g *Group) fail(ctx context.Context, pos chainPos, r *kgo.Record, m meta, s
 			return g.park(ctx, pos, r, m, s)
 		}
 	}
-	// The next rung of the ladder, at the level with its delay: every
-	// record gets all delayed retries, whatever level it was released
-	// from parking at (then it moves down, and its key's later records,
-	// parked at its level, follow it).
+	// The next rung of the ladder: every record gets all delayed retries,
+	// whatever level it was released from parking at. It goes to the
+	// level with that delay, or, released at a higher level, stays at its
+	// level (at its end, due after the delay): records never move down, so
+	// the key's later records, parked behind it, move once per failure.
 	if rung := m.rung(pos.level); !IsPermanent(err) && rung < len(p.RetryDelays) {
-		next := rung + 1
+		next := max(pos.level, rung+1)
+		if s != nil && next == pos.level {
+			// Released at a level above its rung: wait here, in place,
+			// rather than behind its key's later records (which would
+			// all have to be parked again behind it).
+			m.retries = rung + 1
+			m.due = time.Now().Add(p.RetryDelays[rung])
+			g.mu.Lock()
+			k := tp{r.Topic, r.Partition}
+			if g.inplace[k] == nil {
+				g.inplace[k] = map[int64]inPlace{}
+			}
+			g.inplace[k][r.Offset] = inPlace{m: m}
+			g.mu.Unlock()
+			g.log.Info("record retried in place", "topic", r.Topic, "partition", r.Partition, "offset", r.Offset, "retries", m.retries, "attempts", m.attempts)
+			return errHold{m.due}
+		}
 		m.parked, m.deadKey = false, false
 		m.retries, m.hop = rung+1, m.hopAt(pos.level)
 		m.due = time.Now().Add(p.RetryDelays[rung])

@@ -21,7 +21,7 @@ func testGroup(p FailurePolicy, h Handler) *Group {
 	p.jitter = func() float64 { return 1 }
 	g := &Group{cfg: config{policy: p, keyConcurrency: 1}, group: "g", h: h, log: slog.New(slog.DiscardHandler),
 		chain: map[string]chainPos{"t": {origin: "t"}}, states: map[tp]*chainState{}, held: map[tp]*heldRecs{}, pending: map[tp][]pendingCommit{},
-		processed: map[tp]int64{}, committed: map[tp]int64{}}
+		processed: map[tp]int64{}, committed: map[tp]int64{}, inplace: map[tp]map[int64]inPlace{}}
 	for l := 1; l <= len(p.RetryDelays); l++ {
 		g.chain[RetryTopic("t", "g", l)] = chainPos{origin: "t", level: l}
 	}
@@ -113,7 +113,7 @@ func TestRetryPartitionWaitsForDue(t *testing.T) {
 			retryRecord(2, "c", now.Add(time.Second), false),
 			retryRecord(3, "d", now, true),
 		}
-		done, wait, st, _, err := g.partition(t.Context(), RetryTopic("t", "g", 1), 0, recs)
+		done, wait, st, _, err := g.partition(t.Context(), RetryTopic("t", "g", 1), 0, recs, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
