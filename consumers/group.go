@@ -14,7 +14,9 @@ import (
 	"time"
 
 	"github.com/orchestrix/orchestrix"
+	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
 	"github.com/twmb/franz-go/plugin/kslog"
 )
 
@@ -97,6 +99,8 @@ type Group struct {
 	// retryCommit holds, per partition, progress whose commit failed (the
 	// broker unreachable): committed with the next commit.
 	retryCommit map[tp]*kgo.Record
+	// inflight counts asynchronous commits not yet answered.
+	inflight sync.WaitGroup
 	// down is when the brokers became unreachable (zero: reachable);
 	// downLogged when that was last logged.
 	down, downLogged time.Time
@@ -628,7 +632,17 @@ func (g *Group) process(ctx context.Context, fetches kgo.Fetches) error {
 // failure is not fatal unless final (the group stops): the progress is
 // kept and committed with the next commit (at-least-once: a crash before
 // that replays it).
+//
+// Unless final, the commit is sent asynchronously and the next poll starts
+// at once: a poll's records are durable before its offsets are committed
+// either way, so not waiting for the OffsetCommit round trip only shortens
+// the cycle (franz-go keeps commits in order, and the synchronous commits
+// at a rebalance and at shutdown wait for the ones in flight).
 func (g *Group) commit(ctx context.Context, recs []*kgo.Record, final bool) error {
+	if final {
+		// A failed asynchronous commit hands its progress back to this one.
+		g.inflight.Wait()
+	}
 	g.mu.Lock()
 	for _, r := range g.retryCommit {
 		recs = append(recs, r)
@@ -638,15 +652,52 @@ func (g *Group) commit(ctx context.Context, recs []*kgo.Record, final bool) erro
 	if len(recs) == 0 {
 		return nil
 	}
+	if !final {
+		offsets := map[string]map[int32]kgo.EpochOffset{}
+		for _, r := range recs {
+			m := offsets[r.Topic]
+			if m == nil {
+				m = map[int32]kgo.EpochOffset{}
+				offsets[r.Topic] = m
+			}
+			if old, ok := m[r.Partition]; !ok || old.Offset < r.Offset+1 {
+				m[r.Partition] = kgo.EpochOffset{Epoch: r.LeaderEpoch, Offset: r.Offset + 1}
+			}
+		}
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+		g.inflight.Add(1)
+		g.cl.CommitOffsets(cctx, offsets, func(_ *kgo.Client, _ *kmsg.OffsetCommitRequest, resp *kmsg.OffsetCommitResponse, err error) {
+			defer g.inflight.Done()
+			defer cancel()
+			if err == nil && resp != nil {
+				for _, t := range resp.Topics {
+					for _, p := range t.Partitions {
+						if perr := kerr.ErrorForCode(p.ErrorCode); perr != nil && err == nil {
+							err = fmt.Errorf("%s[%d]: %w", t.Topic, p.Partition, perr)
+						}
+					}
+				}
+			}
+			g.committedOrKept(recs, err)
+		})
+		return nil
+	}
 	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 	defer cancel()
 	err := g.cl.CommitRecords(cctx, recs...)
+	if err != nil {
+		return fmt.Errorf("consumers: commit: %w", err)
+	}
+	g.noteCommitted(recs)
+	return nil
+}
+
+// committedOrKept notes recs committed, or keeps them to be committed with
+// the next commit when err says the commit failed.
+func (g *Group) committedOrKept(recs []*kgo.Record, err error) {
 	if err == nil {
 		g.noteCommitted(recs)
-		return nil
-	}
-	if final {
-		return fmt.Errorf("consumers: commit: %w", err)
+		return
 	}
 	g.mu.Lock()
 	for _, r := range recs {
@@ -661,7 +712,6 @@ func (g *Group) commit(ctx context.Context, recs []*kgo.Record, final bool) erro
 	} else {
 		g.log.Warn("commit failed, retrying with the next commit", "err", err)
 	}
-	return nil
 }
 
 // noteCommitted records the offsets committed for recs.
