@@ -343,6 +343,20 @@ func bare(ctx context.Context, c config, seeds []string, n, rate int) (result, e
 		return result{}, err
 	}
 	defer cons.Close()
+	// Join the group before measuring, as the orchestrix run does with its
+	// warm-up: a warm-up record produced and consumed.
+	if err := cl.ProduceSync(ctx, &kgo.Record{Topic: topic, Value: []byte("warm-up")}).FirstErr(); err != nil {
+		return result{}, err
+	}
+	for warm := false; !warm; {
+		if ctx.Err() != nil {
+			return result{}, ctx.Err()
+		}
+		cons.PollRecords(ctx, 1000).EachRecord(func(r *kgo.Record) { warm = warm || string(r.Value) == "warm-up" })
+		if err := cons.CommitUncommittedOffsets(ctx); err != nil {
+			return result{}, err
+		}
+	}
 	peak := heapSampler(ctx)
 	sentAt := make([]time.Time, n)
 	lat := make([]time.Duration, n)
@@ -355,7 +369,10 @@ func bare(ctx context.Context, c config, seeds []string, n, rate int) (result, e
 			fs := cons.PollRecords(ctx, 1000)
 			now := time.Now()
 			fs.EachRecord(func(r *kgo.Record) {
-				i, _ := strconv.Atoi(string(r.Value))
+				i, err := strconv.Atoi(string(r.Value))
+				if err != nil {
+					return // the warm-up record
+				}
 				mu.Lock()
 				lat[i] = now.Sub(sentAt[i])
 				mu.Unlock()
