@@ -343,18 +343,21 @@ func bare(ctx context.Context, c config, seeds []string, n, rate int) (result, e
 		return result{}, err
 	}
 	defer cons.Close()
-	// Join the group before measuring, as the orchestrix run does with its
-	// warm-up: a warm-up record produced and consumed.
-	if err := cl.ProduceSync(ctx, &kgo.Record{Topic: topic, Value: []byte("warm-up")}).FirstErr(); err != nil {
-		return result{}, err
-	}
-	for warm := false; !warm; {
-		if ctx.Err() != nil {
-			return result{}, ctx.Err()
-		}
-		cons.PollRecords(ctx, 1000).EachRecord(func(r *kgo.Record) { warm = warm || string(r.Value) == "warm-up" })
-		if err := cons.CommitUncommittedOffsets(ctx); err != nil {
+	// At a fixed load, join the group before measuring, as the orchestrix
+	// run does with its warm-up (a record produced and consumed); the burst
+	// run measures produce-everything-then-consume, join included.
+	for warm := rate == 0; !warm; {
+		if err := cl.ProduceSync(ctx, &kgo.Record{Topic: topic, Value: []byte("warm-up")}).FirstErr(); err != nil {
 			return result{}, err
+		}
+		for !warm {
+			if ctx.Err() != nil {
+				return result{}, ctx.Err()
+			}
+			cons.PollRecords(ctx, 1000).EachRecord(func(r *kgo.Record) { warm = warm || string(r.Value) == "warm-up" })
+			if err := cons.CommitUncommittedOffsets(ctx); err != nil {
+				return result{}, err
+			}
 		}
 	}
 	peak := heapSampler(ctx)
