@@ -181,9 +181,13 @@ func newStatements(q string) statements {
 		insertEvents: `INSERT INTO ` + q + `.events (stream_id, version, id, type, source, subject, time, content_type, data, correlation_id, causation_id, traceparent, extensions, command_id)
 	SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], $7::timestamptz[], $8::text[], $9::bytea[], $10::text[], $11::text[], $12::text[], $13::jsonb[], $14::text[])`,
 		readStream: `SELECT ` + eventColumns + ` FROM ` + q + `.events WHERE stream_id = $1 AND version > $2 ORDER BY version LIMIT $3`,
-		readAll: `SELECT tx_id::text, ` + eventColumns + ` FROM ` + q + `.events
-	WHERE (tx_id, position) > ($1::text::xid8, $2) AND tx_id < pg_snapshot_xmin(pg_current_snapshot())
-	ORDER BY tx_id, position LIMIT $3`,
+		// The table is aliased so that ORDER BY names the xid8 column:
+		// a bare "tx_id" would name the tx_id::text output column, sort
+		// text (wrong when the IDs gain a digit) and, without the
+		// (tx_id, position) index, sort the whole log for every page.
+		readAll: `SELECT ev.tx_id::text, ` + eventColumns + ` FROM ` + q + `.events AS ev
+	WHERE (ev.tx_id, ev.position) > ($1::text::xid8, $2) AND ev.tx_id < pg_snapshot_xmin(pg_current_snapshot())
+	ORDER BY ev.tx_id, ev.position LIMIT $3`,
 		findCommand: `SELECT stream_id, from_version, to_version, rejection FROM ` + q + `.commands WHERE command_id = $1`,
 		// One index probe per ID: with "command_id = ANY($1)" and a
 		// thousand IDs the planner picks a sequential scan that compares
