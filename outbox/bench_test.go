@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -137,6 +138,7 @@ func benchDrain(b *testing.B, n int) {
 			b.Fatal(err)
 		}
 		var perr atomic.Value
+		rawCPU0 := processCPU()
 		start = time.Now()
 		for s := range streams {
 			stream := fmt.Sprintf("acct-%05d", s)
@@ -158,6 +160,7 @@ func benchDrain(b *testing.B, n int) {
 			b.Fatal(err)
 		}
 		rawTime := time.Since(start)
+		rawCPU := processCPU() - rawCPU0
 		cl.Close()
 		if err, ok := perr.Load().(error); ok {
 			b.Fatal(err)
@@ -255,10 +258,12 @@ func benchDrain(b *testing.B, n int) {
 				}
 			}
 		}()
+		cpu0 := processCPU()
 		start = time.Now()
 		stop := runRelay(b, r)
 		waitFor(b, 30*time.Minute, "drain", func() bool { return r.Stats().Checkpoint.Events == last })
 		relayTime := time.Since(start)
+		relayCPU := processCPU() - cpu0
 		stopSample()
 		<-sampleDone
 		if err := stop(); err != nil {
@@ -278,7 +283,19 @@ func benchDrain(b *testing.B, n int) {
 		b.ReportMetric(float64(peak.Load()-min(peak.Load(), base.HeapInuse))/(1<<20), "peak_heap_inuse_MB_above_base")
 		b.ReportMetric(float64(peakLive.Load()-min(peakLive.Load(), baseLive))/(1<<20), "peak_live_heap_MB_above_base")
 		b.ReportMetric(float64(r.Stats().Transactions), "transactions")
+		b.ReportMetric(float64(relayCPU.Microseconds())/float64(n), "relay_process_cpu_µs/event")
+		b.ReportMetric(float64(rawCPU.Microseconds())/float64(n), "raw_produce_process_cpu_µs/event")
 	}
+}
+
+// processCPU is the CPU time (user and system) this process used so far:
+// the relay's own cost, whatever the machine's load.
+func processCPU() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // BenchmarkRelayLatency offers a fixed rate of single-event appends

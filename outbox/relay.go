@@ -618,12 +618,23 @@ func (r *Relay) sleep(ctx context.Context, d time.Duration, wake <-chan struct{}
 // fetch reads one batch after cp.
 func (r *Relay) fetch(ctx context.Context, cp Checkpoint) (*batch, error) {
 	b := &batch{cp: cp}
-	for e, err := range r.readEvents(ctx, cp.Events) {
+	if br, ok := r.src.(batchReader); ok {
+		// The store's slice as it is: no copy of every entry.
+		entries, err := br.ReadLogBatch(ctx, cp.Events, r.cfg.batchSize)
 		if err != nil {
 			return nil, fmt.Errorf("outbox: read events after %s: %w", cp.Events, err)
 		}
-		b.entries = append(b.entries, e)
-		b.cp.Events = e.Cursor
+		b.entries = entries
+	} else {
+		for e, err := range r.src.ReadAll(ctx, cp.Events, r.cfg.batchSize) {
+			if err != nil {
+				return nil, fmt.Errorf("outbox: read events after %s: %w", cp.Events, err)
+			}
+			b.entries = append(b.entries, e)
+		}
+	}
+	if n := len(b.entries); n > 0 {
+		b.cp.Events = b.entries[n-1].Cursor
 	}
 	b.full = len(b.entries) == r.cfg.batchSize
 	if r.outbox != nil {
@@ -661,26 +672,6 @@ func (r *Relay) encode(ctx context.Context, e stores.Entry) (*kgo.Record, error)
 		rec.Headers = append(rec.Headers, kgo.RecordHeader{Key: InstanceHeader, Value: r.instHdr})
 	}
 	return rec, nil
-}
-
-// readEvents reads one batch of events after cur.
-func (r *Relay) readEvents(ctx context.Context, cur stores.Cursor) iter.Seq2[stores.Entry, error] {
-	br, ok := r.src.(batchReader)
-	if !ok {
-		return r.src.ReadAll(ctx, cur, r.cfg.batchSize)
-	}
-	return func(yield func(stores.Entry, error) bool) {
-		entries, err := br.ReadLogBatch(ctx, cur, r.cfg.batchSize)
-		if err != nil {
-			yield(stores.Entry{}, err)
-			return
-		}
-		for _, e := range entries {
-			if !yield(e, nil) {
-				return
-			}
-		}
-	}
 }
 
 func (r *Relay) route(e orchestrix.Event) string {
@@ -746,7 +737,7 @@ func (r *Relay) commit(ctx context.Context, cl *kgo.Client, first *batch, more <
 		}
 		mu.Unlock()
 	}
-	all := &published{}
+	all := &published{recs: make([]*kgo.Record, 0, len(first.entries)+len(first.msgs)+len(more)*r.cfg.batchSize)}
 	full := false
 	add := func(b *batch) error {
 		for _, e := range b.entries {
