@@ -434,7 +434,7 @@ func (r *Relay) read(ctx context.Context, cp Checkpoint, out chan<- *batch) erro
 		return r.follow(ctx, obs, cp, out)
 	}
 	note, _ := r.src.(notifier)
-	interval := r.cfg.pollMin
+	lastWork := time.Now()
 	for {
 		var appended <-chan struct{}
 		if note != nil {
@@ -448,12 +448,12 @@ func (r *Relay) read(ctx context.Context, cp Checkpoint, out chan<- *batch) erro
 		fetchTime := time.Since(fetchStart)
 		if len(b.entries)+len(b.msgs) == 0 {
 			r.st.caughtUp.Store(true)
-			if !r.sleep(ctx, interval, r.wake, appended) {
+			if !r.sleep(ctx, r.idleWait(time.Since(lastWork)), r.wake, appended) {
 				return ctx.Err()
 			}
-			interval = min(2*interval, r.cfg.pollMax)
 			continue
 		}
+		lastWork = time.Now()
 		r.st.caughtUp.Store(!b.full)
 		r.log.Debug("read", "events", len(b.entries), "messages", len(b.msgs), "full", b.full, "took", fetchTime, "checkpoint", b.cp.Events.String())
 		select {
@@ -462,13 +462,23 @@ func (r *Relay) read(ctx context.Context, cp Checkpoint, out chan<- *batch) erro
 			return ctx.Err()
 		}
 		cp = b.cp
-		interval = r.cfg.pollMin
 		// After a partial batch wait the minimum, whatever wakes: under
 		// load, a read per append would only make smaller transactions.
-		if !b.full && !r.sleep(ctx, interval, nil, nil) {
+		if !b.full && !r.sleep(ctx, r.cfg.pollMin, nil, nil) {
 			return ctx.Err()
 		}
 	}
+}
+
+// idleWait is the wait after an empty read when a read last found work
+// idle ago: a quarter of that, from the minimum poll interval to the
+// maximum. A source written to steadily is read every minimum interval
+// even when some reads come back empty (a slow transaction holding the
+// log back); one that went quiet is read less and less often. (Doubling
+// on every empty read backed off to 40-80 ms within a few empty reads at
+// 1,000 events/s, the p99 of the time to publish.)
+func (r *Relay) idleWait(idle time.Duration) time.Duration {
+	return min(max(idle/4, r.cfg.pollMin), r.cfg.pollMax)
 }
 
 // follow is read for an Observer: a goroutine follows the source's stream
