@@ -93,8 +93,10 @@
 // # Latency and load
 //
 // A polled source is read with an adaptive interval (PollInterval): at once
-// after a full batch, the minimum after a partial one, doubling on every
-// empty read up to the maximum.
+// after a full batch, the minimum after a partial one; after an empty
+// read, a quarter of the time since a read last found work, from the
+// minimum up to the maximum (a source written to steadily is read at the
+// minimum interval even when a slow transaction holds some reads back).
 // It never asks writers for a NOTIFY inside their transaction; Wake (or
 // a memory store's append signal) cuts a wait short after a commit. Reads
 // run while the previous transaction commits, records are produced

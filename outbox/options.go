@@ -19,8 +19,9 @@ const (
 	// DefaultPollMin is the wait after a read that found work but not a
 	// full batch; a full batch is followed by the next read at once.
 	DefaultPollMin = 5 * time.Millisecond
-	// DefaultPollMax caps the wait between reads of an idle source: each
-	// empty read doubles the wait, from DefaultPollMin up to this.
+	// DefaultPollMax caps the wait between reads of an idle source: the
+	// wait after an empty read is a quarter of the time since a read last
+	// found work, from DefaultPollMin up to this.
 	DefaultPollMax = 100 * time.Millisecond
 	// DefaultLease is how long a paused or disconnected leader keeps
 	// leadership before a standby can take over (see LeaderElection).
@@ -129,8 +130,9 @@ func CheckpointReplication(n int16) Option { return func(c *config) { c.checkpoi
 // bounded by about ten batches, whatever the backlog.
 func BatchSize(n int) Option { return func(c *config) { c.batchSize = n } }
 
-// PollInterval sets the adaptive poll: min after a partial batch, doubling
-// on every empty read up to max (defaults DefaultPollMin, DefaultPollMax).
+// PollInterval sets the adaptive poll: min after a partial batch; after an
+// empty read, a quarter of the time since a read last found work, from min
+// up to max (defaults DefaultPollMin, DefaultPollMax).
 // Wake, and a source's Appended channel, cut the waits after empty reads
 // short.
 func PollInterval(min, max time.Duration) Option {

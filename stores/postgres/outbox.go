@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"strconv"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/orchestrix/orchestrix/stores"
 )
 
@@ -19,10 +18,7 @@ func (s *Store) ReadLogBatch(ctx context.Context, after stores.Cursor, limit int
 	if limit <= 0 {
 		return nil, nil
 	}
-	sql := `SELECT ev.tx_id::text, ` + eventColumns + ` FROM ` + pgx.Identifier{s.schema, "events"}.Sanitize() + ` AS ev
-	WHERE (ev.tx_id, ev.position) > ($1::text::xid8, $2) AND ev.tx_id < pg_snapshot_xmin(pg_current_snapshot())
-	ORDER BY ev.tx_id, ev.position LIMIT $3`
-	out, err := s.page(ctx, sql, true, strconv.FormatUint(after.Tx, 10), int64(after.Position), limit)
+	out, err := s.page(ctx, s.sql.readAll, true, strconv.FormatUint(after.Tx, 10), int64(after.Position), limit)
 	if err != nil {
 		return nil, fmt.Errorf("postgres: read log after %s: %w", after, err)
 	}

@@ -181,9 +181,13 @@ func newStatements(q string) statements {
 		insertEvents: `INSERT INTO ` + q + `.events (stream_id, version, id, type, source, subject, time, content_type, data, correlation_id, causation_id, traceparent, extensions, command_id)
 	SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], $7::timestamptz[], $8::text[], $9::bytea[], $10::text[], $11::text[], $12::text[], $13::jsonb[], $14::text[])`,
 		readStream: `SELECT ` + eventColumns + ` FROM ` + q + `.events WHERE stream_id = $1 AND version > $2 ORDER BY version LIMIT $3`,
-		readAll: `SELECT tx_id::text, ` + eventColumns + ` FROM ` + q + `.events
-	WHERE (tx_id, position) > ($1::text::xid8, $2) AND tx_id < pg_snapshot_xmin(pg_current_snapshot())
-	ORDER BY tx_id, position LIMIT $3`,
+		// The table is aliased so that ORDER BY names the xid8 column:
+		// a bare "tx_id" would name the tx_id::text output column, sort
+		// text (wrong when the IDs gain a digit) and, without the
+		// (tx_id, position) index, sort the whole log for every page.
+		readAll: `SELECT ev.tx_id::text, ` + eventColumns + ` FROM ` + q + `.events AS ev
+	WHERE (ev.tx_id, ev.position) > ($1::text::xid8, $2) AND ev.tx_id < pg_snapshot_xmin(pg_current_snapshot())
+	ORDER BY ev.tx_id, ev.position LIMIT $3`,
 		findCommand: `SELECT stream_id, from_version, to_version, rejection FROM ` + q + `.commands WHERE command_id = $1`,
 		// One index probe per ID: with "command_id = ANY($1)" and a
 		// thousand IDs the planner picks a sequential scan that compares
@@ -696,6 +700,10 @@ func (s *Store) ReadAll(ctx context.Context, after stores.Cursor, limit int) ite
 	}
 }
 
+// page runs a query selecting [tx_id::text,] eventColumns and decodes its
+// rows. Rows in pgx's binary result format (the default query modes) are
+// decoded straight from the wire (see rowDecoder); any other format (a
+// pool in simple-protocol mode) is scanned the generic way.
 func (s *Store) page(ctx context.Context, sql string, withTx bool, a, b any, size int) ([]stores.Entry, error) {
 	rows, err := s.pool.Query(ctx, sql, a, b, size)
 	if err != nil {
@@ -703,37 +711,58 @@ func (s *Store) page(ctx context.Context, sql string, withTx bool, a, b any, siz
 	}
 	defer rows.Close()
 	out := make([]stores.Entry, 0, size)
+	var d *rowDecoder
+	first := true
 	for rows.Next() {
-		var (
-			e        stores.Entry
-			txText   string
-			pos, ver int64
-			ext      []byte
-		)
-		dest := []any{&pos, &e.StreamID, &ver, &e.ID, &e.Type, &e.Source, &e.Subject, &e.Time, &e.ContentType, &e.Data, &e.CorrelationID, &e.CausationID, &e.TraceParent, &ext, &e.CommandID}
-		if withTx {
-			dest = append([]any{&txText}, dest...)
+		if first {
+			first = false
+			if binaryEventColumns(rows.FieldDescriptions(), withTx) {
+				d = &rowDecoder{}
+			}
 		}
-		if err := rows.Scan(dest...); err != nil {
+		out = append(out, stores.Entry{})
+		e := &out[len(out)-1]
+		if d != nil {
+			err = d.decode(e, rows.RawValues(), withTx)
+		} else {
+			err = scanRow(rows, e, withTx)
+		}
+		if err != nil {
 			return nil, err
 		}
-		e.Position, e.Version = uint64(pos), uint64(ver)
-		e.Time = e.Time.UTC()
-		if len(ext) > 0 {
-			if err := json.Unmarshal(ext, &e.Extensions); err != nil {
-				return nil, fmt.Errorf("event at position %d: extensions: %w", pos, err)
-			}
-		}
-		if withTx {
-			tx, err := strconv.ParseUint(txText, 10, 64)
-			if err != nil {
-				return nil, fmt.Errorf("event at position %d: tx id %q: %w", pos, txText, err)
-			}
-			e.Cursor = stores.Cursor{Tx: tx, Position: e.Position}
-		}
-		out = append(out, e)
 	}
 	return out, rows.Err()
+}
+
+// scanRow scans one row of page with rows.Scan.
+func scanRow(rows pgx.Rows, e *stores.Entry, withTx bool) error {
+	var (
+		txText   string
+		pos, ver int64
+		ext      []byte
+	)
+	dest := []any{&pos, &e.StreamID, &ver, &e.ID, &e.Type, &e.Source, &e.Subject, &e.Time, &e.ContentType, &e.Data, &e.CorrelationID, &e.CausationID, &e.TraceParent, &ext, &e.CommandID}
+	if withTx {
+		dest = append([]any{&txText}, dest...)
+	}
+	if err := rows.Scan(dest...); err != nil {
+		return err
+	}
+	e.Position, e.Version = uint64(pos), uint64(ver)
+	e.Time = e.Time.UTC()
+	if len(ext) > 0 {
+		if err := json.Unmarshal(ext, &e.Extensions); err != nil {
+			return fmt.Errorf("event at position %d: extensions: %w", pos, err)
+		}
+	}
+	if withTx {
+		tx, err := strconv.ParseUint(txText, 10, 64)
+		if err != nil {
+			return fmt.Errorf("event at position %d: tx id %q: %w", pos, txText, err)
+		}
+		e.Cursor = stores.Cursor{Tx: tx, Position: e.Position}
+	}
+	return nil
 }
 
 // FindCommand implements stores.EventStore.
