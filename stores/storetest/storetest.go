@@ -119,6 +119,24 @@ func ReadAll(t testing.TB, s stores.EventStore, c stores.Cursor) []stores.Entry 
 	return out
 }
 
+// ReadAllSettled reads the log after c until it holds want events or a
+// minute has passed, and returns the last read. A gap-safe store hides
+// committed events behind any transaction still running in its database
+// cluster — another test's, in a parallel package — so a read straight
+// after an append may be short for a while; that is the contract, not a
+// failure.
+func ReadAllSettled(t testing.TB, s stores.EventStore, c stores.Cursor, want int) []stores.Entry {
+	t.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for {
+		got := ReadAll(t, s, c)
+		if len(got) >= want || time.Now().After(deadline) {
+			return got
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
 func testAppendRead(t *testing.T, s stores.EventStore) {
 	evs := Events("Tested", 3)
 	evs[0].ID = "0190b7a4-0000-7000-8000-000000000001"
@@ -328,7 +346,7 @@ func testReadAll(t *testing.T, s stores.EventStore) {
 	for i := range 30 {
 		mustAppend(t, s, streams[i%3], stores.Any, Events("R", 1+i%2))
 	}
-	all := ReadAll(t, s, stores.Cursor{})
+	all := ReadAllSettled(t, s, stores.Cursor{}, 45)
 	if len(all) != 45 {
 		t.Fatalf("read %d events, want 45", len(all))
 	}
@@ -477,7 +495,9 @@ func testGapSafe(t *testing.T, s stores.EventStore, p PendingAppender) {
 	if err := open[0].finish(ctx, true); err != nil {
 		t.Fatalf("finish long: %v", err)
 	}
-	deadline := time.Now().Add(10 * time.Second)
+	// Up to 90 s: another package's test may hold a transaction open on
+	// the same cluster (the outbox's long-transaction test holds one 30 s).
+	deadline := time.Now().Add(90 * time.Second)
 	for {
 		poll()
 		mu.Lock()
