@@ -60,6 +60,20 @@ func registry(t *testing.T) *codec.Registry {
 	return reg
 }
 
+// newProcessor returns a banking repository on store and a processor on it.
+func newProcessor(t *testing.T, store stores.EventStore, reg *codec.Registry) (*aggregates.Repository[banking.Account], *aggregates.Processor[banking.Account]) {
+	t.Helper()
+	repo, err := aggregates.NewRepository(account(t), store, reg, "/test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := aggregates.NewProcessor(repo)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return repo, p
+}
+
 func handleConcurrently(p *aggregates.Processor[banking.Account], batches ...[]*kgo.Record) [][]error {
 	out := make([][]error, len(batches))
 	var wg sync.WaitGroup
@@ -87,14 +101,7 @@ func TestProcessorCombinesPartitions(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		reg := registry(t)
 		store := &slowStore{Store: memory.New()}
-		repo, err := aggregates.NewRepository(account(t), store, reg, "/test")
-		if err != nil {
-			t.Fatal(err)
-		}
-		p, err := aggregates.NewProcessor(repo)
-		if err != nil {
-			t.Fatal(err)
-		}
+		repo, p := newProcessor(t, store, reg)
 		var batches [][]*kgo.Record
 		for part := range int32(4) {
 			var cmds []orchestrix.Command
@@ -129,14 +136,7 @@ func TestProcessorCombinesPartitions(t *testing.T) {
 func TestProcessorCombinedConflict(t *testing.T) {
 	reg := registry(t)
 	store := memory.New()
-	repo, err := aggregates.NewRepository(account(t), store, reg, "/test")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p, err := aggregates.NewProcessor(repo)
-	if err != nil {
-		t.Fatal(err)
-	}
+	repo, p := newProcessor(t, store, reg)
 	open := [][]*kgo.Record{
 		records(t, reg, 0, cmd("a-open", "a", banking.OpenAccount{Owner: "ada"})),
 		records(t, reg, 1, cmd("b-open", "b", banking.OpenAccount{Owner: "bob"})),
@@ -190,14 +190,7 @@ func typeOf(payload any) string {
 func TestProcessorRedeliveredRejection(t *testing.T) {
 	reg := registry(t)
 	store := memory.New()
-	repo, err := aggregates.NewRepository(account(t), store, reg, "/test")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p, err := aggregates.NewProcessor(repo)
-	if err != nil {
-		t.Fatal(err)
-	}
+	repo, p := newProcessor(t, store, reg)
 	poll := records(t, reg, 0,
 		cmd("open", "a", banking.OpenAccount{Owner: "ada"}),
 		cmd("dep-50", "a", banking.Deposit{Amount: 50}),
