@@ -21,8 +21,6 @@ import (
 	"github.com/orchestrix/orchestrix/internal/testenv"
 	"github.com/orchestrix/orchestrix/outbox"
 	"github.com/orchestrix/orchestrix/stores"
-	"github.com/orchestrix/orchestrix/stores/postgres"
-	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 )
 
@@ -37,32 +35,6 @@ func benchInt(name string, def int) int {
 		return v
 	}
 	return def
-}
-
-// benchEnv is newEnv for benchmarks.
-func benchEnv(b *testing.B, partitions int32) *env {
-	b.Helper()
-	pool := testenv.Pool(b)
-	seeds := testenv.Brokers(b)
-	schema := testenv.Schema(b, pool)
-	if _, err := postgres.Migrate(b.Context(), pool, schema); err != nil {
-		b.Fatal(err)
-	}
-	store, err := postgres.New(b.Context(), pool, postgres.WithSchema(schema))
-	if err != nil {
-		b.Fatal(err)
-	}
-	topic := testenv.Topic(b, seeds, partitions, nil)
-	b.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		cl, err := kgo.NewClient(kgo.SeedBrokers(seeds...))
-		if err == nil {
-			defer cl.Close()
-			_, _ = kadm.NewClient(cl).DeleteTopics(ctx, topic+outbox.CheckpointSuffix)
-		}
-	})
-	return &env{pool: pool, store: store, schema: schema, seeds: seeds, topic: topic}
 }
 
 func benchClientOpts() []kgo.Opt {
@@ -114,7 +86,7 @@ func BenchmarkRelayDrain(b *testing.B) {
 func benchDrain(b *testing.B, n int) {
 	const perAppend = 5000
 	for b.Loop() {
-		e := benchEnv(b, 8)
+		e := newEnv(b, 8)
 		ctx := b.Context()
 
 		start := time.Now()
@@ -323,7 +295,7 @@ func BenchmarkRelayLatency(b *testing.B) {
 }
 
 func benchLatency(b *testing.B, rate int, d time.Duration, wake bool) {
-	e := benchEnv(b, 8)
+	e := newEnv(b, 8)
 	ctx := b.Context()
 	var mu sync.Mutex
 	committedAt := map[string]time.Time{}
@@ -419,7 +391,7 @@ func BenchmarkAppendWithRelay(b *testing.B) {
 	d := time.Duration(benchInt("ORCHESTRIX_BENCH_SECONDS", 5)) * time.Second
 	rounds := benchInt("ORCHESTRIX_BENCH_ROUNDS", 3)
 	for b.Loop() {
-		e := benchEnv(b, 8)
+		e := newEnv(b, 8)
 		phase := 0
 		appendFor := func() float64 {
 			phase++

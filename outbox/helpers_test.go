@@ -13,6 +13,7 @@ import (
 
 	"github.com/orchestrix/orchestrix"
 	"github.com/orchestrix/orchestrix/codec"
+	"github.com/orchestrix/orchestrix/internal/testenv"
 	"github.com/orchestrix/orchestrix/outbox"
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
@@ -43,7 +44,7 @@ func readTopicIsolation(t testing.TB, seeds []string, topic string, isolation kg
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	adm := kadm.NewClient(newClient(t, seeds))
+	adm := kadm.NewClient(testenv.Client(t, seeds))
 	ends, err := adm.ListEndOffsets(ctx, topic)
 	if err != nil {
 		t.Fatalf("end offsets of %s: %v", topic, err)
@@ -61,7 +62,7 @@ func readTopicIsolation(t testing.TB, seeds []string, topic string, isolation kg
 	for p := range want {
 		parts[p] = kgo.NewOffset().AtStart()
 	}
-	cl := newClient(t, seeds,
+	cl := testenv.Client(t, seeds,
 		kgo.ConsumePartitions(map[string]map[int32]kgo.Offset{topic: parts}),
 		kgo.FetchIsolationLevel(isolation),
 		kgo.KeepControlRecords(),
@@ -104,21 +105,11 @@ func readTopicIsolation(t testing.TB, seeds []string, topic string, isolation kg
 	return out
 }
 
-func newClient(t testing.TB, seeds []string, opts ...kgo.Opt) *kgo.Client {
-	t.Helper()
-	cl, err := kgo.NewClient(append([]kgo.Opt{kgo.SeedBrokers(seeds...)}, opts...)...)
-	if err != nil {
-		t.Fatalf("kafka client: %v", err)
-	}
-	t.Cleanup(cl.Close)
-	return cl
-}
-
 // createTopic creates a topic on seeds (kfake or real) and deletes it at
 // the end with its checkpoint topic.
 func createTopic(t testing.TB, seeds []string, name string, partitions int32) {
 	t.Helper()
-	adm := kadm.NewClient(newClient(t, seeds))
+	adm := kadm.NewClient(testenv.Client(t, seeds))
 	resp, err := adm.CreateTopic(context.Background(), partitions, 1, nil, name)
 	if err == nil {
 		err = resp.Err

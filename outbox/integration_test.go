@@ -149,7 +149,9 @@ type env struct {
 	topic  string
 }
 
-func newEnv(t *testing.T, partitions int32) *env {
+// newEnv makes a migrated schema, its store and an events topic; the
+// relay's checkpoint topic is deleted when the test or benchmark ends.
+func newEnv(t testing.TB, partitions int32) *env {
 	t.Helper()
 	pool := testenv.Pool(t)
 	seeds := testenv.Brokers(t)
@@ -165,7 +167,11 @@ func newEnv(t *testing.T, partitions int32) *env {
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
-		_, _ = kadm.NewClient(newClient(t, seeds)).DeleteTopics(ctx, topic+outbox.CheckpointSuffix)
+		cl, err := kgo.NewClient(kgo.SeedBrokers(seeds...))
+		if err == nil {
+			defer cl.Close()
+			_, _ = kadm.NewClient(cl).DeleteTopics(ctx, topic+outbox.CheckpointSuffix)
+		}
 	})
 	return &env{pool: pool, store: store, schema: schema, seeds: seeds, topic: topic}
 }
@@ -599,7 +605,7 @@ func TestFencingIntegration(t *testing.T) {
 	// A background read_committed consumer notes who published.
 	var mu sync.Mutex
 	firstFrom := map[string]time.Time{}
-	cl := newClient(t, e.seeds, kgo.ConsumeTopics(e.topic), kgo.FetchIsolationLevel(kgo.ReadCommitted()), kgo.FetchMaxWait(100*time.Millisecond))
+	cl := testenv.Client(t, e.seeds, kgo.ConsumeTopics(e.topic), kgo.FetchIsolationLevel(kgo.ReadCommitted()), kgo.FetchMaxWait(100*time.Millisecond))
 	go func() {
 		for {
 			fs := cl.PollFetches(ctx)
@@ -696,7 +702,7 @@ func readTopicRaw(t testing.TB, seeds []string, topic string) []*kgo.Record {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	adm := kadm.NewClient(newClient(t, seeds))
+	adm := kadm.NewClient(testenv.Client(t, seeds))
 	ends, err := adm.ListCommittedOffsets(ctx, topic)
 	if err != nil {
 		t.Fatal(err)
