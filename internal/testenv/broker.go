@@ -134,10 +134,16 @@ logger.statechange.level = WARN
 	if err := os.WriteFile(b.log4j, []byte(log4j), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	// A cluster ID that starts with "-" reads as an option to the storage
+	// tool's argument parser (one in 64 did): draw again.
 	var id [16]byte
-	_, _ = rand.Read(id[:])
+	clusterID := "-"
+	for strings.HasPrefix(clusterID, "-") {
+		_, _ = rand.Read(id[:])
+		clusterID = base64.RawURLEncoding.EncodeToString(id[:])
+	}
 	format := exec.Command(java, b.jvmOpts("kafka.tools.StorageTool", "format", "--standalone",
-		"-t", base64.RawURLEncoding.EncodeToString(id[:]), "-c", b.props)...)
+		"-t", clusterID, "-c", b.props)...)
 	if out, err := format.CombinedOutput(); err != nil {
 		t.Fatalf("format the broker's data dir: %v\n%s", err, out)
 	}
