@@ -7,6 +7,7 @@ import (
 	"os"
 	"runtime"
 	"runtime/metrics"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -27,7 +28,8 @@ import (
 // Benchmarks. Each runs once per op and reports its figures as metrics;
 // run them with -benchtime=1x (see bench/README.md, "Outbox relay", for the commands and results).
 //
-//	ORCHESTRIX_BENCH_EVENTS  backlog sizes of BenchmarkRelayDrain, comma-separated (default 200000)
+//	ORCHESTRIX_BENCH_EVENTS  backlog sizes of BenchmarkRelayDrain, comma-separated (default 1000000)
+//	ORCHESTRIX_BENCH_ROUNDS  rounds of the alternating phases (default 3)
 //	ORCHESTRIX_BENCH_SECONDS duration of each latency and append phase (default 10)
 
 func benchInt(name string, def int) int {
@@ -58,16 +60,21 @@ func benchEvent(stream string, i int) orchestrix.Event {
 }
 
 // BenchmarkRelayDrain fills a backlog (store.Append batches of 5000, which
-// use COPY), then measures: raw franz-go produce of the same records to the
-// same broker (idempotent, not transactional), the database's own read
-// rate of the log (ReadAll), and the relay draining it; with the relay's
-// peak heap, to compare across backlog sizes.
+// use COPY), then measures the database's own read rate of the log
+// (ReadLogBatch), a naive read-and-produce loop, and, alternating over
+// ORCHESTRIX_BENCH_ROUNDS rounds (default 3) so that the drift of a shared
+// machine hits both alike: raw franz-go produce of the same records to
+// the same broker (idempotent, not transactional), and the relay draining
+// the backlog into a fresh topic. It reports the medians and the median of
+// the rounds' ratios, with the relay's peak heap, to compare across
+// backlog sizes.
 //
 // ORCHESTRIX_BENCH_EVENTS may list several sizes ("100000,1000000"): one
 // sub-benchmark each, to show the relay's heap does not grow with the
-// backlog.
+// backlog. ORCHESTRIX_BENCH_CPUPROFILE names a file for a CPU profile of
+// the relay's drains alone.
 func BenchmarkRelayDrain(b *testing.B) {
-	sizes := []int{200_000}
+	sizes := []int{1_000_000}
 	if v := os.Getenv("ORCHESTRIX_BENCH_EVENTS"); v != "" {
 		sizes = sizes[:0]
 		for f := range strings.SplitSeq(v, ",") {
@@ -83,63 +90,41 @@ func BenchmarkRelayDrain(b *testing.B) {
 	}
 }
 
+// drainPerAppend is how many events each append of the backlog carries
+// (one stream each).
+const drainPerAppend = 5000
+
+// drainEvent is the i-th event of the backlog's stream s, as the store
+// returns it.
+func drainEvent(s, i int) orchestrix.Event {
+	stream := fmt.Sprintf("acct-%05d", s)
+	ev := benchEvent(stream, i)
+	ev.StreamID, ev.Version, ev.Position = stream, uint64(i+1), uint64(s*drainPerAppend+i+1)
+	return ev
+}
+
 func benchDrain(b *testing.B, n int) {
-	const perAppend = 5000
+	rounds := benchInt("ORCHESTRIX_BENCH_ROUNDS", 3)
+	streams := (n + drainPerAppend - 1) / drainPerAppend
 	for b.Loop() {
 		e := newEnv(b, 8)
 		ctx := b.Context()
 
 		start := time.Now()
-		streams := (n + perAppend - 1) / perAppend
 		for s := range streams {
-			stream := fmt.Sprintf("acct-%05d", s)
-			evs := make([]orchestrix.Event, min(perAppend, n-s*perAppend))
+			evs := make([]orchestrix.Event, min(drainPerAppend, n-s*drainPerAppend))
 			for i := range evs {
-				evs[i] = benchEvent(stream, i)
+				evs[i] = drainEvent(s, i)
+				evs[i].StreamID, evs[i].Version, evs[i].Position = "", 0, 0
 			}
-			if _, err := e.store.Append(ctx, stream, stores.NoStream, evs); err != nil {
+			if _, err := e.store.Append(ctx, fmt.Sprintf("acct-%05d", s), stores.NoStream, evs); err != nil {
 				b.Fatal(err)
 			}
 		}
 		fill := time.Since(start)
 
-		// Baseline 1: raw produce of the same records.
-		raw := testenv.Topic(b, e.seeds, 8, nil)
-		cl, err := kgo.NewClient(kgo.SeedBrokers(e.seeds...))
-		if err != nil {
-			b.Fatal(err)
-		}
-		var perr atomic.Value
-		rawCPU0 := processCPU()
-		start = time.Now()
-		for s := range streams {
-			stream := fmt.Sprintf("acct-%05d", s)
-			for i := range min(perAppend, n-s*perAppend) {
-				ev := benchEvent(stream, i)
-				ev.StreamID, ev.Version, ev.Position = stream, uint64(i+1), uint64(s*perAppend+i+1)
-				rec, err := codec.EventToRecord(raw, ev)
-				if err != nil {
-					b.Fatal(err)
-				}
-				cl.Produce(ctx, rec, func(_ *kgo.Record, err error) {
-					if err != nil {
-						perr.CompareAndSwap(nil, err)
-					}
-				})
-			}
-		}
-		if err := cl.Flush(ctx); err != nil {
-			b.Fatal(err)
-		}
-		rawTime := time.Since(start)
-		rawCPU := processCPU() - rawCPU0
-		cl.Close()
-		if err, ok := perr.Load().(error); ok {
-			b.Fatal(err)
-		}
-
-		// Baseline 2: the database's own read rate of the log, in the
-		// relay's batches (one query each, no Kafka).
+		// The database's own read rate of the log, in the relay's
+		// batches (one query each, no Kafka).
 		batchSize := benchInt("ORCHESTRIX_BENCH_BATCH", outbox.DefaultBatchSize)
 		start = time.Now()
 		read := 0
@@ -159,15 +144,17 @@ func benchDrain(b *testing.B, n int) {
 			b.Fatalf("read %d events, want %d", read, n)
 		}
 
-		// Baseline 3: the naive at-least-once pipeline on the same
-		// machine: read pages and produce them (idempotent, no
-		// transactions, no checkpoint), flushing once at the end. No
-		// relay can beat it; the gap to it is the price of exactly-once.
-		naiveTopic := testenv.Topic(b, e.seeds, 8, nil)
-		ncl, err := kgo.NewClient(kgo.SeedBrokers(e.seeds...))
-		if err != nil {
-			b.Fatal(err)
+		// The naive at-least-once pipeline on the same machine: read
+		// pages and produce them (idempotent, no transactions, no
+		// checkpoint), flushing once at the end.
+		var perr atomic.Value
+		onErr := func(_ *kgo.Record, err error) {
+			if err != nil {
+				perr.CompareAndSwap(nil, err)
+			}
 		}
+		naiveTopic := testenv.Topic(b, e.seeds, 8, nil)
+		ncl := testenv.Client(b, e.seeds)
 		start = time.Now()
 		for cur := (stores.Cursor{}); ; {
 			page, err := e.store.ReadLogBatch(ctx, cur, batchSize)
@@ -182,11 +169,7 @@ func benchDrain(b *testing.B, n int) {
 				if err != nil {
 					b.Fatal(err)
 				}
-				ncl.Produce(ctx, rec, func(_ *kgo.Record, err error) {
-					if err != nil {
-						perr.CompareAndSwap(nil, err)
-					}
-				})
+				ncl.Produce(ctx, rec, onErr)
 			}
 			cur = page[len(page)-1].Cursor
 		}
@@ -194,69 +177,145 @@ func benchDrain(b *testing.B, n int) {
 			b.Fatal(err)
 		}
 		naiveTime := time.Since(start)
-		ncl.Close()
 
-		// The relay.
-		runtime.GC()
-		var base runtime.MemStats
-		runtime.ReadMemStats(&base)
-		live := []metrics.Sample{{Name: "/gc/heap/live:bytes"}}
-		metrics.Read(live)
-		baseLive := live[0].Value.Uint64()
-		var peakLive atomic.Uint64
-		r := e.relay(b, "bench", outbox.BatchSize(batchSize), outbox.NoOutboxTable(), outbox.WithClientOpts(benchClientOpts()...))
-		last := e.lastCursor(b)
-		var peak atomic.Uint64
-		sampleDone := make(chan struct{})
-		sampleCtx, stopSample := context.WithCancel(ctx)
-		go func() {
-			defer close(sampleDone)
-			t := time.NewTicker(20 * time.Millisecond)
-			defer t.Stop()
-			var ms runtime.MemStats
-			for {
-				select {
-				case <-sampleCtx.Done():
-					return
-				case <-t.C:
-					runtime.ReadMemStats(&ms)
-					if ms.HeapInuse > peak.Load() {
-						peak.Store(ms.HeapInuse)
+		var raw, relay, ratio, rawCPU, relayCPU []float64
+		var peakInuse, peakLive float64
+		var txns uint64
+		stopProfile := func() {}
+		for round := range rounds {
+			// Raw produce of the same records, encoded the same way.
+			topic := testenv.Topic(b, e.seeds, 8, nil)
+			cl := testenv.Client(b, e.seeds)
+			cpu0 := processCPU()
+			start = time.Now()
+			for s := range streams {
+				for i := range min(drainPerAppend, n-s*drainPerAppend) {
+					rec, err := codec.EventToRecord(topic, drainEvent(s, i))
+					if err != nil {
+						b.Fatal(err)
 					}
-					metrics.Read(live)
-					if v := live[0].Value.Uint64(); v > peakLive.Load() {
-						peakLive.Store(v)
-					}
+					cl.Produce(ctx, rec, onErr)
 				}
 			}
-		}()
-		cpu0 := processCPU()
-		start = time.Now()
-		stop := runRelay(b, r)
-		waitFor(b, 30*time.Minute, "drain", func() bool { return r.Stats().Checkpoint.Events == last })
-		relayTime := time.Since(start)
-		relayCPU := processCPU() - cpu0
-		stopSample()
-		<-sampleDone
-		if err := stop(); err != nil {
-			b.Fatal(err)
+			if err := cl.Flush(ctx); err != nil {
+				b.Fatal(err)
+			}
+			raw = append(raw, float64(n)/time.Since(start).Seconds())
+			rawCPU = append(rawCPU, float64((processCPU()-cpu0).Microseconds())/float64(n))
+			if err, ok := perr.Load().(error); ok {
+				b.Fatal(err)
+			}
+
+			// The relay, into a fresh topic. Its checkpoint topic is
+			// made beforehand: a relay creates it once in its life.
+			topic = fmt.Sprintf("%s-drain-%d", e.topic, round)
+			createTopic(b, e.seeds, topic, 8)
+			createTopic(b, e.seeds, topic+outbox.CheckpointSuffix, 1)
+			r := e.relay(b, fmt.Sprintf("bench-%d", round), outbox.ToTopic(topic), outbox.BatchSize(batchSize),
+				outbox.NoOutboxTable(), outbox.WithClientOpts(benchClientOpts()...))
+			runtime.GC()
+			heap := sampleHeap(ctx)
+			if round == 0 {
+				stopProfile = profileCPU(b, "ORCHESTRIX_BENCH_CPUPROFILE")
+			}
+			cpu0 = processCPU()
+			start = time.Now()
+			stop := runRelay(b, r)
+			last := e.lastCursor(b)
+			waitFor(b, 30*time.Minute, "drain", func() bool { return r.Stats().Checkpoint.Events == last })
+			relay = append(relay, float64(n)/time.Since(start).Seconds())
+			relayCPU = append(relayCPU, float64((processCPU()-cpu0).Microseconds())/float64(n))
+			stopProfile()
+			stopProfile = func() {}
+			inuse, live := heap()
+			peakInuse, peakLive = max(peakInuse, inuse), max(peakLive, live)
+			txns += r.Stats().Transactions
+			if err := stop(); err != nil {
+				b.Fatal(err)
+			}
+			ratio = append(ratio, relay[round]/raw[round])
 		}
 
-		rawRate := float64(n) / rawTime.Seconds()
-		relayRate := float64(n) / relayTime.Seconds()
 		b.ReportMetric(float64(n), "events")
 		b.ReportMetric(float64(n)/fill.Seconds(), "fill_events/s")
-		b.ReportMetric(rawRate, "raw_produce_events/s")
 		b.ReportMetric(float64(n)/readTime.Seconds(), "db_read_events/s")
-		b.ReportMetric(relayRate, "relay_events/s")
-		b.ReportMetric(100*relayRate/rawRate, "relay_%_of_raw")
 		b.ReportMetric(float64(n)/naiveTime.Seconds(), "naive_read+produce_events/s")
-		b.ReportMetric(100*relayRate/(float64(n)/naiveTime.Seconds()), "relay_%_of_naive")
-		b.ReportMetric(float64(peak.Load()-min(peak.Load(), base.HeapInuse))/(1<<20), "peak_heap_inuse_MB_above_base")
-		b.ReportMetric(float64(peakLive.Load()-min(peakLive.Load(), baseLive))/(1<<20), "peak_live_heap_MB_above_base")
-		b.ReportMetric(float64(r.Stats().Transactions), "transactions")
-		b.ReportMetric(float64(relayCPU.Microseconds())/float64(n), "relay_process_cpu_µs/event")
-		b.ReportMetric(float64(rawCPU.Microseconds())/float64(n), "raw_produce_process_cpu_µs/event")
+		b.ReportMetric(median(raw), "raw_produce_events/s")
+		b.ReportMetric(median(relay), "relay_events/s")
+		b.ReportMetric(100*median(ratio), "relay_%_of_raw")
+		b.ReportMetric(100*median(relay)/(float64(n)/naiveTime.Seconds()), "relay_%_of_naive")
+		b.ReportMetric(peakInuse, "peak_heap_inuse_MB_above_base")
+		b.ReportMetric(peakLive, "peak_live_heap_MB_above_base")
+		b.ReportMetric(float64(txns)/float64(rounds), "transactions")
+		b.ReportMetric(median(relayCPU), "relay_process_cpu_µs/event")
+		b.ReportMetric(median(rawCPU), "raw_produce_process_cpu_µs/event")
+		b.Logf("%d events, %d rounds: raw produce %.0f events/s, relay %.0f events/s, ratios %.2f", n, rounds, raw, relay, ratio)
+	}
+}
+
+// median returns the median of v (which it sorts).
+func median(v []float64) float64 {
+	slices.Sort(v)
+	return v[len(v)/2]
+}
+
+// sampleHeap samples the heap every 20ms until the returned function is
+// called, which returns the peak in-use and live heap above the heap at
+// the start, in MiB.
+func sampleHeap(ctx context.Context) (stop func() (inuse, live float64)) {
+	var base runtime.MemStats
+	runtime.ReadMemStats(&base)
+	sample := []metrics.Sample{{Name: "/gc/heap/live:bytes"}}
+	metrics.Read(sample)
+	baseLive := sample[0].Value.Uint64()
+	var peak, peakLive uint64
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		t := time.NewTicker(20 * time.Millisecond)
+		defer t.Stop()
+		var ms runtime.MemStats
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				runtime.ReadMemStats(&ms)
+				peak = max(peak, ms.HeapInuse)
+				metrics.Read(sample)
+				peakLive = max(peakLive, sample[0].Value.Uint64())
+			}
+		}
+	}()
+	return func() (float64, float64) {
+		cancel()
+		<-done
+		above := func(v, base uint64) float64 { return float64(v-min(v, base)) / (1 << 20) }
+		return above(peak, base.HeapInuse), above(peakLive, baseLive)
+	}
+}
+
+// profileCPU writes a CPU profile of what runs until the returned
+// function is called to the file named by the environment variable env,
+// if set.
+func profileCPU(b *testing.B, env string) (stop func()) {
+	path := os.Getenv(env)
+	if path == "" {
+		return func() {}
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		b.Fatal(err)
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		if err := f.Close(); err != nil {
+			b.Error(err)
+		}
 	}
 }
 
@@ -464,7 +523,6 @@ func BenchmarkAppendWithRelay(b *testing.B) {
 			stopFollow()
 			<-done
 		}
-		median := func(v []float64) float64 { slices.Sort(v); return v[len(v)/2] }
 		a, w, rd := median(alone), median(with), median(reads)
 		b.ReportMetric(a, "append_alone_events/s")
 		b.ReportMetric(w, "append_with_relay_events/s")

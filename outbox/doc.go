@@ -93,14 +93,16 @@
 // # Latency and load
 //
 // A polled source is read with an adaptive interval (PollInterval): at once
-// after a full batch, the minimum after a partial one; after an empty
-// read, a quarter of the time since a read last found work, from the
-// minimum up to the maximum (a source written to steadily is read at the
-// minimum interval even when a slow transaction holds some reads back).
-// It never asks writers for a NOTIFY inside their transaction; Wake (or
-// a memory store's append signal) cuts a wait short after a commit. Reads
-// run while the previous transaction commits, records are produced
-// asynchronously within the transaction, and during a backlog one
-// transaction carries several batches, so memory is bounded by a few
-// batches, not by the backlog.
+// after a full batch; after a partial one, no sooner than the minimum and
+// not before the transaction in flight has committed (one read per
+// transaction under load, each transaction starting with a fresh read);
+// after an empty read, a quarter of the time since a read last found work,
+// from the minimum up to the maximum (a source written to steadily is read
+// at the minimum interval even when a slow transaction holds some reads
+// back). It never asks writers for a NOTIFY inside their transaction; Wake
+// (or a memory store's append signal) cuts a wait short after a commit.
+// During a backlog reads run ahead of the transaction in flight, records
+// are produced asynchronously within it, and one transaction carries up to
+// 16 batches; records are let go of once acknowledged, so memory is bounded
+// by a few batches, not by the backlog or the transaction's size.
 package outbox

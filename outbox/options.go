@@ -16,8 +16,10 @@ const (
 	// DefaultBatchSize is how many events (and, separately, outbox
 	// messages) one read returns at most.
 	DefaultBatchSize = 2000
-	// DefaultPollMin is the wait after a read that found work but not a
-	// full batch; a full batch is followed by the next read at once.
+	// DefaultPollMin is the least wait after a read that found work but
+	// not a full batch (the next read also waits for the transaction in
+	// flight to commit); a full batch is followed by the next read at
+	// once.
 	DefaultPollMin = 5 * time.Millisecond
 	// DefaultPollMax caps the wait between reads of an idle source: the
 	// wait after an empty read is a quarter of the time since a read last
@@ -126,11 +128,12 @@ func CheckpointReplication(n int16) Option { return func(c *config) { c.checkpoi
 
 // BatchSize sets how many events, and how many outbox messages, one read
 // returns at most (default DefaultBatchSize, at most 20000). A Kafka
-// transaction carries one read, or up to four during a backlog; memory is
+// transaction carries one read, or up to 16 during a backlog; memory is
 // bounded by about ten batches, whatever the backlog.
 func BatchSize(n int) Option { return func(c *config) { c.batchSize = n } }
 
-// PollInterval sets the adaptive poll: min after a partial batch; after an
+// PollInterval sets the adaptive poll: after a partial batch at least min
+// and until the transaction in flight committed; after an
 // empty read, a quarter of the time since a read last found work, from min
 // up to max (defaults DefaultPollMin, DefaultPollMax).
 // Wake, and a source's Appended channel, cut the waits after empty reads
