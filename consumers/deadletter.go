@@ -192,56 +192,94 @@ func (m meta) hopAt(level int) int {
 }
 
 // derived builds the record r becomes in topic dest: the original key,
-// value and headers (without HeaderPrefix ones) plus m as headers.
+// value and headers (without HeaderPrefix ones) plus m as headers. The new
+// headers' values share one buffer: a record takes this path on every
+// failure, so it costs a few allocations, not one per header.
 func (g *Group) derived(r *kgo.Record, m meta, dest string, cause error, level int) *kgo.Record {
-	headers := make([]kgo.RecordHeader, 0, len(r.Headers)+16)
-	for _, h := range r.Headers {
-		if !strings.HasPrefix(h.Key, HeaderPrefix) {
-			headers = append(headers, h)
-		}
-	}
-	add := func(k, v string) { headers = append(headers, kgo.RecordHeader{Key: k, Value: []byte(v)}) }
-	fmtTime := func(t time.Time) string { return t.UTC().Format(time.RFC3339Nano) }
-	add(HeaderTopic, m.topic)
-	add(HeaderPartition, strconv.Itoa(int(m.partition)))
-	add(HeaderOffset, strconv.FormatInt(m.offset, 10))
-	add(HeaderTimestamp, fmtTime(m.ts))
-	add(HeaderGroup, g.group)
-	add(HeaderAttempts, strconv.Itoa(m.attempts))
-	if !m.first.IsZero() {
-		add(HeaderFirstFailure, fmtTime(m.first))
-		add(HeaderLastFailure, fmtTime(m.last))
-	}
+	var msg, class, reason string
 	if cause != nil {
-		msg := cause.Error()
+		msg = cause.Error()
 		if max := g.cfg.policy.MaxErrorLength; max > 0 && len(msg) > max {
 			msg = truncate(msg, max) + "…"
 		}
-		add(HeaderErrorClass, ErrorClass(cause))
-		add(HeaderReason, ErrorReason(cause))
-		add(HeaderError, msg)
+		class, reason = ErrorClass(cause), ErrorReason(cause)
+	}
+	const timeLen = len("2006-01-02T15:04:05.999999999Z")
+	w := headerBuf{
+		hs:  make([]kgo.RecordHeader, 0, len(r.Headers)+16),
+		buf: make([]byte, 0, len(m.topic)+len(g.group)+len(msg)+len(class)+len(reason)+4*timeLen+80),
+	}
+	for _, h := range r.Headers {
+		if !strings.HasPrefix(h.Key, HeaderPrefix) {
+			w.hs = append(w.hs, h)
+		}
+	}
+	w.str(HeaderTopic, m.topic)
+	w.int(HeaderPartition, int64(m.partition))
+	w.int(HeaderOffset, m.offset)
+	w.time(HeaderTimestamp, m.ts)
+	w.str(HeaderGroup, g.group)
+	w.int(HeaderAttempts, int64(m.attempts))
+	if !m.first.IsZero() {
+		w.time(HeaderFirstFailure, m.first)
+		w.time(HeaderLastFailure, m.last)
+	}
+	if cause != nil {
+		w.str(HeaderErrorClass, class)
+		w.str(HeaderReason, reason)
+		w.str(HeaderError, msg)
 	}
 	if level > 0 {
-		add(HeaderLevel, strconv.Itoa(level))
-		add(HeaderDue, fmtTime(m.due))
+		w.int(HeaderLevel, int64(level))
+		w.time(HeaderDue, m.due)
 	}
 	if m.parked {
-		add(HeaderParked, "true")
+		w.str(HeaderParked, "true")
 	}
 	if m.redrives > 0 {
-		add(HeaderRedrives, strconv.Itoa(m.redrives))
+		w.int(HeaderRedrives, int64(m.redrives))
 	}
 	if level > 0 && m.retries >= 0 {
-		add(HeaderRetries, strconv.Itoa(m.retries))
+		w.int(HeaderRetries, int64(m.retries))
 	}
 	if level > 0 {
-		add(HeaderHop, strconv.Itoa(max(m.hop, 0)+1))
+		w.int(HeaderHop, int64(max(m.hop, 0)+1))
 	}
 	if level > 0 && m.deadKey {
-		add(HeaderDeadKey, "true")
+		w.str(HeaderDeadKey, "true")
 	}
-	out := &kgo.Record{Topic: dest, Key: r.Key, Value: r.Value, Headers: headers, Partition: r.Partition}
-	return out
+	return &kgo.Record{Topic: dest, Key: r.Key, Value: r.Value, Headers: w.hs, Partition: r.Partition}
+}
+
+// headerBuf appends headers whose values share one buffer. Values are
+// sliced from the buffer with their capacity capped, so that a later
+// append that outgrows it moves on to a new array and never writes into
+// an earlier value.
+type headerBuf struct {
+	hs  []kgo.RecordHeader
+	buf []byte
+}
+
+func (w *headerBuf) push(key string, start int) {
+	w.hs = append(w.hs, kgo.RecordHeader{Key: key, Value: w.buf[start:len(w.buf):len(w.buf)]})
+}
+
+func (w *headerBuf) str(key, v string) {
+	start := len(w.buf)
+	w.buf = append(w.buf, v...)
+	w.push(key, start)
+}
+
+func (w *headerBuf) int(key string, v int64) {
+	start := len(w.buf)
+	w.buf = strconv.AppendInt(w.buf, v, 10)
+	w.push(key, start)
+}
+
+func (w *headerBuf) time(key string, t time.Time) {
+	start := len(w.buf)
+	w.buf = t.UTC().AppendFormat(w.buf, time.RFC3339Nano)
+	w.push(key, start)
 }
 
 // marker builds a dead-letter marker for the record of key at origin
