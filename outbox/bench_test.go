@@ -359,7 +359,7 @@ func benchLatency(b *testing.B, rate int, d time.Duration, wake bool) {
 	var mu sync.Mutex
 	committedAt := map[string]time.Time{}
 	var lat, before []time.Duration // commit to ack; commit to the start of its Kafka transaction
-	r := e.relay(b, "latency", outbox.NoOutboxTable(), outbox.OnCommit(func(c outbox.Commit) {
+	r := e.relay(b, "latency", outbox.NoOutboxTable(), outbox.WithClientOpts(benchClientOpts()...), outbox.OnCommit(func(c outbox.Commit) {
 		now := time.Now()
 		txnStart := now.Add(-c.Duration)
 		mu.Lock()
@@ -443,9 +443,10 @@ func benchLatency(b *testing.B, rate int, d time.Duration, wake bool) {
 // that the drift of a shared machine hits all three alike, and reports the
 // medians: alone; with the relay publishing the same load (after it caught
 // up with the previous phases); and with only the relay's database side (a
-// follower making the relay's reads, no Kafka), which separates what the
-// relay costs the database from what a broker and a publisher competing
-// for the writers' CPUs cost.
+// follower making the relay's reads, as often as the relay read in the
+// same round, no Kafka), which separates what the relay costs the
+// database from what a broker and a publisher competing for the writers'
+// CPUs cost.
 func BenchmarkAppendWithRelay(b *testing.B) {
 	d := time.Duration(benchInt("ORCHESTRIX_BENCH_SECONDS", 5)) * time.Second
 	rounds := benchInt("ORCHESTRIX_BENCH_ROUNDS", 3)
@@ -488,19 +489,26 @@ func BenchmarkAppendWithRelay(b *testing.B) {
 		for range rounds {
 			alone = append(alone, appendFor())
 
-			r := e.relay(b, "append", outbox.NoOutboxTable())
+			r := e.relay(b, "append", outbox.NoOutboxTable(), outbox.WithClientOpts(benchClientOpts()...))
 			stop := runRelay(b, r)
 			e.waitCaughtUp(b, r, 10*time.Minute)
 			before, beforeTxns := r.Stats().Events, r.Stats().Transactions
 			start := time.Now()
 			with = append(with, appendFor())
-			relayRate = append(relayRate, float64(r.Stats().Events-before)/time.Since(start).Seconds())
+			elapsed := time.Since(start)
+			relayRate = append(relayRate, float64(r.Stats().Events-before)/elapsed.Seconds())
+			roundTxns := r.Stats().Transactions - beforeTxns
 			events += r.Stats().Events - before
-			txns += r.Stats().Transactions - beforeTxns
+			txns += roundTxns
 			if err := stop(); err != nil {
 				b.Fatal(err)
 			}
 
+			// The relay's reads alone, as often as the relay read in
+			// this round (once per transaction under load, see
+			// Relay.read): what the relay costs a database whose
+			// broker and relay run on other machines.
+			every := max(outbox.DefaultPollMin, elapsed/time.Duration(max(roundTxns, 1)))
 			fctx, stopFollow := context.WithCancel(b.Context())
 			done := make(chan struct{})
 			go func() {
@@ -515,7 +523,7 @@ func BenchmarkAppendWithRelay(b *testing.B) {
 						cur = page[len(page)-1].Cursor
 					}
 					if len(page) < outbox.DefaultBatchSize {
-						time.Sleep(outbox.DefaultPollMin)
+						time.Sleep(every)
 					}
 				}
 			}()
