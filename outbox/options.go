@@ -14,8 +14,12 @@ import (
 // Defaults of a Relay's options.
 const (
 	// DefaultBatchSize is how many events (and, separately, outbox
-	// messages) one read returns at most.
-	DefaultBatchSize = 2000
+	// messages) one read returns at most. It matters only during a
+	// backlog, when reads come back full: the reader is then the
+	// relay's bottleneck, and reads of 5,000 drained a 1M backlog at
+	// 360-390k events/s against 320-340k for reads of 2,000 (10,000: no
+	// faster, twice the memory).
+	DefaultBatchSize = 5000
 	// DefaultPollMin is the least wait after a read that found work but
 	// not a full batch (the next read also waits for the transaction in
 	// flight to commit); a full batch is followed by the next read at
