@@ -1078,7 +1078,7 @@ func (g *Group) fail(ctx context.Context, pos chainPos, r *kgo.Record, m meta, s
 	// Enabled first: the arguments would cost allocations on every
 	// failure even with the default discarding logger.
 	if !errors.Is(err, ErrBlocked) && g.log.Enabled(ctx, slog.LevelWarn) {
-		g.log.Warn("handler failed", "topic", r.Topic, "partition", r.Partition, "offset", r.Offset, "attempt", m.attempts, "err", err)
+		g.log.WarnContext(ctx, "handler failed", "topic", r.Topic, "partition", r.Partition, "offset", r.Offset, "attempt", m.attempts, "err", err)
 	}
 	for tries := 0; !IsPermanent(err) && tries < p.Retries; tries++ {
 		if s != nil && pos.level == 0 {
@@ -1102,7 +1102,9 @@ func (g *Group) fail(ctx context.Context, pos chainPos, r *kgo.Record, m meta, s
 			return nil
 		}
 		m.last = time.Now()
-		g.log.WarnContext(ctx, "handler failed", "topic", r.Topic, "partition", r.Partition, "offset", r.Offset, "attempt", m.attempts, "err", err)
+		if g.log.Enabled(ctx, slog.LevelWarn) {
+			g.log.WarnContext(ctx, "handler failed", "topic", r.Topic, "partition", r.Partition, "offset", r.Offset, "attempt", m.attempts, "err", err)
+		}
 	}
 	if ctx.Err() != nil && !IsPermanent(err) {
 		return fmt.Errorf("consumers: %s/%d@%d: %w (interrupted: %w)", r.Topic, r.Partition, r.Offset, err, ctx.Err())

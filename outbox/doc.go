@@ -97,9 +97,9 @@
 // not before the transaction in flight has committed (one read per
 // transaction under load, each transaction starting with a fresh read);
 // after an empty read, a quarter of the time since a read last found work,
-// from the minimum up to the maximum (a source written to steadily is read
-// at the minimum interval even when a slow transaction holds some reads
-// back). It never asks writers for a NOTIFY inside their transaction; Wake
+// from the minimum up to the maximum (a source written to steadily keeps
+// being read at least every minimum interval, even when a slow
+// transaction holds some reads back and they come back empty). It never asks writers for a NOTIFY inside their transaction; Wake
 // (or a memory store's append signal) cuts a wait short after a commit.
 // During a backlog reads run ahead of the transaction in flight, records
 // are produced asynchronously within it, and one transaction carries up to

@@ -375,15 +375,17 @@ func (r *Relay) lead(ctx context.Context, term leadership) (published bool, err 
 	defer func() { cancel(nil); wg.Wait() }()
 	for {
 		// Space transactions by the size of the last one (see
-		// txnSpacing), then ask for the next batch: it is read now, not
-		// while this one waited, so it carries what was committed
-		// meanwhile.
+		// txnSpacing), then, unless a batch is already queued, ask for
+		// the next one: it is read now, not while this one waited, so
+		// it carries what was committed meanwhile.
 		if wait := time.Until(ended.Add(spacing)); wait > 0 {
 			r.sleep(sctx, wait, nil, nil) // a cancelled sctx is seen below
 		}
-		select {
-		case demand <- struct{}{}:
-		default:
+		if len(batches) == 0 {
+			select {
+			case demand <- struct{}{}:
+			default:
+			}
 		}
 		select {
 		case <-sctx.Done():
@@ -479,6 +481,14 @@ func (r *Relay) read(ctx context.Context, cp Checkpoint, out chan<- *batch, dema
 			case <-ctx.Done():
 				return ctx.Err()
 			}
+		}
+		// A demand signalled while this reader was not waiting for one
+		// (idle, reading ahead) is spent by this read: kept, it would
+		// let the next partial batch be read while a transaction
+		// commits, and every batch after it would be a transaction old.
+		select {
+		case <-demand:
+		default:
 		}
 		var appended <-chan struct{}
 		if note != nil {

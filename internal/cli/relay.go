@@ -52,7 +52,7 @@ func runRelay(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	txnID := fs.String("transactional-id", env("ORCHESTRIX_RELAY_TRANSACTIONAL_ID", ""), "Kafka transactional ID, the same for every instance of this relay (env ORCHESTRIX_RELAY_TRANSACTIONAL_ID; default orchestrix-relay.<topic>)")
 	instance := fs.String("instance", env("ORCHESTRIX_RELAY_INSTANCE", defaultInstance()), "this instance's name, in logs and the "+outbox.InstanceHeader+" header (env ORCHESTRIX_RELAY_INSTANCE)")
 	batch := fs.Int("batch-size", outbox.DefaultBatchSize, "events (and outbox messages) per read")
-	pollMin := fs.Duration("poll-min", outbox.DefaultPollMin, "wait after a read that found work but not a full batch")
+	pollMin := fs.Duration("poll-min", outbox.DefaultPollMin, "least wait after a read that found work but not a full batch (the next read also waits for the transaction in flight to commit)")
 	pollMax := fs.Duration("poll-max", outbox.DefaultPollMax, "longest wait between reads of an idle store")
 	lease := fs.Duration("lease", outbox.DefaultLease, "how long a paused or disconnected leader keeps leadership before a standby takes over")
 	statsEvery := fs.Duration("stats-interval", outbox.DefaultStatsInterval, "how often to log throughput and lag")
