@@ -31,6 +31,7 @@ import (
 //	ORCHESTRIX_BENCH_EVENTS  backlog sizes of BenchmarkRelayDrain, comma-separated (default 1000000)
 //	ORCHESTRIX_BENCH_ROUNDS  rounds of the alternating phases (default 3)
 //	ORCHESTRIX_BENCH_SECONDS duration of each latency and append phase (default 10)
+//	ORCHESTRIX_BENCH_LINGER, ORCHESTRIX_BENCH_COMPRESSION the relay's producer settings (see benchClientOpts)
 
 func benchInt(name string, def int) int {
 	if v, err := strconv.Atoi(os.Getenv(name)); err == nil && v > 0 {
@@ -39,12 +40,27 @@ func benchInt(name string, def int) int {
 	return def
 }
 
+// benchClientOpts are the relay's producer options the environment asks
+// for: ORCHESTRIX_BENCH_LINGER (a duration) and
+// ORCHESTRIX_BENCH_COMPRESSION (none, snappy, lz4 or zstd; franz-go's
+// default is snappy).
 func benchClientOpts() []kgo.Opt {
+	var opts []kgo.Opt
 	if v := os.Getenv("ORCHESTRIX_BENCH_LINGER"); v != "" {
 		d, _ := time.ParseDuration(v)
-		return []kgo.Opt{kgo.ProducerLinger(d)}
+		opts = append(opts, kgo.ProducerLinger(d))
 	}
-	return nil
+	switch os.Getenv("ORCHESTRIX_BENCH_COMPRESSION") {
+	case "none":
+		opts = append(opts, kgo.ProducerBatchCompression(kgo.NoCompression()))
+	case "snappy":
+		opts = append(opts, kgo.ProducerBatchCompression(kgo.SnappyCompression()))
+	case "lz4":
+		opts = append(opts, kgo.ProducerBatchCompression(kgo.Lz4Compression()))
+	case "zstd":
+		opts = append(opts, kgo.ProducerBatchCompression(kgo.ZstdCompression()))
+	}
+	return opts
 }
 
 // benchEvent is the i-th event of stream: about 300 bytes as a record.

@@ -204,7 +204,7 @@ func (e *env) lastCursor(t testing.TB) stores.Cursor {
 	t.Helper()
 	var tx string
 	var pos int64
-	err := e.pool.QueryRow(context.Background(), "SELECT tx_id::text, position FROM "+pgx.Identifier{e.schema, "events"}.Sanitize()+" ORDER BY tx_id DESC, position DESC LIMIT 1").Scan(&tx, &pos)
+	err := e.pool.QueryRow(context.Background(), "SELECT ev.tx_id::text, ev.position FROM "+pgx.Identifier{e.schema, "events"}.Sanitize()+" AS ev ORDER BY ev.tx_id DESC, ev.position DESC LIMIT 1").Scan(&tx, &pos)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return stores.Cursor{}
 	}
