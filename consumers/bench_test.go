@@ -68,8 +68,11 @@ func goodput(b *testing.B, seeds []string, n int, failRate float64, work time.Du
 			close(allDone)
 		}
 	}
-	g, err := consumers.New(seeds, group, []string{topic}, h, consumers.WithFailurePolicy(policy),
-		consumers.KeyConcurrency(4), consumers.WithStats(stats))
+	opts := []consumers.Option{consumers.WithFailurePolicy(policy), consumers.KeyConcurrency(4), consumers.WithStats(stats)}
+	if d, err := time.ParseDuration(os.Getenv("BENCH_LINGER")); err == nil {
+		opts = append(opts, consumers.WithClientOpts(kgo.ProducerLinger(d)))
+	}
+	g, err := consumers.New(seeds, group, []string{topic}, h, opts...)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -152,7 +155,7 @@ func bareGoodput(b *testing.B, seeds []string, n int, work time.Duration) float6
 
 // BenchmarkGoodput compares goodput with 1% of handler calls failing to
 // the 0% rate in the same run, for a no-op handler (the runtime's own
-// cost: the worst case) and one that computes for 20µs per call. It uses
+// cost: the worst case) and ones that compute for 2µs and 20µs per call. It uses
 // kfake, or the real broker with BENCH_KAFKA=1 and KAFKA_BROKERS set.
 // Failing records go to the retry topics without in-place retries (the
 // non-blocking path, RetryTopics' default); "inplace" retries once in
@@ -161,6 +164,7 @@ func bareGoodput(b *testing.B, seeds []string, n int, work time.Duration) float6
 // "vs-bare" is the runtime's goodput at 0% failing calls over it.
 //
 // BENCH_CPU=1 logs the process's CPU time per record of each run;
+// BENCH_DELAY sets the first retry level's delay (default 1s);
 // BENCH_CPUPROFILE=path writes a CPU profile of each run next to path
 // (named after it and the failure rate; merge them with go tool pprof
 // -proto, compare with -diff_base).
@@ -175,7 +179,7 @@ func BenchmarkGoodput(b *testing.B) {
 	if testing.Short() {
 		n = 20_000
 	}
-	retry := consumers.RetryTopics(time.Second, 10*time.Second).ThenDLQ()
+	retry := consumers.RetryTopics(benchDelay(), 10*time.Second).ThenDLQ()
 	cases := []struct {
 		name   string
 		policy consumers.FailurePolicy
@@ -183,6 +187,7 @@ func BenchmarkGoodput(b *testing.B) {
 		n      int
 	}{
 		{"retrytopics/noop", retry, 0, n},
+		{"retrytopics/cpu2us", retry, 2 * time.Microsecond, n / 4},
 		{"retrytopics/cpu20us", retry, 20 * time.Microsecond, n / 20},
 		{"inplace/cpu20us", retry.InPlace(1, 10*time.Millisecond, 10*time.Millisecond), 20 * time.Microsecond, n / 40},
 	}
@@ -208,4 +213,12 @@ func benchCPU() time.Duration {
 	var ru syscall.Rusage
 	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// benchDelay is the first retry level's delay: BENCH_DELAY, default 1s.
+func benchDelay() time.Duration {
+	if d, err := time.ParseDuration(os.Getenv("BENCH_DELAY")); err == nil {
+		return d
+	}
+	return time.Second
 }
