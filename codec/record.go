@@ -195,8 +195,10 @@ func checkOut(m *orchestrix.Metadata, aggID, contentType string, event bool) err
 	if !validTime(m.Time) {
 		return fail("time %v is zero or outside years 0000-9999 in UTC", m.Time)
 	}
-	if _, err := url.Parse(m.Source); err != nil {
-		return fail("source is not a URI reference: %v", err)
+	if !plainPath(m.Source) {
+		if _, err := url.Parse(m.Source); err != nil {
+			return fail("source is not a URI reference: %v", err)
+		}
 	}
 	if contentType != "" && contentType != ContentTypeJSON && contentType != ContentTypeAvro {
 		if _, _, err := mime.ParseMediaType(contentType); err != nil {
@@ -224,6 +226,21 @@ func checkOut(m *orchestrix.Metadata, aggID, contentType string, event bool) err
 		}
 	}
 	return nil
+}
+
+// plainPath reports whether s is made only of letters, digits and
+// "-._~/": a relative reference url.Parse always accepts (no scheme, no
+// escapes, no control characters), so the check can skip it. Most
+// sources are such paths; url.Parse cost one allocation and 7% of
+// EventToRecord.
+func plainPath(s string) bool {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' || c == '.' || c == '_' || c == '~' || c == '/') {
+			return false
+		}
+	}
+	return true
 }
 
 // validTime reports whether t is set and its UTC form has a four-digit
