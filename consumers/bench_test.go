@@ -20,16 +20,14 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 )
 
-// goodput runs a group over n fresh records with a share of handler calls
-// failing transiently, each call taking work, and returns the successful
-// handler calls per second from the first call until every origin record
-// is settled (handled, or sent to retry level 1).
-func goodput(b *testing.B, seeds []string, n int, failRate float64, work time.Duration, policy consumers.FailurePolicy) float64 {
+// benchPartitions is how many partitions the goodput benchmarks' topics
+// have.
+const benchPartitions = 8
+
+// filledTopic returns a fresh topic holding n records over 1000 keys.
+func filledTopic(b *testing.B, seeds []string, n int) string {
 	b.Helper()
-	const partitions = 8
-	topic := testenv.Topic(b, seeds, partitions, nil)
-	group := testenv.Name("g")
-	createTopics(b, seeds, partitions, policy.Topics(topic, group)...)
+	topic := testenv.Topic(b, seeds, benchPartitions, nil)
 	cl := testenv.Client(b, seeds, kgo.ProducerBatchMaxBytes(1<<20))
 	recs := make([]*kgo.Record, n)
 	for i := range recs {
@@ -38,6 +36,18 @@ func goodput(b *testing.B, seeds []string, n int, failRate float64, work time.Du
 	if err := cl.ProduceSync(b.Context(), recs...).FirstErr(); err != nil {
 		b.Fatal(err)
 	}
+	return topic
+}
+
+// goodput runs a group over n fresh records with a share of handler calls
+// failing transiently, each call taking work, and returns the successful
+// handler calls per second from the first call until every origin record
+// is settled (handled, or sent to retry level 1).
+func goodput(b *testing.B, seeds []string, n int, failRate float64, work time.Duration, policy consumers.FailurePolicy) float64 {
+	b.Helper()
+	topic := filledTopic(b, seeds, n)
+	group := testenv.Name("g")
+	createTopics(b, seeds, benchPartitions, policy.Topics(topic, group)...)
 	var (
 		ok, settled atomic.Int64
 		first, last atomic.Int64 // unix nanos
@@ -114,16 +124,7 @@ func goodput(b *testing.B, seeds []string, n int, failRate float64, work time.Du
 // handled records per second from the first call to the last.
 func bareGoodput(b *testing.B, seeds []string, n int, work time.Duration) float64 {
 	b.Helper()
-	const partitions = 8
-	topic := testenv.Topic(b, seeds, partitions, nil)
-	cl := testenv.Client(b, seeds, kgo.ProducerBatchMaxBytes(1<<20))
-	recs := make([]*kgo.Record, n)
-	for i := range recs {
-		recs[i] = &kgo.Record{Topic: topic, Key: []byte("k" + strconv.Itoa(i%1000)), Value: []byte(strconv.Itoa(i))}
-	}
-	if err := cl.ProduceSync(b.Context(), recs...).FirstErr(); err != nil {
-		b.Fatal(err)
-	}
+	topic := filledTopic(b, seeds, n)
 	cons := testenv.Client(b, seeds, kgo.ConsumerGroup(testenv.Name("g")), kgo.ConsumeTopics(topic),
 		kgo.FetchIsolationLevel(kgo.ReadCommitted()), kgo.DisableAutoCommit(), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
 	ctx, cancel := context.WithTimeout(b.Context(), 5*time.Minute)
