@@ -603,19 +603,10 @@ func (r *Relay) follow(ctx context.Context, obs Observer, cp Checkpoint, out cha
 		}
 		take(entries, b, r.cfg.batchSize)
 		if r.outbox != nil {
-			msgs, err := r.outbox.readBatch(ctx, cp.Outbox, r.cfg.batchSize)
-			if err != nil {
+			if err := r.readOutbox(ctx, b, cp.Outbox); err != nil {
 				return err
 			}
-			for _, m := range msgs {
-				if r.instHdr != nil {
-					m.rec.Headers = append(m.rec.Headers, kgo.RecordHeader{Key: InstanceHeader, Value: r.instHdr})
-				}
-				b.msgs = append(b.msgs, m.rec)
-				b.cp.Outbox = m.cursor
-			}
-			b.full = b.full || len(msgs) == r.cfg.batchSize
-			if len(msgs) == 0 && len(b.entries) == 0 {
+			if len(b.msgs) == 0 && len(b.entries) == 0 {
 				interval = min(2*interval, r.cfg.pollMax)
 				continue
 			}
@@ -703,20 +694,29 @@ func (r *Relay) fetch(ctx context.Context, cp Checkpoint) (*batch, error) {
 	}
 	b.full = len(b.entries) == r.cfg.batchSize
 	if r.outbox != nil {
-		msgs, err := r.outbox.readBatch(ctx, cp.Outbox, r.cfg.batchSize)
-		if err != nil {
+		if err := r.readOutbox(ctx, b, cp.Outbox); err != nil {
 			return nil, err
 		}
-		for _, m := range msgs {
-			if r.instHdr != nil {
-				m.rec.Headers = append(m.rec.Headers, kgo.RecordHeader{Key: InstanceHeader, Value: r.instHdr})
-			}
-			b.msgs = append(b.msgs, m.rec)
-			b.cp.Outbox = m.cursor
-		}
-		b.full = b.full || len(msgs) == r.cfg.batchSize
 	}
 	return b, nil
+}
+
+// readOutbox adds one batch of the outbox table's messages after cursor
+// after to b, and moves b's outbox checkpoint and fullness on.
+func (r *Relay) readOutbox(ctx context.Context, b *batch, after stores.Cursor) error {
+	msgs, err := r.outbox.readBatch(ctx, after, r.cfg.batchSize)
+	if err != nil {
+		return err
+	}
+	for _, m := range msgs {
+		if r.instHdr != nil {
+			m.rec.Headers = append(m.rec.Headers, kgo.RecordHeader{Key: InstanceHeader, Value: r.instHdr})
+		}
+		b.msgs = append(b.msgs, m.rec)
+		b.cp.Outbox = m.cursor
+	}
+	b.full = b.full || len(msgs) == r.cfg.batchSize
+	return nil
 }
 
 // encode maps an entry to its record; nil when OnInvalid skipped it.
