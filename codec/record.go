@@ -63,7 +63,14 @@ func EventToRecord(topic string, e orchestrix.Event) (*kgo.Record, error) {
 	if err := checkOut(&e.Metadata, e.StreamID, e.ContentType, true); err != nil {
 		return nil, err
 	}
-	w := newHeaderWriter(&e.Metadata, e.ContentType, e.StreamID, e.CommandID)
+	numbers := 0
+	if e.Version != 0 {
+		numbers++
+	}
+	if e.Position != 0 {
+		numbers++
+	}
+	w := newHeaderWriter(&e.Metadata, e.ContentType, e.StreamID, e.CommandID, numbers)
 	key := w.common(&e.Metadata, e.ContentType, e.StreamID)
 	if e.Version != 0 {
 		w.addUint(hVersion, e.Version)
@@ -84,7 +91,7 @@ func CommandToRecord(topic string, c orchestrix.Command) (*kgo.Record, error) {
 	if err := checkOut(&c.Metadata, c.AggregateID, c.ContentType, false); err != nil {
 		return nil, err
 	}
-	w := newHeaderWriter(&c.Metadata, c.ContentType, c.AggregateID, "")
+	w := newHeaderWriter(&c.Metadata, c.ContentType, c.AggregateID, "", 0)
 	key := w.common(&c.Metadata, c.ContentType, c.AggregateID)
 	w.extensions(c.Extensions)
 	return &kgo.Record{Topic: topic, Key: key, Value: c.Data, Headers: w.hs}, nil
@@ -256,15 +263,24 @@ type headerWriter struct {
 	buf []byte
 }
 
-func newHeaderWriter(m *orchestrix.Metadata, contentType, aggID, commandID string) *headerWriter {
+func newHeaderWriter(m *orchestrix.Metadata, contentType, aggID, commandID string, numbers int) headerWriter {
 	n := len(SpecVersion) + len(m.ID) + len(m.Source) + len(m.Type) + len(m.Subject) + len(contentType) +
 		len(m.CorrelationID) + len(m.CausationID) + len(m.TraceParent) + len(aggID) + len(commandID) +
-		len(time.RFC3339Nano) + 2*20
+		len(time.RFC3339Nano) + numbers*20
+	// specversion, id, source, type, time and aggregateid, the optional
+	// attributes that are set, the numbers and the extensions, and room
+	// for one more header (the outbox relay adds its instance's).
+	hs := 6 + numbers + len(m.Extensions) + 1
+	for _, v := range [...]string{m.Subject, contentType, m.CorrelationID, m.CausationID, m.TraceParent, commandID} {
+		if v != "" {
+			hs++
+		}
+	}
 	for _, v := range m.Extensions {
 		n += len(v)
 	}
-	return &headerWriter{
-		hs:  make([]kgo.RecordHeader, 0, 15+len(m.Extensions)),
+	return headerWriter{
+		hs:  make([]kgo.RecordHeader, 0, hs),
 		buf: make([]byte, 0, n),
 	}
 }
