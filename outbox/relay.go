@@ -60,6 +60,12 @@ type (
 	batchReader interface {
 		ReadLogBatch(ctx context.Context, after stores.Cursor, limit int) ([]stores.Entry, error)
 	}
+	// batchAppender is a batchReader that appends to a slice it is
+	// given (see postgres.Store.AppendLogBatch), so the relay reuses the
+	// slices of the batches it published.
+	batchAppender interface {
+		AppendLogBatch(ctx context.Context, dst []stores.Entry, after stores.Cursor, limit int) ([]stores.Entry, error)
+	}
 )
 
 // Errors a caller can match with errors.Is.
@@ -87,7 +93,10 @@ type Relay struct {
 	head     func(context.Context) (uint64, error)
 	instHdr  []byte
 	wake     chan struct{}
-	running  atomic.Bool
+	// spare holds entry slices of batches already published, for the
+	// next reads of a batchAppender source to fill.
+	spare   chan []stores.Entry
+	running atomic.Bool
 	// checked is set once a term found every configured topic: after
 	// that, a topic that looks missing (a restarting broker) is retried.
 	checked atomic.Bool
@@ -201,7 +210,8 @@ func NewRelay(src Source, seeds []string, opts ...Option) (*Relay, error) {
 			return fmt.Errorf("outbox: event %s (stream %q, version %d, position %d) cannot be published: %w", e.ID, e.StreamID, e.Version, e.Position, err)
 		}
 	}
-	r := &Relay{cfg: cfg, src: src, seeds: seeds, log: log, wake: make(chan struct{}, 1)}
+	r := &Relay{cfg: cfg, src: src, seeds: seeds, log: log, wake: make(chan struct{}, 1),
+		spare: make(chan []stores.Entry, readAhead+2)}
 	if cfg.instance != "" {
 		r.instHdr = []byte(cfg.instance)
 	}
@@ -674,7 +684,18 @@ func (r *Relay) sleep(ctx context.Context, d time.Duration, wake <-chan struct{}
 // fetch reads one batch after cp.
 func (r *Relay) fetch(ctx context.Context, cp Checkpoint) (*batch, error) {
 	b := &batch{cp: cp}
-	if br, ok := r.src.(batchReader); ok {
+	if ba, ok := r.src.(batchAppender); ok {
+		var dst []stores.Entry
+		select {
+		case dst = <-r.spare:
+		default:
+		}
+		entries, err := ba.AppendLogBatch(ctx, dst, cp.Events, r.cfg.batchSize)
+		if err != nil {
+			return nil, fmt.Errorf("outbox: read events after %s: %w", cp.Events, err)
+		}
+		b.entries = entries
+	} else if br, ok := r.src.(batchReader); ok {
 		// The store's slice as it is: no copy of every entry.
 		entries, err := br.ReadLogBatch(ctx, cp.Events, r.cfg.batchSize)
 		if err != nil {
@@ -699,6 +720,22 @@ func (r *Relay) fetch(ctx context.Context, cp Checkpoint) (*batch, error) {
 		}
 	}
 	return b, nil
+}
+
+// recycle hands b's entry slice, now published, to the next read: the
+// records keep what they need (header bytes copied, payloads in the
+// store's own blocks). It is cleared first, so that it holds on to no
+// payload. b itself is left alone: its reader may still look at it (see
+// follow), and nothing reads its entries after this.
+func (r *Relay) recycle(b *batch) {
+	if cap(b.entries) == 0 {
+		return
+	}
+	clear(b.entries)
+	select {
+	case r.spare <- b.entries[:0]:
+	default:
+	}
 }
 
 // readOutbox adds one batch of the outbox table's messages after cursor
@@ -887,6 +924,7 @@ func (r *Relay) commit(ctx context.Context, cl *kgo.Client, first *batch, more <
 			all.maxPosition = max(all.maxPosition, e.Position)
 			all.lastEventTime = e.Time
 		}
+		r.recycle(b)
 		for _, rec := range b.msgs {
 			cl.Produce(tctx, rec, promise)
 			if keep {

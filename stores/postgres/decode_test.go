@@ -84,6 +84,21 @@ func TestReadDecodesEveryColumn(t *testing.T) {
 				if !reflect.DeepEqual(batch, out) {
 					t.Fatalf("ReadLogBatch and ReadAll differ")
 				}
+				// AppendLogBatch keeps what dst holds and fills its spare
+				// capacity when it has room for limit entries, or grows it.
+				for _, dst := range [][]stores.Entry{make([]stores.Entry, 1, 2), make([]stores.Entry, 1, 1+100)} {
+					dst[0].StreamID = "kept"
+					got, err := s.AppendLogBatch(ctx, dst, stores.Cursor{}, 100)
+					if err != nil {
+						t.Fatal(err)
+					}
+					if len(got) != 1+len(want) || got[0].StreamID != "kept" || !reflect.DeepEqual(got[1:], out) {
+						t.Fatalf("AppendLogBatch to a slice of cap %d: %d entries, first %q", cap(dst), len(got), got[0].StreamID)
+					}
+					if reused := &got[0] == &dst[0]; reused != (cap(dst) > 2) {
+						t.Errorf("AppendLogBatch to a slice of cap %d reused it: %v", cap(dst), reused)
+					}
+				}
 				return out
 			}
 			if time.Now().After(deadline) {

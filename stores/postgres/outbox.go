@@ -15,12 +15,20 @@ import (
 // positions are read in (tx_id, position) order whatever the number of
 // digits of the transaction IDs, through the (tx_id, position) index.
 func (s *Store) ReadLogBatch(ctx context.Context, after stores.Cursor, limit int) ([]stores.Entry, error) {
+	return s.AppendLogBatch(ctx, nil, after, limit)
+}
+
+// AppendLogBatch is ReadLogBatch appending the entries to dst, whose spare
+// capacity it uses: a reader that reads batch after batch, like the outbox
+// relay, hands back the slice of a batch it is done with instead of
+// allocating one of limit entries for every read.
+func (s *Store) AppendLogBatch(ctx context.Context, dst []stores.Entry, after stores.Cursor, limit int) ([]stores.Entry, error) {
 	if limit <= 0 {
-		return nil, nil
+		return dst, nil
 	}
-	out, err := s.page(ctx, s.sql.readAll, true, strconv.FormatUint(after.Tx, 10), int64(after.Position), limit)
+	out, err := s.page(ctx, dst, s.sql.readAll, true, strconv.FormatUint(after.Tx, 10), int64(after.Position), limit)
 	if err != nil {
-		return nil, fmt.Errorf("postgres: read log after %s: %w", after, err)
+		return dst, fmt.Errorf("postgres: read log after %s: %w", after, err)
 	}
 	return out, nil
 }

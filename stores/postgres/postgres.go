@@ -52,6 +52,7 @@ import (
 	"fmt"
 	"iter"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -655,7 +656,7 @@ func (s *Store) ReadStream(ctx context.Context, streamID string, after uint64) i
 			return
 		}
 		for {
-			page, err := s.page(ctx, s.sql.readStream, false, streamID, int64(after), readPage)
+			page, err := s.page(ctx, nil, s.sql.readStream, false, streamID, int64(after), readPage)
 			if err != nil {
 				yield(orchestrix.Event{}, fmt.Errorf("postgres: read stream %q after %d: %w", streamID, after, err))
 				return
@@ -681,7 +682,7 @@ func (s *Store) ReadAll(ctx context.Context, after stores.Cursor, limit int) ite
 			if limit > 0 {
 				size = min(size, limit-n)
 			}
-			page, err := s.page(ctx, s.sql.readAll, true, strconv.FormatUint(after.Tx, 10), int64(after.Position), size)
+			page, err := s.page(ctx, nil, s.sql.readAll, true, strconv.FormatUint(after.Tx, 10), int64(after.Position), size)
 			if err != nil {
 				yield(stores.Entry{}, fmt.Errorf("postgres: read all after %s: %w", after, err))
 				return
@@ -701,16 +702,16 @@ func (s *Store) ReadAll(ctx context.Context, after stores.Cursor, limit int) ite
 }
 
 // page runs a query selecting [tx_id::text,] eventColumns and decodes its
-// rows. Rows in pgx's binary result format (the default query modes) are
+// rows, appending them to dst. Rows in pgx's binary result format (the default query modes) are
 // decoded straight from the wire (see rowDecoder); any other format (a
 // pool in simple-protocol mode) is scanned the generic way.
-func (s *Store) page(ctx context.Context, sql string, withTx bool, a, b any, size int) ([]stores.Entry, error) {
+func (s *Store) page(ctx context.Context, dst []stores.Entry, sql string, withTx bool, a, b any, size int) ([]stores.Entry, error) {
 	rows, err := s.pool.Query(ctx, sql, a, b, size)
 	if err != nil {
 		return nil, err
 	}
 	defer rows.Close()
-	out := make([]stores.Entry, 0, size)
+	out := slices.Grow(dst, size)
 	var d *rowDecoder
 	first := true
 	for rows.Next() {
