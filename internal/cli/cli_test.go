@@ -2,10 +2,17 @@ package cli
 
 import (
 	"bytes"
+	"context"
+	"fmt"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/orchestrix/orchestrix"
 	"github.com/orchestrix/orchestrix/internal/testenv"
+	"github.com/orchestrix/orchestrix/stores"
+	"github.com/orchestrix/orchestrix/stores/postgres"
+	"github.com/twmb/franz-go/pkg/kgo"
 )
 
 func run(t *testing.T, args ...string) (int, string, string) {
@@ -32,6 +39,11 @@ func TestUsage(t *testing.T) {
 		{"migrate bad url", []string{"migrate", "--database-url", "::not a url"}, 2, "database url"},
 		{"topics without sub", []string{"topics"}, 2, "topics create|describe"},
 		{"topics without brokers", []string{"topics", "create", "--context", "x", "--brokers", ""}, 2, "KAFKA_BROKERS is required"},
+		{"relay without url", []string{"relay", "--database-url", "", "--brokers", "b:9092", "--topic", "t"}, 2, "DATABASE_URL is required"},
+		{"relay without brokers", []string{"relay", "--database-url", "postgres://x", "--brokers", "", "--topic", "t"}, 2, "KAFKA_BROKERS is required"},
+		{"relay without topic", []string{"relay", "--database-url", "postgres://x", "--brokers", "b:9092"}, 2, "--topic or --context"},
+		{"relay bad gogc", []string{"relay", "--database-url", "postgres://x", "--brokers", "b:9092", "--topic", "t", "--gogc", "lots"}, 2, `--gogc "lots"`},
+		{"relay bad log level", []string{"relay", "--database-url", "postgres://x", "--brokers", "b:9092", "--topic", "t", "--log-level", "loud"}, 2, "--log-level"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -87,5 +99,62 @@ func TestMigrateIntegration(t *testing.T) {
 	}
 	if code, _, stderr := run(t, "migrate", "--database-url", url, "--schema", "Bad-Name"); code != 1 || !strings.Contains(stderr, "schema name") {
 		t.Fatalf("bad schema: exit %d %s", code, stderr)
+	}
+}
+
+// TestRelayIntegration runs `orchestrix relay` until its context ends:
+// it publishes the store's events, then stops cleanly with exit 0.
+func TestRelayIntegration(t *testing.T) {
+	seeds := testenv.Brokers(t)
+	pool := testenv.Pool(t)
+	schema := testenv.Schema(t, pool)
+	if _, err := postgres.Migrate(t.Context(), pool, schema); err != nil {
+		t.Fatal(err)
+	}
+	store, err := postgres.New(t.Context(), pool, postgres.WithSchema(schema))
+	if err != nil {
+		t.Fatal(err)
+	}
+	topic := testenv.Topic(t, seeds, 3, nil)
+	const n = 50
+	for i := range n {
+		ev := orchestrix.Event{Metadata: orchestrix.Metadata{ID: fmt.Sprintf("e-%d", i), Type: "cli.Tested", Source: "/cli", Time: time.Now()},
+			ContentType: "application/json", Data: []byte(`{}`)}
+		if _, err := store.Append(t.Context(), fmt.Sprintf("s-%d", i%7), stores.Any, []orchestrix.Event{ev}); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	var out, errb bytes.Buffer
+	done := make(chan int, 1)
+	go func() {
+		done <- Run(ctx, []string{"relay", "--database-url", testenv.DatabaseURL(t), "--brokers", strings.Join(seeds, ","),
+			"--schema", schema, "--topic", topic, "--outbox=false", "--stats-interval", "100ms"}, &out, &errb)
+	}()
+	cl := testenv.Client(t, seeds, kgo.ConsumeTopics(topic), kgo.FetchIsolationLevel(kgo.ReadCommitted()),
+		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
+	seen := map[string]bool{}
+	deadline := time.Now().Add(time.Minute)
+	for len(seen) < n && time.Now().Before(deadline) {
+		pctx, pcancel := context.WithTimeout(t.Context(), time.Second)
+		fetches := cl.PollFetches(pctx)
+		pcancel()
+		fetches.EachRecord(func(r *kgo.Record) {
+			for _, h := range r.Headers {
+				if h.Key == "ce_id" {
+					seen[string(h.Value)] = true
+				}
+			}
+		})
+	}
+	cancel()
+	code := <-done
+	if len(seen) != n {
+		t.Fatalf("topic holds %d of %d events; relay stderr:\n%s", len(seen), n, errb.String())
+	}
+	if code != 0 || !strings.Contains(out.String(), fmt.Sprintf("published %d events", n)) {
+		t.Fatalf("relay exit %d\nstdout:\n%s\nstderr:\n%s", code, out.String(), errb.String())
 	}
 }
