@@ -1,6 +1,7 @@
 package outbox_test
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"math/rand/v2"
@@ -31,7 +32,15 @@ import (
 //	ORCHESTRIX_BENCH_EVENTS  backlog sizes of BenchmarkRelayDrain, comma-separated (default 1000000)
 //	ORCHESTRIX_BENCH_ROUNDS  rounds of the alternating phases (default 3)
 //	ORCHESTRIX_BENCH_SECONDS duration of each latency and append phase (default 10)
+//	ORCHESTRIX_BENCH_WARMUP  rounds of BenchmarkAppendWithRelay run first and not counted (default 1)
 //	ORCHESTRIX_BENCH_LINGER, ORCHESTRIX_BENCH_COMPRESSION the relay's producer settings (see benchClientOpts)
+//	ORCHESTRIX_BENCH_CPUPROFILE a CPU profile of the drain, or of the last with-relay phase of
+//	                         BenchmarkAppendWithRelay (of this process: set ORCHESTRIX_BENCH_IN_PROCESS)
+//	ORCHESTRIX_OUTBOX_CHILD_CPUPROFILE a CPU profile of the relay process's last with-relay phase
+//	ORCHESTRIX_BENCH_IN_PROCESS=1 BenchmarkAppendWithRelay runs the relay in this process instead of its own
+//	ORCHESTRIX_BENCH_RELAY_ENV environment of BenchmarkAppendWithRelay's relay process (default GOGC=400)
+//	ORCHESTRIX_BENCH_BROKER_PID the broker's process ID, to report its CPU per event (a local broker:
+//	                         ORCHESTRIX_BENCH_BROKER_PID=$(pgrep -f kafka.Kafka))
 
 func benchInt(name string, def int) int {
 	if v, err := strconv.Atoi(os.Getenv(name)); err == nil && v > 0 {
@@ -272,6 +281,9 @@ func benchDrain(b *testing.B, n int) {
 // median returns the median of v (which it sorts).
 func median(v []float64) float64 {
 	slices.Sort(v)
+	if len(v)%2 == 0 {
+		return (v[len(v)/2-1] + v[len(v)/2]) / 2
+	}
 	return v[len(v)/2]
 }
 
@@ -455,17 +467,40 @@ func benchLatency(b *testing.B, rate int, d time.Duration, wake bool) {
 }
 
 // BenchmarkAppendWithRelay measures append throughput (8 writers, 10-event
-// appends to random streams) in three settings, interleaved over rounds so
-// that the drift of a shared machine hits all three alike, and reports the
-// medians: alone; with the relay publishing the same load (after it caught
-// up with the previous phases); and with only the relay's database side (a
+// appends to random streams) in three settings and reports the medians:
+// alone; with the relay publishing the same load (after it caught up with
+// the previous phases); and with only the relay's database side (a
 // follower making the relay's reads, as often as the relay read in the
-// same round, no Kafka), which separates what the relay costs the
-// database from what a broker and a publisher competing for the writers'
-// CPUs cost.
+// last round, no Kafka), which separates what the relay costs the database
+// from what a broker and a publisher competing for the writers' CPUs cost.
+//
+// The relay runs in a process of its own, as `orchestrix relay` does in
+// production (this test binary as a child, see TestMain), with GOGC=400
+// as that command sets it; it reports the relay's CPU time per event
+// published during the measured phases, and the broker's with
+// ORCHESTRIX_BENCH_BROKER_PID. ORCHESTRIX_BENCH_IN_PROCESS=1 runs it in
+// this process instead, sharing the writers' garbage collector.
+//
+// The settings are interleaved over ORCHESTRIX_BENCH_ROUNDS rounds
+// (default 3) so that the drift of a shared machine hits all three alike,
+// and each round rotates their order, because the tables grow and
+// PostgreSQL checkpoints as the run goes on, which would otherwise always
+// burden the same setting; the ratios reported are the medians of the
+// rounds' ratios. ORCHESTRIX_BENCH_WARMUP rounds (default 1) run first and
+// are not counted: a freshly started broker spends a large share of a core
+// compiling its transaction and produce paths (sampled in its C2 compiler
+// threads), a start-up cost that a long-running broker does not pay.
 func BenchmarkAppendWithRelay(b *testing.B) {
 	d := time.Duration(benchInt("ORCHESTRIX_BENCH_SECONDS", 5)) * time.Second
 	rounds := benchInt("ORCHESTRIX_BENCH_ROUNDS", 3)
+	inProcess := os.Getenv("ORCHESTRIX_BENCH_IN_PROCESS") == "1"
+	brokerPID, _ := strconv.Atoi(os.Getenv("ORCHESTRIX_BENCH_BROKER_PID"))
+	// The relay process collects garbage at GOGC=400, as `orchestrix
+	// relay` does (internal/cli.relayGCPercent).
+	relayEnv := "GOGC=400"
+	if v, ok := os.LookupEnv("ORCHESTRIX_BENCH_RELAY_ENV"); ok {
+		relayEnv = v
+	}
 	for b.Loop() {
 		e := newEnv(b, 8)
 		phase := 0
@@ -500,38 +535,71 @@ func BenchmarkAppendWithRelay(b *testing.B) {
 			wg.Wait()
 			return float64(n.Load()) / time.Since(start).Seconds()
 		}
-		var alone, with, reads, relayRate []float64
+		var alone, with, reads, relayRate, withRatio, readsRatio []float64
 		var events, txns uint64
-		for range rounds {
-			alone = append(alone, appendFor())
-
-			r := e.relay(b, "append", outbox.NoOutboxTable(), outbox.WithClientOpts(benchClientOpts()...))
-			stop := runRelay(b, r)
-			e.waitCaughtUp(b, r, 10*time.Minute)
-			before, beforeTxns := r.Stats().Events, r.Stats().Transactions
+		// CPU time of the relay (its process, or this one when in process)
+		// and of the broker during the with-relay phases.
+		var relayCPU, brokerCPU, roundRelayCPU, roundBrokerCPU time.Duration
+		relayPID := os.Getpid()
+		// every is the follower's read interval: the relay's time per
+		// transaction in the last with-relay phase.
+		every := outbox.DefaultPollMin
+		phaseWith := func(last bool) (rate, relayed float64, roundEvents, roundTxns uint64) {
+			var stats func() (events, txns uint64)
+			var stop func() error
+			if inProcess {
+				r := e.relay(b, "append", outbox.NoOutboxTable(), outbox.WithClientOpts(benchClientOpts()...))
+				stop = runRelay(b, r)
+				e.waitCaughtUp(b, r, 10*time.Minute)
+				stats = func() (uint64, uint64) { st := r.Stats(); return st.Events, st.Transactions }
+			} else {
+				c := startChild(b, e.schema, e.topic, "append", outbox.DefaultLease,
+					append(strings.Fields(relayEnv), childStatsEnv+"=250ms")...)
+				c.waitCaughtUp(b, e, 10*time.Minute)
+				if last && os.Getenv(childProfileEnv) != "" {
+					c.signal(b, syscall.SIGUSR1)
+				}
+				stats = func() (uint64, uint64) { st := c.stats(b); return st.events, st.txns }
+				stop = func() error { c.stop(b); return nil }
+				relayPID = c.cmd.Process.Pid
+			}
+			cpu0, bcpu0 := procCPU(relayPID), procCPU(brokerPID)
+			before, beforeTxns := stats()
+			stopProfile := func() {}
+			if last {
+				stopProfile = profileCPU(b, "ORCHESTRIX_BENCH_CPUPROFILE")
+			}
 			start := time.Now()
-			with = append(with, appendFor())
+			rate = appendFor()
 			elapsed := time.Since(start)
-			relayRate = append(relayRate, float64(r.Stats().Events-before)/elapsed.Seconds())
-			roundTxns := r.Stats().Transactions - beforeTxns
-			events += r.Stats().Events - before
-			txns += roundTxns
+			stopProfile()
+			if !inProcess {
+				// The child logs its stats every 250ms; the writers have
+				// stopped, so the line after this is final.
+				time.Sleep(300 * time.Millisecond)
+			}
+			after, afterTxns := stats()
+			roundEvents, roundTxns = after-before, afterTxns-beforeTxns
+			roundRelayCPU, roundBrokerCPU = procCPU(relayPID)-cpu0, procCPU(brokerPID)-bcpu0
 			if err := stop(); err != nil {
 				b.Fatal(err)
 			}
-
-			// The relay's reads alone, as often as the relay read in
-			// this round (once per transaction under load, see
-			// Relay.read): what the relay costs a database whose
-			// broker and relay run on other machines.
-			every := max(outbox.DefaultPollMin, elapsed/time.Duration(max(roundTxns, 1)))
+			every = max(outbox.DefaultPollMin, elapsed/time.Duration(max(roundTxns, 1)))
+			return rate, float64(roundEvents) / elapsed.Seconds(), roundEvents, roundTxns
+		}
+		// The relay's reads alone, as often as the relay read (once per
+		// transaction under load, see Relay.read): what the relay costs
+		// a database whose broker and relay run on other machines.
+		phaseReads := func() float64 {
 			fctx, stopFollow := context.WithCancel(b.Context())
 			done := make(chan struct{})
 			go func() {
 				defer close(done)
 				cur := e.lastCursor(b)
+				var page []stores.Entry
 				for fctx.Err() == nil {
-					page, err := e.store.ReadLogBatch(fctx, cur, outbox.DefaultBatchSize)
+					var err error
+					page, err = e.store.AppendLogBatch(fctx, page[:0], cur, outbox.DefaultBatchSize)
 					if err != nil {
 						return
 					}
@@ -543,17 +611,125 @@ func BenchmarkAppendWithRelay(b *testing.B) {
 					}
 				}
 			}()
-			reads = append(reads, appendFor())
+			rate := appendFor()
 			stopFollow()
 			<-done
+			return rate
+		}
+		warmup := 1
+		if v, err := strconv.Atoi(os.Getenv("ORCHESTRIX_BENCH_WARMUP")); err == nil && v >= 0 {
+			warmup = v
+		}
+		for round := -warmup; round < rounds; round++ {
+			var al, wi, rd, rr float64
+			var ev, tx uint64
+			// Round r runs the phases in the order rotated by r.
+			for k := range 3 {
+				switch (k + max(round, 0)) % 3 {
+				case 0:
+					al = appendFor()
+				case 1:
+					wi, rr, ev, tx = phaseWith(round == rounds-1)
+				case 2:
+					rd = phaseReads()
+				}
+			}
+			perEvent := func(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1e3 / float64(max(ev, 1)) }
+			b.Logf("round %d: alone %.0f, with relay %.0f (%.2f), reads only %.0f (%.2f) events/s; relay %.0f events/s in %d transactions, CPU µs/event relay %.2f broker %.2f",
+				round, al, wi, wi/al, rd, rd/al, rr, tx, perEvent(roundRelayCPU), perEvent(roundBrokerCPU))
+			if round < 0 {
+				continue
+			}
+			alone, with, reads, relayRate = append(alone, al), append(with, wi), append(reads, rd), append(relayRate, rr)
+			withRatio, readsRatio = append(withRatio, wi/al), append(readsRatio, rd/al)
+			events += ev
+			relayCPU += roundRelayCPU
+			brokerCPU += roundBrokerCPU
+			txns += tx
 		}
 		a, w, rd := median(alone), median(with), median(reads)
 		b.ReportMetric(a, "append_alone_events/s")
 		b.ReportMetric(w, "append_with_relay_events/s")
-		b.ReportMetric(100*w/a, "with_relay_%_of_alone")
+		b.ReportMetric(100*median(withRatio), "with_relay_%_of_alone")
 		b.ReportMetric(rd, "append_with_relay_reads_only_events/s")
-		b.ReportMetric(100*rd/a, "reads_only_%_of_alone")
+		b.ReportMetric(100*median(readsRatio), "reads_only_%_of_alone")
 		b.ReportMetric(median(relayRate), "relay_events/s_during")
 		b.ReportMetric(float64(events)/float64(max(txns, 1)), "events/txn")
+		if !inProcess {
+			b.ReportMetric(float64(relayCPU.Nanoseconds())/1e3/float64(max(events, 1)), "relay_cpu_µs/event")
+		}
+		if brokerPID != 0 {
+			b.ReportMetric(float64(brokerCPU.Nanoseconds())/1e3/float64(max(events, 1)), "broker_cpu_µs/event")
+		}
 	}
+}
+
+// childStats are the counters of a relay child's last stats line.
+type childStats struct {
+	events, txns uint64
+	checkpoint   string
+}
+
+// stats parses the last "relay stats" line of c's log.
+func (c *child) stats(t testing.TB) childStats {
+	t.Helper()
+	text := c.logText()
+	i := strings.LastIndex(text, "msg=\"relay stats\"")
+	if i < 0 {
+		return childStats{}
+	}
+	line, _, _ := strings.Cut(text[i:], "\n")
+	var st childStats
+	for _, f := range strings.Fields(line) {
+		k, v, _ := strings.Cut(f, "=")
+		switch k {
+		case "events":
+			st.events, _ = strconv.ParseUint(v, 10, 64)
+		case "transactions":
+			st.txns, _ = strconv.ParseUint(v, 10, 64)
+		case "checkpoint":
+			st.checkpoint = strings.Trim(v, `"`)
+		}
+	}
+	return st
+}
+
+// waitCaughtUp waits until c's checkpoint is e's last cursor, like
+// env.waitCaughtUp.
+func (c *child) waitCaughtUp(t testing.TB, e *env, d time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for c.stats(t).checkpoint != e.lastCursor(t).String() {
+		if time.Now().After(deadline) {
+			t.Fatalf("relay %s did not reach %s within %s; last lines:\n%s", c.name, e.lastCursor(t), d, c.logText()[max(0, len(c.logText())-2000):])
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// procCPU returns the user and system CPU time of process pid from
+// /proc (Linux), or 0 when pid is 0 or it cannot be read. It assumes 100
+// clock ticks per second, the Linux default.
+func procCPU(pid int) time.Duration {
+	if pid == 0 {
+		return 0
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	// The command name (field 2) may hold spaces; the fields after it
+	// start after its closing parenthesis: utime and stime are the 12th
+	// and 13th of them.
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 13 {
+		return 0
+	}
+	u, _ := strconv.ParseInt(f[11], 10, 64)
+	s, _ := strconv.ParseInt(f[12], 10, 64)
+	return time.Duration(u+s) * 10 * time.Millisecond
 }

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"sync"
@@ -35,6 +36,10 @@ const (
 	childTopicEnv    = "ORCHESTRIX_OUTBOX_CHILD_TOPIC"
 	childInstanceEnv = "ORCHESTRIX_OUTBOX_CHILD_INSTANCE"
 	childLeaseEnv    = "ORCHESTRIX_OUTBOX_CHILD_LEASE"
+	childStatsEnv    = "ORCHESTRIX_OUTBOX_CHILD_STATS"
+	// childProfileEnv names a file for a CPU profile that the child
+	// starts on SIGUSR1 and ends when it exits.
+	childProfileEnv = "ORCHESTRIX_OUTBOX_CHILD_CPUPROFILE"
 )
 
 // TestMain runs the test binary as a relay process when childEnv is set,
@@ -52,6 +57,28 @@ func relayChild() int {
 	defer stop()
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	fail := func(err error) int { log.Error("relay child", "err", err); return 1 }
+	if path := os.Getenv(childProfileEnv); path != "" {
+		usr1 := make(chan os.Signal, 1)
+		signal.Notify(usr1, syscall.SIGUSR1)
+		var mu sync.Mutex
+		var f *os.File
+		go func() {
+			<-usr1
+			mu.Lock()
+			defer mu.Unlock()
+			if f, _ = os.Create(path); f != nil {
+				_ = pprof.StartCPUProfile(f)
+			}
+		}()
+		defer func() {
+			mu.Lock()
+			defer mu.Unlock()
+			if f != nil {
+				pprof.StopCPUProfile()
+				f.Close()
+			}
+		}()
+	}
 	pool, err := pgxpool.New(ctx, os.Getenv("DATABASE_URL"))
 	if err != nil {
 		return fail(err)
@@ -65,9 +92,13 @@ func relayChild() int {
 	if err != nil {
 		lease = outbox.DefaultLease
 	}
+	every, err := time.ParseDuration(os.Getenv(childStatsEnv))
+	if err != nil {
+		every = time.Second
+	}
 	r, err := outbox.NewRelay(store, strings.Split(os.Getenv("KAFKA_BROKERS"), ","),
 		outbox.ToTopic(os.Getenv(childTopicEnv)), outbox.Instance(os.Getenv(childInstanceEnv)),
-		outbox.Lease(lease), outbox.WithLogger(log), outbox.StatsInterval(time.Second))
+		outbox.Lease(lease), outbox.WithLogger(log), outbox.StatsInterval(every), outbox.WithClientOpts(benchClientOpts()...))
 	if err != nil {
 		return fail(err)
 	}
@@ -85,7 +116,7 @@ type child struct {
 	done chan struct{}
 }
 
-func startChild(t *testing.T, schema, topic, instance string, lease time.Duration) *child {
+func startChild(t testing.TB, schema, topic, instance string, lease time.Duration, env ...string) *child {
 	t.Helper()
 	logPath := fmt.Sprintf("%s/%s.log", t.TempDir(), instance)
 	f, err := os.Create(logPath)
@@ -95,6 +126,7 @@ func startChild(t *testing.T, schema, topic, instance string, lease time.Duratio
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
 	cmd.Env = append(os.Environ(), childEnv+"=1", childSchemaEnv+"="+schema, childTopicEnv+"="+topic,
 		childInstanceEnv+"="+instance, childLeaseEnv+"="+lease.String())
+	cmd.Env = append(cmd.Env, env...)
 	cmd.Stdout, cmd.Stderr = f, f
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -114,7 +146,7 @@ func startChild(t *testing.T, schema, topic, instance string, lease time.Duratio
 	return c
 }
 
-func (c *child) signal(t *testing.T, s syscall.Signal) {
+func (c *child) signal(t testing.TB, s syscall.Signal) {
 	t.Helper()
 	if err := syscall.Kill(c.cmd.Process.Pid, s); err != nil {
 		t.Fatalf("signal %v to %s: %v", s, c.name, err)
@@ -122,7 +154,7 @@ func (c *child) signal(t *testing.T, s syscall.Signal) {
 }
 
 // stop ends the child with SIGTERM and waits for it.
-func (c *child) stop(t *testing.T) {
+func (c *child) stop(t testing.TB) {
 	t.Helper()
 	c.signal(t, syscall.SIGTERM)
 	select {
