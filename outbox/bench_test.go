@@ -560,7 +560,14 @@ func BenchmarkAppendWithRelay(b *testing.B) {
 					c.signal(b, syscall.SIGUSR1)
 				}
 				stats = func() (uint64, uint64) { st := c.stats(b); return st.events, st.txns }
-				stop = func() error { c.stop(b); return nil }
+				stop = func() error {
+					c.stop(b)
+					if _, line, ok := strings.Cut(c.logText(), "msg=\"relay child stopped\""); ok {
+						line, _, _ = strings.Cut(line, "\n")
+						b.Logf("relay process:%s", line)
+					}
+					return nil
+				}
 				relayPID = c.cmd.Process.Pid
 			}
 			cpu0, bcpu0 := procCPU(relayPID), procCPU(brokerPID)

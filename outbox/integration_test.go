@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"runtime/metrics"
 	"runtime/pprof"
 	"strconv"
 	"strings"
@@ -105,6 +106,10 @@ func relayChild() int {
 	if err := r.Run(ctx); err != nil {
 		return fail(err)
 	}
+	cpu := []metrics.Sample{{Name: "/cpu/classes/gc/total:cpu-seconds"}, {Name: "/cpu/classes/total:cpu-seconds"}, {Name: "/cpu/classes/idle:cpu-seconds"}}
+	metrics.Read(cpu)
+	busy := cpu[1].Value.Float64() - cpu[2].Value.Float64()
+	log.Info("relay child stopped", "cpu_seconds", busy, "gc_cpu_seconds", cpu[0].Value.Float64(), "gc_share", cpu[0].Value.Float64()/busy)
 	return 0
 }
 
