@@ -450,6 +450,9 @@ type batch struct {
 	msgs    []*kgo.Record
 	cp      Checkpoint
 	full    bool
+	// ownEntries is set when entries is the relay's own slice (filled by
+	// a batchAppender), which recycle may clear and reuse.
+	ownEntries bool
 }
 
 // published is what one transaction published.
@@ -511,6 +514,7 @@ func (r *Relay) read(ctx context.Context, cp Checkpoint, out chan<- *batch, dema
 		}
 		fetchTime := time.Since(fetchStart)
 		if len(b.entries)+len(b.msgs) == 0 {
+			r.recycle(b)
 			r.st.caughtUp.Store(true)
 			onDemand = false
 			if !r.sleep(ctx, r.idleWait(time.Since(lastWork)), r.wake, appended) {
@@ -691,10 +695,13 @@ func (r *Relay) fetch(ctx context.Context, cp Checkpoint) (*batch, error) {
 		default:
 		}
 		entries, err := ba.AppendLogBatch(ctx, dst, cp.Events, r.cfg.batchSize)
+		b.entries, b.ownEntries = entries, true
 		if err != nil {
+			// A failed read may have filled entries past dst's length.
+			b.entries = b.entries[:cap(b.entries)]
+			r.recycle(b)
 			return nil, fmt.Errorf("outbox: read events after %s: %w", cp.Events, err)
 		}
-		b.entries = entries
 	} else if br, ok := r.src.(batchReader); ok {
 		// The store's slice as it is: no copy of every entry.
 		entries, err := br.ReadLogBatch(ctx, cp.Events, r.cfg.batchSize)
@@ -722,13 +729,14 @@ func (r *Relay) fetch(ctx context.Context, cp Checkpoint) (*batch, error) {
 	return b, nil
 }
 
-// recycle hands b's entry slice, now published, to the next read: the
-// records keep what they need (header bytes copied, payloads in the
-// store's own blocks). It is cleared first, so that it holds on to no
-// payload. b itself is left alone: its reader may still look at it (see
-// follow), and nothing reads its entries after this.
+// recycle hands b's entry slice, now published (or empty), to the next
+// read: the records keep what they need (header bytes copied, payloads in
+// the store's own blocks). It is cleared first, so that it holds on to no
+// payload. Only the relay's own slices are recycled, never a
+// slice a source handed out. b itself is left alone: nothing reads its
+// entries after this, but its reader may still look at its length.
 func (r *Relay) recycle(b *batch) {
-	if cap(b.entries) == 0 {
+	if !b.ownEntries || cap(b.entries) == 0 {
 		return
 	}
 	clear(b.entries)
