@@ -10,8 +10,10 @@ import (
 
 	"github.com/orchestrix/orchestrix"
 	"github.com/orchestrix/orchestrix/internal/testenv"
+	"github.com/orchestrix/orchestrix/outbox"
 	"github.com/orchestrix/orchestrix/stores"
 	"github.com/orchestrix/orchestrix/stores/postgres"
+	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 )
 
@@ -41,8 +43,8 @@ func TestUsage(t *testing.T) {
 		{"topics without brokers", []string{"topics", "create", "--context", "x", "--brokers", ""}, 2, "KAFKA_BROKERS is required"},
 		{"relay without url", []string{"relay", "--database-url", "", "--brokers", "b:9092", "--topic", "t"}, 2, "DATABASE_URL is required"},
 		{"relay without brokers", []string{"relay", "--database-url", "postgres://x", "--brokers", "", "--topic", "t"}, 2, "KAFKA_BROKERS is required"},
-		{"relay without topic", []string{"relay", "--database-url", "postgres://x", "--brokers", "b:9092"}, 2, "--topic or --context"},
-		{"relay bad gogc", []string{"relay", "--database-url", "postgres://x", "--brokers", "b:9092", "--topic", "t", "--gogc", "lots"}, 2, `--gogc "lots"`},
+		{"relay without topic", []string{"relay", "--database-url", "postgres://x", "--brokers", "b:9092", "--topic", "", "--context", ""}, 2, "--topic or --context"},
+		{"relay bad gogc", []string{"relay", "--database-url", "postgres://x", "--brokers", "b:9092", "--topic", "t", "--gogc", "lots"}, 2, `--gogc (or GOGC) "lots"`},
 		{"relay bad log level", []string{"relay", "--database-url", "postgres://x", "--brokers", "b:9092", "--topic", "t", "--log-level", "loud"}, 2, "--log-level"},
 	}
 	for _, tc := range tests {
@@ -116,6 +118,19 @@ func TestRelayIntegration(t *testing.T) {
 		t.Fatal(err)
 	}
 	topic := testenv.Topic(t, seeds, 3, nil)
+	adm := kadm.NewClient(testenv.Client(t, seeds))
+	t.Cleanup(func() { _, _ = adm.DeleteTopics(context.Background(), topic+outbox.CheckpointSuffix) })
+	// The relay refuses to start on a topic the broker does not know
+	// yet; a new topic's metadata may lag its creation.
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		md, err := adm.Metadata(t.Context(), topic)
+		if err == nil && md.Topics[topic].Err == nil && len(md.Topics[topic].Partitions) == 3 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("topic %s not in the broker's metadata after 30s: %v", topic, err)
+		}
+	}
 	const n = 50
 	for i := range n {
 		ev := orchestrix.Event{Metadata: orchestrix.Metadata{ID: fmt.Sprintf("e-%d", i), Type: "cli.Tested", Source: "/cli", Time: time.Now()},
@@ -138,6 +153,11 @@ func TestRelayIntegration(t *testing.T) {
 	seen := map[string]bool{}
 	deadline := time.Now().Add(time.Minute)
 	for len(seen) < n && time.Now().Before(deadline) {
+		select {
+		case code := <-done:
+			t.Fatalf("relay exited with %d before publishing (%d of %d events seen)\nstdout:\n%s\nstderr:\n%s", code, len(seen), n, out.String(), errb.String())
+		default:
+		}
 		pctx, pcancel := context.WithTimeout(t.Context(), time.Second)
 		fetches := cl.PollFetches(pctx)
 		pcancel()

@@ -117,14 +117,16 @@ func runRelay(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if *gogc != "off" {
 		n, err := strconv.Atoi(*gogc)
 		if err != nil || n < 0 {
-			problems = append(problems, fmt.Sprintf("--gogc %q: want a percentage or off", *gogc))
+			problems = append(problems, fmt.Sprintf("--gogc (or GOGC) %q: want a percentage or off", *gogc))
 		}
 		gcPercent = n
 	}
 	if len(problems) > 0 {
 		return fmt.Errorf("%w: %s", errUsage, strings.Join(problems, "; "))
 	}
-	debug.SetGCPercent(gcPercent)
+	// Restored on return, for callers that run the command in their own
+	// process (the tests).
+	defer debug.SetGCPercent(debug.SetGCPercent(gcPercent))
 
 	hopts := &slog.HandlerOptions{Level: level}
 	var handler slog.Handler = slog.NewTextHandler(stderr, hopts)
