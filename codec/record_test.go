@@ -75,6 +75,10 @@ func TestEventRecordRoundTrip(t *testing.T) {
 	if rec.Topic != "banking.events" || string(rec.Key) != "acc-1" || !bytes.Equal(rec.Value, e.Data) || !rec.Timestamp.IsZero() {
 		t.Fatalf("record = %+v", rec)
 	}
+	// Room for exactly one more header (the outbox relay's instance).
+	if cap(rec.Headers) != len(rec.Headers)+1 {
+		t.Errorf("headers: len %d cap %d, want cap len+1", len(rec.Headers), cap(rec.Headers))
+	}
 
 	got, err := codec.RecordToEvent(rec)
 	if err != nil {
@@ -94,8 +98,8 @@ func TestEventRecordRoundTrip(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if len(rec.Headers) != 6 {
-			t.Fatalf("headers = %v", headerMap(t, rec))
+		if len(rec.Headers) != 6 || cap(rec.Headers) != 7 {
+			t.Fatalf("headers (cap %d) = %v", cap(rec.Headers), headerMap(t, rec))
 		}
 		got, err := codec.RecordToEvent(rec)
 		if err != nil || !reflect.DeepEqual(got, e) {

@@ -540,12 +540,13 @@ func BenchmarkAppendWithRelay(b *testing.B) {
 		// CPU time of the relay (its process, or this one when in process)
 		// and of the broker during the with-relay phases.
 		var relayCPU, brokerCPU, roundRelayCPU, roundBrokerCPU time.Duration
-		relayPID := os.Getpid()
+		relayPID := 0 // the relay process's, when it has one
 		// every is the follower's read interval: the relay's time per
 		// transaction in the last with-relay phase.
 		every := outbox.DefaultPollMin
 		phaseWith := func(last bool) (rate, relayed float64, roundEvents, roundTxns uint64) {
 			var stats func() (events, txns uint64)
+			var relayProc *child
 			var stop func() error
 			if inProcess {
 				r := e.relay(b, "append", outbox.NoOutboxTable(), outbox.WithClientOpts(benchClientOpts()...))
@@ -569,6 +570,7 @@ func BenchmarkAppendWithRelay(b *testing.B) {
 					return nil
 				}
 				relayPID = c.cmd.Process.Pid
+				relayProc = c
 			}
 			cpu0, bcpu0 := procCPU(relayPID), procCPU(brokerPID)
 			before, beforeTxns := stats()
@@ -581,9 +583,10 @@ func BenchmarkAppendWithRelay(b *testing.B) {
 			elapsed := time.Since(start)
 			stopProfile()
 			if !inProcess {
-				// The child logs its stats every 250ms; the writers have
-				// stopped, so the line after this is final.
-				time.Sleep(300 * time.Millisecond)
+				// The child's last stats line is up to 250ms old, and it
+				// may still be publishing the phase's tail: count its
+				// events and CPU once it has published everything.
+				relayProc.waitCaughtUp(b, e, 10*time.Minute)
 			}
 			after, afterTxns := stats()
 			roundEvents, roundTxns = after-before, afterTxns-beforeTxns
@@ -642,7 +645,7 @@ func BenchmarkAppendWithRelay(b *testing.B) {
 				}
 			}
 			perEvent := func(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1e3 / float64(max(ev, 1)) }
-			b.Logf("round %d: alone %.0f, with relay %.0f (%.2f), reads only %.0f (%.2f) events/s; relay %.0f events/s in %d transactions, CPU µs/event relay %.2f broker %.2f",
+			b.Logf("round %d: alone %.0f, with relay %.0f (%.2f), reads only %.0f (%.2f) events/s; relay %.0f events/s in %d transactions; CPU µs/event relay process %.2f, broker %.2f (0: not measured)",
 				round, al, wi, wi/al, rd, rd/al, rr, tx, perEvent(roundRelayCPU), perEvent(roundBrokerCPU))
 			if round < 0 {
 				continue
@@ -712,6 +715,10 @@ func (c *child) waitCaughtUp(t testing.TB, e *env, d time.Duration) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+	// A stats line reads the event count before the checkpoint, so the
+	// line that shows the last checkpoint may miss the transaction that
+	// made it; the relay is idle now, and the next line is exact.
+	time.Sleep(300 * time.Millisecond)
 }
 
 // procCPU returns the user and system CPU time of process pid from
