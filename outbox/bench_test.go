@@ -715,10 +715,6 @@ func (c *child) waitCaughtUp(t testing.TB, e *env, d time.Duration) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	// A stats line reads the event count before the checkpoint, so the
-	// line that shows the last checkpoint may miss the transaction that
-	// made it; the relay is idle now, and the next line is exact.
-	time.Sleep(300 * time.Millisecond)
 }
 
 // procCPU returns the user and system CPU time of process pid from

@@ -36,19 +36,22 @@ type Stats struct {
 
 // relayStats are the counters behind Stats.
 type relayStats struct {
-	leader, caughtUp                                atomic.Bool
-	events, messages, txns, skipped, errors, maxPos atomic.Uint64
-	lastEventNanos                                  atomic.Int64
+	leader, caughtUp        atomic.Bool
+	skipped, errors, maxPos atomic.Uint64
+	lastEventNanos          atomic.Int64
 
-	mu         sync.Mutex
-	checkpoint Checkpoint
-	lastAt     time.Time
-	lastEvents uint64
+	// mu guards the rest: the counters move with the checkpoint, so that
+	// no Stats shows a transaction's checkpoint without its events.
+	mu                     sync.Mutex
+	events, messages, txns uint64
+	checkpoint             Checkpoint
+	lastAt                 time.Time
+	lastEvents             uint64
 }
 
 func (s *relayStats) start(now time.Time) {
 	s.mu.Lock()
-	s.lastAt, s.lastEvents = now, s.events.Load()
+	s.lastAt, s.lastEvents = now, s.events
 	s.mu.Unlock()
 }
 
@@ -59,9 +62,12 @@ func (s *relayStats) setCheckpoint(cp Checkpoint) {
 }
 
 func (s *relayStats) committed(b *published, _ time.Duration) {
-	s.events.Add(uint64(b.events))
-	s.messages.Add(uint64(b.msgs))
-	s.txns.Add(1)
+	s.mu.Lock()
+	s.events += uint64(b.events)
+	s.messages += uint64(b.msgs)
+	s.txns++
+	s.checkpoint = b.cp
+	s.mu.Unlock()
 	for {
 		cur := s.maxPos.Load()
 		if b.maxPosition <= cur || s.maxPos.CompareAndSwap(cur, b.maxPosition) {
@@ -71,7 +77,6 @@ func (s *relayStats) committed(b *published, _ time.Duration) {
 	if !b.lastEventTime.IsZero() {
 		s.lastEventNanos.Store(b.lastEventTime.UnixNano())
 	}
-	s.setCheckpoint(b.cp)
 }
 
 // Stats returns the relay's counters now; the lag needs a database query
@@ -86,15 +91,13 @@ func (r *Relay) Stats() Stats {
 func (r *Relay) snapshot(now time.Time, advance bool) Stats {
 	s := &r.st
 	st := Stats{
-		Leader:       s.leader.Load(),
-		Events:       s.events.Load(),
-		Messages:     s.messages.Load(),
-		Transactions: s.txns.Load(),
-		Skipped:      s.skipped.Load(),
-		Errors:       s.errors.Load(),
-		LagEvents:    -1,
+		Leader:    s.leader.Load(),
+		Skipped:   s.skipped.Load(),
+		Errors:    s.errors.Load(),
+		LagEvents: -1,
 	}
 	s.mu.Lock()
+	st.Events, st.Messages, st.Transactions = s.events, s.messages, s.txns
 	st.Checkpoint = s.checkpoint
 	st.Interval = now.Sub(s.lastAt)
 	if st.Interval > 0 {
