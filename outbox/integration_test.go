@@ -26,6 +26,7 @@ import (
 	"github.com/orchestrix/orchestrix/outbox"
 	"github.com/orchestrix/orchestrix/stores"
 	"github.com/orchestrix/orchestrix/stores/postgres"
+	"github.com/orchestrix/orchestrix/stores/postgres/pgtest"
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 )
@@ -192,14 +193,8 @@ func newEnv(t testing.TB, partitions int32) *env {
 	t.Helper()
 	pool := testenv.Pool(t)
 	seeds := testenv.Brokers(t)
-	schema := testenv.Schema(t, pool)
-	if _, err := postgres.Migrate(t.Context(), pool, schema); err != nil {
-		t.Fatalf("migrate: %v", err)
-	}
-	store, err := postgres.New(t.Context(), pool, postgres.WithSchema(schema))
-	if err != nil {
-		t.Fatal(err)
-	}
+	store := pgtest.Store(t, pool)
+	schema := store.Schema()
 	topic := testenv.Topic(t, seeds, partitions, nil)
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)

@@ -25,6 +25,7 @@ import (
 	"github.com/orchestrix/orchestrix/stores"
 	"github.com/orchestrix/orchestrix/stores/memory"
 	"github.com/orchestrix/orchestrix/stores/postgres"
+	"github.com/orchestrix/orchestrix/stores/postgres/pgtest"
 	"github.com/orchestrix/orchestrix/topics"
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
@@ -431,13 +432,6 @@ func TestShutdownUnderLoadIntegration(t *testing.T) {
 func pgStore(t *testing.T) (*pgxpool.Pool, string, *postgres.Store) {
 	t.Helper()
 	pool := testenv.Pool(t)
-	schema := testenv.Schema(t, pool)
-	if _, err := postgres.Migrate(t.Context(), pool, schema); err != nil {
-		t.Fatal(err)
-	}
-	store, err := postgres.New(t.Context(), pool, postgres.WithSchema(schema))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return pool, schema, store
+	store := pgtest.Store(t, pool)
+	return pool, store.Schema(), store
 }

@@ -12,7 +12,7 @@ import (
 	"github.com/orchestrix/orchestrix/internal/testenv"
 	"github.com/orchestrix/orchestrix/outbox"
 	"github.com/orchestrix/orchestrix/stores"
-	"github.com/orchestrix/orchestrix/stores/postgres"
+	"github.com/orchestrix/orchestrix/stores/postgres/pgtest"
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 )
@@ -108,15 +108,8 @@ func TestMigrateIntegration(t *testing.T) {
 // it publishes the store's events, then stops cleanly with exit 0.
 func TestRelayIntegration(t *testing.T) {
 	seeds := testenv.Brokers(t)
-	pool := testenv.Pool(t)
-	schema := testenv.Schema(t, pool)
-	if _, err := postgres.Migrate(t.Context(), pool, schema); err != nil {
-		t.Fatal(err)
-	}
-	store, err := postgres.New(t.Context(), pool, postgres.WithSchema(schema))
-	if err != nil {
-		t.Fatal(err)
-	}
+	store := pgtest.Store(t, testenv.Pool(t))
+	schema := store.Schema()
 	topic := testenv.Topic(t, seeds, 3, nil)
 	adm := kadm.NewClient(testenv.Client(t, seeds))
 	t.Cleanup(func() { _, _ = adm.DeleteTopics(context.Background(), topic+outbox.CheckpointSuffix) })

@@ -11,21 +11,14 @@ import (
 	"github.com/orchestrix/orchestrix/internal/testenv"
 	"github.com/orchestrix/orchestrix/stores"
 	"github.com/orchestrix/orchestrix/stores/postgres"
+	"github.com/orchestrix/orchestrix/stores/postgres/pgtest"
 	"github.com/orchestrix/orchestrix/stores/storetest"
 )
 
 // newStore migrates a fresh schema and returns a store on it.
 func newStore(t testing.TB, pool *pgxpool.Pool) *postgres.Store {
 	t.Helper()
-	schema := testenv.Schema(t, pool)
-	if _, err := postgres.Migrate(t.Context(), pool, schema); err != nil {
-		t.Fatalf("migrate: %v", err)
-	}
-	s, err := postgres.New(t.Context(), pool, postgres.WithSchema(schema))
-	if err != nil {
-		t.Fatalf("new store: %v", err)
-	}
-	return s
+	return pgtest.Store(t, pool)
 }
 
 // pending adapts a Store to storetest.PendingAppender with AppendTx.
