@@ -88,9 +88,15 @@ func (s *Store) AppendDecisions(ctx context.Context, reqs []stores.AppendRequest
 	results := make([]stores.AppendResult, len(reqs))
 	planned := map[string]uint64{} // stream -> version after the requests before
 	write := make([]bool, len(reqs))
+	batch := map[string]stores.AppendResult{} // commands of this call's earlier requests
 	for i, r := range reqs {
-		if cmd := r.Events[0].CommandID; cmd != "" {
-			if prev, ok := s.commands[cmd]; ok {
+		cmd := r.Events[0].CommandID
+		if cmd != "" {
+			prev, ok := s.commands[cmd]
+			if !ok {
+				prev, ok = batch[cmd]
+			}
+			if ok {
 				prev.Duplicate = true
 				results[i] = prev
 				continue
@@ -106,6 +112,18 @@ func (s *Store) AppendDecisions(ctx context.Context, reqs []stores.AppendRequest
 		planned[r.StreamID] = cur + uint64(len(r.Events))
 		results[i] = stores.AppendResult{StreamID: r.StreamID, FromVersion: cur + 1, ToVersion: cur + uint64(len(r.Events))}
 		write[i] = true
+		if cmd != "" {
+			batch[cmd] = results[i]
+		}
+	}
+	// Like the other stores: a command is decided once, so a rejection of
+	// a command that this call also appends, or rejects twice, conflicts.
+	rejecting := map[string]bool{}
+	for _, rc := range rejected {
+		if _, ok := batch[rc.CommandID]; ok || rejecting[rc.CommandID] {
+			return nil, &stores.ConflictError{StreamID: rc.StreamID, Expected: stores.Any}
+		}
+		rejecting[rc.CommandID] = true
 	}
 	now := time.Now().UTC()
 	for i, r := range reqs {

@@ -43,6 +43,7 @@ func Run(t *testing.T, newStore Factory) {
 	t.Run("ConcurrentWriters", func(t *testing.T) { testConcurrentWriters(t, newStore(t)) })
 	t.Run("CommandDedup", func(t *testing.T) { testCommandDedup(t, newStore(t)) })
 	t.Run("AppendMany", func(t *testing.T) { testAppendMany(t, newStore(t)) })
+	t.Run("CommandTwiceInOneBatch", func(t *testing.T) { testCommandTwiceInOneBatch(t, newStore(t)) })
 	t.Run("ReadAll", func(t *testing.T) { testReadAll(t, newStore(t)) })
 	t.Run("BadInput", func(t *testing.T) { testBadInput(t, newStore(t)) })
 	t.Run("Snapshots", func(t *testing.T) { testSnapshots(t, newStore(t)) })
@@ -338,6 +339,42 @@ func testAppendMany(t *testing.T, s stores.EventStore) {
 	})
 	if err != nil || res[1].ToVersion != 2 {
 		t.Fatalf("chained AppendMany = %+v, %v", res, err)
+	}
+}
+
+// testCommandTwiceInOneBatch: a command ID in two requests of one
+// AppendMany (a sender that resent it, a redrive) is written once; the
+// later copy is reported Duplicate with the first copy's versions, writes
+// nothing and checks no expectation, and the requests after it see the
+// stream as the first copy left it.
+func testCommandTwiceInOneBatch(t *testing.T, s stores.EventStore) {
+	res, err := s.AppendMany(t.Context(), []stores.AppendRequest{
+		{StreamID: "tw", Expected: stores.NoStream, Events: withCommand(Events("A", 2), "cmd-tw")},
+		{StreamID: "tw", Expected: stores.Exact(2), Events: withCommand(Events("A", 2), "cmd-tw")},
+		{StreamID: "tw", Expected: stores.Exact(2), Events: withCommand(Events("B", 1), "cmd-tw2")},
+		{StreamID: "tw", Expected: stores.Exact(3), Events: withCommand(Events("A", 2), "cmd-tw")},
+	})
+	if err != nil {
+		t.Fatalf("AppendMany with a command twice: %v", err)
+	}
+	want := []stores.AppendResult{
+		{StreamID: "tw", FromVersion: 1, ToVersion: 2},
+		{StreamID: "tw", FromVersion: 1, ToVersion: 2, Duplicate: true},
+		{StreamID: "tw", FromVersion: 3, ToVersion: 3},
+		{StreamID: "tw", FromVersion: 1, ToVersion: 2, Duplicate: true},
+	}
+	for i := range want {
+		got := res[i]
+		if got.StreamID != want[i].StreamID || got.FromVersion != want[i].FromVersion || got.ToVersion != want[i].ToVersion || got.Duplicate != want[i].Duplicate {
+			t.Errorf("result %d = %+v, want %+v", i, got, want[i])
+		}
+	}
+	evs := ReadStream(t, s, "tw", 0)
+	if len(evs) != 3 || evs[0].CommandID != "cmd-tw" || evs[2].CommandID != "cmd-tw2" {
+		t.Fatalf("stream has %d events, want cmd-tw's 2 once and cmd-tw2's 1", len(evs))
+	}
+	if r, ok, err := s.FindCommand(t.Context(), "cmd-tw"); err != nil || !ok || r.FromVersion != 1 || r.ToVersion != 2 {
+		t.Fatalf("FindCommand(cmd-tw) = %+v, %v, %v; want versions 1-2", r, ok, err)
 	}
 }
 
