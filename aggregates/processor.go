@@ -174,7 +174,7 @@ func (p *Processor[S]) Handle(ctx context.Context, r *kgo.Record) error {
 	if rc, ok := p.rejection(out); ok {
 		// A conflict means another member decided it meanwhile: the
 		// failure policy retries, and the retry finds that decision.
-		if err := p.store(ctx, nil, []stores.RejectedCommand{rc}); err != nil {
+		if _, err := p.store(ctx, nil, []stores.RejectedCommand{rc}); err != nil {
 			return err
 		}
 	}
@@ -184,16 +184,14 @@ func (p *Processor[S]) Handle(ctx context.Context, r *kgo.Record) error {
 // store appends reqs and records rejected, in one transaction when the
 // store records rejections (stores.RejectionRecorder); otherwise
 // rejections are not recorded.
-func (p *Processor[S]) store(ctx context.Context, reqs []stores.AppendRequest, rejected []stores.RejectedCommand) error {
+func (p *Processor[S]) store(ctx context.Context, reqs []stores.AppendRequest, rejected []stores.RejectedCommand) ([]stores.AppendResult, error) {
 	if rr, ok := p.repo.store.(stores.RejectionRecorder); ok && len(rejected) > 0 {
-		_, err := rr.AppendDecisions(ctx, reqs, rejected)
-		return err
+		return rr.AppendDecisions(ctx, reqs, rejected)
 	}
 	if len(reqs) == 0 {
-		return nil
+		return nil, nil
 	}
-	_, err := p.repo.store.AppendMany(ctx, reqs)
-	return err
+	return p.repo.store.AppendMany(ctx, reqs)
 }
 
 // rejection returns what records a rejected outcome in the store.
@@ -288,12 +286,49 @@ type job[S any] struct {
 	done  chan struct{}
 
 	// Filled by decide.
-	reqs      []stores.AppendRequest
-	rejected  []stores.RejectedCommand
-	outs      []orchestrix.Outcome
 	roots     map[string]Root[S]
 	start     map[string]Root[S]
 	newEvents map[string][]orchestrix.Event
+	// stale names the aggregates whose decided state is not what the
+	// store holds (it skipped one of their appends as a duplicate): they
+	// are neither cached nor snapshotted.
+	stale map[string]bool
+}
+
+// decisions is what a round decided, across its jobs: the append requests
+// and recorded rejections for one transaction, and one outcome per
+// command, in order.
+type decisions struct {
+	seen     map[string]stores.AppendResult // decided before the round (store)
+	first    map[string]int                 // command ID -> index in outs of its first decision in the round
+	copies   []copyOf                       // later copies of a command decided in the round
+	outs     []orchestrix.Outcome
+	reqs     []stores.AppendRequest
+	appended []appended // one per request
+	rejected []stores.RejectedCommand
+}
+
+// copyOf is a later copy of a command in the same round: it is answered
+// with the first copy's outcome once the store has said what it did.
+type copyOf struct{ out, first int }
+
+// appended ties an append request to the outcome and aggregate it serves.
+type appended struct {
+	out    int
+	job    int
+	stream string
+}
+
+// again answers a later copy of a command with the first copy's outcome: a
+// duplicate with its versions when it appended events, the same outcome
+// otherwise (a recorded rejection, an accepted no-op).
+func again(cmdID string, first orchestrix.Outcome) orchestrix.Outcome {
+	o := first
+	o.CommandID = cmdID
+	if o.Status == orchestrix.OutcomeAccepted && o.ToVersion > 0 {
+		o.Status = orchestrix.OutcomeDuplicate
+	}
+	return o
 }
 
 // HandleBatch processes one partition's records. Concurrent calls (the
@@ -348,7 +383,8 @@ func (p *Processor[S]) HandleBatch(ctx context.Context, recs []*kgo.Record) []er
 }
 
 // round handles jobs together: one lookup of the commands seen before,
-// decisions per partition, one transaction, one produce of the outcomes.
+// decisions per partition (each command ID once), one transaction, one
+// produce of the outcomes.
 func (p *Processor[S]) round(ctx context.Context, jobs []*job[S]) {
 	// 1. Commands handled before are answered, not decided again.
 	seen, err := p.findCommands(ctx, jobs)
@@ -359,16 +395,14 @@ func (p *Processor[S]) round(ctx context.Context, jobs []*job[S]) {
 		return
 	}
 	// 2. Load every state before the transaction, decide in order.
-	var reqs []stores.AppendRequest
-	var rejected []stores.RejectedCommand
-	for _, j := range jobs {
-		p.decide(ctx, j, seen)
-		reqs = append(reqs, j.reqs...)
-		rejected = append(rejected, j.rejected...)
+	d := &decisions{seen: seen, first: map[string]int{}}
+	for i, j := range jobs {
+		p.decide(ctx, i, j, d)
 	}
 	// 3. One transaction for every partition.
-	if len(reqs) > 0 || len(rejected) > 0 {
-		if err := p.store(ctx, reqs, rejected); err != nil {
+	if len(d.reqs) > 0 || len(d.rejected) > 0 {
+		results, err := p.store(ctx, d.reqs, d.rejected)
+		if err != nil {
 			for _, j := range jobs {
 				for _, id := range j.order {
 					p.forget(j.part, id)
@@ -386,17 +420,19 @@ func (p *Processor[S]) round(ctx context.Context, jobs []*job[S]) {
 			}
 			return
 		}
+		p.reconcile(jobs, d, results)
 	}
-	var outs []orchestrix.Outcome
+	for _, c := range d.copies {
+		d.outs[c.out] = again(d.outs[c.out].CommandID, d.outs[c.first])
+	}
 	for _, j := range jobs {
 		for _, id := range j.order {
-			if root, ok := j.roots[id]; ok {
+			if root, ok := j.roots[id]; ok && !j.stale[id] {
 				p.remember(j.part, root)
 			}
 		}
-		outs = append(outs, j.outs...)
 	}
-	if err := p.publish(ctx, outs); err != nil {
+	if err := p.publish(ctx, d.outs); err != nil {
 		for _, j := range jobs {
 			fill(j.errs, err)
 		}
@@ -405,7 +441,7 @@ func (p *Processor[S]) round(ctx context.Context, jobs []*job[S]) {
 	// their round trips do not delay any sender.
 	for _, j := range jobs {
 		for _, id := range j.order {
-			if _, ok := j.roots[id]; ok {
+			if _, ok := j.roots[id]; ok && !j.stale[id] {
 				if err := p.repo.MaybeSnapshot(ctx, j.start[id], j.newEvents[id]); err != nil {
 					p.log.Warn("snapshot failed", "stream", id, "err", err)
 				}
@@ -414,10 +450,42 @@ func (p *Processor[S]) round(ctx context.Context, jobs []*job[S]) {
 	}
 }
 
+// reconcile makes the outcomes say what the store did. A request the
+// store skipped as a duplicate (another member decided the command after
+// the round looked it up) is answered as that duplicate, with the store's
+// versions, and its aggregate's decided state is marked stale: never
+// cached, never snapshotted.
+func (p *Processor[S]) reconcile(jobs []*job[S], d *decisions, results []stores.AppendResult) {
+	for i, a := range d.appended {
+		if i >= len(results) {
+			break
+		}
+		res := results[i]
+		o := d.outs[a.out]
+		if !res.Duplicate && res.FromVersion == o.FromVersion && res.ToVersion == o.ToVersion {
+			continue
+		}
+		j := jobs[a.job]
+		if j.stale == nil {
+			j.stale = map[string]bool{}
+		}
+		j.stale[a.stream] = true
+		p.forget(j.part, a.stream)
+		o.FromVersion, o.ToVersion = res.FromVersion, res.ToVersion
+		if res.Duplicate {
+			o.Status = orchestrix.OutcomeDuplicate
+		}
+		d.outs[a.out] = o
+		p.log.Warn("store answered a decided command differently", "stream", a.stream, "command", o.CommandID, "duplicate", res.Duplicate, "from_version", res.FromVersion, "to_version", res.ToVersion)
+	}
+}
+
 // decide loads (or takes from the cache) the state of each of j's
 // aggregates and decides its commands in order against the evolving
-// state, collecting append requests and outcomes.
-func (p *Processor[S]) decide(ctx context.Context, j *job[S], seen map[string]stores.AppendResult) {
+// state, adding append requests, rejections and outcomes to d. A command
+// ID decided before (d.seen) or earlier in the round (d.first) is
+// answered, not decided again.
+func (p *Processor[S]) decide(ctx context.Context, ji int, j *job[S], d *decisions) {
 	j.roots, j.start, j.newEvents = map[string]Root[S]{}, map[string]Root[S]{}, map[string][]orchestrix.Event{}
 	for _, id := range j.order {
 		root, ok := p.cached(j.part, id)
@@ -437,15 +505,21 @@ func (p *Processor[S]) decide(ctx context.Context, j *job[S], seen map[string]st
 				j.errs[pc.idx] = fmt.Errorf("command %s: %w", pc.cmd.ID, errBlocked)
 				continue
 			}
-			if prev, ok := seen[pc.cmd.ID]; ok {
-				j.outs = append(j.outs, answered(pc.cmd, prev))
+			if prev, ok := d.seen[pc.cmd.ID]; ok {
+				d.outs = append(d.outs, answered(pc.cmd, prev))
+				continue
+			}
+			if first, ok := d.first[pc.cmd.ID]; ok && pc.cmd.ID != "" {
+				d.copies = append(d.copies, copyOf{out: len(d.outs), first: first})
+				d.outs = append(d.outs, orchestrix.Outcome{CommandID: pc.cmd.ID})
 				continue
 			}
 			payloads, err := p.repo.agg.Decide(root.State, pc.cmd)
 			if err == nil && len(payloads) > 0 {
 				var evs []orchestrix.Event
 				if evs, err = p.repo.NewEvents(pc.cmd, payloads); err == nil {
-					j.reqs = append(j.reqs, stores.AppendRequest{StreamID: id, Expected: stores.Exact(root.Version), Events: evs})
+					d.reqs = append(d.reqs, stores.AppendRequest{StreamID: id, Expected: stores.Exact(root.Version), Events: evs})
+					d.appended = append(d.appended, appended{out: len(d.outs), job: ji, stream: id})
 					for k := range evs {
 						evs[k].Version = root.Version + uint64(k) + 1
 					}
@@ -454,15 +528,15 @@ func (p *Processor[S]) decide(ctx context.Context, j *job[S], seen map[string]st
 					root.Version = res.ToVersion
 					j.newEvents[id] = append(j.newEvents[id], evs...)
 					o, _ := outcome(pc.cmd, res, nil)
-					j.outs = append(j.outs, o)
+					p.decided(d, pc.cmd.ID, o)
 					continue
 				}
 			}
 			if err == nil || errors.Is(err, orchestrix.ErrRejected) {
 				o, _ := outcome(pc.cmd, Result{AggregateID: id}, err)
-				j.outs = append(j.outs, o)
+				p.decided(d, pc.cmd.ID, o)
 				if rc, ok := p.rejection(o); ok {
-					j.rejected = append(j.rejected, rc)
+					d.rejected = append(d.rejected, rc)
 				}
 				continue
 			}
@@ -471,6 +545,14 @@ func (p *Processor[S]) decide(ctx context.Context, j *job[S], seen map[string]st
 		}
 		j.roots[id] = root
 	}
+}
+
+// decided adds a command's outcome to d, as the first decision of its ID.
+func (p *Processor[S]) decided(d *decisions, cmdID string, o orchestrix.Outcome) {
+	if cmdID != "" {
+		d.first[cmdID] = len(d.outs)
+	}
+	d.outs = append(d.outs, o)
 }
 
 var errBlocked = errors.New("aggregates: an earlier command of the same aggregate failed")
