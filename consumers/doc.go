@@ -72,7 +72,13 @@
 //	policy := consumers.RetryTopics(time.Second, 10*time.Second, time.Minute).ThenDLQ()
 //	g, err := consumers.New(seeds, "billing", []string{"billing.commands"}, h,
 //		consumers.WithFailurePolicy(policy))
-//	// create policy.Topics("billing.commands", "billing") first (kadm or topics.Ensure)
+//	// create policy.Topics("billing.commands", "billing") first (topics.Ensure, or
+//	// orchestrix topics create --topics billing.commands --group billing --retry-levels 3)
+//
+// Run checks before consuming that every topic the policy writes to
+// exists, the default policy's dead-letter topic included, and otherwise
+// returns a *MissingTopicsError naming them and the command that creates
+// them.
 //
 // # Per-key order with retry topics
 //

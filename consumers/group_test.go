@@ -127,6 +127,8 @@ func testOrderAndCommit(t *testing.T, seeds []string) {
 		return nil
 	})
 	group := testenv.Name("g")
+	// The default policy dead-letters: Run checks that its topic exists.
+	createTopics(t, seeds, 1, consumers.DeadLetterTopic(topic, group))
 	g, err := consumers.New(seeds, group, []string{topic}, h, consumers.KeyConcurrency(4), consumers.MaxPollRecords(100))
 	if err != nil {
 		t.Fatal(err)

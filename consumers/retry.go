@@ -143,46 +143,6 @@ func (g *Group) loadStates(ctx context.Context, need []tp) error {
 	return nil
 }
 
-// checkTopics checks that the retry topics exist and, in an ordered mode,
-// have as many partitions as their origin topic.
-func (g *Group) checkTopics(ctx context.Context) error {
-	p := g.cfg.policy
-	if len(p.RetryDelays) == 0 {
-		return nil
-	}
-	all := append([]string(nil), g.topics...)
-	for _, t := range g.topics {
-		for l := 1; l <= len(p.RetryDelays); l++ {
-			all = append(all, RetryTopic(t, g.group, l))
-		}
-	}
-	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	td, err := kadm.NewClient(g.cl).ListTopics(cctx, all...)
-	if err != nil {
-		return fmt.Errorf("consumers: check retry topics: %w", err)
-	}
-	var errs []error
-	for _, t := range g.topics {
-		origin := td[t]
-		for l := 1; l <= len(p.RetryDelays); l++ {
-			rt := RetryTopic(t, g.group, l)
-			d, ok := td[rt]
-			if !ok || d.Err != nil {
-				errs = append(errs, fmt.Errorf("retry topic %s is missing (create the topics of FailurePolicy.Topics)", rt))
-				continue
-			}
-			if p.ordered() && origin.Err == nil && len(d.Partitions) != len(origin.Partitions) {
-				errs = append(errs, fmt.Errorf("retry topic %s has %d partitions, %s has %d: ordered retries need equal counts", rt, len(d.Partitions), t, len(origin.Partitions)))
-			}
-		}
-	}
-	if err := errors.Join(errs...); err != nil {
-		return fmt.Errorf("consumers: %w", err)
-	}
-	return nil
-}
-
 // chainPartitioner places records of retry topics in the partition the
 // runtime chose (the origin partition, in ordered modes) and leaves all
 // others to the default partitioner.

@@ -6,7 +6,10 @@ import (
 	"io"
 	"slices"
 	"strings"
+	"time"
 
+	"github.com/orchestrix/orchestrix"
+	"github.com/orchestrix/orchestrix/consumers"
 	"github.com/orchestrix/orchestrix/topics"
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
@@ -23,8 +26,22 @@ func runTopics(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	names := fs.String("topics", "", "comma-separated topic names (instead of or besides --context)")
 	partitions := fs.Int("partitions", 8, "partitions (create)")
 	replication := fs.Int("replication", 1, "replication factor (create)")
+	group := fs.String("group", "", "consumer group: also its dead-letter topic <topic>.<group>.dlq and its retry levels\n"+
+		"<topic>.<group>.retry.<n> for each topic it consumes: those of --topics, and <context>.commands with --context")
+	levels := fs.Int("retry-levels", 0, "with --group: retry levels of the group's failure policy (len(RetryDelays); 0 for DefaultFailurePolicy)")
 	if err := parse(fs, args[1:]); err != nil {
 		return err
+	}
+	if *levels < 0 {
+		return fmt.Errorf("%w: --retry-levels %d is negative", errUsage, *levels)
+	}
+	if *levels > 0 && *group == "" {
+		return fmt.Errorf("%w: --retry-levels needs --group", errUsage)
+	}
+	if *group != "" {
+		if err := orchestrix.CheckID("group", *group); err != nil {
+			return fmt.Errorf("%w: --group: %w", errUsage, err)
+		}
 	}
 	seeds := splitBrokers(*brokers)
 	if len(seeds) == 0 {
@@ -39,6 +56,9 @@ func runTopics(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	}
 	if len(specs) == 0 {
 		return fmt.Errorf("%w: name topics with --context or --topics", errUsage)
+	}
+	if *group != "" {
+		specs = append(specs, groupSpecs(*bc, splitBrokers(*names), *group, *levels, int32(*partitions), int16(*replication))...)
 	}
 	cl, err := kgo.NewClient(kgo.SeedBrokers(seeds...))
 	if err != nil {
@@ -78,4 +98,23 @@ func runTopics(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		fmt.Fprintf(stdout, "%s\tpartitions=%d replication=%d records(end offsets)=%d %s\n", d.Name, d.Partitions, d.ReplicationFactor, total, strings.Join(cfg, " "))
 	}
 	return nil
+}
+
+// groupSpecs returns the topics a consumer group's failure policy writes
+// to, for the topics it consumes (the named ones, and the context's
+// commands topic): levels retry levels, then the dead-letter topic. They
+// get the partitions of the consumed topics, which ordered retries need.
+func groupSpecs(bc string, names []string, group string, levels int, partitions int32, replication int16) []topics.Spec {
+	consumed := names
+	if bc != "" {
+		consumed = append([]string{topics.Commands(bc)}, names...)
+	}
+	policy := consumers.FailurePolicy{RetryDelays: make([]time.Duration, levels), DeadLetter: true}
+	var specs []topics.Spec
+	for _, t := range consumed {
+		for _, n := range policy.Topics(t, group) {
+			specs = append(specs, topics.Spec{Name: n, Partitions: partitions, ReplicationFactor: replication})
+		}
+	}
+	return specs
 }

@@ -1,0 +1,137 @@
+package consumers_test
+
+import (
+	"context"
+	"errors"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/orchestrix/orchestrix/consumers"
+	"github.com/orchestrix/orchestrix/internal/testenv"
+	"github.com/orchestrix/orchestrix/topics"
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kgo"
+)
+
+// TestMissingPolicyTopics: with a topic the failure policy writes to
+// missing, Run fails before consuming anything, with an error that names
+// the missing topics and the command that creates them; after running
+// that command (here: creating the topics it names), the group
+// dead-letters a poison record and keeps going.
+// (Before, with the default policy, nothing checked the dead-letter topic:
+// the first poison record stopped the group, again after every restart.)
+func TestMissingPolicyTopics(t *testing.T) {
+	for _, b := range testenv.Brokerages() {
+		t.Run(b.Name, func(t *testing.T) {
+			seeds := b.Seeds(t)
+			t.Run("DefaultPolicy", func(t *testing.T) {
+				testMissingPolicyTopics(t, seeds, consumers.DefaultFailurePolicy(), nil)
+			})
+			t.Run("RetryTopics", func(t *testing.T) {
+				policy := consumers.RetryTopics(10*time.Millisecond, 20*time.Millisecond).KeepKeyOrder(consumers.OrderedResume).ThenDLQ()
+				// Level 1 exists, level 2 and the dead-letter topic do not.
+				testMissingPolicyTopics(t, seeds, policy, []int{1})
+			})
+		})
+	}
+}
+
+func testMissingPolicyTopics(t *testing.T, seeds []string, policy consumers.FailurePolicy, existing []int) {
+	topic := testenv.Topic(t, seeds, 3, nil)
+	group := testenv.Name("g")
+	adm := kadm.NewClient(testenv.Client(t, seeds))
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		_, _ = adm.DeleteTopics(ctx, policy.Topics(topic, group)...)
+	})
+	var want []string
+	for l := range policy.RetryDelays {
+		name := consumers.RetryTopic(topic, group, l+1)
+		if len(existing) > 0 && existing[0] == l+1 {
+			existing = existing[1:]
+			if _, err := adm.CreateTopic(t.Context(), 3, 1, nil, name); err != nil {
+				t.Fatal(err)
+			}
+			continue
+		}
+		want = append(want, name)
+	}
+	want = append(want, consumers.DeadLetterTopic(topic, group))
+
+	cl := testenv.Client(t, seeds)
+	recs := []*kgo.Record{
+		{Topic: topic, Key: []byte("a"), Value: []byte("poison")},
+		{Topic: topic, Key: []byte("b"), Value: []byte("fine")},
+	}
+	if err := cl.ProduceSync(t.Context(), recs...).FirstErr(); err != nil {
+		t.Fatal(err)
+	}
+	var (
+		mu      sync.Mutex
+		handled []string
+	)
+	h := consumers.HandlerFunc(func(ctx context.Context, r *kgo.Record) error {
+		mu.Lock()
+		defer mu.Unlock()
+		handled = append(handled, string(r.Value))
+		if string(r.Value) == "poison" {
+			return consumers.Permanent(errors.New("undecodable"))
+		}
+		return nil
+	})
+	newGroup := func() *consumers.Group {
+		g, err := consumers.New(seeds, group, []string{topic}, h, consumers.WithFailurePolicy(policy))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return g
+	}
+
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+	defer cancel()
+	err := newGroup().Run(ctx)
+	var missing *consumers.MissingTopicsError
+	if !errors.As(err, &missing) || !errors.Is(err, topics.ErrNotFound) {
+		t.Fatalf("Run = %v, want a *MissingTopicsError matching topics.ErrNotFound", err)
+	}
+	if strings.Join(missing.Topics, " ") != strings.Join(want, " ") || len(missing.Commands) != 1 {
+		t.Fatalf("missing %v, commands %q; want %v and one command", missing.Topics, missing.Commands, want)
+	}
+	for _, name := range want {
+		if !strings.Contains(err.Error(), name) {
+			t.Errorf("error %q does not name %s", err, name)
+		}
+	}
+	if !strings.Contains(err.Error(), missing.Commands[0]) {
+		t.Errorf("error %q does not name the command %q", err, missing.Commands[0])
+	}
+	mu.Lock()
+	if len(handled) > 0 {
+		t.Errorf("handled %v before failing, want nothing consumed", handled)
+	}
+	mu.Unlock()
+	if got := committed(t, seeds, group, topic); got != 0 {
+		t.Errorf("committed %d, want 0", got)
+	}
+
+	wantCmd := "orchestrix topics create --topics " + topic + " --group " + group
+	if n := len(policy.RetryDelays); n > 0 {
+		wantCmd += " --retry-levels " + strconv.Itoa(n)
+	}
+	if wantCmd += " --partitions 3"; missing.Commands[0] != wantCmd {
+		t.Errorf("command %q, want %q (internal/cli tests that it creates them)", missing.Commands[0], wantCmd)
+	}
+	createTopics(t, seeds, 3, missing.Topics...)
+	err = runGroup(t, newGroup(), func() bool { return committed(t, seeds, group, topic) == 2 })
+	if err != nil {
+		t.Fatalf("Run after creating the topics: %v", err)
+	}
+	dlq := readAll(t, seeds, consumers.DeadLetterTopic(topic, group))
+	if len(dlq) != 1 || string(dlq[0].Value) != "poison" {
+		t.Fatalf("dead letters %d, want the poison record", len(dlq))
+	}
+}
