@@ -12,6 +12,10 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 )
 
+// DefaultKeep is how many recent outcomes an Awaiter keeps for Wait calls
+// that start after their outcome arrived.
+const DefaultKeep = 10000
+
 // Awaiter waits for command outcomes.
 //
 // Why an outcomes topic: the aggregate processor publishes each command's
@@ -24,20 +28,33 @@ import (
 //
 // An Awaiter reads every partition of the topic (no consumer group) from a
 // little before it was created, so an outcome published after NewAwaiter
-// returns is never missed. Run must be running for Wait to return.
+// returns is never missed by a command registered with Notify before it
+// was sent. Wait, called after the send, finds the outcome too unless more
+// than DefaultKeep other outcomes arrived in between: a sender that sends
+// many commands before waiting registers them with Notify first. Run must
+// be running for outcomes to arrive. All methods are safe for concurrent
+// use.
 type Awaiter struct {
 	cl *kgo.Client
 
 	mu      sync.Mutex
-	waiters map[string][]chan orchestrix.Outcome
+	waiters map[string]*waiter
 	recent  map[string]orchestrix.Outcome
-	order   []string
-	keep    int
+	order   []string // ring of the command IDs in recent, oldest at next
+	next    int
+}
+
+// waiter is one registration for a command's outcome; a command's
+// registrations form a list.
+type waiter struct {
+	fn   func(orchestrix.Outcome)
+	next *waiter
 }
 
 // NewAwaiter returns an awaiter on the outcomes topic. It keeps the last
-// 10000 outcomes so a Wait that starts after its outcome arrived still
-// returns.
+// DefaultKeep outcomes so a Wait that starts after its outcome arrived
+// still returns; outcomes registered with Notify are kept for their
+// callers however many others arrive.
 func NewAwaiter(seeds []string, topic string, opts ...kgo.Opt) (*Awaiter, error) {
 	if err := orchestrix.CheckID("topic", topic); err != nil {
 		return nil, fmt.Errorf("producers: awaiter: %w", err)
@@ -54,7 +71,11 @@ func NewAwaiter(seeds []string, topic string, opts ...kgo.Opt) (*Awaiter, error)
 	if err != nil {
 		return nil, fmt.Errorf("producers: awaiter client: %w", err)
 	}
-	return &Awaiter{cl: cl, waiters: map[string][]chan orchestrix.Outcome{}, recent: map[string]orchestrix.Outcome{}, keep: 10000}, nil
+	return newAwaiter(cl, DefaultKeep), nil
+}
+
+func newAwaiter(cl *kgo.Client, keep int) *Awaiter {
+	return &Awaiter{cl: cl, waiters: map[string]*waiter{}, recent: make(map[string]orchestrix.Outcome, keep), order: make([]string, 0, keep)}
 }
 
 // Run reads outcomes until ctx ends, then closes the client and returns nil.
@@ -75,54 +96,115 @@ func (a *Awaiter) Run(ctx context.Context) error {
 	}
 }
 
+// deliver records o and calls the callbacks registered for its command,
+// outside the lock so that a callback may call the Awaiter.
 func (a *Awaiter) deliver(o orchestrix.Outcome) {
 	a.mu.Lock()
-	defer a.mu.Unlock()
 	if _, ok := a.recent[o.CommandID]; ok {
+		a.mu.Unlock()
 		return // first one wins
 	}
-	a.recent[o.CommandID] = o
-	a.order = append(a.order, o.CommandID)
-	if len(a.order) > a.keep {
-		delete(a.recent, a.order[0])
-		a.order = a.order[1:]
+	if len(a.order) < cap(a.order) {
+		a.order = append(a.order, o.CommandID)
+	} else if len(a.order) > 0 {
+		delete(a.recent, a.order[a.next])
+		a.order[a.next] = o.CommandID
+		a.next = (a.next + 1) % len(a.order)
 	}
-	for _, ch := range a.waiters[o.CommandID] {
-		ch <- o
+	if cap(a.order) > 0 {
+		a.recent[o.CommandID] = o
 	}
+	w := a.waiters[o.CommandID]
 	delete(a.waiters, o.CommandID)
+	a.mu.Unlock()
+	for ; w != nil; w = w.next {
+		w.fn(o)
+	}
+}
+
+// Notify registers fn to be called once with the first outcome of
+// commandID. Register before sending the command: the outcome then reaches
+// fn however many other outcomes arrive first, and however long after the
+// send. fn runs on Run's goroutine (or on the caller's, when the outcome
+// is already among the recent ones) and must not block; it may call the
+// Awaiter. Forget drops the registration of a command whose outcome is no
+// longer wanted (a send that failed): an outcome that never comes holds
+// its registration until then.
+func (a *Awaiter) Notify(commandID string, fn func(orchestrix.Outcome)) {
+	a.notify(commandID, &waiter{fn: fn})
+}
+
+func (a *Awaiter) notify(commandID string, w *waiter) {
+	a.mu.Lock()
+	if o, ok := a.recent[commandID]; ok {
+		a.mu.Unlock()
+		w.fn(o)
+		return
+	}
+	w.next = a.waiters[commandID]
+	a.waiters[commandID] = w
+	a.mu.Unlock()
+}
+
+// Forget drops every registration for commandID, those of Notify and of
+// Wait calls in progress (which then return when their context ends).
+func (a *Awaiter) Forget(commandID string) {
+	a.mu.Lock()
+	delete(a.waiters, commandID)
+	a.mu.Unlock()
+}
+
+// Pending reports how many commands have registrations waiting for their
+// outcome.
+func (a *Awaiter) Pending() int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return len(a.waiters)
 }
 
 // ErrNoOutcome reports that no outcome arrived before the context ended.
 var ErrNoOutcome = errors.New("producers: no outcome before the deadline")
 
 // Wait returns the outcome of commandID, or ErrNoOutcome when ctx ends
-// first (give it a timeout).
+// first (give it a timeout). A Wait that starts after its outcome arrived
+// returns it while it is among the last DefaultKeep outcomes; to wait
+// for a command without that limit, register it with Notify before
+// sending it.
 func (a *Awaiter) Wait(ctx context.Context, commandID string) (orchestrix.Outcome, error) {
-	a.mu.Lock()
-	if o, ok := a.recent[commandID]; ok {
-		a.mu.Unlock()
-		return o, nil
-	}
 	ch := make(chan orchestrix.Outcome, 1)
-	a.waiters[commandID] = append(a.waiters[commandID], ch)
-	a.mu.Unlock()
+	w := &waiter{fn: func(o orchestrix.Outcome) { ch <- o }}
+	a.notify(commandID, w)
 	select {
 	case o := <-ch:
 		return o, nil
 	case <-ctx.Done():
-		a.mu.Lock()
-		ws := a.waiters[commandID]
-		for i, w := range ws {
-			if w == ch {
-				a.waiters[commandID] = append(ws[:i], ws[i+1:]...)
-				break
-			}
+		a.remove(commandID, w)
+		select {
+		case o := <-ch: // delivered while the context ended
+			return o, nil
+		default:
 		}
-		if len(a.waiters[commandID]) == 0 {
-			delete(a.waiters, commandID)
-		}
-		a.mu.Unlock()
 		return orchestrix.Outcome{}, fmt.Errorf("command %s: %w: %w", commandID, ErrNoOutcome, ctx.Err())
+	}
+}
+
+// remove unlinks w from commandID's registrations.
+func (a *Awaiter) remove(commandID string, w *waiter) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	head := a.waiters[commandID]
+	if head == w {
+		if w.next == nil {
+			delete(a.waiters, commandID)
+		} else {
+			a.waiters[commandID] = w.next
+		}
+		return
+	}
+	for p := head; p != nil; p = p.next {
+		if p.next == w {
+			p.next = w.next
+			return
+		}
 	}
 }

@@ -33,6 +33,10 @@ type demoConfig struct {
 	context                        string
 	timeout                        time.Duration
 	quiet                          bool
+	// accountPrefix makes the run's account IDs its own.
+	accountPrefix string
+	// runProcessor replaces the processor's Run (tests).
+	runProcessor func(context.Context) error
 }
 
 func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -60,42 +64,99 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 }
 
 // plannedCommand is one command of the demo with the outcome a model of
-// the accounts predicts (per-account order is kept by the key).
+// the accounts predicts (per-account order is kept by the key). It is
+// small: a million of them are planned before the first is sent.
 type plannedCommand struct {
-	account string
-	payload any
+	account int32
+	kind    uint8 // planOpen, planDeposit, planWithdraw
 	accept  bool
+	amount  int64
 }
 
-func planDemo(c demoConfig) ([]plannedCommand, map[string]int64) {
+const (
+	planOpen uint8 = iota
+	planDeposit
+	planWithdraw
+)
+
+// payload returns the command's payload.
+func (p plannedCommand) payload(owner string) any {
+	switch p.kind {
+	case planOpen:
+		return banking.OpenAccount{Owner: owner}
+	case planDeposit:
+		return banking.Deposit{Amount: p.amount}
+	}
+	return banking.Withdraw{Amount: p.amount}
+}
+
+// kindName names the command in reports.
+func (p plannedCommand) kindName() string {
+	return [...]string{"OpenAccount", "Deposit", "Withdraw"}[p.kind]
+}
+
+// planDemo returns the demo's commands and the balance the model expects
+// for each account (by index).
+func planDemo(c demoConfig) ([]plannedCommand, []int64) {
 	rng := rand.New(rand.NewPCG(42, uint64(c.commands)))
-	balances := map[string]int64{}
-	var plan []plannedCommand
+	balances := make([]int64, c.accounts)
+	plan := make([]plannedCommand, 0, c.commands)
 	for i := range c.accounts {
-		id := fmt.Sprintf("acct-%05d", i)
-		plan = append(plan, plannedCommand{id, banking.OpenAccount{Owner: "owner-" + id}, true})
-		balances[id] = 0
+		plan = append(plan, plannedCommand{account: int32(i), kind: planOpen, accept: true})
 	}
 	for len(plan) < c.commands {
-		id := fmt.Sprintf("acct-%05d", rng.IntN(c.accounts))
+		a := rng.IntN(c.accounts)
 		amount := int64(1 + rng.IntN(100))
 		if rng.IntN(2) == 0 {
-			plan = append(plan, plannedCommand{id, banking.Deposit{Amount: amount}, true})
-			balances[id] += amount
+			plan = append(plan, plannedCommand{account: int32(a), kind: planDeposit, accept: true, amount: amount})
+			balances[a] += amount
 			continue
 		}
-		ok := balances[id] >= amount
+		ok := balances[a] >= amount
 		if ok {
-			balances[id] -= amount
+			balances[a] -= amount
 		}
-		plan = append(plan, plannedCommand{id, banking.Withdraw{Amount: amount}, ok})
+		plan = append(plan, plannedCommand{account: int32(a), kind: planWithdraw, accept: ok, amount: amount})
 	}
 	return plan, balances
 }
 
-func demo(ctx context.Context, c demoConfig, stdout, stderr io.Writer) error {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
+// demoResult is what became of one command: compact, as there may be a
+// million.
+type demoResult struct {
+	latency time.Duration
+	events  uint32
+	status  uint8 // 0: none yet, then resultAccepted...
+}
+
+const (
+	resultAccepted uint8 = 1 + iota
+	resultRejected
+	resultDuplicate
+	resultOther
+)
+
+func statusCode(s string) uint8 {
+	switch s {
+	case orchestrix.OutcomeAccepted:
+		return resultAccepted
+	case orchestrix.OutcomeRejected:
+		return resultRejected
+	case orchestrix.OutcomeDuplicate:
+		return resultDuplicate
+	}
+	return resultOther
+}
+
+// errStopped marks a demo ended because its processor or awaiter stopped
+// on its own.
+var errStopped = errors.New("stopped")
+
+func demo(parent context.Context, c demoConfig, stdout, stderr io.Writer) error {
+	// A processor or awaiter that stops on its own cancels ctx with the
+	// reason: sending and waiting end at once.
+	ctx, cancel := context.WithCancelCause(parent)
+	defer cancel(nil)
 	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 
 	// Broker: embedded kfake unless --brokers.
@@ -176,28 +237,69 @@ func demo(ctx context.Context, c demoConfig, stdout, stderr io.Writer) error {
 		return err
 	}
 
+	runProcessor := group.Run
+	if c.runProcessor != nil {
+		runProcessor = c.runProcessor
+	}
 	var wg sync.WaitGroup
 	runErr := make(chan error, 2)
-	wg.Go(func() { runErr <- group.Run(ctx) })
-	wg.Go(func() { runErr <- awaiter.Run(ctx) })
+	runner := func(what string, run func(context.Context) error) {
+		err := run(ctx)
+		if ctx.Err() == nil {
+			if err == nil {
+				err = errors.New("returned before the demo ended")
+			}
+			cancel(fmt.Errorf("%s %w: %w", what, errStopped, err))
+		}
+		runErr <- err
+	}
+	wg.Go(func() { runner("processor", runProcessor) })
+	wg.Go(func() { runner("outcome awaiter", awaiter.Run) })
 	defer wg.Wait()
-	defer cancel()
+	defer cancel(nil)
+	// stoppedErr returns why ctx ended: a runner's reason, or the
+	// caller's cancellation.
+	stoppedErr := func() error {
+		if cause := context.Cause(ctx); errors.Is(cause, errStopped) {
+			return cause
+		}
+		return ctx.Err()
+	}
 
 	plan, balances := planDemo(c)
-	type sent struct {
-		id     string
-		at     time.Time
-		accept bool
+	accounts := make([]string, c.accounts)
+	for i := range accounts {
+		accounts[i] = fmt.Sprintf("acct-%s%05d", c.accountPrefix, i)
 	}
-	sents := make([]sent, len(plan))
+	// Every command's outcome is registered with the awaiter before the
+	// command is sent: none can arrive unseen, however many commands are
+	// in flight.
+	results := make([]demoResult, len(plan))
+	var done atomic.Int64
+	allDone := make(chan struct{})
+	total := int64(len(plan))
 	var sendErr atomic.Value
 	start := time.Now()
+	stopBar := func() {}
+	if !c.quiet {
+		stopBar = progress(stderr, "commands", total, &done, start)
+	}
+	defer func() { stopBar() }()
 	for i, p := range plan {
-		cmd, err := sender.Command(p.account, p.payload)
+		if ctx.Err() != nil {
+			return stoppedErr()
+		}
+		cmd, err := sender.Command(accounts[p.account], p.payload("owner-"+accounts[p.account]))
 		if err != nil {
 			return err
 		}
-		sents[i] = sent{cmd.ID, time.Now(), p.accept}
+		sentAt := time.Since(start)
+		awaiter.Notify(cmd.ID, func(o orchestrix.Outcome) {
+			results[i] = demoResult{latency: time.Since(start) - sentAt, events: uint32(o.ToVersion - o.FromVersion + 1), status: statusCode(o.Status)}
+			if done.Add(1) == total {
+				close(allDone)
+			}
+		})
 		sender.SendAsync(ctx, cmd, func(err error) {
 			if err != nil {
 				sendErr.CompareAndSwap(nil, err)
@@ -205,74 +307,64 @@ func demo(ctx context.Context, c demoConfig, stdout, stderr io.Writer) error {
 		})
 	}
 	if err := cl.Flush(ctx); err != nil {
+		if ctx.Err() != nil {
+			return stoppedErr()
+		}
 		return fmt.Errorf("send commands: %w", err)
 	}
 	if err, ok := sendErr.Load().(error); ok {
+		if ctx.Err() != nil {
+			return stoppedErr()
+		}
 		return fmt.Errorf("send commands: %w", err)
 	}
 
-	// Wait for every outcome, with a progress bar.
-	waitCtx, waitCancel := context.WithTimeout(ctx, c.timeout)
-	defer waitCancel()
-	var done atomic.Int64
-	stopBar := func() {}
-	if !c.quiet {
-		stopBar = progress(stderr, "commands", int64(len(plan)), &done, start)
-	}
-	latencies := make([]time.Duration, len(plan))
-	outcomes := make([]orchestrix.Outcome, len(plan))
-	var owg sync.WaitGroup
-	errs := make(chan error, len(plan))
-	for i := range sents {
-		owg.Go(func() {
-			o, err := awaiter.Wait(waitCtx, sents[i].id)
-			if err != nil {
-				errs <- err
-				return
-			}
-			latencies[i] = time.Since(sents[i].at)
-			outcomes[i] = o
-			done.Add(1)
-		})
-	}
-	owg.Wait()
-	stopBar()
-	elapsed := time.Since(start)
+	// Wait for every outcome: --timeout after the last send was
+	// acknowledged, or until the processor or the awaiter stops.
+	timer := time.NewTimer(c.timeout)
+	defer timer.Stop()
 	select {
-	case err := <-errs:
-		select {
-		case rerr := <-runErr:
-			return fmt.Errorf("processor stopped: %v; %w", rerr, err)
-		default:
-		}
-		return fmt.Errorf("%d of %d outcomes missing after %s: %w", len(plan)-int(done.Load()), len(plan), c.timeout, err)
-	default:
+	case <-allDone:
+	case <-ctx.Done():
+		stopBar()
+		stopBar = func() {}
+		return fmt.Errorf("%w (%d of %d outcomes arrived)", stoppedErr(), done.Load(), total)
+	case <-timer.C:
+		stopBar()
+		stopBar = func() {}
+		return fmt.Errorf("%d of %d outcomes missing %s after the last command was sent: %w", total-done.Load(), total, c.timeout, producers.ErrNoOutcome)
 	}
+	stopBar()
+	stopBar = func() {}
+	elapsed := time.Since(start)
 
 	// Check outcomes and balances against the model.
 	var accepted, rejected, duplicates, events int
 	var problems []string
-	for i, o := range outcomes {
-		switch o.Status {
-		case orchestrix.OutcomeAccepted:
+	latencies := make([]time.Duration, len(results))
+	for i, r := range results {
+		latencies[i] = r.latency
+		switch r.status {
+		case resultAccepted:
 			accepted++
-			events += int(o.ToVersion - o.FromVersion + 1)
-		case orchestrix.OutcomeRejected:
+			events += int(r.events)
+		case resultRejected:
 			rejected++
-		case orchestrix.OutcomeDuplicate:
+		case resultDuplicate:
 			duplicates++
 		}
-		if (o.Status == orchestrix.OutcomeRejected) == sents[i].accept {
-			problems = append(problems, fmt.Sprintf("command %d (%T on %s): %s, model expected accept=%v", i, plan[i].payload, plan[i].account, o.Status, sents[i].accept))
+		if (r.status == resultRejected) == plan[i].accept {
+			p := plan[i]
+			problems = append(problems, fmt.Sprintf("command %d (%s on %s): status %d, model expected accept=%v", i, p.kindName(), accounts[p.account], r.status, p.accept))
 		}
 	}
-	for id, want := range balances {
-		root, err := repo.Load(ctx, id)
+	for i, want := range balances {
+		root, err := repo.Load(ctx, accounts[i])
 		if err != nil {
 			return err
 		}
 		if root.State.Balance != want || !root.State.Opened {
-			problems = append(problems, fmt.Sprintf("account %s: balance %d, expected %d", id, root.State.Balance, want))
+			problems = append(problems, fmt.Sprintf("account %s: balance %d, expected %d", accounts[i], root.State.Balance, want))
 		}
 	}
 	slices.Sort(latencies)
@@ -289,7 +381,7 @@ func demo(ctx context.Context, c demoConfig, stdout, stderr io.Writer) error {
 		return fmt.Errorf("%d inconsistencies between the store and the commands sent", len(problems))
 	}
 	fmt.Fprintf(stdout, "consistent: every balance matches the commands sent\n")
-	cancel()
+	cancel(nil)
 	for range 2 {
 		if err := <-runErr; err != nil && !errors.Is(err, context.Canceled) {
 			return err
