@@ -150,15 +150,18 @@ type dlqRange struct{ from, to int64 }
 // redriver's committed position (or the start) to the current end.
 func dlqRanges(ctx context.Context, adm *kadm.Client, c dlqConfig, fromStart bool) (map[int32]dlqRange, error) {
 	starts, err := adm.ListStartOffsets(ctx, c.dlq)
+	if err == nil {
+		err = starts.Error()
+	}
 	if err != nil {
-		return nil, fmt.Errorf("start offsets of %s: %w", c.dlq, err)
+		return nil, c.offsetsErr("start", err)
 	}
 	ends, err := adm.ListEndOffsets(ctx, c.dlq)
-	if err != nil {
-		return nil, fmt.Errorf("end offsets of %s: %w", c.dlq, err)
+	if err == nil {
+		err = ends.Error()
 	}
-	if err := ends.Error(); err != nil {
-		return nil, fmt.Errorf("end offsets of %s: %w", c.dlq, err)
+	if err != nil {
+		return nil, c.offsetsErr("end", err)
 	}
 	var committed kadm.OffsetResponses
 	if !fromStart {
@@ -181,9 +184,28 @@ func dlqRanges(ctx context.Context, adm *kadm.Client, c dlqConfig, fromStart boo
 		out[e.Partition] = r
 	})
 	if len(out) == 0 {
-		return nil, fmt.Errorf("dead-letter topic %s not found", c.dlq)
+		return nil, c.notFound()
 	}
 	return out, nil
+}
+
+// errDLQNotFound reports that the dead-letter topic does not exist.
+var errDLQNotFound = errors.New("not found")
+
+// notFound explains a missing dead-letter topic: usually a --group or
+// --topic that is not the pair that dead-lettered.
+func (c dlqConfig) notFound() error {
+	return fmt.Errorf("dead-letter topic %s %w (dead letters of --topic %s by --group %s go to <topic>.<group>.dlq; check both, or name the topic with --dlq)",
+		c.dlq, errDLQNotFound, c.topic, c.group)
+}
+
+// offsetsErr wraps an error listing the dead-letter topic's offsets;
+// an unknown topic is reported as not found.
+func (c dlqConfig) offsetsErr(which string, err error) error {
+	if errors.Is(err, kerr.UnknownTopicOrPartition) {
+		return c.notFound()
+	}
+	return fmt.Errorf("%s offsets of %s: %w", which, c.dlq, err)
 }
 
 // scanDLQ calls fn for each record in ranges, in offset order per
@@ -401,6 +423,7 @@ func dlqRedrive(ctx context.Context, cl *kgo.Client, c dlqConfig, stdout, stderr
 	}
 	var (
 		seen, moved, refused, skipped atomic.Int64
+		doomed                        atomic.Int64 // dry run: permanent or poison
 		pending                       = kadm.Offsets{}
 		lastCommit                    = time.Now()
 		interval                      time.Duration
@@ -473,7 +496,12 @@ func dlqRedrive(ctx context.Context, cl *kgo.Client, c dlqConfig, stdout, stderr
 			return false, err
 		}
 		if c.dryRun {
-			fmt.Fprintf(stdout, "would redrive %d@%d key %q to %s/%d (redrive %d)\n", r.Partition, r.Offset, r.Key, out.Topic, out.Partition, n+1)
+			note := ""
+			if why := failsAgain(r); why != "" {
+				doomed.Add(1)
+				note = "; " + why
+			}
+			fmt.Fprintf(stdout, "would redrive %d@%d key %q to %s/%d (redrive %d)%s\n", r.Partition, r.Offset, r.Key, out.Topic, out.Partition, n+1, note)
 			moved.Add(1)
 			return true, nil
 		}
@@ -505,10 +533,27 @@ func dlqRedrive(ctx context.Context, cl *kgo.Client, c dlqConfig, stdout, stderr
 		verb = "would be redriven"
 	}
 	fmt.Fprintf(stdout, "%d %s, %d refused, %d not matching the filters (of %d read)\n", moved.Load(), verb, refused.Load(), skipped.Load(), seen.Load())
+	if d := doomed.Load(); d > 0 {
+		fmt.Fprintf(stderr, "warning: %d of the %d would fail again: they were dead-lettered as permanent or poison, which retrying does not cure; redrive them once the handler, codec or data is fixed (select with --class or --key)\n", d, moved.Load())
+	}
 	if err != nil && ctx.Err() != nil {
 		return fmt.Errorf("interrupted; run again to resume from the committed position: %w", err)
 	}
 	return err
+}
+
+// failsAgain says why redriving r unchanged will fail again, or "" when
+// its failure may have been transient: a poison record cannot be decoded,
+// and a permanent error is one the handler declared retrying cannot cure.
+func failsAgain(r *kgo.Record) string {
+	reason := hdr(r, consumers.HeaderReason)
+	switch {
+	case strings.HasPrefix(reason, "poison"):
+		return "will fail again: " + reason + ", the record cannot be decoded"
+	case hdr(r, consumers.HeaderErrorClass) == "permanent":
+		return "will fail again unless the handler or the data changed: classed permanent (" + reason + ")"
+	}
+	return ""
 }
 
 // dlqPurge moves the redriver's position to the end (or to --until): the

@@ -130,10 +130,22 @@ func testDLQ(t *testing.T, seeds []string) {
 		t.Fatalf("show: %v\n%s", err, out)
 	}
 
-	// Dry run: nothing produced, position unchanged.
-	out, _, err = dlqRun(t.Context(), t, args("redrive", "--dry-run")...)
+	// A group that dead-lettered nothing: the topic is not found, said
+	// plainly (not the broker's UNKNOWN_TOPIC_OR_PARTITION).
+	out, _, err = dlqRun(t.Context(), t, "list", "--brokers", strings.Join(seeds, ","), "--topic", topic, "--group", "not-"+group)
+	if !errors.Is(err, errDLQNotFound) || !strings.Contains(err.Error(), "dead-letter topic "+consumers.DeadLetterTopic(topic, "not-"+group)+" not found") ||
+		strings.Contains(err.Error(), "UNKNOWN_TOPIC") {
+		t.Fatalf("list with a wrong group: %v\n%s", err, out)
+	}
+
+	// Dry run: nothing produced, position unchanged; the dead letters
+	// classed permanent are flagged: redriven unchanged they fail again.
+	out, errOut, err := dlqRun(t.Context(), t, args("redrive", "--dry-run")...)
 	if err != nil || !strings.Contains(out, strconv.Itoa(bad+1)+" would be redriven") || endTotal(t, seeds, topic) != n+1 {
 		t.Fatalf("dry run: %v\n%s", err, out)
+	}
+	if strings.Count(out, "will fail again") != bad+1 || !strings.Contains(errOut, "warning: "+strconv.Itoa(bad+1)+" of the "+strconv.Itoa(bad+1)+" would fail again") {
+		t.Fatalf("dry run does not warn that permanent failures fail again:\n%s\n%s", out, errOut)
 	}
 
 	out, _, err = dlqRun(t.Context(), t, args("redrive", "--dry-run", "--to-level", "1", "--limit-not-a-flag")...)
@@ -248,6 +260,31 @@ func TestDLQUsage(t *testing.T) {
 			}
 			if !errors.Is(err, errUsage) || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("err %v, want usage error mentioning %q", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestFailsAgain(t *testing.T) {
+	rec := func(class, reason string) *kgo.Record {
+		return &kgo.Record{Headers: []kgo.RecordHeader{{Key: consumers.HeaderErrorClass, Value: []byte(class)}, {Key: consumers.HeaderReason, Value: []byte(reason)}}}
+	}
+	tests := []struct {
+		name          string
+		class, reason string
+		again         bool
+	}{
+		{"permanent", "permanent", consumers.ReasonPermanent, true},
+		{"invalid", "permanent", consumers.ReasonInvalid, true},
+		{"poison", "permanent", "poison:bad-json", true},
+		{"retries exhausted", "transient", consumers.ReasonExhausted, false},
+		{"parked", "transient", consumers.ReasonParkedDead, false},
+		{"no headers", "", "", false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := failsAgain(rec(tc.class, tc.reason)); (got != "") != tc.again {
+				t.Fatalf("failsAgain(%s, %s) = %q, want fails again: %v", tc.class, tc.reason, got, tc.again)
 			}
 		})
 	}
