@@ -17,6 +17,8 @@ if [ -f "$req" ]; then
   python3 -m pip install --quiet --disable-pip-version-check -r "$req" >&2
 fi
 
-echo "services: KAFKA_BROKERS=$KAFKA_BROKERS DATABASE_URL=$DATABASE_URL" >&2
+# shellcheck source=scripts/redact.sh
+source scripts/redact.sh
+echo "services: KAFKA_BROKERS=$KAFKA_BROKERS DATABASE_URL=$DATABASE_URL" | redact >&2
 go vet ./...
 go test -race -count=1 -timeout 20m "$@" ./...

@@ -10,6 +10,8 @@ import (
 	"io"
 	"os"
 	"strings"
+
+	"github.com/orchestrix/orchestrix/internal/redact"
 )
 
 // command is one subcommand.
@@ -49,11 +51,13 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 				return 0
 			case errors.Is(err, flag.ErrHelp):
 				return 0
-			case errors.Is(err, errUsage):
-				fmt.Fprintf(stderr, "orchestrix %s: %v\n", c.name, err)
+			}
+			// Errors may quote a connection string (--database-url):
+			// never print its password.
+			fmt.Fprintf(stderr, "orchestrix %s: %s\n", c.name, redact.Text(err.Error()))
+			if errors.Is(err, errUsage) {
 				return 2
 			}
-			fmt.Fprintf(stderr, "orchestrix %s: %v\n", c.name, err)
 			return 1
 		}
 	}

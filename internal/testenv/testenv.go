@@ -30,6 +30,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/moby/moby/api/types/container"
 	"github.com/moby/moby/api/types/network"
+	"github.com/orchestrix/orchestrix/internal/redact"
 	"github.com/testcontainers/testcontainers-go"
 	tcpostgres "github.com/testcontainers/testcontainers-go/modules/postgres"
 	"github.com/testcontainers/testcontainers-go/wait"
@@ -44,6 +45,7 @@ const hint = "run `eval \"$(scripts/services.sh start)\"` first, or start Docker
 
 func unavailable(t testing.TB, what string, err error) {
 	t.Helper()
+	err = redact.Error(err) // may quote DATABASE_URL
 	if os.Getenv(RequireEnv) == "1" {
 		t.Fatalf("%s unavailable and %s=1: %v", what, RequireEnv, err)
 	}
@@ -162,7 +164,7 @@ func Pool(t testing.TB) *pgxpool.Pool {
 	t.Helper()
 	cfg, err := pgxpool.ParseConfig(DatabaseURL(t))
 	if err != nil {
-		t.Fatalf("parse DATABASE_URL: %v", err)
+		t.Fatalf("parse DATABASE_URL: %v", redact.Error(err))
 	}
 	cfg.MaxConns = 24
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)

@@ -12,6 +12,7 @@ import (
 	"strings"
 
 	"github.com/orchestrix/orchestrix"
+	"github.com/orchestrix/orchestrix/internal/redact"
 )
 
 // DefaultMaxLineSize bounds one NDJSON line (one event) and one JSON
@@ -61,11 +62,11 @@ func NewClient(baseURL, apiToken string, opts ...ClientOption) (*Client, error) 
 	u, err := url.Parse(baseURL)
 	switch {
 	case err != nil:
-		errs = append(errs, fmt.Errorf("base URL %q: %w", baseURL, err))
+		errs = append(errs, fmt.Errorf("base URL %q: %w", redact.URL(baseURL), redact.Error(err)))
 	case u.Scheme != "http" && u.Scheme != "https":
-		errs = append(errs, fmt.Errorf("base URL %q: scheme must be http or https", baseURL))
+		errs = append(errs, fmt.Errorf("base URL %q: scheme must be http or https", redact.URL(baseURL)))
 	case u.Host == "":
-		errs = append(errs, fmt.Errorf("base URL %q has no host", baseURL))
+		errs = append(errs, fmt.Errorf("base URL %q has no host", redact.URL(baseURL)))
 	}
 	if apiToken == "" {
 		errs = append(errs, errors.New("API token is empty"))
