@@ -58,18 +58,106 @@ func TestUsage(t *testing.T) {
 }
 
 func TestDemoEmbedded(t *testing.T) {
-	code, out, stderr := run(t, "demo", "--commands", "2000", "--accounts", "50", "--quiet")
-	if code != 0 || !strings.Contains(out, "consistent: every balance matches") {
+	// Empty flags override KAFKA_BROKERS and DATABASE_URL: the embedded
+	// broker and the memory store.
+	code, out, stderr := run(t, "demo", "--commands", "2000", "--accounts", "50", "--quiet", "--brokers=", "--database-url=")
+	if code != 0 || !strings.Contains(out, "consistent: every balance matches") || !strings.Contains(out, "embedded Kafka (kfake), in-memory store") {
 		t.Fatalf("demo exit %d\nstdout:\n%s\nstderr:\n%s", code, out, stderr)
 	}
 }
 
+// TestDemoIntegration runs the demo twice on one schema and context, its
+// services given only by the environment (it ignored KAFKA_BROKERS and
+// DATABASE_URL and ran embedded); the second run's accounts are its own.
+// It prints the relay command that publishes what it stored.
 func TestDemoIntegration(t *testing.T) {
 	brokers := strings.Join(testenv.Brokers(t), ",")
 	url := testenv.DatabaseURL(t)
-	code, out, stderr := run(t, "demo", "--commands", "3000", "--accounts", "100", "--quiet", "--brokers", brokers, "--database-url", url, "--schema", testenv.Schema(t, testenv.Pool(t)))
+	schema := testenv.Schema(t, testenv.Pool(t))
+	bc := strings.ReplaceAll(testenv.Name("demo"), "_", "-")
+	t.Setenv("KAFKA_BROKERS", brokers)
+	t.Setenv("DATABASE_URL", url)
+	t.Setenv("ORCHESTRIX_SCHEMA", schema)
+	t.Setenv("ORCHESTRIX_CONTEXT", bc)
+	deleteTopics(t, bc)
+	for range 2 {
+		code, out, stderr := run(t, "demo", "--commands", "3000", "--accounts", "100", "--quiet")
+		if code != 0 || !strings.Contains(out, "consistent") || !strings.Contains(out, "Kafka at "+brokers) || !strings.Contains(out, "PostgreSQL schema "+schema) {
+			t.Fatalf("demo exit %d\nstdout:\n%s\nstderr:\n%s", code, out, stderr)
+		}
+		want := `orchestrix relay --database-url "$DATABASE_URL" --brokers "$KAFKA_BROKERS" --context ` + bc + " --schema " + schema
+		if !strings.Contains(out, want) {
+			t.Fatalf("demo does not print the relay command %q:\n%s", want, out)
+		}
+	}
+}
+
+// deleteTopics deletes a context's topics (as the demo creates them) when
+// the test ends.
+func deleteTopics(t *testing.T, bc string) {
+	t.Helper()
+	adm := kadm.NewClient(testenv.Client(t, testenv.Brokers(t)))
+	t.Cleanup(func() {
+		_, _ = adm.DeleteTopics(context.Background(), bc+".commands", bc+".events", bc+".outcomes", bc+".commands."+bc+"-aggregates.dlq",
+			bc+".events"+outbox.CheckpointSuffix)
+	})
+}
+
+// TestReadmeSequenceIntegration follows the README's "Running against
+// your own Kafka and PostgreSQL" commands as written (the context from
+// ORCHESTRIX_CONTEXT so that runs do not share one): migrate, demo, relay
+// --context, dlq list. The relay publishes every event the demo stored
+// (it published nothing: the demo wrote to another schema and context).
+func TestReadmeSequenceIntegration(t *testing.T) {
+	seeds := testenv.Brokers(t)
+	brokers := strings.Join(seeds, ",")
+	url := testenv.DatabaseURL(t)
+	schema := testenv.Schema(t, testenv.Pool(t))
+	bc := strings.ReplaceAll(testenv.Name("readme"), "_", "-")
+	t.Setenv("ORCHESTRIX_SCHEMA", schema)
+	t.Setenv("ORCHESTRIX_CONTEXT", bc)
+	deleteTopics(t, bc)
+
+	if code, out, stderr := run(t, "migrate", "--database-url", url); code != 0 || !strings.Contains(out, schema) {
+		t.Fatalf("migrate: exit %d\n%s%s", code, out, stderr)
+	}
+	code, out, stderr := run(t, "demo", "--brokers", brokers, "--database-url", url, "--commands", "500", "--accounts", "20", "--quiet")
 	if code != 0 || !strings.Contains(out, "consistent") {
-		t.Fatalf("demo exit %d\nstdout:\n%s\nstderr:\n%s", code, out, stderr)
+		t.Fatalf("demo: exit %d\n%s%s", code, out, stderr)
+	}
+	var events int
+	if _, err := fmt.Sscanf(out[strings.Index(out, "events     "):], "events     %d stored", &events); err != nil || events == 0 {
+		t.Fatalf("demo output has no event count (%v):\n%s", err, out)
+	}
+
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	var rout, rerr bytes.Buffer
+	done := make(chan int, 1)
+	go func() {
+		done <- Run(ctx, []string{"relay", "--database-url", url, "--brokers", brokers, "--context", bc, "--stats-interval", "100ms"}, &rout, &rerr)
+	}()
+	cl := testenv.Client(t, seeds, kgo.ConsumeTopics(bc+".events"), kgo.FetchIsolationLevel(kgo.ReadCommitted()),
+		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
+	seen := 0
+	for deadline := time.Now().Add(time.Minute); seen < events && time.Now().Before(deadline); {
+		select {
+		case code := <-done:
+			t.Fatalf("relay exited with %d after %d of %d events\n%s%s", code, seen, events, rout.String(), rerr.String())
+		default:
+		}
+		pctx, pcancel := context.WithTimeout(t.Context(), time.Second)
+		seen += len(cl.PollFetches(pctx).Records())
+		pcancel()
+	}
+	cancel()
+	if code := <-done; code != 0 || seen != events {
+		t.Fatalf("relay exit %d published %d of the demo's %d events\n%s%s", code, seen, events, rout.String(), rerr.String())
+	}
+
+	code, out, stderr = run(t, "dlq", "list", "--brokers", brokers, "--topic", bc+".commands", "--group", bc+"-aggregates")
+	if code != 0 || !strings.Contains(out, "0 dead letters") {
+		t.Fatalf("dlq list: exit %d\n%s%s", code, out, stderr)
 	}
 }
 

@@ -7,7 +7,9 @@ import (
 	"io"
 	"log/slog"
 	"math/rand/v2"
+	"os"
 	"slices"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -17,6 +19,7 @@ import (
 	"github.com/orchestrix/orchestrix/codec"
 	"github.com/orchestrix/orchestrix/consumers"
 	"github.com/orchestrix/orchestrix/examples/banking"
+	"github.com/orchestrix/orchestrix/internal/redact"
 	"github.com/orchestrix/orchestrix/producers"
 	"github.com/orchestrix/orchestrix/stores"
 	"github.com/orchestrix/orchestrix/stores/memory"
@@ -39,17 +42,21 @@ type demoConfig struct {
 	runProcessor func(context.Context) error
 }
 
+// demoContext is the demo's default bounded context: the one the README's
+// topics, relay and dlq commands name.
+const demoContext = "banking"
+
 func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flags("demo", stderr)
 	var c demoConfig
 	fs.IntVar(&c.commands, "commands", 10000, "commands to send")
 	fs.IntVar(&c.accounts, "accounts", 100, "accounts the commands are spread over")
 	fs.IntVar(&c.partitions, "partitions", 8, "partitions of the demo topics")
-	fs.StringVar(&c.brokers, "brokers", "", "Kafka seed brokers; empty: an embedded in-process broker (kfake)")
-	fs.StringVar(&c.databaseURL, "database-url", "", "PostgreSQL URL; empty: the in-memory store")
-	fs.StringVar(&c.schema, "schema", "orchestrix_demo", "schema for the PostgreSQL store (migrated if needed)")
-	fs.StringVar(&c.context, "context", "", "topic prefix (default: a fresh banking-<random> per run)")
-	fs.DurationVar(&c.timeout, "timeout", 2*time.Minute, "give up when the outcomes have not all arrived by then")
+	fs.StringVar(&c.brokers, "brokers", env("KAFKA_BROKERS", ""), "Kafka seed brokers (env KAFKA_BROKERS); empty: an embedded in-process broker (kfake)")
+	fs.StringVar(&c.databaseURL, "database-url", env("DATABASE_URL", ""), "PostgreSQL URL (env DATABASE_URL); empty: the in-memory store")
+	fs.StringVar(&c.schema, "schema", env("ORCHESTRIX_SCHEMA", postgres.DefaultSchema), "schema for the PostgreSQL store, migrated if needed (env ORCHESTRIX_SCHEMA)")
+	fs.StringVar(&c.context, "context", env("ORCHESTRIX_CONTEXT", demoContext), "bounded context: topics <context>.commands|events|outcomes, group <context>-aggregates (env ORCHESTRIX_CONTEXT)")
+	fs.DurationVar(&c.timeout, "timeout", 2*time.Minute, "give up when the outcomes have not all arrived this long after the last command was sent")
 	fs.BoolVar(&c.quiet, "quiet", false, "no progress bar")
 	if err := parse(fs, args); err != nil {
 		return err
@@ -57,9 +64,9 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if c.commands < 1 || c.accounts < 1 || c.partitions < 1 || c.accounts > c.commands {
 		return fmt.Errorf("%w: need commands ≥ accounts ≥ 1 and partitions ≥ 1", errUsage)
 	}
-	if c.context == "" {
-		c.context = fmt.Sprintf("banking-%d", time.Now().UnixNano()%1e9)
-	}
+	// Accounts are the run's own: a run on a store that holds an earlier
+	// run's accounts starts from empty ones all the same.
+	c.accountPrefix = strconv.FormatInt(time.Now().UnixMilli(), 36) + "-"
 	return demo(ctx, c, stdout, stderr)
 }
 
@@ -381,6 +388,9 @@ func demo(parent context.Context, c demoConfig, stdout, stderr io.Writer) error 
 		return fmt.Errorf("%d inconsistencies between the store and the commands sent", len(problems))
 	}
 	fmt.Fprintf(stdout, "consistent: every balance matches the commands sent\n")
+	if c.databaseURL != "" && c.brokers != "" {
+		fmt.Fprintf(stdout, "the events are in the store; publish them to %s with:\n  orchestrix relay %s\n", topics.Events(c.context), relayArgs(c))
+	}
 	cancel(nil)
 	for range 2 {
 		if err := <-runErr; err != nil && !errors.Is(err, context.Canceled) {
@@ -388,4 +398,23 @@ func demo(parent context.Context, c demoConfig, stdout, stderr io.Writer) error 
 		}
 	}
 	return nil
+}
+
+// relayArgs returns the relay flags that publish what the demo stored:
+// the same database, brokers, schema and context (the environment's
+// variables where the demo took its values from them).
+func relayArgs(c demoConfig) string {
+	db := "'" + redact.URL(c.databaseURL) + "'"
+	if c.databaseURL == os.Getenv("DATABASE_URL") {
+		db = `"$DATABASE_URL"`
+	}
+	brokers := "'" + c.brokers + "'"
+	if c.brokers == os.Getenv("KAFKA_BROKERS") {
+		brokers = `"$KAFKA_BROKERS"`
+	}
+	args := fmt.Sprintf("--database-url %s --brokers %s --context %s", db, brokers, c.context)
+	if c.schema != postgres.DefaultSchema {
+		args += " --schema " + c.schema
+	}
+	return args
 }
