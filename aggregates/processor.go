@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"time"
 
@@ -338,7 +339,10 @@ func again(cmdID string, first orchestrix.Outcome) orchestrix.Outcome {
 // conflict in a combined transaction falls back to each partition's
 // records one by one. Every combined call must end before the first
 // call's context does: the consumers runtime gives all partitions of a
-// poll the same context.
+// poll the same context. If decide, evolve or a codec panics in a
+// combined round, the call whose records were in that round panics with
+// the same value and the round's other records fail with a transient
+// error (to be handled again alone); later calls are combined as before.
 func (p *Processor[S]) HandleBatch(ctx context.Context, recs []*kgo.Record) []error {
 	if len(recs) == 0 {
 		return nil
@@ -367,11 +371,14 @@ func (p *Processor[S]) HandleBatch(ctx context.Context, recs []*kgo.Record) []er
 		return j.errs
 	}
 	p.running = true
+	var panicked any
 	for len(p.queue) > 0 {
 		jobs := p.queue
 		p.queue = nil
 		p.comb.Unlock()
-		p.round(ctx, jobs)
+		if v := p.safeRound(ctx, jobs); v != nil && slices.Contains(jobs, j) {
+			panicked = v
+		}
 		for _, x := range jobs {
 			close(x.done)
 		}
@@ -379,7 +386,36 @@ func (p *Processor[S]) HandleBatch(ctx context.Context, recs []*kgo.Record) []er
 	}
 	p.running = false
 	p.comb.Unlock()
+	if panicked != nil {
+		// The caller's own records were in the round that panicked: the
+		// panic is its to see (the consumers runtime recovers it and
+		// handles the records one at a time).
+		panic(panicked)
+	}
 	return j.errs
+}
+
+// errRoundPanicked fails the records of a combined round in which decide,
+// evolve or a codec panicked: a transient error, so that the failure policy
+// handles them again alone (Handle), where only the panicking record fails.
+var errRoundPanicked = errors.New("aggregates: a combined round panicked; handle the records again alone")
+
+// safeRound runs a round and returns what it panicked with (nil: it did
+// not). After a panic every job's unset results are errRoundPanicked, and
+// the combiner stays usable: the callers waiting for the round are
+// released and the next call runs rounds again.
+func (p *Processor[S]) safeRound(ctx context.Context, jobs []*job[S]) (panicked any) {
+	defer func() {
+		if v := recover(); v != nil {
+			for _, j := range jobs {
+				fill(j.errs, fmt.Errorf("%w: %v", errRoundPanicked, v))
+			}
+			p.log.Error("combined round panicked", "partitions", len(jobs), "panic", fmt.Sprint(v))
+			panicked = v
+		}
+	}()
+	p.round(ctx, jobs)
+	return nil
 }
 
 // round handles jobs together: one lookup of the commands seen before,

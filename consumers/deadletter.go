@@ -1,6 +1,7 @@
 package consumers
 
 import (
+	"errors"
 	"strconv"
 	"strings"
 	"time"
@@ -61,6 +62,9 @@ const (
 	// topics: of two copies of one record, the higher hop is the newer.
 	HeaderHop         = HeaderPrefix + "hop"
 	HeaderDeadThrough = HeaderPrefix + "dead-through"
+	// HeaderStack is the stack of a handler's panic (reason "panic"),
+	// truncated to MaxStackLength.
+	HeaderStack = HeaderPrefix + "stack"
 )
 
 // Marker kinds (HeaderMarker).
@@ -197,7 +201,12 @@ func (m meta) hopAt(level int) int {
 // failure, so it costs a few allocations, not one per header.
 func (g *Group) derived(r *kgo.Record, m meta, dest string, cause error, level int) *kgo.Record {
 	var msg, class, reason string
+	var stack []byte
 	if cause != nil {
+		var pe *PanicError
+		if errors.As(cause, &pe) {
+			stack = pe.Stack
+		}
 		msg = cause.Error()
 		if max := g.cfg.policy.MaxErrorLength; max > 0 && len(msg) > max {
 			msg = truncate(msg, max) + "…"
@@ -207,7 +216,7 @@ func (g *Group) derived(r *kgo.Record, m meta, dest string, cause error, level i
 	const timeLen = len("2006-01-02T15:04:05.999999999Z")
 	w := headerBuf{
 		hs:  make([]kgo.RecordHeader, 0, len(r.Headers)+16),
-		buf: make([]byte, 0, len(m.topic)+len(g.group)+len(msg)+len(class)+len(reason)+4*timeLen+80),
+		buf: make([]byte, 0, len(m.topic)+len(g.group)+len(msg)+len(class)+len(reason)+len(stack)+4*timeLen+80),
 	}
 	for _, h := range r.Headers {
 		if !strings.HasPrefix(h.Key, HeaderPrefix) {
@@ -228,6 +237,9 @@ func (g *Group) derived(r *kgo.Record, m meta, dest string, cause error, level i
 		w.str(HeaderErrorClass, class)
 		w.str(HeaderReason, reason)
 		w.str(HeaderError, msg)
+	}
+	if len(stack) > 0 {
+		w.str(HeaderStack, string(stack))
 	}
 	if level > 0 {
 		w.int(HeaderLevel, int64(level))

@@ -62,6 +62,14 @@
 //  4. Without dead-lettering, Run stops with the error and the record's
 //     offset stays uncommitted.
 //
+// A panic in Handle, HandleBatch or PartitionsRevoked (so also in
+// decide, evolve or a codec they call) is recovered: the call fails with
+// a PanicError, which is permanent, and the record is dead-lettered with
+// reason "panic", the panic value and the stack (header HeaderStack, at
+// most MaxStackLength bytes). A batch that panicked is handled again one
+// record at a time, so only the record that panicked is dead-lettered.
+// A panic in a goroutine the handler started itself cannot be recovered.
+//
 // Retry records and dead letters keep the original key, value and
 // headers and add headers under HeaderPrefix: origin topic, partition,
 // offset and timestamp, group, attempts, first and last failure, error

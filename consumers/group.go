@@ -301,7 +301,7 @@ func (g *Group) revoked(ctx context.Context, cl *kgo.Client, lost map[string][]i
 	for topic, parts := range lost {
 		g.log.Info("partitions revoked", "topic", topic, "partitions", parts)
 		if ok && g.chain[topic].level == 0 {
-			pa.PartitionsRevoked(topic, parts)
+			g.partitionsRevoked(pa, topic, parts)
 		}
 	}
 }
@@ -895,7 +895,18 @@ func (g *Group) batch(ctx context.Context, bh BatchHandler, pos chainPos, recs [
 	if len(sub) == 0 {
 		return nil
 	}
-	res := bh.HandleBatch(ctx, sub)
+	res, perr := g.handleBatch(ctx, bh, sub)
+	if perr != nil {
+		// Which record panicked, and which were applied before, is
+		// unknown: handle them again one at a time (Handle, at least once
+		// as always), so that only the panicking record is dead-lettered.
+		subRes := make([]error, len(sub))
+		g.lanes(ctx, pos, sub, subRes, nil, st)
+		for j, i := range idx {
+			results[i] = subRes[j]
+		}
+		return nil
+	}
 	if res != nil && len(res) != len(sub) {
 		return fmt.Errorf("consumers: batch handler returned %d results for %d records", len(res), len(sub))
 	}
@@ -984,7 +995,7 @@ func (g *Group) call(ctx context.Context, pos chainPos, r *kgo.Record, m meta) e
 		ctx, cancel = context.WithTimeout(ctx, d)
 		defer cancel()
 	}
-	return g.h.Handle(ctx, rec)
+	return g.handle(ctx, rec)
 }
 
 // settle brings one record to a settled state: handled, forwarded to a

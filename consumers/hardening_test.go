@@ -6,6 +6,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -133,5 +134,125 @@ func testMissingPolicyTopics(t *testing.T, seeds []string, policy consumers.Fail
 	dlq := readAll(t, seeds, consumers.DeadLetterTopic(topic, group))
 	if len(dlq) != 1 || string(dlq[0].Value) != "poison" {
 		t.Fatalf("dead letters %d, want the poison record", len(dlq))
+	}
+}
+
+// batchOf makes a BatchHandler of a HandlerFunc: HandleBatch calls it on
+// each record in turn (a panic escapes HandleBatch).
+type batchOf struct {
+	consumers.HandlerFunc
+	batches *atomic.Int64
+}
+
+func (b batchOf) HandleBatch(ctx context.Context, recs []*kgo.Record) []error {
+	b.batches.Add(1)
+	errs := make([]error, len(recs))
+	for i, r := range recs {
+		errs[i] = b.HandlerFunc(ctx, r)
+	}
+	return errs
+}
+
+// TestHandlerPanics: a handler that panics on two records (a panic value,
+// a runtime error) does not kill the process: every other record is
+// handled, each key in order, and the two records are in the dead-letter
+// topic with reason "panic", the panic in the error header and the
+// panicking frame in the stack header. With a BatchHandler, the batch
+// that panicked is handled again one record at a time, so only the
+// panicking records are dead-lettered. (Before, the panic killed the
+// process: the test binary.)
+func TestHandlerPanics(t *testing.T) {
+	for _, b := range testenv.Brokerages() {
+		t.Run(b.Name, func(t *testing.T) {
+			seeds := b.Seeds(t)
+			t.Run("Handle", func(t *testing.T) { testHandlerPanics(t, seeds, false) })
+			t.Run("HandleBatch", func(t *testing.T) { testHandlerPanics(t, seeds, true) })
+		})
+	}
+}
+
+func testHandlerPanics(t *testing.T, seeds []string, batch bool) {
+	const keys, perKey = 6, 5
+	topic := testenv.Topic(t, seeds, 2, nil)
+	group := testenv.Name("g")
+	createTopics(t, seeds, 2, consumers.DeadLetterTopic(topic, group))
+	produce(t, seeds, topic, keys, perKey) // key kN, values 0..perKey-1
+	var (
+		mu      sync.Mutex
+		handled = map[string]bool{}
+		last    = map[string]int{}
+		calls   = map[string]int{}
+		batches atomic.Int64
+	)
+	var m map[string]int // nil: writing to it panics
+	h := consumers.HandlerFunc(func(ctx context.Context, r *kgo.Record) error {
+		id := string(r.Key) + ":" + string(r.Value)
+		mu.Lock()
+		calls[id]++
+		mu.Unlock()
+		switch id {
+		case "k3:2":
+			panic("boom " + id)
+		case "k4:1":
+			m[id]++ // assignment to entry in nil map
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		n, _ := strconv.Atoi(string(r.Value))
+		if !handled[id] {
+			if prev, ok := last[string(r.Key)]; ok && n < prev {
+				t.Errorf("key %s: %d handled for the first time after %d", r.Key, n, prev)
+			}
+			last[string(r.Key)] = n
+		}
+		handled[id] = true
+		return nil
+	})
+	var handler consumers.Handler = h
+	if batch {
+		handler = batchOf{h, &batches}
+	}
+	g, err := consumers.New(seeds, group, []string{topic}, handler, consumers.KeyConcurrency(2))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := runGroup(t, g, func() bool { return committed(t, seeds, group, topic) == keys*perKey }); err != nil {
+		t.Fatalf("run: %v", err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(handled) != keys*perKey-2 {
+		t.Errorf("handled %d records, want %d", len(handled), keys*perKey-2)
+	}
+	// Permanent: no in-place retry (with a batch, one call alone after
+	// at most one in the batch: a batch stops at its first panic).
+	lo, hi := 1, 1
+	if batch {
+		hi = 2
+		if batches.Load() == 0 {
+			t.Error("HandleBatch never called")
+		}
+	}
+	for _, id := range []string{"k3:2", "k4:1"} {
+		if calls[id] < lo || calls[id] > hi {
+			t.Errorf("%s called %d times, want %d to %d", id, calls[id], lo, hi)
+		}
+	}
+	dlq := readAll(t, seeds, consumers.DeadLetterTopic(topic, group))
+	if len(dlq) != 2 {
+		t.Fatalf("dead letters %d, want 2", len(dlq))
+	}
+	for _, r := range dlq {
+		id := string(r.Key) + ":" + string(r.Value)
+		wantErr := map[string]string{"k3:2": "boom k3:2", "k4:1": "assignment to entry in nil map"}[id]
+		stack := header(r, consumers.HeaderStack)
+		if header(r, consumers.HeaderReason) != consumers.ReasonPanic || header(r, consumers.HeaderErrorClass) != "permanent" ||
+			wantErr == "" || !strings.Contains(header(r, consumers.HeaderError), wantErr) {
+			t.Errorf("dead letter %s: reason %q, class %q, error %q; want panic, permanent, %q", id,
+				header(r, consumers.HeaderReason), header(r, consumers.HeaderErrorClass), header(r, consumers.HeaderError), wantErr)
+		}
+		if !strings.Contains(stack, "hardening_test.go") || strings.Contains(stack, "runtime/debug.Stack") || len(stack) > consumers.MaxStackLength+len("…") {
+			t.Errorf("dead letter %s: stack header (%d bytes) lacks the panicking frame or keeps the recovering ones:\n%s", id, len(stack), stack)
+		}
 	}
 }

@@ -183,12 +183,14 @@ func Permanent(err error) error {
 	return permanent{err}
 }
 
-// IsPermanent reports whether err was marked Permanent or is bad input
-// (orchestrix.ErrInvalid, orchestrix.ErrUnknownType, which include the
-// codec's poison and decode errors).
+// IsPermanent reports whether err was marked Permanent, is a handler's
+// panic (PanicError) or is bad input (orchestrix.ErrInvalid,
+// orchestrix.ErrUnknownType, which include the codec's poison and decode
+// errors).
 func IsPermanent(err error) bool {
 	var p permanent
-	return errors.As(err, &p) || errors.Is(err, orchestrix.ErrInvalid) || errors.Is(err, orchestrix.ErrUnknownType)
+	var pe *PanicError
+	return errors.As(err, &p) || errors.As(err, &pe) || errors.Is(err, orchestrix.ErrInvalid) || errors.Is(err, orchestrix.ErrUnknownType)
 }
 
 // ErrorClass names an error's class for the dead-letter header
@@ -215,15 +217,19 @@ const (
 	ReasonTimeout     = "timeout"                   // the attempt deadline passed
 	ReasonExhausted   = "retries-exhausted"         // a transient error outlived every retry
 	ReasonParkedDead  = "parked-behind-dead-letter" // OrderedDeadLetterRest
+	ReasonPanic       = "panic"                     // the handler panicked (PanicError)
 )
 
 // ErrorReason names why err dead-letters a record: "poison:<reason>" for a
 // codec.PoisonError, else one of the Reason constants.
 func ErrorReason(err error) string {
 	var pe *codec.PoisonError
+	var panicked *PanicError
 	switch {
 	case errors.Is(err, ErrParkedBehindDeadLetter):
 		return ReasonParkedDead
+	case errors.As(err, &panicked):
+		return ReasonPanic
 	case errors.As(err, &pe):
 		return "poison:" + pe.Reason
 	case errors.Is(err, orchestrix.ErrUnknownType):
