@@ -26,6 +26,7 @@ type crashConfig struct {
 	Seeds        []string
 	Topic, Group string
 	File         string // handled record values are appended here
+	Seed         uint64 // of the helper's random failures
 }
 
 func crashPolicy() consumers.FailurePolicy {
@@ -37,16 +38,17 @@ func crashPolicy() consumers.FailurePolicy {
 // their dead-letter markers) around the crash.
 const crashFailRate = 0.15
 
-// crashHandler fails crashFailRate of calls and appends each handled
-// record to w as "<value>|<level>[p]|<origin offset>" (p: it was parked),
-// for the key history a failure prints.
-func crashHandler(mu *sync.Mutex, write func(string)) consumers.Handler {
+// crashHandler fails crashFailRate of calls, drawn from rng, and appends
+// each handled record to w as "<value>|<level>[p]|<origin offset>" (p: it
+// was parked), for the key history a failure prints. mu guards rng and
+// write.
+func crashHandler(mu *sync.Mutex, rng *rand.Rand, write func(string)) consumers.Handler {
 	return consumers.HandlerFunc(func(ctx context.Context, r *kgo.Record) error {
-		if rand.Float64() < crashFailRate {
-			return errors.New("transient")
-		}
 		mu.Lock()
 		defer mu.Unlock()
+		if rng.Float64() < crashFailRate {
+			return errors.New("transient")
+		}
 		lv := "0"
 		p := ""
 		for _, h := range r.Headers {
@@ -78,7 +80,7 @@ func TestGroupHelperProcess(t *testing.T) {
 		os.Exit(3)
 	}
 	var mu sync.Mutex
-	h := crashHandler(&mu, func(v string) { fmt.Fprintln(f, v) })
+	h := crashHandler(&mu, seeded(c.Seed), func(v string) { fmt.Fprintln(f, v) })
 	lf, _ := os.Create(c.File + ".log")
 	g, err := consumers.New(c.Seeds, c.Group, []string{c.Topic}, h, consumers.WithFailurePolicy(crashPolicy()), consumers.KeyConcurrency(4),
 		consumers.WithLogger(slog.New(slog.NewTextHandler(lf, &slog.HandlerOptions{Level: slog.LevelInfo}))),
@@ -104,6 +106,10 @@ func TestOrderedCrash(t *testing.T) {
 
 func testOrderedCrash(t *testing.T, seeds []string) {
 	const partitions, keys, perKey = 4, 40, 150
+	// The killed member, the kill's moment and the new member draw from
+	// one seed.
+	seed := testSeed(t)
+	rng := seeded(seed + 1)
 	topic := testenv.Topic(t, seeds, partitions, nil)
 	group := testenv.Name("g")
 	policy := crashPolicy()
@@ -121,7 +127,7 @@ func testOrderedCrash(t *testing.T, seeds []string) {
 	if err := os.WriteFile(file, nil, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	raw, _ := json.Marshal(crashConfig{Seeds: seeds, Topic: topic, Group: group, File: file})
+	raw, _ := json.Marshal(crashConfig{Seeds: seeds, Topic: topic, Group: group, File: file, Seed: seed})
 	cmd := exec.Command(os.Args[0], "-test.run=^TestGroupHelperProcess$")
 	cmd.Env = append(os.Environ(), "GROUP_HELPER="+string(raw))
 	if err := cmd.Start(); err != nil {
@@ -143,7 +149,7 @@ func testOrderedCrash(t *testing.T, seeds []string) {
 	}
 	// Kill at a varying moment: while records are parked, failing over
 	// levels, or being dead-lettered.
-	time.Sleep(time.Duration(rand.IntN(800)) * time.Millisecond)
+	time.Sleep(time.Duration(rng.IntN(800)) * time.Millisecond)
 	_ = cmd.Process.Kill()
 	_ = cmd.Wait()
 	before, err := os.ReadFile(file)
@@ -160,7 +166,7 @@ func testOrderedCrash(t *testing.T, seeds []string) {
 		t.Fatal(err)
 	}
 	defer lf.Close()
-	g, err := consumers.New(seeds, group, []string{topic}, crashHandler(&mu, func(v string) { seq = append(seq, v) }),
+	g, err := consumers.New(seeds, group, []string{topic}, crashHandler(&mu, seeded(seed+2), func(v string) { seq = append(seq, v) }),
 		consumers.WithLogger(slog.New(slog.NewTextHandler(lf, &slog.HandlerOptions{Level: slog.LevelInfo}))),
 		consumers.WithFailurePolicy(policy), consumers.KeyConcurrency(4), consumers.WithClientOpts(kgo.SessionTimeout(6*time.Second)))
 	if err != nil {
