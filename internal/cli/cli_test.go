@@ -47,6 +47,51 @@ func TestUsage(t *testing.T) {
 		{"relay bad gogc", []string{"relay", "--database-url", "postgres://x", "--brokers", "b:9092", "--topic", "t", "--gogc", "lots"}, 2, `--gogc (or GOGC) "lots"`},
 		{"relay bad log level", []string{"relay", "--database-url", "postgres://x", "--brokers", "b:9092", "--topic", "t", "--log-level", "loud"}, 2, "--log-level"},
 	}
+	// Every numeric flag of every command is range-checked before it is
+	// used: out of range is a usage error naming the flag.
+	relay := []string{"relay", "--database-url", "postgres://x", "--brokers", "b:9092", "--topic", "t"}
+	dlq := []string{"dlq", "redrive", "--brokers", "b:9092", "--topic", "t", "--group", "g"}
+	topicsCreate := []string{"topics", "create", "--brokers", "b:9092", "--context", "c"}
+	for _, r := range []struct {
+		args []string
+		want string
+	}{
+		{append(topicsCreate, "--replication", "65537"), "--replication 65537 is out of range: want 1 to 32767"},
+		{append(topicsCreate, "--replication", "0"), "--replication 0 is out of range"},
+		{append(topicsCreate, "--partitions", "2147483648"), "--partitions 2147483648 is out of range: want 1 to 2147483647"},
+		{append(topicsCreate, "--partitions", "-3", "--replication", "-1"), "--partitions -3 is out of range: want 1 to 2147483647; --replication -1"},
+		{append(topicsCreate, "--group", "g", "--retry-levels", "-1"), "--retry-levels -1"},
+		{append(topicsCreate, "--group", "g", "--retry-levels", "101"), "--retry-levels 101 is out of range: want 0 to 100"},
+		{append(topicsCreate, "--group", "g", "--retry-levels", "1000000"), "--retry-levels 1000000 is out of range"},
+		{[]string{"topics", "describe", "--brokers", "b:9092", "--context", "c", "--partitions", "0"}, "--partitions 0 is out of range"},
+		{[]string{"demo", "--commands", "0"}, "--commands 0 is out of range: want 1 to 10000000"},
+		{[]string{"demo", "--commands", "10000001"}, "--commands 10000001 is out of range"},
+		{[]string{"demo", "--accounts", "-1"}, "--accounts -1 is out of range"},
+		{[]string{"demo", "--partitions", "1001"}, "--partitions 1001 is out of range: want 1 to 1000"},
+		{[]string{"demo", "--timeout", "0s"}, "--timeout 0s is out of range: want at least 1ms"},
+		{append(dlq, "--rate", "-1"), "--rate -1 is out of range: want 0.001 to 1e+06 (or 0: unlimited)"},
+		{append(dlq, "--rate", "NaN"), "--rate NaN is out of range"},
+		{append(dlq, "--rate", "1e-12"), "--rate 1e-12 is out of range"},
+		{append(dlq, "--rate", "+Inf"), "--rate +Inf is out of range"},
+		{append(dlq, "--max-redrives", "-1"), "--max-redrives -1 is out of range: want at least 0"},
+		{append(dlq, "--to-level", "101"), "--to-level 101 is out of range: want 0 to 100"},
+		{[]string{"dlq", "list", "--brokers", "b:9092", "--topic", "t", "--group", "g", "--limit", "-1"}, "--limit -1 is out of range"},
+		{append(relay, "--batch-size", "0"), "batch size 0"},
+		{append(relay, "--batch-size", "20001"), "batch size 20001"},
+		{append(relay, "--lease", "0s"), "lease 0s"},
+		{append(relay, "--poll-min", "0s"), "poll interval min 0s"},
+		{append(relay, "--poll-min", "2s", "--poll-max", "1s"), "poll interval min 2s, max 1s"},
+		{append(relay, "--stats-interval", "-1s"), "stats interval -1s"},
+		{append(relay, "--gogc", "-5"), `--gogc (or GOGC) "-5"`},
+		{[]string{"demo", "--commands", "99999999999999999999"}, "value out of range"},
+	} {
+		tests = append(tests, struct {
+			name string
+			args []string
+			code int
+			want string
+		}{strings.Join(r.args[:min(2, len(r.args))], " ") + " " + strings.Join(r.args[len(r.args)-2:], " "), r.args, 2, r.want})
+	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			code, _, stderr := run(t, tc.args...)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"math/rand/v2"
 	"os"
 	"slices"
@@ -42,6 +43,15 @@ type demoConfig struct {
 	runProcessor func(context.Context) error
 }
 
+// Bounds of the demo's numeric flags. The embedded run holds every
+// command, outcome and event in memory: about 2.2 GB at its peak for a
+// million commands.
+const (
+	demoMaxCommands   = 10_000_000
+	demoMaxAccounts   = 1_000_000
+	demoMaxPartitions = 1000
+)
+
 // demoContext is the demo's default bounded context: the one the README's
 // topics, relay and dlq commands name.
 const demoContext = "banking"
@@ -61,8 +71,16 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if err := parse(fs, args); err != nil {
 		return err
 	}
-	if c.commands < 1 || c.accounts < 1 || c.partitions < 1 || c.accounts > c.commands {
-		return fmt.Errorf("%w: need commands ≥ accounts ≥ 1 and partitions ≥ 1", errUsage)
+	if err := checkFlags(
+		intIn("commands", c.commands, 1, demoMaxCommands),
+		intIn("accounts", c.accounts, 1, demoMaxAccounts),
+		intIn("partitions", c.partitions, 1, demoMaxPartitions),
+		durationIn("timeout", c.timeout, time.Millisecond, math.MaxInt64),
+	); err != nil {
+		return err
+	}
+	if c.accounts > c.commands {
+		return fmt.Errorf("%w: need commands ≥ accounts: the first command of each account opens it (--commands %d, --accounts %d)", errUsage, c.commands, c.accounts)
 	}
 	// Accounts are the run's own: a run on a store that holds an earlier
 	// run's accounts starts from empty ones all the same.
@@ -203,8 +221,13 @@ func demo(parent context.Context, c demoConfig, stdout, stderr io.Writer) error 
 		return err
 	}
 	defer cl.Close()
-	specs := topics.ForContext(c.context, int32(c.partitions), 1)
-	if _, err := topics.Ensure(ctx, kadm.NewClient(cl), append(specs, topics.Spec{Name: consumers.DeadLetterTopic(topics.Commands(c.context), c.context+"-aggregates"), Partitions: 1, ReplicationFactor: 1})...); err != nil {
+	specs := append(topics.ForContext(c.context, int32(c.partitions), 1),
+		topics.Spec{Name: consumers.DeadLetterTopic(topics.Commands(c.context), c.context+"-aggregates"), Partitions: 1, ReplicationFactor: 1})
+	adm := kadm.NewClient(cl)
+	if _, err := topics.Ensure(ctx, adm, specs...); err != nil {
+		return err
+	}
+	if err := waitForTopics(ctx, adm, specs); err != nil {
 		return err
 	}
 
@@ -398,6 +421,35 @@ func demo(parent context.Context, c demoConfig, stdout, stderr io.Writer) error 
 		}
 	}
 	return nil
+}
+
+// waitForTopics waits until the broker's metadata lists every topic of
+// specs: a topic just created may lag there, and the processor refuses
+// to start without its dead-letter topic.
+func waitForTopics(ctx context.Context, adm *kadm.Client, specs []topics.Spec) error {
+	names := make([]string, len(specs))
+	for i, s := range specs {
+		names[i] = s.Name
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		td, err := adm.ListTopics(ctx, names...)
+		missing := slices.DeleteFunc(slices.Clone(names), func(n string) bool {
+			d, ok := td[n]
+			return err == nil && ok && d.Err == nil && len(d.Partitions) > 0
+		})
+		if len(missing) == 0 {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("topics %v created but not in the broker's metadata after 30s (last error: %v)", missing, err)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
 }
 
 // relayArgs returns the relay flags that publish what the demo stored:

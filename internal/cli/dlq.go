@@ -27,6 +27,13 @@ var dlqStdin io.Reader = os.Stdin
 
 const dlqUsage = "dlq list|show|redrive|purge --topic T --group G [flags]"
 
+// Bounds of dlq's --rate: a slower one would overflow the wait between
+// records.
+const (
+	dlqMinRate = 0.001
+	dlqMaxRate = 1e6
+)
+
 // dlqConfig holds the flags shared by the dlq subcommands.
 type dlqConfig struct {
 	seeds              []string
@@ -116,8 +123,14 @@ func runDLQ(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if c.until, err = parseWhen(*until, now); err != nil {
 		errs = append(errs, err)
 	}
-	if c.rate < 0 || c.maxRedrives < 0 || c.toLevel < 0 || c.limit < 0 {
-		errs = append(errs, errors.New("--rate, --max-redrives, --to-level and --limit must not be negative"))
+	errs = append(errs, // nil ones are dropped by errors.Join
+		intIn("limit", c.limit, 0, unbounded),
+		intIn("max-redrives", c.maxRedrives, 0, unbounded),
+		intIn("to-level", c.toLevel, 0, maxRetryLevel))
+	if c.rate != 0 { // 0: unlimited
+		if err := floatIn("rate", c.rate, dlqMinRate, dlqMaxRate); err != nil {
+			errs = append(errs, fmt.Errorf("%w (or 0: unlimited)", err))
+		}
 	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("%w: %w", errUsage, err)

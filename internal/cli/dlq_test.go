@@ -246,7 +246,7 @@ func TestDLQUsage(t *testing.T) {
 		{"no brokers", []string{"list", "--brokers", "", "--topic", "t", "--group", "g"}, "KAFKA_BROKERS is required"},
 		{"no topic", []string{"list", "--brokers", "x:1"}, "--topic and --group"},
 		{"bad time", []string{"list", "--brokers", "x:1", "--topic", "t", "--group", "g", "--since", "yesterday"}, "neither RFC 3339"},
-		{"bad rate", []string{"redrive", "--brokers", "x:1", "--topic", "t", "--group", "g", "--rate", "-1"}, "must not be negative"},
+		{"bad rate", []string{"redrive", "--brokers", "x:1", "--topic", "t", "--group", "g", "--rate", "-1"}, "--rate -1 is out of range"},
 		{"purge filter", []string{"purge", "--brokers", "x:1", "--topic", "t", "--group", "g", "--key", "k"}, ""},
 	}
 	for _, tc := range tests {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"math"
 	"slices"
 	"strings"
 	"time"
@@ -34,6 +35,10 @@ func runTopics(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	}
 	if *levels < 0 {
 		return fmt.Errorf("%w: --retry-levels %d is negative", errUsage, *levels)
+	}
+	if err := checkFlags(intIn("partitions", *partitions, 1, math.MaxInt32), intIn("replication", *replication, 1, math.MaxInt16),
+		intIn("retry-levels", *levels, 0, maxRetryLevel)); err != nil {
+		return err
 	}
 	if *levels > 0 && *group == "" {
 		return fmt.Errorf("%w: --retry-levels needs --group", errUsage)
