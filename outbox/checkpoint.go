@@ -34,10 +34,7 @@ type Checkpoint struct {
 // ensureTopics checks that the configured topics exist and creates the
 // checkpoint topic (one partition, compacted) if it does not.
 func (r *Relay) ensureTopics(ctx context.Context, adm *kadm.Client) error {
-	want := []string{r.cfg.topic}
-	for _, t := range r.cfg.routes {
-		want = append(want, t)
-	}
+	want := r.destinations()
 	md, err := adm.Metadata(ctx, want...)
 	if err != nil {
 		return fmt.Errorf("outbox: metadata: %w", err)

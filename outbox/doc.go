@@ -61,10 +61,21 @@
 //   - Transaction IDs (xid8) do not survive a dump and restore: a restored
 //     database's rows carry new ones, so the checkpoint no longer means
 //     anything; publish it to a new events topic (a new checkpoint topic).
-//   - An event that codec.EventToRecord refuses stops the relay with an
-//     error naming it (or is skipped, if OnInvalid says so); a record
-//     larger than the broker accepts stops it too. Run returns such
-//     errors; everything transient is retried.
+//   - No single event or outbox message stops the relay. One Kafka will
+//     not take — larger than its topic's max.message.bytes, for a topic
+//     that does not exist, refused by codec.EventToRecord (unless
+//     OnInvalid decides), or an entry the source cannot read (Unreadable,
+//     e.g. a foreign EventSourcingDB event) — is written to the dead-letter
+//     topic "<events topic>.relay-dlq" instead, in the transaction whose
+//     checkpoint passes it, logged, and counted in Stats.DeadLettered; the
+//     rest is published in order. Run returns only what retrying cannot
+//     fix (a missing events topic at start, an unmigrated schema, a refused
+//     authorisation); everything transient is retried.
+//   - The limit on an event's data is one setting for the stores
+//     (WithMaxEventSize) and the relay (MaxEventSize). The relay sizes its
+//     producer to each topic's max.message.bytes, read at the start of
+//     every term, and reports a topic that cannot take an event of that
+//     size (LimitMismatchError).
 //   - Per-stream order holds within one topic: routing one stream's event
 //     types to different topics orders each topic separately.
 //   - The same transactional ID must never be used by two different

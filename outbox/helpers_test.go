@@ -106,7 +106,7 @@ func readTopicIsolation(t testing.TB, seeds []string, topic string, isolation kg
 }
 
 // createTopic creates a topic on seeds (kfake or real) and deletes it at
-// the end with its checkpoint topic.
+// the end with its checkpoint and dead-letter topics.
 func createTopic(t testing.TB, seeds []string, name string, partitions int32) {
 	t.Helper()
 	adm := kadm.NewClient(testenv.Client(t, seeds))
@@ -120,7 +120,7 @@ func createTopic(t testing.TB, seeds []string, name string, partitions int32) {
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
-		_, _ = adm.DeleteTopics(ctx, name, name+outbox.CheckpointSuffix)
+		_, _ = adm.DeleteTopics(ctx, name, name+outbox.CheckpointSuffix, name+outbox.DeadLetterSuffix)
 	})
 }
 

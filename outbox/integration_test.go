@@ -202,7 +202,7 @@ func newEnv(t testing.TB, partitions int32) *env {
 		cl, err := kgo.NewClient(kgo.SeedBrokers(seeds...))
 		if err == nil {
 			defer cl.Close()
-			_, _ = kadm.NewClient(cl).DeleteTopics(ctx, topic+outbox.CheckpointSuffix)
+			_, _ = kadm.NewClient(cl).DeleteTopics(ctx, topic+outbox.CheckpointSuffix, topic+outbox.DeadLetterSuffix)
 		}
 	})
 	return &env{pool: pool, store: store, schema: schema, seeds: seeds, topic: topic}

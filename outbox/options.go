@@ -47,6 +47,9 @@ const (
 	// published a record (set with Instance; absent when the instance is
 	// empty). Consumers ignore it; it tells operators who published what.
 	InstanceHeader = "orchestrix-relay"
+	// DeadLetterSuffix names the relay's dead-letter topic: "<events
+	// topic>" + DeadLetterSuffix (see DeadLetterTopic).
+	DeadLetterSuffix = ".relay-dlq"
 )
 
 // DefaultTransactionalID returns the transactional ID a relay publishing
@@ -63,6 +66,8 @@ type config struct {
 	instance        string
 	checkpointTopic string
 	checkpointRF    int16
+	dlqTopic        string
+	maxEventSize    int
 	batchSize       int
 	pollMin         time.Duration
 	pollMax         time.Duration
@@ -125,6 +130,28 @@ func Instance(name string) Option { return func(c *config) { c.instance = name }
 // "<topic>" + CheckpointSuffix). The relay creates it if it is missing:
 // one partition, cleanup.policy=compact.
 func CheckpointTopic(name string) Option { return func(c *config) { c.checkpointTopic = name } }
+
+// DeadLetterTopic overrides the name of the relay's dead-letter topic
+// (default "<topic>" + DeadLetterSuffix). An event or outbox message
+// Kafka will not take (larger than its topic's max.message.bytes, a
+// topic that does not exist, an event the codec refuses, an entry the
+// source cannot read) is written there instead, in the transaction
+// whose checkpoint passes it, and the relay goes on. The relay creates
+// the topic when it first needs it: one partition, retention.ms=-1,
+// replication as CheckpointReplication. See DeadLetter for its records.
+func DeadLetterTopic(name string) Option { return func(c *config) { c.dlqTopic = name } }
+
+// MaxEventSize tells the relay the largest event Data the stores that
+// append to its source accept: their WithMaxEventSize, default
+// stores.DefaultMaxEventSize. It is one setting, to be given to the stores
+// and the relay alike. At the start of every term the relay reads the
+// max.message.bytes of its events topic and routed topics, sizes its
+// producer's batches to them, and reports a topic that cannot take an
+// event of n bytes with its key and headers (see LimitMismatchError).
+// Records that do not fit anyway go to the dead-letter topic. When the
+// source reports its own limit (a MaxEventSize() int method), that is the
+// default.
+func MaxEventSize(n int) Option { return func(c *config) { c.maxEventSize = n } }
 
 // CheckpointReplication sets the replication factor the checkpoint topic
 // is created with (default -1: the broker's default.replication.factor).
@@ -215,7 +242,9 @@ func OnError(f func(error)) Option { return func(c *config) { c.onError = f } }
 // OnInvalid decides what happens to an event that cannot be mapped to a
 // CloudEvents record (see codec.EventToRecord): return nil to skip it (the
 // checkpoint passes it, it is never published: record it somewhere
-// first), or an error to stop the relay with it. The default stops.
+// first), or an error to stop the relay with it. Without OnInvalid the
+// event goes to the dead-letter topic (reason ReasonInvalid, its data as
+// the value) and the relay goes on.
 func OnInvalid(f func(ctx context.Context, e stores.Entry, err error) error) Option {
 	return func(c *config) { c.onInvalid = f }
 }

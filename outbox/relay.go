@@ -66,6 +66,11 @@ type (
 	batchAppender interface {
 		AppendLogBatch(ctx context.Context, dst []stores.Entry, after stores.Cursor, limit int) ([]stores.Entry, error)
 	}
+	// sizer reports the limit on event Data its store enforces on
+	// appends (stores/esdb.Store): the default of MaxEventSize.
+	sizer interface {
+		MaxEventSize() int
+	}
 )
 
 // Errors a caller can match with errors.Is.
@@ -77,6 +82,9 @@ var (
 	// ErrFenced: another relay instance with the same transactional ID
 	// initialised its producer, so this one may no longer publish.
 	ErrFenced = errors.New("outbox: fenced by a newer relay instance")
+	// ErrTooLarge: a record is larger than its topic's max.message.bytes
+	// (the reason given in its dead letter).
+	ErrTooLarge = errors.New("outbox: record too large for its topic")
 )
 
 // Relay publishes a store's committed events, and the outbox table's
@@ -100,6 +108,10 @@ type Relay struct {
 	// checked is set once a term found every configured topic: after
 	// that, a topic that looks missing (a restarting broker) is retried.
 	checked atomic.Bool
+	// limits are the max.message.bytes of the topics published to.
+	limits limits
+	// mismatched holds the topics already reported by checkLimits.
+	mismatched sync.Map
 
 	st relayStats
 }
@@ -130,6 +142,15 @@ func NewRelay(src Source, seeds []string, opts ...Option) (*Relay, error) {
 	}
 	if cfg.checkpointTopic == "" && cfg.topic != "" && checkTopic(cfg.topic) == nil {
 		cfg.checkpointTopic = cfg.topic + CheckpointSuffix
+	}
+	if cfg.dlqTopic == "" && cfg.topic != "" && checkTopic(cfg.topic) == nil {
+		cfg.dlqTopic = cfg.topic + DeadLetterSuffix
+	}
+	if sz, ok := src.(sizer); ok && cfg.maxEventSize == 0 {
+		cfg.maxEventSize = sz.MaxEventSize()
+	}
+	if cfg.maxEventSize == 0 {
+		cfg.maxEventSize = stores.DefaultMaxEventSize
 	}
 	pg, isPG := src.(pooled)
 	if !cfg.noElection && cfg.electionPool == nil && isPG {
@@ -163,6 +184,17 @@ func NewRelay(src Source, seeds []string, opts ...Option) (*Relay, error) {
 		if err := checkTopic(cfg.checkpointTopic); err != nil {
 			errs = append(errs, fmt.Errorf("checkpoint topic: %w", err))
 		}
+	}
+	if cfg.dlqTopic != "" {
+		if err := checkTopic(cfg.dlqTopic); err != nil {
+			errs = append(errs, fmt.Errorf("dead-letter topic: %w", err))
+		}
+		if cfg.dlqTopic == cfg.topic || cfg.dlqTopic == cfg.checkpointTopic {
+			errs = append(errs, fmt.Errorf("dead-letter topic %s must differ from the events and checkpoint topics", cfg.dlqTopic))
+		}
+	}
+	if cfg.maxEventSize < 1 || cfg.maxEventSize > 1<<30 {
+		errs = append(errs, fmt.Errorf("max event size %d must be 1 to 2^30 bytes", cfg.maxEventSize))
 	}
 	if cfg.topic != "" {
 		if err := orchestrix.CheckID("transactional id", cfg.txnID); err != nil {
@@ -204,11 +236,6 @@ func NewRelay(src Source, seeds []string, opts ...Option) (*Relay, error) {
 	log = log.With("topic", cfg.topic)
 	if cfg.instance != "" {
 		log = log.With("instance", cfg.instance)
-	}
-	if cfg.onInvalid == nil {
-		cfg.onInvalid = func(_ context.Context, e stores.Entry, err error) error {
-			return fmt.Errorf("outbox: event %s (stream %q, version %d, position %d) cannot be published: %w", e.ID, e.StreamID, e.Version, e.Position, err)
-		}
 	}
 	r := &Relay{cfg: cfg, src: src, seeds: seeds, log: log, wake: make(chan struct{}, 1),
 		spare: make(chan []stores.Entry, readAhead+2)}
@@ -344,6 +371,10 @@ func (r *Relay) lead(ctx context.Context, term leadership) (published bool, err 
 		kgo.ConcurrentTransactionsBackoff(2 * time.Millisecond),
 		kgo.WithLogger(kgoLogger{r.log}),
 	}, r.cfg.clientOpts...)
+	// Batches as large as each topic takes (read below, before anything
+	// is produced): franz-go's default of 1,000,012 bytes refuses
+	// records that Kafka's default max.message.bytes (1,048,588) takes.
+	opts = append(opts, kgo.ProducerBatchMaxBytesFn(r.limits.batchMax))
 	cl, err := kgo.NewClient(opts...)
 	if err != nil {
 		return false, fmt.Errorf("outbox: %w: new client: %w", orchestrix.ErrInvalid, err)
@@ -355,6 +386,16 @@ func (r *Relay) lead(ctx context.Context, term leadership) (published bool, err 
 		return fail(err)
 	}
 	r.checked.Store(true)
+	// Every term reads the limits afresh: a topic's max.message.bytes
+	// may have changed, a missing topic may have been created.
+	r.limits.reset()
+	dest := r.destinations()
+	if err := r.describeLimits(sctx, adm, append(dest, r.cfg.checkpointTopic)...); err != nil {
+		return fail(err)
+	}
+	r.checkLimits(dest)
+	eventsMax, _ := r.limits.get(r.cfg.topic)
+	pt := &termState{adm: adm, eventsMax: eventsMax}
 	if err := r.checkOutboxTable(sctx); err != nil {
 		return fail(err)
 	}
@@ -415,7 +456,7 @@ func (r *Relay) lead(ctx context.Context, term leadership) (published bool, err 
 			if settling {
 				settling = r.settle(sctx, adm, ended)
 			}
-			n, backlog, err := r.commit(sctx, cl, b, batches)
+			n, backlog, err := r.commit(sctx, cl, pt, b, batches)
 			if err != nil {
 				return fail(err)
 			}
@@ -444,10 +485,12 @@ func (r *Relay) checkOutboxTable(ctx context.Context) error {
 }
 
 // batch is one read: events (encoded when produced, so encoding overlaps
-// the next read) and outbox messages.
+// the next read), entries the source could not read (dead-lettered) and
+// outbox messages.
 type batch struct {
 	entries []stores.Entry
-	msgs    []*kgo.Record
+	bad     []item
+	msgs    []message
 	cp      Checkpoint
 	full    bool
 	// ownEntries is set when entries is the relay's own slice (filled by
@@ -455,10 +498,39 @@ type batch struct {
 	ownEntries bool
 }
 
+// n is how many entries of the log b holds, read or not.
+func (b *batch) n() int { return len(b.entries) + len(b.bad) }
+
+// add adds an entry of the log (or one the source could not read) and
+// moves the events checkpoint past it.
+func (b *batch) add(it item) {
+	if it.bad != nil {
+		b.bad = append(b.bad, it)
+	} else {
+		b.entries = append(b.entries, it.e)
+	}
+	b.cp.Events = it.e.Cursor
+}
+
+// item is an entry a source yielded, or one it could not read (bad is
+// its Unreadable error, e what the source knows of the entry).
+type item struct {
+	e   stores.Entry
+	bad error
+}
+
+// termState is what one term's transactions need besides the producer.
+type termState struct {
+	adm *kadm.Client
+	// eventsMax is the events topic's max.message.bytes.
+	eventsMax int
+}
+
 // published is what one transaction published.
 type published struct {
 	recs          []*kgo.Record
 	events, msgs  int
+	dead          int
 	cp            Checkpoint
 	maxPosition   uint64
 	lastEventTime time.Time
@@ -513,7 +585,7 @@ func (r *Relay) read(ctx context.Context, cp Checkpoint, out chan<- *batch, dema
 			return err
 		}
 		fetchTime := time.Since(fetchStart)
-		if len(b.entries)+len(b.msgs) == 0 {
+		if b.n()+len(b.msgs) == 0 {
 			r.recycle(b)
 			r.st.caughtUp.Store(true)
 			onDemand = false
@@ -555,27 +627,41 @@ func (r *Relay) idleWait(idle time.Duration) time.Duration {
 // as in read.
 func (r *Relay) follow(ctx context.Context, obs Observer, cp Checkpoint, out chan<- *batch) error {
 	ctx, cancel := context.WithCancel(ctx)
-	entries := make(chan stores.Entry, r.cfg.batchSize)
+	entries := make(chan item, r.cfg.batchSize)
 	obsErr := make(chan error, 1)
 	var wg sync.WaitGroup
 	defer func() { cancel(); wg.Wait() }()
 	wg.Go(func() {
 		last := cp.Events
-		for e, err := range obs.Observe(ctx, cp.Events) {
-			if err == nil && !after(e.Cursor, last) {
-				err = fmt.Errorf("got %s next: the source repeated or reordered its log", e.Cursor)
+	observe:
+		for {
+			for e, err := range obs.Observe(ctx, last) {
+				it := item{e: e}
+				var u Unreadable
+				if err != nil && errors.As(err, &u) {
+					// Dead-lettered; observe anew from after it.
+					it = item{e: u.UnreadableEntry(), bad: err}
+					err = nil
+				}
+				if err == nil && !after(it.e.Cursor, last) {
+					err = fmt.Errorf("got %s next: the source repeated or reordered its log", it.e.Cursor)
+				}
+				if err != nil {
+					obsErr <- fmt.Errorf("outbox: observe events after %s: %w", last, err)
+					return
+				}
+				last = it.e.Cursor
+				select {
+				case entries <- it:
+				case <-ctx.Done():
+					obsErr <- ctx.Err()
+					return
+				}
+				if it.bad != nil {
+					continue observe
+				}
 			}
-			if err != nil {
-				obsErr <- fmt.Errorf("outbox: observe events after %s: %w", last, err)
-				return
-			}
-			last = e.Cursor
-			select {
-			case entries <- e:
-			case <-ctx.Done():
-				obsErr <- ctx.Err()
-				return
-			}
+			break
 		}
 		if err := ctx.Err(); err != nil {
 			obsErr <- err
@@ -601,8 +687,8 @@ func (r *Relay) follow(ctx context.Context, obs Observer, cp Checkpoint, out cha
 		// Block for the first entry (or, with an outbox table, its poll).
 		var err error
 		select {
-		case e := <-entries:
-			b.entries = append(b.entries, e)
+		case it := <-entries:
+			b.add(it)
 		case err = <-obsErr:
 		case <-ctx.Done():
 			err = ctx.Err()
@@ -620,7 +706,7 @@ func (r *Relay) follow(ctx context.Context, obs Observer, cp Checkpoint, out cha
 			if err := r.readOutbox(ctx, b, cp.Outbox); err != nil {
 				return err
 			}
-			if len(b.msgs) == 0 && len(b.entries) == 0 {
+			if len(b.msgs) == 0 && b.n() == 0 {
 				interval = min(2*interval, r.cfg.pollMax)
 				continue
 			}
@@ -628,15 +714,15 @@ func (r *Relay) follow(ctx context.Context, obs Observer, cp Checkpoint, out cha
 		}
 		// Hand the batch over; while the committer is busy, let it grow.
 		for sent := false; !sent; {
-			var more <-chan stores.Entry
-			if len(b.entries) < r.cfg.batchSize {
+			var more <-chan item
+			if b.n() < r.cfg.batchSize {
 				more = entries
 			}
 			select {
 			case out <- b:
 				sent = true
-			case e := <-more:
-				b.entries = append(b.entries, e)
+			case it := <-more:
+				b.add(it)
 				take(entries, b, r.cfg.batchSize)
 			case <-ctx.Done():
 				return ctx.Err()
@@ -647,22 +733,19 @@ func (r *Relay) follow(ctx context.Context, obs Observer, cp Checkpoint, out cha
 	}
 }
 
-// take moves the entries that are ready into b, up to limit, and sets its
-// events checkpoint and fullness.
-func take(entries <-chan stores.Entry, b *batch, limit int) {
-	for len(b.entries) < limit {
+// take moves the entries that are ready into b, up to limit, with its
+// events checkpoint, and sets its fullness.
+func take(entries <-chan item, b *batch, limit int) {
+	for b.n() < limit {
 		select {
-		case e := <-entries:
-			b.entries = append(b.entries, e)
+		case it := <-entries:
+			b.add(it)
 			continue
 		default:
 		}
 		break
 	}
-	if n := len(b.entries); n > 0 {
-		b.cp.Events = b.entries[n-1].Cursor
-	}
-	b.full = b.full || len(b.entries) == limit
+	b.full = b.full || b.n() == limit
 }
 
 // after reports whether cursor a comes after b in log order.
@@ -710,17 +793,28 @@ func (r *Relay) fetch(ctx context.Context, cp Checkpoint) (*batch, error) {
 		}
 		b.entries = entries
 	} else {
+		last := cp.Events
 		for e, err := range r.src.ReadAll(ctx, cp.Events, r.cfg.batchSize) {
+			var u Unreadable
+			if err != nil && errors.As(err, &u) && after(u.UnreadableEntry().Cursor, last) {
+				// Dead-lettered; the next read starts after it, at once.
+				b.bad = append(b.bad, item{e: u.UnreadableEntry(), bad: err})
+				b.full = true
+				break
+			}
 			if err != nil {
 				return nil, fmt.Errorf("outbox: read events after %s: %w", cp.Events, err)
 			}
 			b.entries = append(b.entries, e)
+			last = e.Cursor
 		}
 	}
-	if n := len(b.entries); n > 0 {
+	if n := len(b.bad); n > 0 {
+		b.cp.Events = b.bad[n-1].e.Cursor
+	} else if n := len(b.entries); n > 0 {
 		b.cp.Events = b.entries[n-1].Cursor
 	}
-	b.full = len(b.entries) == r.cfg.batchSize
+	b.full = b.full || len(b.entries) == r.cfg.batchSize
 	if r.outbox != nil {
 		if err := r.readOutbox(ctx, b, cp.Outbox); err != nil {
 			return nil, err
@@ -757,31 +851,62 @@ func (r *Relay) readOutbox(ctx context.Context, b *batch, after stores.Cursor) e
 		if r.instHdr != nil {
 			m.rec.Headers = append(m.rec.Headers, kgo.RecordHeader{Key: InstanceHeader, Value: r.instHdr})
 		}
-		b.msgs = append(b.msgs, m.rec)
+		b.msgs = append(b.msgs, m)
 		b.cp.Outbox = m.cursor
 	}
 	b.full = b.full || len(msgs) == r.cfg.batchSize
 	return nil
 }
 
-// encode maps an entry to its record; nil when OnInvalid skipped it.
-func (r *Relay) encode(ctx context.Context, e stores.Entry) (*kgo.Record, error) {
+// encode maps an entry to its record, or to a dead letter when Kafka
+// will not take the record: the codec refuses the event (unless OnInvalid
+// decides), its topic does not exist, it is larger than its topic takes.
+// Neither when OnInvalid skipped it.
+func (r *Relay) encode(ctx context.Context, pt *termState, e stores.Entry) (*kgo.Record, *deadLetter, error) {
 	if e.Source == "" {
 		e.Source = r.cfg.defaultSource
 	}
-	rec, err := codec.EventToRecord(r.route(e.Event), e.Event)
+	topic := r.route(e.Event)
+	rec, err := codec.EventToRecord(topic, e.Event)
 	if err != nil {
+		if r.cfg.onInvalid == nil {
+			return nil, &deadLetter{origin: originEvent, reason: ReasonInvalid, err: err, topic: topic, entry: e, cursor: e.Cursor, size: len(e.Data)}, nil
+		}
 		if herr := r.cfg.onInvalid(ctx, e, err); herr != nil {
-			return nil, permanent(herr)
+			return nil, nil, permanent(herr)
 		}
 		r.log.Warn("skipped an event that cannot be published", "stream", e.StreamID, "version", e.Version, "position", e.Position, "err", err)
 		r.st.skipped.Add(1)
-		return nil, nil
+		return nil, nil, nil
 	}
 	if r.instHdr != nil {
 		rec.Headers = append(rec.Headers, kgo.RecordHeader{Key: InstanceHeader, Value: r.instHdr})
 	}
-	return rec, nil
+	limit := pt.eventsMax
+	if topic != r.cfg.topic {
+		if limit, err = r.topicLimit(ctx, pt.adm, topic); err != nil {
+			return nil, nil, err
+		}
+	}
+	if d := refuse(rec, limit); d != nil {
+		d.origin, d.entry, d.cursor = originEvent, e, e.Cursor
+		return nil, d, nil
+	}
+	return rec, nil, nil
+}
+
+// refuse returns the dead letter of a record its topic will not take:
+// limit is the topic's max.message.bytes, -1 for a missing topic.
+func refuse(rec *kgo.Record, limit int) *deadLetter {
+	if limit < 0 {
+		return &deadLetter{reason: ReasonTopicMissing, topic: rec.Topic, rec: rec, size: recordSize(rec),
+			err: fmt.Errorf("%w: %s", ErrTopicMissing, rec.Topic)}
+	}
+	if size := recordSize(rec); size > limit {
+		return &deadLetter{reason: ReasonTooLarge, topic: rec.Topic, rec: rec, size: size,
+			err: fmt.Errorf("outbox: a record of %d bytes, topic %s takes at most %d (max.message.bytes): %w", size, rec.Topic, limit, ErrTooLarge)}
+	}
+	return nil
 }
 
 func (r *Relay) route(e orchestrix.Event) string {
@@ -802,8 +927,9 @@ type Commit struct {
 	// offsets, events first, then outbox messages; the checkpoint records
 	// are not included. They are valid only during the callback.
 	Records []*kgo.Record
-	// Events and Messages count the records by origin.
-	Events, Messages int
+	// Events and Messages count the records by origin; DeadLetters the
+	// records written to the dead-letter topic instead (not in Records).
+	Events, Messages, DeadLetters int
 	// Checkpoint is the checkpoint committed with them.
 	Checkpoint Checkpoint
 	// Duration is from the transaction's start to its acknowledged
@@ -883,7 +1009,7 @@ func (r *Relay) settle(ctx context.Context, adm *kadm.Client, ended time.Time) b
 // reads come back full, in one Kafka transaction together with the
 // checkpoint of the last. Any error leaves the transaction for the next
 // producer initialisation to abort: the caller discards this client.
-func (r *Relay) commit(ctx context.Context, cl *kgo.Client, first *batch, more <-chan *batch) (events int, backlog bool, err error) {
+func (r *Relay) commit(ctx context.Context, cl *kgo.Client, pt *termState, first *batch, more <-chan *batch) (events int, backlog bool, err error) {
 	// The transaction in flight is finished even when ctx ends (shutdown
 	// drains it); it is bounded by the transaction timeout.
 	tctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), r.cfg.txnTimeout)
@@ -915,11 +1041,25 @@ func (r *Relay) commit(ctx context.Context, cl *kgo.Client, first *batch, more <
 		all.recs = make([]*kgo.Record, 0, len(first.entries)+len(first.msgs)+len(more)*r.cfg.batchSize)
 	}
 	full := false
+	dead := func(d *deadLetter) error {
+		if err := r.produceDeadLetter(tctx, pt.adm, cl, d, promise); err != nil {
+			return err
+		}
+		all.dead++
+		return nil
+	}
 	add := func(b *batch) error {
 		for _, e := range b.entries {
-			rec, err := r.encode(ctx, e)
+			rec, d, err := r.encode(tctx, pt, e)
 			if err != nil {
 				return err
+			}
+			all.maxPosition = max(all.maxPosition, e.Position)
+			if d != nil {
+				if err := dead(d); err != nil {
+					return err
+				}
+				continue
 			}
 			if rec == nil {
 				continue
@@ -929,14 +1069,31 @@ func (r *Relay) commit(ctx context.Context, cl *kgo.Client, first *batch, more <
 				all.recs = append(all.recs, rec)
 			}
 			all.events++
-			all.maxPosition = max(all.maxPosition, e.Position)
 			all.lastEventTime = e.Time
 		}
 		r.recycle(b)
-		for _, rec := range b.msgs {
-			cl.Produce(tctx, rec, promise)
+		for _, it := range b.bad {
+			d := &deadLetter{origin: originEvent, reason: ReasonUnreadable, err: it.bad, entry: it.e, cursor: it.e.Cursor, size: len(it.e.Data)}
+			if err := dead(d); err != nil {
+				return err
+			}
+			all.maxPosition = max(all.maxPosition, it.e.Position)
+		}
+		for _, m := range b.msgs {
+			limit, err := r.topicLimit(tctx, pt.adm, m.rec.Topic)
+			if err != nil {
+				return err
+			}
+			if d := refuse(m.rec, limit); d != nil {
+				d.origin, d.cursor = originOutbox, m.cursor
+				if err := dead(d); err != nil {
+					return err
+				}
+				continue
+			}
+			cl.Produce(tctx, m.rec, promise)
 			if keep {
-				all.recs = append(all.recs, rec)
+				all.recs = append(all.recs, m.rec)
 			}
 			all.msgs++
 		}
@@ -999,10 +1156,10 @@ gather:
 		return 0, false, fmt.Errorf("outbox: commit transaction: %w", err)
 	}
 	d := time.Since(start)
-	r.log.Debug("committed", "events", all.events, "messages", all.msgs, "duration", d, "gather", gathered.Sub(start), "flush", flushed.Sub(gathered), "end", time.Since(flushed), "checkpoint", all.cp.Events.String())
+	r.log.Debug("committed", "events", all.events, "messages", all.msgs, "dead_letters", all.dead, "duration", d, "gather", gathered.Sub(start), "flush", flushed.Sub(gathered), "end", time.Since(flushed), "checkpoint", all.cp.Events.String())
 	r.st.committed(all, d)
 	if r.cfg.onCommit != nil {
-		r.cfg.onCommit(Commit{Records: all.recs, Events: all.events, Messages: all.msgs, Checkpoint: all.cp, Duration: d})
+		r.cfg.onCommit(Commit{Records: all.recs, Events: all.events, Messages: all.msgs, DeadLetters: all.dead, Checkpoint: all.cp, Duration: d})
 	}
 	return all.events + all.msgs, full, nil
 }
@@ -1040,9 +1197,10 @@ func isPermanent(err error) bool {
 		errors.Is(err, stores.ErrSchemaTooNew),
 		errors.Is(err, kerr.TopicAuthorizationFailed),
 		errors.Is(err, kerr.TransactionalIDAuthorizationFailed),
-		errors.Is(err, kerr.ClusterAuthorizationFailed),
-		errors.Is(err, kerr.MessageTooLarge),
-		errors.Is(err, kerr.RecordListTooLarge):
+		errors.Is(err, kerr.ClusterAuthorizationFailed):
+		// Not kerr.MessageTooLarge: every term reads the topics'
+		// max.message.bytes afresh and dead-letters a record that is
+		// larger, so the next term gets past it.
 		return true
 	}
 	return false

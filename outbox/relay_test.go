@@ -92,11 +92,13 @@ func TestRelay(t *testing.T) {
 	}
 }
 
-// TestRelayInvalidEvent: an event codec refuses stops the relay with an
-// error naming it, unless OnInvalid skips it.
+// TestRelayInvalidEvent: an event the codec refuses goes to the
+// dead-letter topic and the events after it are published; OnInvalid can
+// skip it instead, or stop the relay with an error.
 func TestRelayInvalidEvent(t *testing.T) {
 	seeds := testenv.FakeBrokers(t)
 	createTopic(t, seeds, "bad.events", 1)
+	createTopic(t, seeds, "bad2.events", 1)
 	store := memory.New()
 	ev := func(id string, ext map[string]string) []orchestrix.Event {
 		return []orchestrix.Event{{Metadata: orchestrix.Metadata{ID: id, Type: "T", Source: "/s", Extensions: ext}, Data: []byte(`{}`)}}
@@ -110,14 +112,40 @@ func TestRelayInvalidEvent(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
-	defer cancel()
-	if err := r.Run(ctx); !errors.Is(err, orchestrix.ErrInvalid) {
-		t.Fatalf("Run = %v, want an error matching ErrInvalid", err)
+	stop := runRelay(t, r)
+	waitFor(t, time.Minute, "2 events and a dead letter", func() bool { st := r.Stats(); return st.Events == 2 && st.DeadLettered == 1 })
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	if got := readTopic(t, seeds, "bad.events"); len(got) != 2 || got[0].ID != "ok-1" || got[1].ID != "ok-2" {
+		t.Fatalf("published %v", got)
+	}
+	dl := readTopicRaw(t, seeds, "bad.events"+outbox.DeadLetterSuffix)
+	if len(dl) != 1 {
+		t.Fatalf("%d dead letters, want 1", len(dl))
+	}
+	checkHeaders(t, dl[0], map[string]string{outbox.HeaderReason: outbox.ReasonInvalid, outbox.HeaderOrigin: "event",
+		outbox.HeaderID: "bad", outbox.HeaderStream: "s", outbox.HeaderVersion: "2", outbox.HeaderPosition: "2", outbox.HeaderType: "T"})
+	if string(dl[0].Value) != `{}` || string(dl[0].Key) != "s" {
+		t.Errorf("dead letter key %q value %q, want the event's stream and data", dl[0].Key, dl[0].Value)
 	}
 
+	// OnInvalid decides instead: an error stops the relay with it...
+	r, err = outbox.NewRelay(store, seeds, outbox.ToTopic("bad2.events"), outbox.WithLogger(testLogger(t)),
+		outbox.OnInvalid(func(_ context.Context, e stores.Entry, err error) error {
+			return fmt.Errorf("refused %s: %w", e.ID, err)
+		}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	if err := r.Run(ctx); !errors.Is(err, orchestrix.ErrInvalid) || !strings.Contains(err.Error(), "refused bad") {
+		t.Fatalf("Run = %v, want OnInvalid's error", err)
+	}
+	// ... nil skips the event.
 	var skipped []string
-	r, err = outbox.NewRelay(store, seeds, outbox.ToTopic("bad.events"), outbox.WithLogger(testLogger(t)),
+	r, err = outbox.NewRelay(store, seeds, outbox.ToTopic("bad2.events"), outbox.WithLogger(testLogger(t)),
 		outbox.OnInvalid(func(_ context.Context, e stores.Entry, err error) error {
 			skipped = append(skipped, e.ID)
 			return nil
@@ -125,13 +153,13 @@ func TestRelayInvalidEvent(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	stop := runRelay(t, r)
+	stop = runRelay(t, r)
 	waitFor(t, time.Minute, "2 events", func() bool { return r.Stats().Events == 2 })
 	if err := stop(); err != nil {
 		t.Fatal(err)
 	}
-	got := readTopic(t, seeds, "bad.events")
-	if len(got) != 2 || got[0].ID != "ok-1" || got[1].ID != "ok-2" || len(skipped) != 1 || skipped[0] != "bad" {
+	got := readTopic(t, seeds, "bad2.events")
+	if len(got) != 2 || got[0].ID != "ok-1" || got[1].ID != "ok-2" || len(skipped) != 1 || skipped[0] != "bad" || r.Stats().Skipped != 1 {
 		t.Fatalf("published %v, skipped %v", got, skipped)
 	}
 }

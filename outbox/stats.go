@@ -16,6 +16,12 @@ type Stats struct {
 	// Kafka transactions that carried them; Skipped the invalid events
 	// OnInvalid chose to skip; Errors the failures it recovered from.
 	Events, Messages, Transactions, Skipped, Errors uint64
+	// DeadLettered counts the events and outbox messages this instance
+	// wrote to the dead-letter topic instead of publishing them (too
+	// large, topic missing, refused by the codec, unreadable), committed
+	// with the checkpoint that passes them. Each is also logged at error
+	// level ("dead-lettering a record Kafka will not take").
+	DeadLettered uint64
 	// EventsPerSecond is the rate of published events over the last
 	// interval.
 	EventsPerSecond float64
@@ -44,6 +50,7 @@ type relayStats struct {
 	// no Stats shows a transaction's checkpoint without its events.
 	mu                     sync.Mutex
 	events, messages, txns uint64
+	dead                   uint64
 	checkpoint             Checkpoint
 	lastAt                 time.Time
 	lastEvents             uint64
@@ -65,6 +72,7 @@ func (s *relayStats) committed(b *published, _ time.Duration) {
 	s.mu.Lock()
 	s.events += uint64(b.events)
 	s.messages += uint64(b.msgs)
+	s.dead += uint64(b.dead)
 	s.txns++
 	s.checkpoint = b.cp
 	s.mu.Unlock()
@@ -97,7 +105,7 @@ func (r *Relay) snapshot(now time.Time, advance bool) Stats {
 		LagEvents: -1,
 	}
 	s.mu.Lock()
-	st.Events, st.Messages, st.Transactions = s.events, s.messages, s.txns
+	st.Events, st.Messages, st.Transactions, st.DeadLettered = s.events, s.messages, s.txns, s.dead
 	st.Checkpoint = s.checkpoint
 	st.Interval = now.Sub(s.lastAt)
 	if st.Interval > 0 {
@@ -133,7 +141,7 @@ func (r *Relay) reportStats(ctx context.Context) {
 				st.LagSeconds = max(0, now.Sub(time.Unix(0, last)).Seconds())
 			}
 			r.log.Info("relay stats", "leader", st.Leader, "events", st.Events, "messages", st.Messages,
-				"transactions", st.Transactions, "events_per_second", int64(st.EventsPerSecond),
+				"transactions", st.Transactions, "dead_lettered", st.DeadLettered, "events_per_second", int64(st.EventsPerSecond),
 				"lag_events", st.LagEvents, "lag_seconds", st.LagSeconds,
 				"checkpoint", st.Checkpoint.Events.String())
 			if r.cfg.onStats != nil {

@@ -1,0 +1,219 @@
+package outbox_test
+
+import (
+	"context"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/orchestrix/orchestrix"
+	"github.com/orchestrix/orchestrix/internal/testenv"
+	"github.com/orchestrix/orchestrix/outbox"
+	"github.com/orchestrix/orchestrix/stores"
+	"github.com/twmb/franz-go/pkg/kgo"
+)
+
+// checkHeaders checks that rec has each header of want with its value.
+func checkHeaders(t testing.TB, rec *kgo.Record, want map[string]string) {
+	t.Helper()
+	got := map[string]string{}
+	for _, h := range rec.Headers {
+		got[h.Key] = string(h.Value)
+	}
+	for k, v := range want {
+		if got[k] != v {
+			t.Errorf("dead letter header %s = %q, want %q (headers %v)", k, got[k], v, got)
+		}
+	}
+}
+
+// runUntil runs r until cond holds, failing the test if Run returns
+// before (the relay must not stop), then stops it.
+func runUntil(t testing.TB, r *outbox.Relay, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx) }()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		select {
+		case err := <-done:
+			t.Fatalf("Run returned %v before %s; stats %+v", err, what, r.Stats())
+		case <-time.After(20 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s; stats %+v", d, what, r.Stats())
+		}
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+}
+
+// jsonOf returns an event whose data is a JSON string of n bytes.
+func jsonOf(id string, n int) orchestrix.Event {
+	data := make([]byte, n)
+	for i := range data {
+		data[i] = 'x'
+	}
+	data[0], data[n-1] = '"', '"'
+	e := event(id)
+	e.Data = data
+	return e
+}
+
+// TestTooLargeEventIntegration: the store accepts events of up to 1 MiB of
+// data. One of 1,010,000 bytes is larger than franz-go's default batch
+// limit (1,000,012 bytes) but within the topic's max.message.bytes
+// (Kafka's default, 1,048,588): it is published. One of 1 MiB does not
+// fit the topic with its key and headers: it goes to the dead-letter
+// topic with its position, stream, type and reason, in the transaction
+// whose checkpoint passes it, and the events after it are published. Run
+// never returns.
+func TestTooLargeEventIntegration(t *testing.T) {
+	e := newEnv(t, 2)
+	ctx := t.Context()
+	want := map[string]expected{}
+	var hugePos uint64
+	for _, a := range []struct {
+		stream string
+		ev     orchestrix.Event
+	}{
+		{"s1", event("ok-1")},
+		{"s1", jsonOf("big", 1_010_000)},
+		{"s2", event("ok-2")},
+		{"s1", jsonOf("huge", stores.DefaultMaxEventSize)},
+		{"s1", event("ok-3")},
+		{"s2", event("ok-4")},
+	} {
+		res, err := e.store.Append(ctx, a.stream, stores.Any, []orchestrix.Event{a.ev})
+		if err != nil {
+			t.Fatalf("append %s: %v", a.ev.ID, err)
+		}
+		if a.ev.ID == "huge" {
+			for en, err := range e.store.ReadStream(ctx, "s1", res.FromVersion-1) {
+				if err != nil {
+					t.Fatal(err)
+				}
+				hugePos = en.Position
+				break
+			}
+			continue
+		}
+		want[a.ev.ID] = expected{a.stream, res.FromVersion}
+	}
+
+	r := e.relay(t, "big")
+	runUntil(t, r, time.Minute, "5 events and 1 dead letter", func() bool {
+		st := r.Stats()
+		return st.Events == 5 && st.DeadLettered == 1 && st.Checkpoint.Events == e.lastCursor(t)
+	})
+	verify(t, readTopic(t, e.seeds, e.topic), want)
+
+	dl := readTopicRaw(t, e.seeds, e.topic+outbox.DeadLetterSuffix)
+	if len(dl) != 1 {
+		t.Fatalf("%d dead letters, want 1", len(dl))
+	}
+	checkHeaders(t, dl[0], map[string]string{
+		outbox.HeaderReason: outbox.ReasonTooLarge, outbox.HeaderOrigin: "event", outbox.HeaderTopic: e.topic,
+		outbox.HeaderStream: "s1", outbox.HeaderVersion: "3", outbox.HeaderType: "Happened", outbox.HeaderID: "huge",
+		outbox.HeaderPosition: strconv.FormatUint(hugePos, 10), outbox.InstanceHeader: "big",
+	})
+	if len(dl[0].Value) != 0 || string(dl[0].Key) != "s1" {
+		t.Errorf("dead letter key %q, value of %d bytes; want s1 and no value", dl[0].Key, len(dl[0].Value))
+	}
+	for _, h := range dl[0].Headers {
+		if h.Key == outbox.HeaderSize {
+			if n, _ := strconv.Atoi(string(h.Value)); n <= stores.DefaultMaxEventSize {
+				t.Errorf("size header %s, want the record's size, over %d", h.Value, stores.DefaultMaxEventSize)
+			}
+		}
+	}
+}
+
+// TestMissingTopicIntegration: an outbox message whose topic does not
+// exist, and an event RouteFunc sends to a topic that does not exist, go
+// to the dead-letter topic (reason topic-missing, with the message's key,
+// value and headers); the messages and events after them are published,
+// Run never returns.
+func TestMissingTopicIntegration(t *testing.T) {
+	e := newEnv(t, 2)
+	ctx := t.Context()
+	msgTopic := testenv.Topic(t, e.seeds, 1, nil)
+	missing := msgTopic + "-missing"
+	w, err := outbox.NewWriter(e.schema)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]expected{}
+	appendOne := func(stream string, ev orchestrix.Event) {
+		t.Helper()
+		res, err := e.store.Append(ctx, stream, stores.Any, []orchestrix.Event{ev})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ev.Type != "Lost" {
+			want[ev.ID] = expected{stream, res.FromVersion}
+		}
+	}
+	write := func(topic, key string) {
+		t.Helper()
+		if err := w.Write(ctx, e.pool, outbox.Message{Topic: topic, Key: []byte(key), Value: []byte("v-" + key),
+			Headers: []kgo.RecordHeader{{Key: "h", Value: []byte("x-" + key)}}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	appendOne("s1", event("e-1"))
+	write(msgTopic, "m1")
+	write(missing, "m2")
+	lost := event("lost")
+	lost.Type = "Lost"
+	appendOne("s2", lost)
+	appendOne("s1", event("e-2"))
+	write(msgTopic, "m3")
+	appendOne("s2", event("e-3"))
+
+	r := e.relay(t, "miss", outbox.RouteFunc(func(ev orchestrix.Event) string {
+		if ev.Type == "Lost" {
+			return missing
+		}
+		return ""
+	}))
+	runUntil(t, r, time.Minute, "3 events, 2 messages and 2 dead letters", func() bool {
+		st := r.Stats()
+		return st.Events == 3 && st.Messages == 2 && st.DeadLettered == 2
+	})
+	verify(t, readTopic(t, e.seeds, e.topic), want)
+	msgs := readTopicRaw(t, e.seeds, msgTopic)
+	if len(msgs) != 2 || string(msgs[0].Key) != "m1" || string(msgs[1].Key) != "m3" {
+		t.Fatalf("message topic holds %d records, want m1 and m3", len(msgs))
+	}
+	dl := readTopicRaw(t, e.seeds, e.topic+outbox.DeadLetterSuffix)
+	if len(dl) != 2 {
+		t.Fatalf("%d dead letters, want 2", len(dl))
+	}
+	byOrigin := map[string]*kgo.Record{}
+	for _, rec := range dl {
+		for _, h := range rec.Headers {
+			if h.Key == outbox.HeaderOrigin {
+				byOrigin[string(h.Value)] = rec
+			}
+		}
+	}
+	if m := byOrigin["outbox"]; m == nil {
+		t.Error("no dead letter of the outbox message")
+	} else {
+		checkHeaders(t, m, map[string]string{outbox.HeaderReason: outbox.ReasonTopicMissing, outbox.HeaderTopic: missing, "h": "x-m2"})
+		if string(m.Key) != "m2" || string(m.Value) != "v-m2" {
+			t.Errorf("outbox dead letter key %q value %q, want the message's", m.Key, m.Value)
+		}
+	}
+	if ev := byOrigin["event"]; ev == nil {
+		t.Error("no dead letter of the routed event")
+	} else {
+		checkHeaders(t, ev, map[string]string{outbox.HeaderReason: outbox.ReasonTopicMissing, outbox.HeaderTopic: missing,
+			outbox.HeaderStream: "s2", outbox.HeaderType: "Lost", outbox.HeaderID: "lost", outbox.HeaderVersion: "1"})
+	}
+}
