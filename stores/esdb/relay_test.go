@@ -3,6 +3,8 @@ package esdb_test
 import (
 	"context"
 	"fmt"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -15,6 +17,7 @@ import (
 	"github.com/orchestrix/orchestrix/stores/esdb"
 	"github.com/orchestrix/orchestrix/stores/esdb/esdbtest"
 	"github.com/orchestrix/orchestrix/stores/storetest"
+	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 )
 
@@ -194,4 +197,109 @@ func waitTopic(t *testing.T, seeds []string, topic string, n int) []*kgo.Record 
 	defer cancel2()
 	out = append(out, cl.PollFetches(extra).Records()...)
 	return out
+}
+
+// TestRelayForeignEvent: an event under the store's streams subject that
+// the store did not write (another application's) is written to the
+// relay's dead-letter topic, with its ESDB ID, subject, type and reason,
+// and the events after it are published: on the observe-events path and
+// on the polled ReadAll path. Run never returns.
+func TestRelayForeignEvent(t *testing.T) {
+	for _, b := range testenv.Brokerages() {
+		for _, path := range []string{"observe", "poll"} {
+			t.Run(b.Name+"/"+path, func(t *testing.T) {
+				seeds := b.Seeds(t)
+				store, be := newStore(t)
+				ctx := t.Context()
+				topic := testenv.Topic(t, seeds, 2, nil)
+				t.Cleanup(func() {
+					cl, err := kgo.NewClient(kgo.SeedBrokers(seeds...))
+					if err == nil {
+						defer cl.Close()
+						_, _ = kadm.NewClient(cl).DeleteTopics(context.Background(), topic+outbox.CheckpointSuffix, topic+outbox.DeadLetterSuffix)
+					}
+				})
+				appendN := func(stream string, n int) {
+					t.Helper()
+					if _, err := store.Append(ctx, stream, stores.Any, storetest.Events("io.example.tested", n)); err != nil {
+						t.Fatal(err)
+					}
+				}
+				appendN("s1", 3)
+				subject := store.StreamsSubject() + "/foreign"
+				written, err := be.client.WriteEvents(ctx, []esdb.EventCandidate{{Source: "https://other.example.com", Subject: subject,
+					Type: "com.example.other-happened", Data: []byte(`{"hello":"world"}`)}})
+				if err != nil {
+					t.Fatal(err)
+				}
+				appendN("s2", 2)
+				appendN("s1", 1)
+
+				var src outbox.Source = store
+				opts := []outbox.Option{outbox.ToTopic(topic), outbox.NoLeaderElection(), outbox.Instance("f")}
+				if path == "poll" {
+					// Without Observe: the relay polls ReadAll.
+					src = struct{ stores.EventStore }{store}
+					opts = append(opts, outbox.PollInterval(5*time.Millisecond, 20*time.Millisecond))
+				} else {
+					opts = append(opts, noPoll)
+				}
+				r, err := outbox.NewRelay(src, seeds, opts...)
+				if err != nil {
+					t.Fatal(err)
+				}
+				rctx, cancel := context.WithCancel(ctx)
+				defer cancel()
+				done := make(chan error, 1)
+				go func() { done <- r.Run(rctx) }()
+				deadline := time.Now().Add(30 * time.Second)
+				for st := r.Stats(); st.Events < 6 || st.DeadLettered < 1; st = r.Stats() {
+					select {
+					case err := <-done:
+						t.Fatalf("Run returned %v; stats %+v", err, st)
+					case <-time.After(20 * time.Millisecond):
+					}
+					if time.Now().After(deadline) {
+						t.Fatalf("timed out: stats %+v, want 6 events and 1 dead letter", st)
+					}
+				}
+				cancel()
+				if err := <-done; err != nil {
+					t.Fatalf("Run: %v", err)
+				}
+				if st := r.Stats(); st.Events != 6 || st.DeadLettered != 1 {
+					t.Fatalf("stats %+v, want 6 events and 1 dead letter", st)
+				}
+				recs := waitTopic(t, seeds, topic, 6)
+				if len(recs) != 6 {
+					t.Fatalf("topic has %d records, want 6", len(recs))
+				}
+				dl := waitTopic(t, seeds, topic+outbox.DeadLetterSuffix, 1)
+				if len(dl) != 1 {
+					t.Fatalf("%d dead letters, want 1", len(dl))
+				}
+				got := map[string]string{}
+				for _, h := range dl[0].Headers {
+					got[h.Key] = string(h.Value)
+				}
+				id := written[0].ID
+				pos, _ := strconv.ParseUint(id, 10, 64)
+				for k, v := range map[string]string{
+					outbox.HeaderReason: outbox.ReasonUnreadable, outbox.HeaderOrigin: "event", outbox.HeaderID: id,
+					outbox.HeaderStream: subject, outbox.HeaderType: "com.example.other-happened",
+					outbox.HeaderPosition: strconv.FormatUint(pos+1, 10),
+				} {
+					if got[k] != v {
+						t.Errorf("header %s = %q, want %q (headers %v)", k, got[k], v, got)
+					}
+				}
+				if !strings.Contains(got[outbox.HeaderError], "not written by this store") {
+					t.Errorf("error header %q does not say why", got[outbox.HeaderError])
+				}
+				if string(dl[0].Value) != `{"hello":"world"}` {
+					t.Errorf("dead letter value %q, want the event's data", dl[0].Value)
+				}
+			})
+		}
+	}
 }

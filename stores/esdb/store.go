@@ -459,7 +459,7 @@ func (s *Store) ReadAll(ctx context.Context, after stores.Cursor, limit int) ite
 			}
 			ev, err := s.decode(e)
 			if err != nil {
-				yield(stores.Entry{}, err)
+				yield(stores.Entry{}, foreign(e, err))
 				return
 			}
 			n++
@@ -491,7 +491,7 @@ func (s *Store) Observe(ctx context.Context, after stores.Cursor) iter.Seq2[stor
 			}
 			ev, err := s.decode(e)
 			if err != nil {
-				yield(stores.Entry{}, err)
+				yield(stores.Entry{}, foreign(e, err))
 				return
 			}
 			if !yield(stores.Entry{Event: ev, Cursor: stores.Cursor{Position: ev.Position}}, nil) {
