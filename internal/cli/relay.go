@@ -14,6 +14,7 @@ import (
 
 	"github.com/orchestrix/orchestrix"
 	"github.com/orchestrix/orchestrix/outbox"
+	"github.com/orchestrix/orchestrix/stores"
 	"github.com/orchestrix/orchestrix/stores/postgres"
 	"github.com/orchestrix/orchestrix/topics"
 )
@@ -67,6 +68,8 @@ func runRelay(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	lease := fs.Duration("lease", outbox.DefaultLease, "how long a paused or disconnected leader keeps leadership before a standby takes over")
 	statsEvery := fs.Duration("stats-interval", outbox.DefaultStatsInterval, "how often to log throughput and lag")
 	drainOutbox := fs.Bool("outbox", true, "also publish the schema's outbox table (messages such as sagas' commands)")
+	dlqTopic := fs.String("dlq-topic", env("ORCHESTRIX_RELAY_DLQ_TOPIC", ""), "where events and outbox messages Kafka will not take go (too large, missing topic, invalid) (env ORCHESTRIX_RELAY_DLQ_TOPIC; default <topic>"+outbox.DeadLetterSuffix+")")
+	maxEvent := fs.String("max-event-size", env("ORCHESTRIX_MAX_EVENT_SIZE", strconv.Itoa(stores.DefaultMaxEventSize)), "the largest event data in bytes the store accepts, the same setting as the appending services' (env ORCHESTRIX_MAX_EVENT_SIZE): the relay reports a topic whose max.message.bytes cannot take such an event")
 	logLevel := fs.String("log-level", env("ORCHESTRIX_LOG_LEVEL", "info"), "debug, info, warn or error (env ORCHESTRIX_LOG_LEVEL)")
 	logJSON := fs.Bool("log-json", false, "log JSON lines instead of text")
 	gogc := fs.String("gogc", env("GOGC", strconv.Itoa(relayGCPercent)), "this process's garbage collection target percentage, or off (env GOGC): the relay's live heap is small, and at Go's default of 100 collecting it took 8-11% of the relay's CPU, at 400 2-3%")
@@ -88,6 +91,11 @@ func runRelay(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if *topic == "" {
 		problems = append(problems, "name the events topic with --topic or --context")
 	}
+	maxEventSize, err := strconv.Atoi(*maxEvent)
+	if err != nil || maxEventSize < 1 {
+		problems = append(problems, fmt.Sprintf("--max-event-size (or ORCHESTRIX_MAX_EVENT_SIZE) %q: want a positive number of bytes", *maxEvent))
+		maxEventSize = stores.DefaultMaxEventSize
+	}
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
 		problems = append(problems, fmt.Sprintf("--log-level %q: want debug, info, warn or error", *logLevel))
@@ -99,6 +107,10 @@ func runRelay(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		outbox.PollInterval(*pollMin, *pollMax),
 		outbox.Lease(*lease),
 		outbox.StatsInterval(*statsEvery),
+		outbox.MaxEventSize(maxEventSize),
+	}
+	if *dlqTopic != "" {
+		opts = append(opts, outbox.DeadLetterTopic(*dlqTopic))
 	}
 	for _, r := range routes {
 		opts = append(opts, outbox.Route(r[0], r[1]))
@@ -141,7 +153,7 @@ func runRelay(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return err
 	}
 	defer pool.Close()
-	store, err := postgres.New(ctx, pool, postgres.WithSchema(*schema))
+	store, err := postgres.New(ctx, pool, postgres.WithSchema(*schema), postgres.WithMaxEventSize(maxEventSize))
 	if err != nil {
 		if errors.Is(err, orchestrix.ErrInvalid) {
 			return fmt.Errorf("%w: %w", errUsage, err)
@@ -159,8 +171,8 @@ func runRelay(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return err
 	}
 	st := relay.Stats()
-	fmt.Fprintf(stdout, "relay stopped after %s: published %d events and %d outbox messages in %d transactions; checkpoint %s\n",
-		time.Since(start).Round(time.Second), st.Events, st.Messages, st.Transactions, st.Checkpoint.Events)
+	fmt.Fprintf(stdout, "relay stopped after %s: published %d events and %d outbox messages in %d transactions, dead-lettered %d; checkpoint %s\n",
+		time.Since(start).Round(time.Second), st.Events, st.Messages, st.Transactions, st.DeadLettered, st.Checkpoint.Events)
 	return nil
 }
 
