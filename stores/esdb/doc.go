@@ -96,7 +96,9 @@
 // PostgreSQL.
 //
 // Events under the prefix that the store did not write fail reads with
-// ErrForeignEvent.
+// ErrForeignEvent; ReadAll and Observe yield it as a *ForeignEventError,
+// which an outbox.Relay writes to its dead-letter topic before it reads
+// on after the event.
 //
 // The in-process double of the server is in esdbtest; docs/esdb.md shows
 // how to run the tests against a real server.
