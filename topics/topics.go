@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/orchestrix/orchestrix"
 	"github.com/twmb/franz-go/pkg/kadm"
@@ -84,7 +85,12 @@ func (e *MismatchError) Error() string {
 }
 
 // Ensure creates the topics that do not exist and checks that existing
-// ones have the spec's partition count. It returns the names it created.
+// ones have the spec's partition count. It returns the names it created,
+// once they are usable: the broker answers a create before every
+// partition has a leader and before its metadata lists the topic, and a
+// client (or a consumers.Group's start-up check) that looks at once would
+// find the topic missing. Ensure waits for that, up to ctx's deadline or
+// 30 seconds.
 func Ensure(ctx context.Context, adm *kadm.Client, specs ...Spec) ([]string, error) {
 	var errs []error
 	for _, s := range specs {
@@ -119,7 +125,52 @@ func Ensure(ctx context.Context, adm *kadm.Client, specs ...Spec) ([]string, err
 			errs = append(errs, fmt.Errorf("topics: create %s: %w", s.Name, err))
 		}
 	}
-	return created, errors.Join(errs...)
+	if err := errors.Join(errs...); err != nil {
+		return created, err
+	}
+	return created, waitUsable(ctx, adm, created)
+}
+
+// waitUsable waits until names are listed with a leader for every
+// partition.
+func waitUsable(ctx context.Context, adm *kadm.Client, names []string) error {
+	if len(names) == 0 {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	for wait := 10 * time.Millisecond; ; wait = min(2*wait, 500*time.Millisecond) {
+		td, err := adm.ListTopics(ctx, names...)
+		pending := ""
+		if err == nil {
+			for _, n := range names {
+				if d, ok := td[n]; !ok || d.Err != nil || len(d.Partitions) == 0 || !allLed(d.Partitions) {
+					pending = n
+					break
+				}
+			}
+			if pending == "" {
+				return nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			if err == nil {
+				err = fmt.Errorf("%w: %s not listed with leaders yet", ErrNotFound, pending)
+			}
+			return fmt.Errorf("topics: created %s, waiting for them to be usable: %w (%w)", strings.Join(names, ", "), err, ctx.Err())
+		case <-time.After(wait):
+		}
+	}
+}
+
+func allLed(ps kadm.PartitionDetails) bool {
+	for _, p := range ps {
+		if p.Err != nil || p.Leader < 0 {
+			return false
+		}
+	}
+	return true
 }
 
 // Description is what Describe reports of a topic.
