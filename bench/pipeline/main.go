@@ -6,7 +6,8 @@
 // runs a bare franz-go produce→consume loop (read_committed, commit per
 // poll) at the same load on the same broker as the baseline. A burst run
 // measures the maximum sustained commands/s against the bare loop's
-// records/s.
+// records/s; two more bursts measure it with --duplicates of the commands
+// sent twice (same ID, back to back) against a duplicate-free run.
 //
 //	go run ./bench/pipeline --brokers 127.0.0.1:19092 --database-url "$DATABASE_URL"
 package main
@@ -46,6 +47,11 @@ type config struct {
 	burst          int
 	aggregates     int
 	partitions     int
+	// dupEvery > 0 sends every dupEvery-th command twice, back to back
+	// with the same ID (a sender that resends after a timeout).
+	dupEvery int
+	// dupShare is the share of duplicated commands of the extra burst run.
+	dupShare float64
 }
 
 func main() {
@@ -58,6 +64,7 @@ func main() {
 	flag.IntVar(&c.burst, "burst", 50000, "commands of the maximum-throughput run (0: skip)")
 	flag.IntVar(&c.aggregates, "aggregates", 1000, "aggregates the commands are spread over")
 	flag.IntVar(&c.partitions, "partitions", 6, "partitions of the command topic")
+	dups := flag.Float64("duplicates", 0.01, "share of commands sent twice (same ID, back to back) in an extra burst run (0: skip)")
 	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
 	flag.Parse()
 	for _, r := range strings.Split(rates, ",") {
@@ -68,6 +75,11 @@ func main() {
 		}
 		c.rates = append(c.rates, n)
 	}
+	if *dups < 0 || *dups > 1 {
+		fmt.Fprintf(os.Stderr, "--duplicates %v: want a share between 0 and 1\n", *dups)
+		os.Exit(2)
+	}
+	c.dupShare = *dups
 	if c.brokers == "" || c.dbURL == "" {
 		fmt.Fprintln(os.Stderr, "--brokers and --database-url are required (or KAFKA_BROKERS, DATABASE_URL)")
 		os.Exit(2)
@@ -144,6 +156,24 @@ func run(ctx context.Context, c config) error {
 		printRow("max", "orchestrix", o)
 		printRow("", "bare kgo", b)
 		fmt.Printf("\nmaximum: orchestrix %.0f commands/s = %.2f × bare franz-go produce→consume (%.0f records/s)\n", o.rate(), o.rate()/b.rate(), b.rate())
+		if c.dupShare > 0 {
+			// Duplicates: the same burst with every k-th command sent
+			// twice, against a duplicate-free run right before it (the
+			// first burst above warmed the machine as much).
+			clean, err := orchestrix(ctx, c, seeds, pool, c.burst, 0)
+			if err != nil {
+				return err
+			}
+			dc := c
+			dc.dupEvery = int(1 / c.dupShare)
+			d, err := orchestrix(ctx, dc, seeds, pool, c.burst, 0)
+			if err != nil {
+				return err
+			}
+			printRow("max", "no dups", clean)
+			printRow("", fmt.Sprintf("%.3g%% dups", 100/float64(dc.dupEvery)), d)
+			fmt.Printf("with %.3g%% of commands sent twice: %.0f commands/s = %.2f × duplicate-free (%.0f)\n", 100/float64(dc.dupEvery), d.rate(), d.rate()/clean.rate(), clean.rate())
+		}
 	}
 	return nil
 }
@@ -262,8 +292,28 @@ func orchestrix(ctx context.Context, c config, seeds []string, pool *pgxpool.Poo
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	defer cancel()
-	wg.Go(func() { _ = group.Run(ctx) })
-	wg.Go(func() { _ = aw.Run(ctx) })
+	// A worker that stops early ends the run with its error instead of
+	// leaving the waits below to time out.
+	var runErr error
+	var rmu sync.Mutex
+	ctx, stopRun := context.WithCancelCause(ctx)
+	defer stopRun(nil)
+	for name, run := range map[string]func(context.Context) error{"processor": group.Run, "awaiter": aw.Run} {
+		wg.Go(func() {
+			if err := run(ctx); err != nil && ctx.Err() == nil {
+				rmu.Lock()
+				runErr = fmt.Errorf("%s stopped: %w", name, err)
+				rmu.Unlock()
+				stopRun(runErr)
+			}
+		})
+	}
+	stopped := func(err error) error {
+		if cause := context.Cause(ctx); cause != nil && cause != context.Canceled {
+			return cause
+		}
+		return err
+	}
 	// Open every account first (not measured).
 	for a := range c.aggregates {
 		cmd, _ := sender.Command(fmt.Sprintf("acct-%05d", a), banking.OpenAccount{Owner: "bench"})
@@ -273,7 +323,7 @@ func orchestrix(ctx context.Context, c config, seeds []string, pool *pgxpool.Poo
 			_, err := aw.Wait(wctx, cmd.ID)
 			wcancel()
 			if err != nil {
-				return result{}, fmt.Errorf("warm-up: %w", err)
+				return result{}, fmt.Errorf("warm-up: %w", stopped(err))
 			}
 		}
 	}
@@ -286,13 +336,17 @@ func orchestrix(ctx context.Context, c config, seeds []string, pool *pgxpool.Poo
 	pace(ctx, n, rate, func(i int) {
 		cmd, _ := sender.Command(fmt.Sprintf("acct-%05d", i%c.aggregates), banking.Deposit{Amount: 1})
 		at := time.Now()
-		sender.SendAsync(ctx, cmd, func(err error) {
+		sent := func(err error) {
 			if err != nil {
 				fmu.Lock()
 				failed = err
 				fmu.Unlock()
 			}
-		})
+		}
+		sender.SendAsync(ctx, cmd, sent)
+		if c.dupEvery > 0 && i%c.dupEvery == c.dupEvery/2 {
+			sender.SendAsync(ctx, cmd, sent)
+		}
 		lwg.Go(func() {
 			wctx, wcancel := context.WithTimeout(ctx, 2*time.Minute)
 			defer wcancel()
@@ -308,7 +362,7 @@ func orchestrix(ctx context.Context, c config, seeds []string, pool *pgxpool.Poo
 	lwg.Wait()
 	elapsed := time.Since(start)
 	if failed != nil {
-		return result{}, failed
+		return result{}, stopped(failed)
 	}
 	if os.Getenv("PIPELINE_DEBUG") != "" && rate > 0 {
 		// Latency by second of sending: where the tail comes from.
@@ -337,16 +391,19 @@ func bare(ctx context.Context, c config, seeds []string, n, rate int) (result, e
 		return result{}, err
 	}
 	defer adm.DeleteTopics(context.Background(), topic)
+	// A short fetch wait, as a user tuning for latency would set: with
+	// franz-go's default of 5 s, a fetch sent to a partition that had
+	// nothing yet holds that partition's first records for up to 5 s.
 	cons, err := kgo.NewClient(kgo.SeedBrokers(seeds...), kgo.ConsumerGroup(topic), kgo.ConsumeTopics(topic),
-		kgo.FetchIsolationLevel(kgo.ReadCommitted()), kgo.DisableAutoCommit(), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
+		kgo.FetchIsolationLevel(kgo.ReadCommitted()), kgo.DisableAutoCommit(), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
+		kgo.FetchMaxWait(100*time.Millisecond))
 	if err != nil {
 		return result{}, err
 	}
 	defer cons.Close()
-	// At a fixed load, join the group before measuring, as the orchestrix
-	// run does with its warm-up (a record produced and consumed); the burst
-	// run measures produce-everything-then-consume, join included.
-	for warm := rate == 0; !warm; {
+	// Join the group before measuring, as the orchestrix run does with its
+	// warm-up (a record produced and consumed).
+	for warm := false; !warm; {
 		if err := cl.ProduceSync(ctx, &kgo.Record{Topic: topic, Value: []byte("warm-up")}).FirstErr(); err != nil {
 			return result{}, err
 		}
