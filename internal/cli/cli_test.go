@@ -83,6 +83,7 @@ func TestUsage(t *testing.T) {
 		{append(relay, "--poll-min", "2s", "--poll-max", "1s"), "poll interval min 2s, max 1s"},
 		{append(relay, "--stats-interval", "-1s"), "stats interval -1s"},
 		{append(relay, "--gogc", "-5"), `--gogc (or GOGC) "-5"`},
+		{append(relay, "--max-event-size", "0"), `--max-event-size (or ORCHESTRIX_MAX_EVENT_SIZE) "0"`},
 		{[]string{"demo", "--commands", "99999999999999999999"}, "value out of range"},
 	} {
 		tests = append(tests, struct {
@@ -302,5 +303,19 @@ func TestRelayIntegration(t *testing.T) {
 	}
 	if code != 0 || !strings.Contains(out.String(), fmt.Sprintf("published %d events", n)) {
 		t.Fatalf("relay exit %d\nstdout:\n%s\nstderr:\n%s", code, out.String(), errb.String())
+	}
+}
+
+// TestHelpRedactsDatabaseURL: -h and a usage error print the flags'
+// defaults, DATABASE_URL's among them, without its password.
+func TestHelpRedactsDatabaseURL(t *testing.T) {
+	t.Setenv("DATABASE_URL", "postgres://orchestrix:s3cret@db.example:5432/orchestrix")
+	for _, args := range [][]string{{"migrate", "-h"}, {"relay", "-h"}, {"demo", "-h"}, {"migrate", "--no-such-flag"}, {"relay", "--batch-size", "x"}} {
+		t.Run(strings.Join(args, " "), func(t *testing.T) {
+			_, out, stderr := run(t, args...)
+			if strings.Contains(out+stderr, "s3cret") || !strings.Contains(stderr, "postgres://orchestrix:xxxxx@db.example:5432/orchestrix") {
+				t.Fatalf("stderr:\n%s", stderr)
+			}
+		})
 	}
 }

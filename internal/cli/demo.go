@@ -63,7 +63,8 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	fs.IntVar(&c.accounts, "accounts", 100, "accounts the commands are spread over")
 	fs.IntVar(&c.partitions, "partitions", 8, "partitions of the demo topics")
 	fs.StringVar(&c.brokers, "brokers", env("KAFKA_BROKERS", ""), "Kafka seed brokers (env KAFKA_BROKERS); empty: an embedded in-process broker (kfake)")
-	fs.StringVar(&c.databaseURL, "database-url", env("DATABASE_URL", ""), "PostgreSQL URL (env DATABASE_URL); empty: the in-memory store")
+	c.databaseURL = env("DATABASE_URL", "")
+	fs.Var((*urlValue)(&c.databaseURL), "database-url", "PostgreSQL URL (env DATABASE_URL); empty: the in-memory store")
 	fs.StringVar(&c.schema, "schema", env("ORCHESTRIX_SCHEMA", postgres.DefaultSchema), "schema for the PostgreSQL store, migrated if needed (env ORCHESTRIX_SCHEMA)")
 	fs.StringVar(&c.context, "context", env("ORCHESTRIX_CONTEXT", demoContext), "bounded context: topics <context>.commands|events|outcomes, group <context>-aggregates (env ORCHESTRIX_CONTEXT)")
 	fs.DurationVar(&c.timeout, "timeout", 2*time.Minute, "give up when the outcomes have not all arrived this long after the last command was sent")
@@ -223,11 +224,9 @@ func demo(parent context.Context, c demoConfig, stdout, stderr io.Writer) error 
 	defer cl.Close()
 	specs := append(topics.ForContext(c.context, int32(c.partitions), 1),
 		topics.Spec{Name: consumers.DeadLetterTopic(topics.Commands(c.context), c.context+"-aggregates"), Partitions: 1, ReplicationFactor: 1})
-	adm := kadm.NewClient(cl)
-	if _, err := topics.Ensure(ctx, adm, specs...); err != nil {
-		return err
-	}
-	if err := waitForTopics(ctx, adm, specs); err != nil {
+	// Ensure returns once the topics it created are in the metadata: the
+	// processor checks its dead-letter topic as it starts.
+	if _, err := topics.Ensure(ctx, kadm.NewClient(cl), specs...); err != nil {
 		return err
 	}
 
@@ -421,35 +420,6 @@ func demo(parent context.Context, c demoConfig, stdout, stderr io.Writer) error 
 		}
 	}
 	return nil
-}
-
-// waitForTopics waits until the broker's metadata lists every topic of
-// specs: a topic just created may lag there, and the processor refuses
-// to start without its dead-letter topic.
-func waitForTopics(ctx context.Context, adm *kadm.Client, specs []topics.Spec) error {
-	names := make([]string, len(specs))
-	for i, s := range specs {
-		names[i] = s.Name
-	}
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		td, err := adm.ListTopics(ctx, names...)
-		missing := slices.DeleteFunc(slices.Clone(names), func(n string) bool {
-			d, ok := td[n]
-			return err == nil && ok && d.Err == nil && len(d.Partitions) > 0
-		})
-		if len(missing) == 0 {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("topics %v created but not in the broker's metadata after 30s (last error: %v)", missing, err)
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
 }
 
 // relayArgs returns the relay flags that publish what the demo stored:
