@@ -33,6 +33,7 @@ import (
 	"github.com/orchestrix/orchestrix/codec"
 	"github.com/orchestrix/orchestrix/consumers"
 	"github.com/orchestrix/orchestrix/examples/banking"
+	"github.com/orchestrix/orchestrix/internal/redact"
 	"github.com/orchestrix/orchestrix/producers"
 	"github.com/orchestrix/orchestrix/stores/postgres"
 	"github.com/orchestrix/orchestrix/topics"
@@ -58,7 +59,8 @@ func main() {
 	var c config
 	var rates string
 	flag.StringVar(&c.brokers, "brokers", os.Getenv("KAFKA_BROKERS"), "seed brokers (env KAFKA_BROKERS)")
-	flag.StringVar(&c.dbURL, "database-url", os.Getenv("DATABASE_URL"), "PostgreSQL URL (env DATABASE_URL)")
+	c.dbURL = os.Getenv("DATABASE_URL")
+	flag.Var(redact.FlagValue(&c.dbURL), "database-url", "PostgreSQL `URL` (env DATABASE_URL)")
 	flag.StringVar(&rates, "rates", "100,1000,5000", "offered loads in commands/s")
 	flag.DurationVar(&c.duration, "duration", 10*time.Second, "duration of each fixed-load run")
 	flag.IntVar(&c.burst, "burst", 50000, "commands of the maximum-throughput run (0: skip)")

@@ -95,26 +95,12 @@ func parse(fs *flag.FlagSet, args []string) error {
 	return nil
 }
 
-// urlValue is a flag.Value holding a connection URL that prints itself
-// redacted: -h and usage errors show a default taken from DATABASE_URL
-// without its password.
-type urlValue string
-
-func (u *urlValue) String() string {
-	if u == nil {
-		return ""
-	}
-	return redact.URL(string(*u))
-}
-
-func (u *urlValue) Set(s string) error { *u = urlValue(s); return nil }
-
 // urlFlag defines a string flag for a connection URL, like fs.String but
 // shown redacted in the flag set's usage.
 func urlFlag(fs *flag.FlagSet, name, value, usage string) *string {
 	p := new(string)
 	*p = value
-	fs.Var((*urlValue)(p), name, usage)
+	fs.Var(redact.FlagValue(p), name, usage)
 	return p
 }
 

@@ -53,7 +53,7 @@ const relayGCPercent = 400
 // in flight and returns nil.
 func runRelay(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flags("relay", stderr)
-	url := urlFlag(fs, "database-url", env("DATABASE_URL", ""), "PostgreSQL URL (env DATABASE_URL)")
+	url := urlFlag(fs, "database-url", env("DATABASE_URL", ""), "PostgreSQL `URL` (env DATABASE_URL)")
 	brokers := fs.String("brokers", env("KAFKA_BROKERS", ""), "comma-separated seed brokers (env KAFKA_BROKERS)")
 	schema := fs.String("schema", env("ORCHESTRIX_SCHEMA", postgres.DefaultSchema), "schema holding the store's tables (env ORCHESTRIX_SCHEMA)")
 	bc := fs.String("context", env("ORCHESTRIX_CONTEXT", ""), "bounded context: events go to <context>.events (env ORCHESTRIX_CONTEXT)")

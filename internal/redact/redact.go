@@ -9,6 +9,7 @@
 package redact
 
 import (
+	"flag"
 	"regexp"
 )
 
@@ -49,3 +50,20 @@ type redacted struct{ err error }
 
 func (r redacted) Error() string { return Text(r.err.Error()) }
 func (r redacted) Unwrap() error { return r.err }
+
+// FlagValue returns a flag.Value that sets *p and shows *p through URL:
+// a flag whose default is a connection string from the environment
+// (DATABASE_URL) appears in -h and usage messages without its password.
+// The value set is not altered.
+func FlagValue(p *string) flag.Value { return (*urlFlag)(p) }
+
+type urlFlag string
+
+func (u *urlFlag) String() string {
+	if u == nil {
+		return ""
+	}
+	return URL(string(*u))
+}
+
+func (u *urlFlag) Set(s string) error { *u = urlFlag(s); return nil }

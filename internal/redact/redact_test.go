@@ -2,6 +2,7 @@ package redact
 
 import (
 	"errors"
+	"flag"
 	"fmt"
 	"io/fs"
 	"os/exec"
@@ -71,5 +72,20 @@ func TestError(t *testing.T) {
 	}
 	if !errors.Is(err, fs.ErrNotExist) {
 		t.Fatal("redacted error does not unwrap")
+	}
+}
+
+func TestFlagValue(t *testing.T) {
+	fs := flag.NewFlagSet("x", flag.ContinueOnError)
+	var out strings.Builder
+	fs.SetOutput(&out)
+	url := "postgres://u:secret@h/db"
+	fs.Var(FlagValue(&url), "database-url", "PostgreSQL URL")
+	fs.PrintDefaults()
+	if strings.Contains(out.String(), "secret") || !strings.Contains(out.String(), `(default postgres://u:xxxxx@h/db)`) {
+		t.Fatalf("defaults:\n%s", out.String())
+	}
+	if err := fs.Parse([]string{"--database-url", "postgres://v:other@k/db"}); err != nil || url != "postgres://v:other@k/db" {
+		t.Fatalf("parse: %v, url %q", err, url)
 	}
 }
