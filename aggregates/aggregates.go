@@ -208,6 +208,82 @@ func (r *Repository[S]) Load(ctx context.Context, id string) (Root[S], error) {
 	return r.Fold(ctx, root)
 }
 
+// LoadMany loads several aggregates, like Load for each, in a few round
+// trips when the store is a stores.MultiStreamReader (one for the
+// snapshots, one per page of events), and one by one otherwise. An
+// aggregate that could not be loaded has its error in the second map and
+// no root in the first.
+func (r *Repository[S]) LoadMany(ctx context.Context, ids []string) (map[string]Root[S], map[string]error) {
+	roots := make(map[string]Root[S], len(ids))
+	errs := map[string]error{}
+	mr, ok := r.store.(stores.MultiStreamReader)
+	if !ok || len(ids) < 2 {
+		for _, id := range ids {
+			if root, err := r.Load(ctx, id); err != nil {
+				errs[id] = err
+			} else {
+				roots[id] = root
+			}
+		}
+		return roots, errs
+	}
+	fail := func(err error) (map[string]Root[S], map[string]error) {
+		for _, id := range ids {
+			if _, ok := errs[id]; !ok {
+				errs[id] = err
+			}
+		}
+		return map[string]Root[S]{}, errs
+	}
+	var snaps map[string]stores.Snapshot
+	if r.agg.snapshotEvery > 0 {
+		var err error
+		if snaps, err = mr.LoadSnapshots(ctx, ids); err != nil {
+			return fail(fmt.Errorf("load %d %s aggregates: %w", len(ids), r.agg.name, err))
+		}
+	}
+	reads := make([]stores.StreamRead, 0, len(ids))
+	named := make(map[string]bool, len(ids))
+	for _, id := range ids {
+		if named[id] {
+			continue
+		}
+		named[id] = true
+		if err := orchestrix.CheckID("aggregate id", id); err != nil {
+			errs[id] = err
+			continue
+		}
+		root := Root[S]{ID: id}
+		if snap, ok := snaps[id]; ok && snap.Type == r.snapshotType() {
+			if err := json.Unmarshal(snap.Data, &root.State); err != nil {
+				errs[id] = fmt.Errorf("load %s %q: snapshot at version %d: %w", r.agg.name, id, snap.Version, err)
+				continue
+			}
+			root.Version = snap.Version
+		}
+		roots[id] = root
+		reads = append(reads, stores.StreamRead{StreamID: id, After: root.Version})
+	}
+	for e, err := range mr.ReadStreams(ctx, reads) {
+		if err != nil {
+			return fail(fmt.Errorf("load %d %s aggregates: %w", len(reads), r.agg.name, err))
+		}
+		root, ok := roots[e.StreamID]
+		if !ok {
+			continue // failed to decode before
+		}
+		if err := r.codec.DecodeEvent(&e); err != nil {
+			errs[e.StreamID] = fmt.Errorf("load %s %q: event %d (%s): %w", r.agg.name, e.StreamID, e.Version, e.Type, err)
+			delete(roots, e.StreamID)
+			continue
+		}
+		root.State = r.agg.evolve(root.State, e)
+		root.Version = e.Version
+		roots[e.StreamID] = root
+	}
+	return roots, errs
+}
+
 // Fold brings root up to date with the events after its version.
 func (r *Repository[S]) Fold(ctx context.Context, root Root[S]) (Root[S], error) {
 	for e, err := range r.store.ReadStream(ctx, root.ID, root.Version) {

@@ -14,7 +14,7 @@ import (
 	"github.com/orchestrix/orchestrix/stores/memory"
 )
 
-func account(t *testing.T, opts ...aggregates.Option) *aggregates.Aggregate[banking.Account] {
+func account(t testing.TB, opts ...aggregates.Option) *aggregates.Aggregate[banking.Account] {
 	t.Helper()
 	a, err := banking.NewAggregate(opts...)
 	if err != nil {

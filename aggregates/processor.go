@@ -299,7 +299,7 @@ type job[S any] struct {
 // decisions is what a round decided, across its jobs: the append requests
 // and recorded rejections for one transaction, and one outcome per
 // command, in order.
-type decisions struct {
+type decisions[S any] struct {
 	seen     map[string]stores.AppendResult // decided before the round (store)
 	first    map[string]int                 // command ID -> index in outs of its first decision in the round
 	copies   []copyOf                       // later copies of a command decided in the round
@@ -307,6 +307,9 @@ type decisions struct {
 	reqs     []stores.AppendRequest
 	appended []appended // one per request
 	rejected []stores.RejectedCommand
+	// The aggregates not cached, loaded together before deciding.
+	loaded   map[string]Root[S]
+	loadErrs map[string]error
 }
 
 // copyOf is a later copy of a command in the same round: it is answered
@@ -431,9 +434,10 @@ func (p *Processor[S]) round(ctx context.Context, jobs []*job[S]) {
 		return
 	}
 	// 2. Load every state before the transaction, decide in order.
-	d := &decisions{seen: seen, first: map[string]int{}}
+	d := &decisions[S]{seen: seen, first: map[string]int{}}
+	d.loaded, d.loadErrs = p.loadCold(ctx, jobs)
 	for i, j := range jobs {
-		p.decide(ctx, i, j, d)
+		p.decide(i, j, d)
 	}
 	// 3. One transaction for every partition.
 	if len(d.reqs) > 0 || len(d.rejected) > 0 {
@@ -486,12 +490,30 @@ func (p *Processor[S]) round(ctx context.Context, jobs []*job[S]) {
 	}
 }
 
+// loadCold loads the aggregates of jobs that are not cached, together
+// (Repository.LoadMany): a poll of a thousand cold aggregates costs a few
+// round trips, not two thousand.
+func (p *Processor[S]) loadCold(ctx context.Context, jobs []*job[S]) (map[string]Root[S], map[string]error) {
+	var cold []string
+	for _, j := range jobs {
+		for _, id := range j.order {
+			if _, ok := p.cached(j.part, id); !ok {
+				cold = append(cold, id)
+			}
+		}
+	}
+	if len(cold) == 0 {
+		return nil, nil
+	}
+	return p.repo.LoadMany(ctx, cold)
+}
+
 // reconcile makes the outcomes say what the store did. A request the
 // store skipped as a duplicate (another member decided the command after
 // the round looked it up) is answered as that duplicate, with the store's
 // versions, and its aggregate's decided state is marked stale: never
 // cached, never snapshotted.
-func (p *Processor[S]) reconcile(jobs []*job[S], d *decisions, results []stores.AppendResult) {
+func (p *Processor[S]) reconcile(jobs []*job[S], d *decisions[S], results []stores.AppendResult) {
 	for i, a := range d.appended {
 		if i >= len(results) {
 			break
@@ -516,18 +538,20 @@ func (p *Processor[S]) reconcile(jobs []*job[S], d *decisions, results []stores.
 	}
 }
 
-// decide loads (or takes from the cache) the state of each of j's
-// aggregates and decides its commands in order against the evolving
-// state, adding append requests, rejections and outcomes to d. A command
+// decide takes the state of each of j's aggregates from the cache or from
+// d.loaded and decides its commands in order against the evolving state, adding append requests, rejections and outcomes to d. A command
 // ID decided before (d.seen) or earlier in the round (d.first) is
 // answered, not decided again.
-func (p *Processor[S]) decide(ctx context.Context, ji int, j *job[S], d *decisions) {
+func (p *Processor[S]) decide(ji int, j *job[S], d *decisions[S]) {
 	j.roots, j.start, j.newEvents = map[string]Root[S]{}, map[string]Root[S]{}, map[string][]orchestrix.Event{}
 	for _, id := range j.order {
 		root, ok := p.cached(j.part, id)
 		if !ok {
-			var err error
-			if root, err = p.repo.Load(ctx, id); err != nil {
+			if root, ok = d.loaded[id]; !ok {
+				err := d.loadErrs[id]
+				if err == nil {
+					err = fmt.Errorf("aggregates: %q was not loaded", id)
+				}
 				for _, pc := range j.byAgg[id] {
 					j.errs[pc.idx] = err
 				}
@@ -584,7 +608,7 @@ func (p *Processor[S]) decide(ctx context.Context, ji int, j *job[S], d *decisio
 }
 
 // decided adds a command's outcome to d, as the first decision of its ID.
-func (p *Processor[S]) decided(d *decisions, cmdID string, o orchestrix.Outcome) {
+func (p *Processor[S]) decided(d *decisions[S], cmdID string, o orchestrix.Outcome) {
 	if cmdID != "" {
 		d.first[cmdID] = len(d.outs)
 	}

@@ -33,25 +33,34 @@ func (s *slowStore) AppendMany(ctx context.Context, reqs []stores.AppendRequest)
 	return s.Store.AppendMany(ctx, reqs)
 }
 
-func records(t *testing.T, reg *codec.Registry, part int32, cmds ...orchestrix.Command) []*kgo.Record {
+func records(t testing.TB, reg *codec.Registry, part int32, cmds ...orchestrix.Command) []*kgo.Record {
 	t.Helper()
 	var out []*kgo.Record
 	for i, c := range cmds {
-		c.Type, c.Time = typeOf(c.Payload), time.Date(2026, 11, 28, 0, 0, 0, 0, time.UTC)
-		if err := reg.EncodeCommand(&c); err != nil {
-			t.Fatal(err)
-		}
-		r, err := codec.CommandToRecord("bank.commands", c)
-		if err != nil {
-			t.Fatal(err)
-		}
-		r.Partition, r.Offset = part, int64(i)
+		r := commandRecord(t, reg, c, int64(i))
+		r.Partition = part
 		out = append(out, r)
 	}
 	return out
 }
 
-func registry(t *testing.T) *codec.Registry {
+// commandRecord encodes c (its type from its payload) as the record at
+// offset of partition 0.
+func commandRecord(t testing.TB, reg *codec.Registry, c orchestrix.Command, offset int64) *kgo.Record {
+	t.Helper()
+	c.Type, c.Time = typeOf(c.Payload), time.Date(2026, 11, 28, 0, 0, 0, 0, time.UTC)
+	if err := reg.EncodeCommand(&c); err != nil {
+		t.Fatal(err)
+	}
+	r, err := codec.CommandToRecord("bank.commands", c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Offset = offset
+	return r
+}
+
+func registry(t testing.TB) *codec.Registry {
 	t.Helper()
 	reg := codec.NewRegistry()
 	if err := banking.Register(reg); err != nil {

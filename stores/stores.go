@@ -133,6 +133,26 @@ type RejectionRecorder interface {
 	AppendDecisions(ctx context.Context, reqs []AppendRequest, rejected []RejectedCommand) ([]AppendResult, error)
 }
 
+// StreamRead names a stream and the version after which to read it.
+type StreamRead struct {
+	StreamID string
+	After    uint64
+}
+
+// MultiStreamReader is an optional EventStore interface (stores/postgres
+// has it) for loading many aggregates in a few round trips instead of
+// two per aggregate: the aggregates processor loads the cold aggregates
+// of a poll with it.
+type MultiStreamReader interface {
+	// LoadSnapshots returns the latest snapshot of each stream that has
+	// one.
+	LoadSnapshots(ctx context.Context, streamIDs []string) (map[string]Snapshot, error)
+	// ReadStreams yields the events of each stream with Version > its
+	// After, stream by stream in the order given, each in version order.
+	// Memory stays bounded: the store reads in pages.
+	ReadStreams(ctx context.Context, reads []StreamRead) iter.Seq2[orchestrix.Event, error]
+}
+
 // AppendRequest is one stream's part of an AppendMany call.
 type AppendRequest struct {
 	StreamID string

@@ -250,7 +250,34 @@ func (s *Store) LoadSnapshot(ctx context.Context, streamID string) (stores.Snaps
 	return snap, ok, ctx.Err()
 }
 
+// ReadStreams implements stores.MultiStreamReader.
+func (s *Store) ReadStreams(ctx context.Context, reads []stores.StreamRead) iter.Seq2[orchestrix.Event, error] {
+	return func(yield func(orchestrix.Event, error) bool) {
+		for _, r := range reads {
+			for e, err := range s.ReadStream(ctx, r.StreamID, r.After) {
+				if !yield(e, err) || err != nil {
+					return
+				}
+			}
+		}
+	}
+}
+
+// LoadSnapshots implements stores.MultiStreamReader.
+func (s *Store) LoadSnapshots(ctx context.Context, streamIDs []string) (map[string]stores.Snapshot, error) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	out := map[string]stores.Snapshot{}
+	for _, id := range streamIDs {
+		if snap, ok := s.snapshots[id]; ok {
+			out[id] = snap
+		}
+	}
+	return out, ctx.Err()
+}
+
 var (
 	_ stores.EventStore        = (*Store)(nil)
 	_ stores.RejectionRecorder = (*Store)(nil)
+	_ stores.MultiStreamReader = (*Store)(nil)
 )

@@ -133,8 +133,8 @@ func (s *Store) Pool() *pgxpool.Pool { return s.pool }
 func (s *Store) Schema() string { return s.schema }
 
 type statements struct {
-	append, appendOne, appendPlain, maxVersions, insertCommands, insertEvents, insertRejections, readStream, readAll, findCommand, findCommands, saveSnapshot, loadSnapshot string
-	table                                                                                                                                                                   string
+	append, appendOne, appendPlain, maxVersions, insertCommands, insertEvents, insertRejections, readStream, readStreams, loadSnapshots, readAll, findCommand, findCommands, saveSnapshot, loadSnapshot string
+	table                                                                                                                                                                                               string
 }
 
 const eventColumns = "position, stream_id, version, id, type, source, subject, time, content_type, data, correlation_id, causation_id, traceparent, extensions, command_id"
@@ -182,6 +182,12 @@ func newStatements(q string) statements {
 		insertEvents: `INSERT INTO ` + q + `.events (stream_id, version, id, type, source, subject, time, content_type, data, correlation_id, causation_id, traceparent, extensions, command_id)
 	SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], $7::timestamptz[], $8::text[], $9::bytea[], $10::text[], $11::text[], $12::text[], $13::jsonb[], $14::text[])`,
 		readStream: `SELECT ` + eventColumns + ` FROM ` + q + `.events WHERE stream_id = $1 AND version > $2 ORDER BY version LIMIT $3`,
+		// One index range scan per stream, in the order given.
+		readStreams: `SELECT e.* FROM unnest($1::text[], $2::bigint[]) WITH ORDINALITY AS u(id, after, ord)
+	CROSS JOIN LATERAL (SELECT ` + eventColumns + ` FROM ` + q + `.events WHERE stream_id = u.id AND version > u.after ORDER BY version LIMIT $3) AS e
+	ORDER BY u.ord, e.version LIMIT $3`,
+		loadSnapshots: `SELECT s.stream_id, s.version, s.type, s.content_type, s.data FROM unnest($1::text[]) AS u(id)
+	CROSS JOIN LATERAL (SELECT stream_id, version, type, content_type, data FROM ` + q + `.snapshots WHERE stream_id = u.id LIMIT 1) AS s`,
 		// The table is aliased so that ORDER BY names the xid8 column:
 		// a bare "tx_id" would name the tx_id::text output column, sort
 		// text (wrong when the IDs gain a digit) and, without the
@@ -674,6 +680,72 @@ func (s *Store) ReadStream(ctx context.Context, streamID string, after uint64) i
 	}
 }
 
+// ReadStreams implements stores.MultiStreamReader: one query per page of
+// 1,000 events, whatever the number of streams.
+func (s *Store) ReadStreams(ctx context.Context, reads []stores.StreamRead) iter.Seq2[orchestrix.Event, error] {
+	return func(yield func(orchestrix.Event, error) bool) {
+		ids := make([]string, 0, len(reads))
+		afters := make([]int64, 0, len(reads))
+		named := make(map[string]bool, len(reads))
+		for _, r := range reads {
+			if err := orchestrix.CheckID("stream id", r.StreamID); err != nil {
+				yield(orchestrix.Event{}, fmt.Errorf("postgres: read streams: %w", err))
+				return
+			}
+			if named[r.StreamID] {
+				yield(orchestrix.Event{}, fmt.Errorf("postgres: read streams: stream %q named twice: %w", r.StreamID, orchestrix.ErrInvalid))
+				return
+			}
+			named[r.StreamID] = true
+			ids, afters = append(ids, r.StreamID), append(afters, int64(r.After))
+		}
+		for len(ids) > 0 {
+			page, err := s.page(ctx, nil, s.sql.readStreams, false, ids, afters, readPage)
+			if err != nil {
+				yield(orchestrix.Event{}, fmt.Errorf("postgres: read %d streams: %w", len(ids), err))
+				return
+			}
+			for _, e := range page {
+				if !yield(e.Event, nil) {
+					return
+				}
+			}
+			if len(page) < readPage {
+				return
+			}
+			// A full page: the streams before the last one read are
+			// complete; go on from the last event.
+			last := page[len(page)-1]
+			i := slices.Index(ids, last.StreamID)
+			ids, afters = ids[i:], afters[i:]
+			afters[0] = int64(last.Version)
+		}
+	}
+}
+
+// LoadSnapshots implements stores.MultiStreamReader.
+func (s *Store) LoadSnapshots(ctx context.Context, streamIDs []string) (map[string]stores.Snapshot, error) {
+	out := make(map[string]stores.Snapshot, len(streamIDs))
+	rows, err := s.pool.Query(ctx, s.sql.loadSnapshots, streamIDs)
+	if err != nil {
+		return nil, fmt.Errorf("postgres: load %d snapshots: %w", len(streamIDs), err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var snap stores.Snapshot
+		var v int64
+		if err := rows.Scan(&snap.StreamID, &v, &snap.Type, &snap.ContentType, &snap.Data); err != nil {
+			return nil, fmt.Errorf("postgres: load %d snapshots: %w", len(streamIDs), err)
+		}
+		snap.Version = uint64(v)
+		out[snap.StreamID] = snap
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("postgres: load %d snapshots: %w", len(streamIDs), err)
+	}
+	return out, nil
+}
+
 // ReadAll implements stores.EventStore; see the package doc for the order.
 func (s *Store) ReadAll(ctx context.Context, after stores.Cursor, limit int) iter.Seq2[stores.Entry, error] {
 	return func(yield func(stores.Entry, error) bool) {
@@ -837,3 +909,5 @@ func (s *Store) LoadSnapshot(ctx context.Context, streamID string) (stores.Snaps
 var _ stores.EventStore = (*Store)(nil)
 
 var _ stores.RejectionRecorder = (*Store)(nil)
+
+var _ stores.MultiStreamReader = (*Store)(nil)

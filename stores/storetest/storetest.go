@@ -55,6 +55,14 @@ func Run(t *testing.T, newStore Factory) {
 		}
 		testGapSafe(t, s, p)
 	})
+	t.Run("MultiStreamReader", func(t *testing.T) {
+		s := newStore(t)
+		m, ok := s.(stores.MultiStreamReader)
+		if !ok {
+			t.Skip("store does not implement stores.MultiStreamReader")
+		}
+		testMultiStreamReader(t, s, m)
+	})
 	t.Run("Rejections", func(t *testing.T) {
 		s := newStore(t)
 		r, ok := s.(stores.RejectionRecorder)
@@ -375,6 +383,45 @@ func testCommandTwiceInOneBatch(t *testing.T, s stores.EventStore) {
 	}
 	if r, ok, err := s.FindCommand(t.Context(), "cmd-tw"); err != nil || !ok || r.FromVersion != 1 || r.ToVersion != 2 {
 		t.Fatalf("FindCommand(cmd-tw) = %+v, %v, %v; want versions 1-2", r, ok, err)
+	}
+}
+
+// testMultiStreamReader: ReadStreams yields each named stream's events
+// after its version, stream by stream in the order named, across pages
+// (one stream longer than any page), and nothing of a missing stream;
+// LoadSnapshots returns the latest snapshot of the streams that have one.
+func testMultiStreamReader(t *testing.T, s stores.EventStore, m stores.MultiStreamReader) {
+	mustAppend(t, s, "ms-a", stores.NoStream, Events("A", 3))
+	for range 5 { // 2,500 events, in appends of 500
+		mustAppend(t, s, "ms-long", stores.Any, Events("L", 500))
+	}
+	mustAppend(t, s, "ms-b", stores.NoStream, Events("B", 2))
+	reads := []stores.StreamRead{{StreamID: "ms-b"}, {StreamID: "ms-long", After: 10}, {StreamID: "ms-missing"}, {StreamID: "ms-a", After: 1}}
+	var got []string
+	for e, err := range m.ReadStreams(t.Context(), reads) {
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, fmt.Sprintf("%s@%d", e.StreamID, e.Version))
+	}
+	var want []string
+	want = append(want, "ms-b@1", "ms-b@2")
+	for v := 11; v <= 2500; v++ {
+		want = append(want, fmt.Sprintf("ms-long@%d", v))
+	}
+	want = append(want, "ms-a@2", "ms-a@3")
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("ReadStreams yielded %d events, want %d in order (first differences: got %v..., want %v...)", len(got), len(want), got[:min(4, len(got))], want[:4])
+	}
+	if err := s.SaveSnapshot(t.Context(), stores.Snapshot{StreamID: "ms-a", Version: 2, Type: "snap", ContentType: "application/json", Data: []byte(`{"n":2}`)}); err != nil {
+		t.Fatal(err)
+	}
+	snaps, err := m.LoadSnapshots(t.Context(), []string{"ms-a", "ms-b", "ms-missing"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(snaps) != 1 || snaps["ms-a"].Version != 2 || string(snaps["ms-a"].Data) != `{"n":2}` || snaps["ms-a"].Type != "snap" {
+		t.Fatalf("LoadSnapshots = %+v, want ms-a's snapshot at version 2 only", snaps)
 	}
 }
 
