@@ -44,9 +44,14 @@ func (e *MissingTopicsError) Error() string {
 // Is reports whether target is topics.ErrNotFound.
 func (e *MissingTopicsError) Is(target error) bool { return target == topics.ErrNotFound }
 
+// topicsSettle is how long checkTopics looks again at topics that seem
+// missing: a broker learns of a topic created a moment ago with a delay.
+const topicsSettle = 3 * time.Second
+
 // checkTopics checks that every topic the policy writes to exists (see
 // MissingTopicsError) and, in an ordered mode, that the retry topics have
-// as many partitions as their origin topic.
+// as many partitions as their origin topic. Topics that seem missing are
+// looked up again for up to topicsSettle.
 func (g *Group) checkTopics(ctx context.Context) error {
 	p := g.cfg.policy
 	if len(p.RetryDelays) == 0 && !p.DeadLetter {
@@ -58,7 +63,25 @@ func (g *Group) checkTopics(ctx context.Context) error {
 	}
 	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	td, err := kadm.NewClient(g.cl).ListTopics(cctx, all...)
+	settle := time.Now().Add(topicsSettle)
+	for {
+		err := g.checkTopicsOnce(cctx, all)
+		var missing *MissingTopicsError
+		if !errors.As(err, &missing) || time.Now().After(settle) {
+			return err
+		}
+		select {
+		case <-cctx.Done():
+			return err
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
+}
+
+// checkTopicsOnce is one look at the topics all of checkTopics.
+func (g *Group) checkTopicsOnce(ctx context.Context, all []string) error {
+	p := g.cfg.policy
+	td, err := kadm.NewClient(g.cl).ListTopics(ctx, all...)
 	if err != nil {
 		return fmt.Errorf("consumers: check the failure policy's topics: %w", err)
 	}
