@@ -2,6 +2,9 @@ package outbox_test
 
 import (
 	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
 	"strconv"
 	"testing"
 	"time"
@@ -10,6 +13,8 @@ import (
 	"github.com/orchestrix/orchestrix/internal/testenv"
 	"github.com/orchestrix/orchestrix/outbox"
 	"github.com/orchestrix/orchestrix/stores"
+	"github.com/orchestrix/orchestrix/stores/memory"
+	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 )
 
@@ -61,6 +66,18 @@ func jsonOf(id string, n int) orchestrix.Event {
 	data[0], data[n-1] = '"', '"'
 	e := event(id)
 	e.Data = data
+	return e
+}
+
+// noisyJSON returns an event whose data is a JSON string of n bytes that
+// compresses poorly (random letters and digits), so that a broker's limit
+// applies to about that size even after compression.
+func noisyJSON(id string, n int) orchestrix.Event {
+	const alphabet = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_"
+	e := jsonOf(id, n)
+	for i := 1; i < n-1; i++ {
+		e.Data[i] = alphabet[rand.IntN(len(alphabet))]
+	}
 	return e
 }
 
@@ -215,5 +232,63 @@ func TestMissingTopicIntegration(t *testing.T) {
 	} else {
 		checkHeaders(t, ev, map[string]string{outbox.HeaderReason: outbox.ReasonTopicMissing, outbox.HeaderTopic: missing,
 			outbox.HeaderStream: "s2", outbox.HeaderType: "Lost", outbox.HeaderID: "lost", outbox.HeaderVersion: "1"})
+	}
+}
+
+// TestRelayTopicLimit (kfake): a topic whose max.message.bytes is 100,000
+// is reported at start (LimitMismatchError, to OnError); the relay sizes
+// its batches to it, so 2,000 small events in one read (~900 KB with
+// their headers) are published, and an event of 150,000 bytes is
+// dead-lettered. The data compresses poorly: the broker's limit applies
+// to compressed batches, franz-go's and the relay's to uncompressed ones.
+func TestRelayTopicLimit(t *testing.T) {
+	seeds := testenv.FakeBrokers(t)
+	adm := kadm.NewClient(testenv.Client(t, seeds))
+	small := "100000"
+	if _, err := adm.CreateTopic(t.Context(), 1, 1, map[string]*string{"max.message.bytes": &small}, "small.events"); err != nil {
+		t.Fatal(err)
+	}
+	store := memory.New()
+	want := map[string]expected{}
+	for i := range 2000 {
+		ev := noisyJSON(fmt.Sprintf("e%04d", i), 200)
+		if i == 1000 {
+			ev = noisyJSON("big", 150_000)
+		}
+		res, err := store.Append(t.Context(), fmt.Sprintf("s%d", i%10), stores.Any, []orchestrix.Event{ev})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ev.ID != "big" {
+			want[ev.ID] = expected{fmt.Sprintf("s%d", i%10), res.FromVersion}
+		}
+	}
+	var mismatch []*outbox.LimitMismatchError
+	r, err := outbox.NewRelay(store, seeds, outbox.ToTopic("small.events"), outbox.BatchSize(5000), outbox.WithLogger(testLogger(t)),
+		outbox.MaxEventSize(200_000),
+		outbox.OnError(func(err error) {
+			var m *outbox.LimitMismatchError
+			if errors.As(err, &m) {
+				mismatch = append(mismatch, m)
+			}
+		}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	runUntil(t, r, time.Minute, "1999 events and a dead letter", func() bool {
+		st := r.Stats()
+		return st.Events == 1999 && st.DeadLettered == 1
+	})
+	verify(t, readTopic(t, seeds, "small.events"), want)
+	if len(mismatch) != 1 || mismatch[0].Topic != "small.events" || mismatch[0].TopicMaxBytes != 100_000 || mismatch[0].MaxEventSize != 200_000 {
+		t.Errorf("limit mismatches reported: %+v, want one for small.events (100000 < 200000)", mismatch)
+	}
+	dl := readTopicRaw(t, seeds, "small.events"+outbox.DeadLetterSuffix)
+	if len(dl) != 1 {
+		t.Fatalf("%d dead letters, want 1", len(dl))
+	}
+	checkHeaders(t, dl[0], map[string]string{outbox.HeaderReason: outbox.ReasonTooLarge, outbox.HeaderID: "big"})
+	if st := r.Stats(); st.Errors != 0 {
+		t.Errorf("the relay recovered from %d errors, want none (stats %+v)", st.Errors, st)
 	}
 }
