@@ -176,6 +176,16 @@ func (r *Relay) ensureDeadLetterTopic(ctx context.Context, adm *kadm.Client) (in
 	if n, ok := r.limits.get(r.cfg.dlqTopic); ok && n > 0 {
 		return n, nil
 	}
+	// Created by an operator (a relay may lack the permission to create
+	// topics), or by an earlier term.
+	if exists, err := topicExists(ctx, adm, r.cfg.dlqTopic); err != nil {
+		return 0, err
+	} else if exists {
+		if err := r.describeLimits(ctx, adm, r.cfg.dlqTopic); err == nil {
+			n, _ := r.limits.get(r.cfg.dlqTopic)
+			return n, nil
+		}
+	}
 	forever := "-1"
 	resp, err := adm.CreateTopic(ctx, 1, r.cfg.checkpointRF, map[string]*string{"retention.ms": &forever}, r.cfg.dlqTopic)
 	if err == nil {

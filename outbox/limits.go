@@ -122,21 +122,28 @@ func (l *limits) batchMax(topic string) int32 {
 // describeLimits reads the max.message.bytes of topics (which exist) and
 // records them. A failed request fails (the term starts over: a guessed
 // limit could dead-letter events the topic takes); a topic whose
-// configuration the broker will not show (no DESCRIBE_CONFIGS
-// permission) counts with DefaultTopicMaxBytes, logged.
+// configuration the relay may not read (no DESCRIBE_CONFIGS permission)
+// counts with DefaultTopicMaxBytes, logged.
 func (r *Relay) describeLimits(ctx context.Context, adm *kadm.Client, topics ...string) error {
 	rcs, err := adm.DescribeTopicConfigs(ctx, topics...)
-	if err != nil {
+	if err != nil && !notAllowed(err) {
 		return fmt.Errorf("outbox: describe the configuration of %s: %w", strings.Join(topics, ", "), err)
+	}
+	if err != nil {
+		r.log.Warn("may not read the topics' max.message.bytes, assuming the default", "topics", topics, "assumed", DefaultTopicMaxBytes, "err", err)
 	}
 	found := map[string]int{}
 	for _, rc := range rcs {
-		if rc.Err != nil {
-			if errors.Is(rc.Err, kerr.UnknownTopicOrPartition) {
-				return fmt.Errorf("%w: %s (create it: orchestrix topics create)", ErrTopicMissing, rc.Name)
-			}
-			r.log.Warn("cannot read the topic's max.message.bytes, assuming the default", "topic", rc.Name, "assumed", DefaultTopicMaxBytes, "err", rc.Err)
+		switch {
+		case rc.Err == nil:
+		case errors.Is(rc.Err, kerr.UnknownTopicOrPartition):
+			return fmt.Errorf("%w: %s (create it: orchestrix topics create)", ErrTopicMissing, rc.Name)
+		case notAllowed(rc.Err):
+			r.log.Warn("may not read the topic's max.message.bytes, assuming the default", "topic", rc.Name, "assumed", DefaultTopicMaxBytes, "err", rc.Err)
 			continue
+		default:
+			// A broker restarting, a timeout: start over rather than guess.
+			return fmt.Errorf("outbox: describe the configuration of %s: %w", rc.Name, rc.Err)
 		}
 		for _, c := range rc.Configs {
 			if c.Key != "max.message.bytes" || c.Value == nil {
@@ -155,6 +162,11 @@ func (r *Relay) describeLimits(ctx context.Context, adm *kadm.Client, topics ...
 		r.limits.set(t, n)
 	}
 	return nil
+}
+
+// notAllowed reports whether err is a refused authorisation.
+func notAllowed(err error) bool {
+	return errors.Is(err, kerr.TopicAuthorizationFailed) || errors.Is(err, kerr.ClusterAuthorizationFailed)
 }
 
 // checkLimits reports every events topic (the default and the routed
