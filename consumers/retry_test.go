@@ -284,8 +284,8 @@ func runLoad(t *testing.T, seeds []string, c loadCase) {
 	}
 	for _, r := range dlq {
 		id := string(r.Value)
-		if calls[id] != failed[id] || calls[id] < ladder {
-			t.Errorf("dead letter %s: %d calls, %d failed, want %d failed calls (the ladder); attempts %s, retries %s, level %s, hop %s, partition %d, offset %d",
+		if calls[id] != failed[id] || calls[id] < ladder || header(r, consumers.HeaderAttempts) != strconv.Itoa(ladder) {
+			t.Errorf("dead letter %s: %d calls, %d failed, want %d failed calls and attempts (the ladder); attempts %s, retries %s, level %s, hop %s, partition %d, offset %d",
 				id, calls[id], failed[id], ladder, header(r, consumers.HeaderAttempts), header(r, consumers.HeaderRetries),
 				header(r, consumers.HeaderLevel), header(r, consumers.HeaderHop), r.Partition, r.Offset)
 		}
@@ -326,7 +326,70 @@ func TestRetryTopics(t *testing.T) {
 			t.Run("DeadRestRestart", func(t *testing.T) { testDeadRestRestart(t, seeds) })
 			t.Run("Poison", func(t *testing.T) { testPoison(t, seeds) })
 			t.Run("MissingRetryTopic", func(t *testing.T) { testMissingRetryTopic(t, seeds) })
+			t.Run("LadderLength", func(t *testing.T) { testLadderLength(t, seeds) })
 		})
+	}
+}
+
+// testLadderLength pins the length of runLoad's ladder: with one in-place
+// retry and three retry levels a record gets 8 calls. A record whose first
+// 8 calls fail is a dead letter (retries-exhausted, attempts 8) however
+// transient its failure (it would have succeeded on a 9th call); one whose
+// first 7 calls fail is handled on its 8th. This is how a record failing
+// 10% of its calls at random ends in Load10pct's dead letters, with a
+// chance of 1e-8 per record.
+func testLadderLength(t *testing.T, seeds []string) {
+	topic := testenv.Topic(t, seeds, 1, nil)
+	group := testenv.Name("g")
+	policy := consumers.RetryTopics(10*time.Millisecond, 10*time.Millisecond, 10*time.Millisecond).
+		InPlace(1, time.Millisecond, 2*time.Millisecond).ThenDLQ()
+	createTopics(t, seeds, 1, policy.Topics(topic, group)...)
+	failFirst := map[string]int{"f7": 7, "f8": 8, "ok": 0}
+	var recs []*kgo.Record
+	for v := range failFirst {
+		recs = append(recs, &kgo.Record{Topic: topic, Key: []byte(v), Value: []byte(v)})
+	}
+	if err := testenv.Client(t, seeds).ProduceSync(t.Context(), recs...).FirstErr(); err != nil {
+		t.Fatal(err)
+	}
+	var (
+		mu      sync.Mutex
+		calls   = map[string]int{}
+		handled = map[string]bool{}
+		dead    atomic.Int64
+	)
+	h := consumers.HandlerFunc(func(ctx context.Context, r *kgo.Record) error {
+		mu.Lock()
+		defer mu.Unlock()
+		v := string(r.Value)
+		calls[v]++
+		if calls[v] <= failFirst[v] {
+			return fmt.Errorf("%s: transient failure, call %d", v, calls[v])
+		}
+		handled[v] = true
+		return nil
+	})
+	g, err := consumers.New(seeds, group, []string{topic}, h, consumers.WithFailurePolicy(policy),
+		consumers.WithStats(func(s consumers.Stats) { dead.Add(int64(s.DeadLettered)) }))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := runGroup(t, g, func() bool { mu.Lock(); defer mu.Unlock(); return len(handled) == 2 && dead.Load() == 1 }); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if !handled["ok"] || !handled["f7"] || handled["f8"] || calls["ok"] != 1 || calls["f7"] != 8 || calls["f8"] != 8 {
+		t.Fatalf("handled %v, calls %v; want ok and f7 handled (1 and 8 calls), f8 not (8 calls)", handled, calls)
+	}
+	dlq := readAll(t, seeds, consumers.DeadLetterTopic(topic, group))
+	if len(dlq) != 1 || string(dlq[0].Value) != "f8" || header(dlq[0], consumers.HeaderAttempts) != "8" ||
+		header(dlq[0], consumers.HeaderReason) != consumers.ReasonExhausted {
+		var got []string
+		for _, r := range dlq {
+			got = append(got, string(r.Value)+" attempts "+header(r, consumers.HeaderAttempts)+" "+header(r, consumers.HeaderReason))
+		}
+		t.Fatalf("dead letters %v, want f8 only, attempts 8, %s", got, consumers.ReasonExhausted)
 	}
 }
 
