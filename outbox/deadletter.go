@@ -64,8 +64,8 @@ const (
 	HeaderType    = DeadLetterHeaderPrefix + "type"
 	HeaderID      = DeadLetterHeaderPrefix + "id"
 	// HeaderSize is the size in bytes of the record that was not
-	// published, as counted against max.message.bytes (ReasonTooLarge),
-	// else of its key, value and headers.
+	// published, as counted against max.message.bytes (ReasonTooLarge,
+	// ReasonTopicMissing), else of the event's data.
 	HeaderSize = DeadLetterHeaderPrefix + "size"
 )
 
