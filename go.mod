@@ -3,6 +3,7 @@ module github.com/orchestrix/orchestrix
 go 1.26.8
 
 require (
+	github.com/emersion/go-smtp v0.26.0
 	github.com/google/uuid v1.6.0
 	github.com/jackc/pgx/v5 v5.13.0
 	github.com/moby/moby/api v1.56.1
@@ -12,6 +13,8 @@ require (
 	github.com/twmb/franz-go/pkg/kadm v1.20.0
 	pgregory.net/rapid v1.3.0
 )
+
+require github.com/emersion/go-sasl v0.0.0-20241020182733-b788ff22d5a6 // indirect
 
 require (
 	dario.cat/mergo v1.0.2 // indirect
