@@ -60,7 +60,7 @@ type scenario struct {
 }
 
 var scenarios = map[string]scenario{
-	"calm":  {about: "no failures", rates: map[string]float64{}},
+	"calm": {about: "no failures", rates: map[string]float64{}},
 	"flaky": {about: "email 20%, sms 30%, push 10%, webhook 20% of calls fail, and 5% of email and webhook calls lose their acknowledgement; the few that fail every attempt are dead-lettered, then redriven",
 		rates: map[string]float64{"email": .2, "sms": .3, "push": .1, "webhook": .2}, lostAcks: map[string]float64{"email": .05, "webhook": .05}},
 	"outage": {about: "the webhook receiver is down for the whole first pass: every webhook ends in the DLQ, the other channels deliver; the outage ends and a redrive brings them home",
