@@ -120,6 +120,17 @@ func (r *Registry) register(goType reflect.Type, e *entry) error {
 	return nil
 }
 
+// TypeNameOf returns the type name T (or *T) is registered under.
+func TypeNameOf[T any](r *Registry) (string, bool) {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	e, ok := r.byType[reflect.TypeFor[T]()]
+	if !ok {
+		return "", false
+	}
+	return e.name, true
+}
+
 // Upcaster turns the payload of an old message type into a newer one on
 // read, before decoding: it returns the new type name and its data. The
 // content type stays the same. After an upcaster has run, Avro data is
