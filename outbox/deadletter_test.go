@@ -6,8 +6,13 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"strconv"
+	"sync"
+	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 
 	"github.com/orchestrix/orchestrix"
 	"github.com/orchestrix/orchestrix/internal/testenv"
@@ -291,4 +296,135 @@ func TestRelayTopicLimit(t *testing.T) {
 	if st := r.Stats(); st.Errors != 0 {
 		t.Errorf("the relay recovered from %d errors, want none (stats %+v)", st.Errors, st)
 	}
+}
+
+// TestDeadLetterKillNineIntegration kills relay processes with SIGKILL
+// (10+ times) while writers append events of which a fifth the codec
+// refuses and one in 2,000 is larger than the topic takes:
+// in the end every committed event is either in the events topic or in
+// the dead-letter topic, exactly once, never both, in stream order; no
+// rolled-back one anywhere. The dead letters commit and abort with the
+// checkpoint that passes them.
+func TestDeadLetterKillNineIntegration(t *testing.T) {
+	e := newEnv(t, 4)
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	n, over := 20_000, 15*time.Second
+	var (
+		seq       atomic.Int64
+		committed atomic.Int64
+		mu        sync.Mutex
+		bad       = map[string]bool{} // committed events that must be dead-lettered
+		wg        sync.WaitGroup
+	)
+	start := time.Now()
+	for w := range 2 {
+		wg.Go(func() {
+			rng := rand.New(rand.NewPCG(uint64(w), uint64(time.Now().UnixNano())))
+			for ctx.Err() == nil && committed.Load() < int64(n) {
+				evs := make([]orchestrix.Event, 1+rng.IntN(20))
+				var mine []string
+				for i := range evs {
+					id := fmt.Sprintf("d-%d", seq.Add(1))
+					evs[i] = event(id)
+					switch k := rng.IntN(2000); {
+					case k < 400:
+						evs[i].Extensions = map[string]string{"Not-Valid": "x"} // the codec refuses it
+						mine = append(mine, id)
+					case k == 400:
+						evs[i] = noisyJSON(id, stores.DefaultMaxEventSize) // larger than the topic takes
+						mine = append(mine, id)
+					}
+				}
+				stream := fmt.Sprintf("d-s%03d", rng.IntN(50))
+				rollback := rng.IntN(10) == 0
+				err := pgx.BeginFunc(ctx, e.pool, func(tx pgx.Tx) error {
+					if _, err := e.store.AppendTx(ctx, tx, []stores.AppendRequest{{StreamID: stream, Expected: stores.Any, Events: evs}}); err != nil {
+						return err
+					}
+					if rollback {
+						return errRollback
+					}
+					return nil
+				})
+				switch {
+				case errors.Is(err, errRollback), errors.Is(err, stores.ErrConflict), ctx.Err() != nil:
+				case err == nil:
+					committed.Add(int64(len(evs)))
+					mu.Lock()
+					for _, id := range mine {
+						bad[id] = true
+					}
+					mu.Unlock()
+				default:
+					var pe interface{ SQLState() string }
+					if errors.As(err, &pe) && pe.SQLState() == "23505" {
+						continue
+					}
+					t.Errorf("load: %v", err)
+					return
+				}
+				due := start.Add(time.Duration(float64(committed.Load()) / float64(n) * float64(over)))
+				time.Sleep(time.Until(due))
+			}
+		})
+	}
+	loadDone := make(chan struct{})
+	go func() { wg.Wait(); close(loadDone) }()
+	rng := rand.New(rand.NewPCG(2, uint64(time.Now().UnixNano())))
+	kills := 0
+	for done := false; !done || kills < 10; kills++ {
+		c := startChild(t, e.schema, e.topic, fmt.Sprintf("d%02d", kills), 2*time.Second)
+		time.Sleep(time.Duration(300+rng.IntN(1200)) * time.Millisecond)
+		c.signal(t, syscall.SIGKILL)
+		<-c.done
+		select {
+		case <-loadDone:
+			done = true
+		default:
+		}
+	}
+	if t.Failed() {
+		return
+	}
+	r := e.relay(t, "final")
+	stop := runRelay(t, r)
+	e.waitCaughtUp(t, r, 2*time.Minute)
+	if err := stop(); err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+
+	all := e.committed(t)
+	want := map[string]expected{}
+	for id, x := range all {
+		if !bad[id] {
+			want[id] = x
+		}
+	}
+	verify(t, readTopic(t, e.seeds, e.topic), want)
+	seen, reasons := map[string]int{}, map[string]int{}
+	dl := readTopicRaw(t, e.seeds, e.topic+outbox.DeadLetterSuffix)
+	for _, rec := range dl {
+		for _, h := range rec.Headers {
+			switch h.Key {
+			case outbox.HeaderID:
+				seen[string(h.Value)]++
+			case outbox.HeaderReason:
+				reasons[string(h.Value)]++
+			}
+		}
+	}
+	for id := range bad {
+		if seen[id] != 1 {
+			t.Errorf("event %s is in the dead-letter topic %d times, want once", id, seen[id])
+		}
+	}
+	for id, c := range seen {
+		if !bad[id] {
+			t.Errorf("event %s is in the dead-letter topic (%d times) but was not to be", id, c)
+		}
+	}
+	t.Logf("%d kills; %d events committed, %d of them dead-lettered %v; dead letters read_committed %d, read_uncommitted %d; events read_uncommitted %d (the difference: records of transactions a kill cut off, aborted)",
+		kills, len(all), len(bad), reasons, len(dl), len(readTopicIsolation(t, e.seeds, e.topic+outbox.DeadLetterSuffix, kgo.ReadUncommitted())),
+		len(readTopicIsolation(t, e.seeds, e.topic, kgo.ReadUncommitted())))
 }
