@@ -50,8 +50,9 @@ func recordSize(rec *kgo.Record) int {
 
 // LimitMismatchError reports a topic that cannot take the largest event
 // the stores accept: the relay dead-letters such events instead of
-// publishing them. It is logged at every start of a Run and handed to
-// OnError; the relay keeps running.
+// publishing them. The first term that reads such a limit logs it (at
+// warning level) and hands it to OnError, once per topic and limit; the
+// relay keeps running.
 type LimitMismatchError struct {
 	// Topic and TopicMaxBytes are the topic and its max.message.bytes.
 	Topic         string
@@ -171,7 +172,7 @@ func notAllowed(err error) bool {
 
 // checkLimits reports every events topic (the default and the routed
 // ones) that cannot take an event of MaxEventSize bytes: logged and
-// handed to OnError once per Run and topic.
+// handed to OnError once per topic and limit.
 func (r *Relay) checkLimits(topics []string) {
 	need := r.cfg.maxEventSize + RecordHeadroom
 	for _, t := range topics {
@@ -179,7 +180,7 @@ func (r *Relay) checkLimits(topics []string) {
 		if !ok || n < 0 || n >= need {
 			continue
 		}
-		if _, done := r.mismatched.LoadOrStore(t, n); done {
+		if prev, seen := r.mismatched.Swap(t, n); seen && prev == n {
 			continue
 		}
 		err := &LimitMismatchError{Topic: t, TopicMaxBytes: n, MaxEventSize: r.cfg.maxEventSize, Need: need}

@@ -110,7 +110,8 @@ type Relay struct {
 	checked atomic.Bool
 	// limits are the max.message.bytes of the topics published to.
 	limits limits
-	// mismatched holds the topics already reported by checkLimits.
+	// mismatched holds the topics checkLimits reported, with the limit
+	// it reported.
 	mismatched sync.Map
 
 	st relayStats
