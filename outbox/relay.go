@@ -391,7 +391,9 @@ func (r *Relay) lead(ctx context.Context, term leadership) (published bool, err 
 	// may have changed, a missing topic may have been created.
 	r.limits.reset()
 	dest := r.destinations()
-	if err := r.describeLimits(sctx, adm, append(dest, r.cfg.checkpointTopic)...); err != nil {
+	// (Not the checkpoint topic's, maybe just created: its records are
+	// tiny, and franz-go's default batch limit is below Kafka's.)
+	if err := r.describeLimits(sctx, adm, dest...); err != nil {
 		return fail(err)
 	}
 	r.checkLimits(dest)
