@@ -55,6 +55,12 @@ type PartitionAware interface {
 // Later outages do not stop Run: see the package documentation.
 var ErrUnreachable = errors.New("consumers: brokers unreachable")
 
+// ErrAttemptTimeout marks a handler call that failed after its deadline
+// (FailurePolicy.AttemptTimeout) passed. It is transient but not retried
+// in place: the record goes to the next retry level, or to the dead-letter
+// topic with reason "timeout".
+var ErrAttemptTimeout = errors.New("consumers: handler call exceeded its attempt timeout")
+
 // ErrBlocked marks a record not processed because an earlier record of the
 // same key failed in the same batch.
 var ErrBlocked = errors.New("consumers: an earlier record of the same key failed")
@@ -111,6 +117,12 @@ type Group struct {
 	// last record processed by a completed poll and the committed offset
 	// (ordered modes: dead-letter markers wait for them).
 	processed, committed map[tp]int64
+	// slots are the attempt-deadline slots of the lanes now processing;
+	// watching says the watchdog runs (see deadline.go).
+	slotMu   sync.Mutex
+	slots    map[*callSlot]struct{}
+	watching bool
+	wake     chan struct{}
 }
 
 type config struct {
@@ -808,7 +820,10 @@ func (g *Group) partition(ctx context.Context, topic string, part int32, recs []
 	results := make([]error, len(recs))
 	ctx = context.WithValue(ctx, flightKey{}, fl)
 	if bh, ok := g.h.(BatchHandler); ok && pos.level == 0 {
-		if err := g.batch(ctx, bh, pos, recs, results, &st); err != nil {
+		sctx, retire := g.withSlot(ctx)
+		err := g.batch(sctx, bh, pos, recs, results, &st)
+		retire()
+		if err != nil {
 			return nil, wait, st, fl, err
 		}
 	} else {
@@ -924,6 +939,8 @@ func (g *Group) lanes(ctx context.Context, pos chainPos, recs []*kgo.Record, res
 	n := g.cfg.keyConcurrency
 	var mu sync.Mutex
 	run := func(lane int) {
+		ctx, retire := g.withSlot(ctx)
+		defer retire()
 		var ls Stats
 		defer func() {
 			mu.Lock()
@@ -981,8 +998,9 @@ func laneOf(key []byte, n int) int {
 	return int(h.Sum32() % uint32(n))
 }
 
-// call runs the handler once on r, under the attempt deadline. A retry
-// record is shown with its origin topic, partition, offset and timestamp.
+// call runs the handler once on r, under the attempt deadline (see
+// callWithDeadline). A retry record is shown with its origin topic,
+// partition, offset and timestamp.
 func (g *Group) call(ctx context.Context, pos chainPos, r *kgo.Record, m meta) error {
 	rec := r
 	if pos.level > 0 {
@@ -991,9 +1009,7 @@ func (g *Group) call(ctx context.Context, pos chainPos, r *kgo.Record, m meta) e
 		rec = &c
 	}
 	if d := g.cfg.policy.AttemptTimeout; d > 0 {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, d)
-		defer cancel()
+		return g.callWithDeadline(ctx, rec, d)
 	}
 	return g.handle(ctx, rec)
 }
@@ -1099,7 +1115,10 @@ func (g *Group) fail(ctx context.Context, pos chainPos, r *kgo.Record, m meta, s
 	if !errors.Is(err, ErrBlocked) && g.log.Enabled(ctx, slog.LevelWarn) {
 		g.log.WarnContext(ctx, "handler failed", "topic", r.Topic, "partition", r.Partition, "offset", r.Offset, "attempt", m.attempts, "err", err)
 	}
-	for tries := 0; !IsPermanent(err) && tries < p.Retries; tries++ {
+	// A call that hit its deadline is not retried in place: it held up
+	// the poll (and so every partition of the member) for AttemptTimeout
+	// already.
+	for tries := 0; !IsPermanent(err) && !errors.Is(err, ErrAttemptTimeout) && tries < p.Retries; tries++ {
 		if s != nil && pos.level == 0 {
 			g.mu.Lock()
 			parked := s.inChain(key)

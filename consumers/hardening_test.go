@@ -1,8 +1,10 @@
 package consumers_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"log/slog"
 	"strconv"
 	"strings"
 	"sync"
@@ -255,4 +257,183 @@ func testHandlerPanics(t *testing.T, seeds []string, batch bool) {
 			t.Errorf("dead letter %s: stack header (%d bytes) lacks the panicking frame or keeps the recovering ones:\n%s", id, len(stack), stack)
 		}
 	}
+}
+
+// syncBuffer is a bytes.Buffer for a logger written from several
+// goroutines.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// TestHungHandler: a handler that hangs on one key (partition 0) holds up
+// the member's other partition for at most the attempt timeout: records
+// produced to partition 1 while it hangs are handled within the timeout
+// plus slack, and the hung record is dead-lettered (reason timeout, one
+// attempt: a timed-out call is not retried in place). A handler that
+// ignores its context cannot be stopped: the group says so at error level
+// until it returns. (Before, the default policy had no deadline: one hung
+// call stopped every partition of the member for good.)
+func TestHungHandler(t *testing.T) {
+	if consumers.DefaultAttemptTimeout != 10*time.Second {
+		t.Fatalf("DefaultAttemptTimeout = %s, documented as 10s", consumers.DefaultAttemptTimeout)
+	}
+	if d := consumers.DefaultFailurePolicy().AttemptTimeout; d != consumers.DefaultAttemptTimeout {
+		t.Fatalf("DefaultFailurePolicy().AttemptTimeout = %s, want DefaultAttemptTimeout (10s)", d)
+	}
+	if d := consumers.RetryTopics(time.Second).AttemptTimeout; d != consumers.DefaultAttemptTimeout {
+		t.Fatalf("RetryTopics(...).AttemptTimeout = %s, want DefaultAttemptTimeout", d)
+	}
+	for _, b := range testenv.Brokerages() {
+		t.Run(b.Name, func(t *testing.T) {
+			seeds := b.Seeds(t)
+			t.Run("BlocksUntilCtxDone", func(t *testing.T) { testHungHandler(t, seeds, false) })
+			t.Run("IgnoresCtx", func(t *testing.T) { testHungHandler(t, seeds, true) })
+		})
+	}
+}
+
+func testHungHandler(t *testing.T, seeds []string, ignoreCtx bool) {
+	const timeout, slack = time.Second, 3 * time.Second
+	topic := testenv.Topic(t, seeds, 2, nil)
+	group := testenv.Name("g")
+	createTopics(t, seeds, 2, consumers.DeadLetterTopic(topic, group))
+	cl := testenv.Client(t, seeds, kgo.RecordPartitioner(kgo.ManualPartitioner()))
+	produceTo := func(part int32, key string, values ...string) time.Time {
+		t.Helper()
+		var recs []*kgo.Record
+		for _, v := range values {
+			recs = append(recs, &kgo.Record{Topic: topic, Partition: part, Key: []byte(key), Value: []byte(v)})
+		}
+		if err := cl.ProduceSync(t.Context(), recs...).FirstErr(); err != nil {
+			t.Fatal(err)
+		}
+		return time.Now()
+	}
+	var (
+		mu      sync.Mutex
+		handled = map[string]time.Time{}
+		hung    = make(chan struct{})
+		release = make(chan struct{})
+		calls   atomic.Int64
+	)
+	h := consumers.HandlerFunc(func(ctx context.Context, r *kgo.Record) error {
+		if string(r.Key) == "hung" {
+			if calls.Add(1) == 1 {
+				close(hung)
+			}
+			if ignoreCtx {
+				<-release
+				return errors.New("gave up")
+			}
+			<-ctx.Done()
+			return ctx.Err()
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		handled[string(r.Value)] = time.Now()
+		return nil
+	})
+	logs := &syncBuffer{}
+	g, err := consumers.New(seeds, group, []string{topic}, h, consumers.DrainTimeout(2*time.Second),
+		consumers.WithFailurePolicy(consumers.DefaultFailurePolicy().WithAttemptTimeout(timeout)),
+		consumers.WithLogger(slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelWarn}))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- g.Run(ctx) }()
+	defer func() {
+		cancel()
+		select {
+		case <-release:
+		default:
+			close(release)
+		}
+		if err := <-done; err != nil {
+			t.Errorf("run: %v", err)
+		}
+	}()
+
+	produceTo(0, "hung", "h0")
+	select {
+	case <-hung:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the hung record was not handled within 30s")
+	}
+	const n = 10
+	var values []string
+	for i := range n {
+		values = append(values, "v"+strconv.Itoa(i))
+	}
+	sent := produceTo(1, "ok", values...)
+	allHandled := func() bool { mu.Lock(); defer mu.Unlock(); return len(handled) == n }
+	if ignoreCtx {
+		// Held up until the handler returns, and said so meanwhile.
+		waitUntil(t, 3*timeout, func() bool { return strings.Contains(logs.String(), "handler has not returned") })
+		if allHandled() {
+			t.Fatal("partition 1 was handled while a handler ignoring ctx ran (the batch barrier should hold it)")
+		}
+		t.Logf("logged: %s", firstLine(logs.String(), "handler has not returned"))
+		close(release)
+	}
+	waitUntil(t, 20*time.Second, allHandled)
+	mu.Lock()
+	var last time.Time
+	for _, at := range handled {
+		if at.After(last) {
+			last = at
+		}
+	}
+	mu.Unlock()
+	lag := last.Sub(sent)
+	t.Logf("partition 1's records handled %s after they were produced (attempt timeout %s)", lag.Round(time.Millisecond), timeout)
+	if !ignoreCtx && lag > timeout+slack {
+		t.Errorf("partition 1 waited %s, want at most the attempt timeout %s (+%s slack)", lag, timeout, slack)
+	}
+	waitUntil(t, 20*time.Second, func() bool { return committed(t, seeds, group, topic) == n+1 })
+	dlq := readAll(t, seeds, consumers.DeadLetterTopic(topic, group))
+	if len(dlq) != 1 || string(dlq[0].Value) != "h0" || header(dlq[0], consumers.HeaderReason) != consumers.ReasonTimeout ||
+		header(dlq[0], consumers.HeaderAttempts) != "1" {
+		for _, r := range dlq {
+			t.Logf("dead letter %s: reason %s, attempts %s, error %s", r.Value, header(r, consumers.HeaderReason), header(r, consumers.HeaderAttempts), header(r, consumers.HeaderError))
+		}
+		t.Fatalf("dead letters %d, want h0 with reason timeout after 1 attempt", len(dlq))
+	}
+	if c := calls.Load(); c != 1 {
+		t.Errorf("hung handler called %d times, want 1 (no in-place retry after a timeout)", c)
+	}
+}
+
+func waitUntil(t *testing.T, d time.Duration, ok func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !ok() {
+		if time.Now().After(deadline) {
+			t.Fatalf("condition not met within %s", d)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func firstLine(s, sub string) string {
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, sub) {
+			return l
+		}
+	}
+	return ""
 }

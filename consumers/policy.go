@@ -31,9 +31,24 @@ type FailurePolicy struct {
 	// level) to the dead-letter topic and moves on; without it, Run stops
 	// with the error.
 	DeadLetter bool
-	// AttemptTimeout bounds each handler call with a context deadline
-	// (0: no deadline). A call that times out counts as a transient
-	// failure.
+	// AttemptTimeout bounds each Handle call with a context deadline
+	// (DefaultAttemptTimeout in DefaultFailurePolicy and RetryTopics; 0:
+	// no deadline). A call that fails after its deadline fails with
+	// ErrAttemptTimeout: a transient failure that is not retried in place
+	// (it held up the whole poll for AttemptTimeout already) but goes to
+	// the next retry level or the dead-letter topic (reason "timeout").
+	// So a handler that blocks until its context ends holds up the
+	// member's poll, and every partition, for at most AttemptTimeout per
+	// record. A handler that ignores its context cannot be stopped (Go
+	// cannot kill a goroutine): it holds up its partition and the member
+	// until it returns, logged at error level once it is AttemptTimeout
+	// past the deadline and every minute after. The call's context reports
+	// the deadline (Deadline); once it passed, its Err is
+	// context.DeadlineExceeded and its context.Cause ErrAttemptTimeout
+	// (contexts derived from it end with context.Canceled, same cause).
+	// A context must not be used after its call returned. HandleBatch calls get no
+	// deadline (their length grows with the batch); the records a batch
+	// fails are retried alone, with Handle, under it.
 	AttemptTimeout time.Duration
 	// Ordering says whether records of a key may overtake a record of the
 	// same key that waits in the retry topics (default Unordered). See
@@ -79,23 +94,34 @@ func (o Ordering) String() string {
 	return "ordering(" + strconv.Itoa(int(o)) + ")"
 }
 
+// DefaultAttemptTimeout is the deadline of each handler call in
+// DefaultFailurePolicy and RetryTopics: long for one record's work, short
+// of franz-go's default rebalance timeout (60s), which a hung poll
+// would otherwise outlast (BlockRebalanceOnPoll).
+const DefaultAttemptTimeout = 10 * time.Second
+
 // DefaultFailurePolicy retries 3 times in place (100ms, 200ms, 400ms),
-// then dead-letters. It uses no retry topics.
+// then dead-letters. It uses no retry topics. Each handler call gets
+// DefaultAttemptTimeout (10s); a call that times out is dead-lettered
+// without in-place retries (see AttemptTimeout).
 func DefaultFailurePolicy() FailurePolicy {
-	return FailurePolicy{Retries: 3, Backoff: 100 * time.Millisecond, MaxBackoff: 5 * time.Second, DeadLetter: true, MaxErrorLength: 1024}
+	return FailurePolicy{Retries: 3, Backoff: 100 * time.Millisecond, MaxBackoff: 5 * time.Second, DeadLetter: true, MaxErrorLength: 1024,
+		AttemptTimeout: DefaultAttemptTimeout}
 }
 
 // RetryTopics returns a policy with non-blocking retry levels, one per
 // delay: no in-place retry (an in-place retry holds up its whole poll; add
 // them with InPlace), then retry level 1 (due after delays[0]), level 2,
-// and so on. After the last level Run stops with the
+// and so on. Each handler call gets DefaultAttemptTimeout (change it with
+// WithAttemptTimeout). After the last level Run stops with the
 // error unless ThenDLQ is called:
 //
 //	consumers.WithFailurePolicy(consumers.RetryTopics(time.Second, 10*time.Second).ThenDLQ())
 //
 // The topics must exist (see Topics); New does not create them.
 func RetryTopics(delays ...time.Duration) FailurePolicy {
-	return FailurePolicy{Backoff: 100 * time.Millisecond, MaxBackoff: 5 * time.Second, RetryDelays: delays, MaxErrorLength: 1024}
+	return FailurePolicy{Backoff: 100 * time.Millisecond, MaxBackoff: 5 * time.Second, RetryDelays: delays, MaxErrorLength: 1024,
+		AttemptTimeout: DefaultAttemptTimeout}
 }
 
 // ThenDLQ returns p that dead-letters records that still fail.
@@ -107,7 +133,8 @@ func (p FailurePolicy) InPlace(n int, backoff, maxBackoff time.Duration) Failure
 	return p
 }
 
-// WithAttemptTimeout returns p with a deadline on each handler call.
+// WithAttemptTimeout returns p with a deadline d on each handler call (0:
+// none). See FailurePolicy.AttemptTimeout.
 func (p FailurePolicy) WithAttemptTimeout(d time.Duration) FailurePolicy {
 	p.AttemptTimeout = d
 	return p
@@ -214,7 +241,7 @@ const (
 	ReasonPermanent   = "permanent"                 // marked with Permanent
 	ReasonInvalid     = "invalid"                   // orchestrix.ErrInvalid, e.g. a codec decode error
 	ReasonUnknownType = "unknown-type"              // orchestrix.ErrUnknownType
-	ReasonTimeout     = "timeout"                   // the attempt deadline passed
+	ReasonTimeout     = "timeout"                   // the attempt deadline passed (ErrAttemptTimeout)
 	ReasonExhausted   = "retries-exhausted"         // a transient error outlived every retry
 	ReasonParkedDead  = "parked-behind-dead-letter" // OrderedDeadLetterRest
 	ReasonPanic       = "panic"                     // the handler panicked (PanicError)
@@ -238,7 +265,7 @@ func ErrorReason(err error) string {
 		return ReasonInvalid
 	case IsPermanent(err):
 		return ReasonPermanent
-	case errors.Is(err, context.DeadlineExceeded):
+	case errors.Is(err, ErrAttemptTimeout) || errors.Is(err, context.DeadlineExceeded):
 		return ReasonTimeout
 	}
 	return ReasonExhausted
