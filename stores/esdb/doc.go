@@ -70,6 +70,13 @@
 // AppendMany puts every request's events and command records into one
 // write-events call, so it is atomic across streams.
 //
+// Rejections. Store is a stores.RejectionRecorder: AppendDecisions adds
+// to that one call a CommandRejectedType event per rejected command, in
+// the command's subject and guarded by isSubjectPristine like an accepted
+// command's record, so a command is decided once. FindCommand reports it
+// as AppendResult.Rejection; recording a command ID that is already
+// recorded fails the whole call with a *stores.ConflictError.
+//
 // Positions and ReadAll. Position is the ESDB event ID + 1 (IDs start at
 // "0", positions at 1), so it is unique and increasing but has gaps where
 // command records, snapshots and other applications' events sit. ReadAll

@@ -32,8 +32,14 @@ const (
 
 // ESDB event types of the store's bookkeeping events.
 const (
+	// CommandRecordedType is the record of an accepted command: the
+	// stream and versions its append wrote.
 	CommandRecordedType = "io.orchestrix.store.command-recorded"
-	SnapshotSavedType   = "io.orchestrix.store.snapshot-saved"
+	// CommandRejectedType is the record of a rejected command
+	// (AppendDecisions): the stream and the reason, no versions.
+	CommandRejectedType = "io.orchestrix.store.command-rejected"
+	// SnapshotSavedType is a saved snapshot.
+	SnapshotSavedType = "io.orchestrix.store.snapshot-saved"
 )
 
 // Store is a stores.EventStore on EventSourcingDB. It is safe for
@@ -247,6 +253,41 @@ type commandRecord struct {
 	ToVersion   uint64 `json:"toVersion"`
 }
 
+// rejectionRecord is the data of a rejected command's record: the reason
+// as JSON when it is in the compact form the server writes (so it comes
+// back byte for byte), else as base64.
+type rejectionRecord struct {
+	Stream       string          `json:"stream"`
+	Reason       json.RawMessage `json:"reason,omitempty"`
+	ReasonBase64 *string         `json:"reasonBase64,omitempty"`
+}
+
+// parseCommandRecord turns the first event of a command's subject into
+// the result FindCommand reports: the versions of an accepted command, or
+// the reason of a rejected one.
+func parseCommandRecord(commandID string, e Event) (stores.AppendResult, error) {
+	foreign := fmt.Errorf("esdb: command record %s of %q: %w", e.ID, commandID, ErrForeignEvent)
+	switch e.Type {
+	case CommandRecordedType:
+		var rec commandRecord
+		if err := json.Unmarshal(e.Data, &rec); err != nil || rec.Stream == "" {
+			return stores.AppendResult{}, foreign
+		}
+		return stores.AppendResult{StreamID: rec.Stream, FromVersion: rec.FromVersion, ToVersion: rec.ToVersion}, nil
+	case CommandRejectedType:
+		var rec rejectionRecord
+		if err := json.Unmarshal(e.Data, &rec); err != nil || rec.Stream == "" {
+			return stores.AppendResult{}, foreign
+		}
+		reason, err := payloadBytes(rec.Reason, rec.ReasonBase64)
+		if err != nil || len(reason) == 0 {
+			return stores.AppendResult{}, foreign
+		}
+		return stores.AppendResult{StreamID: rec.Stream, Rejection: reason}, nil
+	}
+	return stores.AppendResult{}, foreign
+}
+
 // Append implements stores.EventStore.
 func (s *Store) Append(ctx context.Context, streamID string, expected stores.ExpectedVersion, events []orchestrix.Event) (stores.AppendResult, error) {
 	res, err := s.AppendMany(ctx, []stores.AppendRequest{{StreamID: streamID, Expected: expected, Events: events}})
@@ -260,7 +301,20 @@ func (s *Store) Append(ctx context.Context, streamID string, expected stores.Exp
 // records of their commands, go into one write-events call, which the
 // server applies atomically.
 func (s *Store) AppendMany(ctx context.Context, reqs []stores.AppendRequest) ([]stores.AppendResult, error) {
-	if len(reqs) == 0 {
+	return s.AppendDecisions(ctx, reqs, nil)
+}
+
+// AppendDecisions implements stores.RejectionRecorder: it does what
+// AppendMany does and, in the same write-events call, records each
+// rejected command as a CommandRejectedType event in the command's
+// subject, guarded by isSubjectPristine like the record of an accepted
+// command, so a command is decided once. FindCommand then reports the
+// rejection, and an append with its command ID writes nothing. A rejected
+// command whose ID is already recorded (accepted or rejected), appended
+// by this call, or rejected twice in it fails the whole call with a
+// *stores.ConflictError and writes nothing.
+func (s *Store) AppendDecisions(ctx context.Context, reqs []stores.AppendRequest, rejected []stores.RejectedCommand) ([]stores.AppendResult, error) {
+	if len(reqs) == 0 && len(rejected) == 0 {
 		return []stores.AppendResult{}, nil
 	}
 	// Events get their IDs once, so a retried attempt writes the same
@@ -286,9 +340,22 @@ func (s *Store) AppendMany(ctx context.Context, reqs []stores.AppendRequest) ([]
 		}
 		prepared[i] = evs
 	}
+	rejections := make([]EventCandidate, len(rejected))
+	for i, rc := range rejected {
+		if err := stores.CheckRejected(rc); err != nil {
+			return nil, err
+		}
+		rec := rejectionRecord{Stream: rc.StreamID}
+		rec.Reason, rec.ReasonBase64 = payloadFields("application/json", rc.Reason)
+		data, err := json.Marshal(rec)
+		if err != nil {
+			return nil, fmt.Errorf("esdb: encode rejection of %q: %w", rc.CommandID, err)
+		}
+		rejections[i] = EventCandidate{Source: s.source, Subject: s.commandSubject(rc.CommandID), Type: CommandRejectedType, Data: data}
+	}
 	var lastConflict *stores.ConflictError
 	for attempt := 0; attempt < s.maxAttempts; attempt++ {
-		p, err := s.plan(ctx, reqs, prepared)
+		p, err := s.plan(ctx, reqs, prepared, rejected, rejections)
 		if err != nil {
 			return nil, err
 		}
@@ -334,10 +401,24 @@ type appendPlan struct {
 }
 
 // plan reads the current state of the streams and commands of reqs and
-// builds one write: the events with their versions, each command's record,
-// and the preconditions that pin the state the plan was made on.
-func (s *Store) plan(ctx context.Context, reqs []stores.AppendRequest, prepared [][]orchestrix.Event) (appendPlan, error) {
+// rejected and builds one write: the events with their versions, each
+// command's record, each rejection, and the preconditions that pin the
+// state the plan was made on.
+func (s *Store) plan(ctx context.Context, reqs []stores.AppendRequest, prepared [][]orchestrix.Event, rejected []stores.RejectedCommand, rejections []EventCandidate) (appendPlan, error) {
 	p := appendPlan{results: make([]stores.AppendResult, len(reqs))}
+	ids := make([]string, 0, len(reqs)+len(rejected))
+	for _, r := range reqs {
+		if cmd := r.Events[0].CommandID; cmd != "" {
+			ids = append(ids, cmd)
+		}
+	}
+	for _, rc := range rejected {
+		ids = append(ids, rc.CommandID)
+	}
+	recorded, err := s.lookupCommands(ctx, ids)
+	if err != nil {
+		return appendPlan{}, err
+	}
 	heads := map[string]*head{}
 	commands := map[string]int{}
 	for i, r := range reqs {
@@ -348,11 +429,7 @@ func (s *Store) plan(ctx context.Context, reqs []stores.AppendRequest, prepared 
 				p.results[i].Duplicate = true
 				continue
 			}
-			prev, found, err := s.FindCommand(ctx, cmd)
-			if err != nil {
-				return appendPlan{}, err
-			}
-			if found {
+			if prev, found := recorded[cmd]; found {
 				prev.Duplicate = true
 				p.results[i] = prev
 				continue
@@ -400,7 +477,42 @@ func (s *Store) plan(ctx context.Context, reqs []stores.AppendRequest, prepared 
 			p.preconditions = append(p.preconditions, IsSubjectPristine(subject))
 		}
 	}
+	// A command is decided once: a rejection of a command recorded
+	// before, appended by this call or rejected twice in it conflicts.
+	rejecting := map[string]bool{}
+	for i, rc := range rejected {
+		_, appended := commands[rc.CommandID]
+		_, found := recorded[rc.CommandID]
+		if appended || found || rejecting[rc.CommandID] {
+			return appendPlan{}, &stores.ConflictError{StreamID: rc.StreamID, Expected: stores.Any}
+		}
+		rejecting[rc.CommandID] = true
+		p.candidates = append(p.candidates, rejections[i])
+		p.preconditions = append(p.preconditions, IsSubjectPristine(rejections[i].Subject))
+		if p.firstWrite == nil {
+			p.firstWrite = &stores.ConflictError{StreamID: rc.StreamID, Expected: stores.Any}
+		}
+	}
 	return p, nil
+}
+
+// lookupCommands returns the recorded results of the command IDs that
+// have a record.
+func (s *Store) lookupCommands(ctx context.Context, ids []string) (map[string]stores.AppendResult, error) {
+	out := make(map[string]stores.AppendResult, len(ids))
+	for _, id := range ids {
+		if _, ok := out[id]; ok {
+			continue
+		}
+		prev, found, err := s.FindCommand(ctx, id)
+		if err != nil {
+			return nil, err
+		}
+		if found {
+			out[id] = prev
+		}
+	}
+	return out, nil
 }
 
 // ReadStream implements stores.EventStore. It reads the stream's subject
@@ -502,7 +614,8 @@ func (s *Store) Observe(ctx context.Context, after stores.Cursor) iter.Seq2[stor
 }
 
 // FindCommand implements stores.EventStore by reading the command's record
-// subject.
+// subject: the versions of an accepted command, or the Rejection of a
+// command recorded by AppendDecisions.
 func (s *Store) FindCommand(ctx context.Context, commandID string) (stores.AppendResult, bool, error) {
 	if err := orchestrix.CheckID("command id", commandID); err != nil {
 		return stores.AppendResult{}, false, fmt.Errorf("esdb: find command: %w", err)
@@ -511,11 +624,11 @@ func (s *Store) FindCommand(ctx context.Context, commandID string) (stores.Appen
 		if err != nil {
 			return stores.AppendResult{}, false, fmt.Errorf("esdb: find command %q: %w", commandID, err)
 		}
-		var rec commandRecord
-		if err := json.Unmarshal(e.Data, &rec); err != nil || e.Type != CommandRecordedType || rec.Stream == "" {
-			return stores.AppendResult{}, false, fmt.Errorf("esdb: command record %s of %q: %w", e.ID, commandID, ErrForeignEvent)
+		res, err := parseCommandRecord(commandID, e)
+		if err != nil {
+			return stores.AppendResult{}, false, err
 		}
-		return stores.AppendResult{StreamID: rec.Stream, FromVersion: rec.FromVersion, ToVersion: rec.ToVersion}, true, nil
+		return res, true, nil
 	}
 	return stores.AppendResult{}, false, nil
 }
@@ -603,4 +716,7 @@ func (s *Store) LoadSnapshot(ctx context.Context, streamID string) (stores.Snaps
 	return snap, ok, err
 }
 
-var _ stores.EventStore = (*Store)(nil)
+var (
+	_ stores.EventStore        = (*Store)(nil)
+	_ stores.RejectionRecorder = (*Store)(nil)
+)

@@ -81,7 +81,7 @@ func TestConformance(t *testing.T) {
 	storetest.Run(t, func(t *testing.T) stores.EventStore {
 		s, _ := newStore(t)
 		return s
-	})
+	}, storetest.RequireRejections())
 }
 
 func TestStoreMapping(t *testing.T) {
@@ -275,5 +275,73 @@ func TestStoreTimeDefaultsToServerTime(t *testing.T) {
 	got := storetest.ReadStream(t, s, "t", 0)
 	if got[0].Time.Before(before) || got[0].ID == "" || got[0].Subject != "t" {
 		t.Fatalf("defaults not filled: %+v", got[0].Metadata)
+	}
+}
+
+// The store records rejections (stores.RejectionRecorder) in the command's
+// record subject.
+var _ stores.RejectionRecorder = (*esdb.Store)(nil)
+
+// TestStoreRejections: a rejection is a CommandRejectedType event in the
+// command's subject, its reason comes back byte for byte, and racing
+// decisions of one command ID record exactly one of them.
+func TestStoreRejections(t *testing.T) {
+	s, b := newStore(t)
+	ctx := t.Context()
+	reason := []byte(`{ "code": "insufficient_funds", "html": "<b>" }`) // not compact: travels as base64
+	if _, err := s.AppendDecisions(ctx, nil, []stores.RejectedCommand{{CommandID: "cmd/r1", StreamID: "acct-1", Reason: reason}}); err != nil {
+		t.Fatalf("AppendDecisions: %v", err)
+	}
+	var raw []esdb.Event
+	for e, err := range b.client.ReadEvents(ctx, b.prefix+"/commands/cmd_2Fr1", esdb.ReadOptions{}) {
+		if err != nil {
+			t.Fatalf("read record: %v", err)
+		}
+		raw = append(raw, e)
+	}
+	if len(raw) != 1 || raw[0].Type != esdb.CommandRejectedType {
+		t.Fatalf("command subject holds %+v, want one %s event", raw, esdb.CommandRejectedType)
+	}
+	got, ok, err := s.FindCommand(ctx, "cmd/r1")
+	if err != nil || !ok || !bytes.Equal(got.Rejection, reason) || got.StreamID != "acct-1" || got.ToVersion != 0 {
+		t.Fatalf("FindCommand = %+v (%s), %v, %v; want the reason byte for byte", got, got.Rejection, ok, err)
+	}
+	if all := storetest.ReadAll(t, s, stores.Cursor{}); len(all) != 0 {
+		t.Errorf("a rejection put %d events into the log", len(all))
+	}
+
+	const deciders = 8
+	var wg sync.WaitGroup
+	errs := make([]error, deciders)
+	for d := range deciders {
+		wg.Go(func() {
+			reqs := []stores.AppendRequest{{StreamID: fmt.Sprintf("side-%d", d), Expected: stores.NoStream, Events: storetest.Events("Side", 1)}}
+			_, errs[d] = s.AppendDecisions(ctx, reqs, []stores.RejectedCommand{{CommandID: "c-race", StreamID: "acct-2", Reason: fmt.Appendf(nil, `{"by":%d}`, d)}})
+		})
+	}
+	wg.Wait()
+	winner := -1
+	for d, err := range errs {
+		switch {
+		case err == nil && winner < 0:
+			winner = d
+		case err == nil:
+			t.Fatalf("deciders %d and %d both recorded c-race", winner, d)
+		case !errors.Is(err, stores.ErrConflict):
+			t.Fatalf("decider %d: %v, want a conflict", d, err)
+		}
+	}
+	if winner < 0 {
+		t.Fatal("no decider recorded c-race")
+	}
+	got, ok, err = s.FindCommand(ctx, "c-race")
+	if want := fmt.Sprintf(`{"by":%d}`, winner); err != nil || !ok || string(got.Rejection) != want {
+		t.Fatalf("FindCommand(c-race) = %s, %v, %v; want the winner's %s", got.Rejection, ok, err, want)
+	}
+	for d := range deciders {
+		evs := storetest.ReadStream(t, s, fmt.Sprintf("side-%d", d), 0)
+		if want := map[bool]int{true: 1, false: 0}[d == winner]; len(evs) != want {
+			t.Errorf("side-%d has %d events, want %d: a losing decision must write nothing", d, len(evs), want)
+		}
 	}
 }

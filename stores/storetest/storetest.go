@@ -36,8 +36,25 @@ type PendingAppender interface {
 	BeginAppend(ctx context.Context, streamID string, expected stores.ExpectedVersion, events []orchestrix.Event) (finish func(ctx context.Context, commit bool) error, err error)
 }
 
+// Option configures Run.
+type Option func(*config)
+
+type config struct {
+	requireRejections bool
+}
+
+// RequireRejections makes the Rejections subtest fail, instead of skip,
+// when the store does not implement stores.RejectionRecorder: pass it for
+// every store that must record rejected commands, so losing the
+// capability is a failure and not a silent skip.
+func RequireRejections() Option { return func(c *config) { c.requireRejections = true } }
+
 // Run runs the conformance suite.
-func Run(t *testing.T, newStore Factory) {
+func Run(t *testing.T, newStore Factory, opts ...Option) {
+	var cfg config
+	for _, o := range opts {
+		o(&cfg)
+	}
 	t.Run("AppendAndReadStream", func(t *testing.T) { testAppendRead(t, newStore(t)) })
 	t.Run("ExpectedVersion", func(t *testing.T) { testExpected(t, newStore(t)) })
 	t.Run("ConcurrentWriters", func(t *testing.T) { testConcurrentWriters(t, newStore(t)) })
@@ -66,6 +83,9 @@ func Run(t *testing.T, newStore Factory) {
 	t.Run("Rejections", func(t *testing.T) {
 		s := newStore(t)
 		r, ok := s.(stores.RejectionRecorder)
+		if !ok && cfg.requireRejections {
+			t.Fatalf("store %T does not implement stores.RejectionRecorder, which RequireRejections requires", s)
+		}
 		if !ok {
 			t.Skip("store does not implement stores.RejectionRecorder")
 		}
