@@ -39,8 +39,10 @@
 // transaction's records become visible at once.
 //
 // One relay publishes at a time. With a PostgreSQL source, relays
-// campaign for a session advisory lock on a dedicated connection; the
-// holder publishes, the others wait as standbys. The holder's connection
+// campaign for a session advisory lock on a dedicated connection
+// (stores/postgres.Elector, found through stores.Leaser; LeaderElection
+// takes any stores.Elector); the holder publishes, the others wait as
+// standbys. The holder's connection
 // pings every Lease/3 with PostgreSQL's idle_session_timeout set to the
 // lease, so a leader that dies, hangs or is paused loses the lock within
 // the lease and a standby takes over. A lost lock connection means lost

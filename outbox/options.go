@@ -82,7 +82,7 @@ type config struct {
 	onError         func(error)
 	onInvalid       func(context.Context, stores.Entry, error) error
 
-	electionPool *pgxpool.Pool
+	elector      stores.Elector
 	noElection   bool
 	outboxPool   *pgxpool.Pool
 	outboxSchema string
@@ -173,12 +173,13 @@ func PollInterval(min, max time.Duration) Option {
 	return func(c *config) { c.pollMin, c.pollMax = min, max }
 }
 
-// LeaderElection makes the relay publish only while it holds a PostgreSQL
-// session advisory lock on a dedicated connection of pool; the others wait
-// as standbys and take over when the leader's session ends. By default
-// the relay uses the pool of a source that has one (a stores/postgres
-// Store); see NoLeaderElection.
-func LeaderElection(pool *pgxpool.Pool) Option { return func(c *config) { c.electionPool = pool } }
+// LeaderElection makes the relay publish only while it holds a term of
+// e; the others wait as standbys and take over when the leader's term
+// ends. By default a source that is a stores.Leaser (a stores/postgres
+// Store: a session advisory lock, see postgres.Elector) gives the relay
+// its elector for the role "orchestrix.relay:<transactional ID>", with the
+// Lease and Instance options; see NoLeaderElection.
+func LeaderElection(e stores.Elector) Option { return func(c *config) { c.elector = e } }
 
 // NoLeaderElection turns leader election off: the relay publishes as soon
 // as it runs. Two such relays with one transactional ID keep fencing each

@@ -45,7 +45,8 @@ type Observer interface {
 // Optional capabilities of a Source, found by type assertion.
 type (
 	// pooled is a PostgreSQL-backed source (stores/postgres.Store): its
-	// pool serves leader election, its schema's outbox table is drained.
+	// schema's outbox table is drained. (Leader election comes from
+	// stores.Leaser.)
 	pooled interface {
 		Pool() *pgxpool.Pool
 		Schema() string
@@ -96,7 +97,7 @@ type Relay struct {
 	src      Source
 	seeds    []string
 	log      *slog.Logger
-	election *election
+	election stores.Elector
 	outbox   *table
 	head     func(context.Context) (uint64, error)
 	instHdr  []byte
@@ -121,9 +122,10 @@ type Relay struct {
 // seeds, after checking the whole configuration; every problem is
 // reported at once, matching orchestrix.ErrInvalid. ToTopic is required.
 //
-// When src has a PostgreSQL pool (a stores/postgres Store), the relay also
-// runs leader election on that pool and drains that schema's outbox
-// table, unless NoLeaderElection or NoOutboxTable say otherwise.
+// When src is a stores.Leaser (a stores/postgres Store), the relay runs
+// leader election with its elector; when it has a PostgreSQL pool, the
+// relay drains that schema's outbox table; unless NoLeaderElection or
+// NoOutboxTable say otherwise.
 func NewRelay(src Source, seeds []string, opts ...Option) (*Relay, error) {
 	cfg := config{
 		batchSize:     DefaultBatchSize,
@@ -154,9 +156,6 @@ func NewRelay(src Source, seeds []string, opts ...Option) (*Relay, error) {
 		cfg.maxEventSize = stores.DefaultMaxEventSize
 	}
 	pg, isPG := src.(pooled)
-	if !cfg.noElection && cfg.electionPool == nil && isPG {
-		cfg.electionPool = pg.Pool()
-	}
 	if !cfg.noOutbox && cfg.outboxPool == nil && isPG {
 		cfg.outboxPool, cfg.outboxSchema = pg.Pool(), pg.Schema()
 	}
@@ -243,8 +242,15 @@ func NewRelay(src Source, seeds []string, opts ...Option) (*Relay, error) {
 	if cfg.instance != "" {
 		r.instHdr = []byte(cfg.instance)
 	}
-	if cfg.electionPool != nil && !cfg.noElection {
-		r.election = newElection(cfg.electionPool, "orchestrix.relay:"+cfg.txnID, cfg.instance, cfg.lease, log)
+	if !cfg.noElection {
+		r.election = cfg.elector
+		if le, ok := src.(stores.Leaser); ok && r.election == nil {
+			e, err := le.Elector(stores.ElectorConfig{Role: "orchestrix.relay:" + cfg.txnID, Lease: cfg.lease, Instance: cfg.instance, Logger: log})
+			if err != nil {
+				return nil, fmt.Errorf("outbox: leader election: %w", err)
+			}
+			r.election = e
+		}
 	}
 	if cfg.outboxPool != nil && !cfg.noOutbox {
 		r.outbox = newTable(cfg.outboxPool, cfg.outboxSchema)
@@ -293,9 +299,9 @@ func (r *Relay) Run(ctx context.Context) error {
 		if ctx.Err() != nil {
 			return nil
 		}
-		var term leadership = always{}
+		var term stores.Term = always{}
 		if r.election != nil {
-			t, err := r.election.campaign(ctx)
+			t, err := r.election.Campaign(ctx)
 			if err != nil {
 				return nil // only ctx ends a campaign
 			}
@@ -305,7 +311,7 @@ func (r *Relay) Run(ctx context.Context) error {
 		r.st.leader.Store(true)
 		published, err := r.lead(ctx, term)
 		r.st.leader.Store(false)
-		term.release()
+		term.Release()
 		if ctx.Err() != nil && (err == nil || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)) {
 			r.log.Info("stopped")
 			return nil
@@ -343,10 +349,10 @@ func (r *Relay) Run(ctx context.Context) error {
 // then read–publish–commit until ctx ends, the term is lost or something
 // fails. Any failure ends the term and its producer: the next term starts
 // from the committed checkpoint with a fresh client.
-func (r *Relay) lead(ctx context.Context, term leadership) (published bool, err error) {
+func (r *Relay) lead(ctx context.Context, term stores.Term) (published bool, err error) {
 	sctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	if lost := term.lost(); lost != nil {
+	if lost := term.Lost(); lost != nil {
 		go func() {
 			select {
 			case <-lost:

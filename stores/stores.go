@@ -29,8 +29,10 @@ import (
 	"errors"
 	"fmt"
 	"iter"
+	"log/slog"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/orchestrix/orchestrix"
 )
@@ -151,6 +153,44 @@ type MultiStreamReader interface {
 	// After, stream by stream in the order given, each in version order.
 	// Memory stays bounded: the store reads in pages.
 	ReadStreams(ctx context.Context, reads []StreamRead) iter.Seq2[orchestrix.Event, error]
+}
+
+// Term is one term of leadership won from an Elector.
+type Term interface {
+	// Lost is closed when the term ends by itself: the lock's session
+	// broke, or the database ended a holder that stopped answering.
+	Lost() <-chan struct{}
+	// Release ends the term and lets a standby take over at once.
+	Release()
+}
+
+// Elector campaigns for the leadership of one role (the outbox relay of
+// a transactional ID, a saga timer poller, a projection rebuild) among
+// processes: at most one holds a term at a time.
+type Elector interface {
+	// Campaign blocks until this process leads or ctx ends.
+	Campaign(ctx context.Context) (Term, error)
+}
+
+// ElectorConfig describes an Elector to a Leaser.
+type ElectorConfig struct {
+	// Role is what is led; electors of one role exclude each other.
+	Role string
+	// Lease is how long a leader that stopped answering (paused, hung,
+	// partitioned) keeps its term before a standby takes over.
+	Lease time.Duration
+	// Instance names the campaigning process where the database shows
+	// sessions (PostgreSQL's application_name).
+	Instance string
+	// Logger receives campaign warnings (nil: discard).
+	Logger *slog.Logger
+}
+
+// Leaser is an optional EventStore interface (stores/postgres has it): a
+// store that can hold leases in its database gives runtimes an Elector
+// without any other coordination service.
+type Leaser interface {
+	Elector(cfg ElectorConfig) (Elector, error)
 }
 
 // AppendRequest is one stream's part of an AppendMany call.
