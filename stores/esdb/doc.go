@@ -57,8 +57,8 @@
 // writing (a mismatch is a *stores.ConflictError without a write); a 409
 // means another writer got in between, so the append plans again: Exact
 // then reports the conflict, Any retries (at most WithMaxAppendAttempts
-// times). An append therefore costs one read, one more per command ID,
-// and one write.
+// times). An append therefore costs one read per stream, one EventQL
+// query for all its command IDs (FindCommands), and one write.
 //
 // Command deduplication. An append with a command ID writes, in the same
 // write-events call, a record event to the command's subject guarded by

@@ -497,19 +497,82 @@ func (s *Store) plan(ctx context.Context, reqs []stores.AppendRequest, prepared 
 }
 
 // lookupCommands returns the recorded results of the command IDs that
-// have a record.
+// have a record, in one EventQL query per commandsPerQuery IDs.
 func (s *Store) lookupCommands(ctx context.Context, ids []string) (map[string]stores.AppendResult, error) {
+	return s.findCommands(ctx, ids, false)
+}
+
+// commandsPerQuery bounds the command IDs of one FindCommands query (and
+// so its length: about 60 bytes per ID).
+const commandsPerQuery = 256
+
+// FindCommands looks up many command IDs at once and returns the results
+// of those that are recorded, marked Duplicate (the aggregates
+// processor's CommandFinder): one run-eventql-query request per 256 IDs
+// instead of one read-events request per ID. The query selects the
+// events of the IDs' command subjects and projects their ID, subject,
+// type and data; a command subject whose first event the store did not
+// write fails with ErrForeignEvent, as FindCommand does.
+func (s *Store) FindCommands(ctx context.Context, ids []string) (map[string]stores.AppendResult, error) {
+	return s.findCommands(ctx, ids, true)
+}
+
+func (s *Store) findCommands(ctx context.Context, ids []string, duplicate bool) (map[string]stores.AppendResult, error) {
 	out := make(map[string]stores.AppendResult, len(ids))
+	bySubject := make(map[string]string, len(ids))
+	subjects := make([]string, 0, len(ids))
 	for _, id := range ids {
-		if _, ok := out[id]; ok {
+		if err := orchestrix.CheckID("command id", id); err != nil {
+			return nil, fmt.Errorf("esdb: find commands: %w", err)
+		}
+		sub := s.commandSubject(id)
+		if _, ok := bySubject[sub]; ok {
 			continue
 		}
-		prev, found, err := s.FindCommand(ctx, id)
-		if err != nil {
-			return nil, err
+		bySubject[sub] = id
+		subjects = append(subjects, sub)
+	}
+	for len(subjects) > 0 {
+		chunk := subjects[:min(commandsPerQuery, len(subjects))]
+		subjects = subjects[len(chunk):]
+		var q strings.Builder
+		q.WriteString("FROM e IN events WHERE ")
+		for i, sub := range chunk {
+			if i > 0 {
+				q.WriteString(" OR ")
+			}
+			// Subjects are [0-9A-Za-z_/-] (ValidateSubject): no quoting
+			// needed.
+			q.WriteString(`e.subject == "` + sub + `"`)
 		}
-		if found {
-			out[id] = prev
+		q.WriteString(" ORDER BY e.id ASC PROJECT INTO { id: e.id, subject: e.subject, type: e.type, data: e.data }")
+		for row, err := range s.c.RunEventQLQuery(ctx, q.String()) {
+			if err != nil {
+				return nil, fmt.Errorf("esdb: find %d commands: %w", len(ids), err)
+			}
+			var r struct {
+				ID      string          `json:"id"`
+				Subject string          `json:"subject"`
+				Type    string          `json:"type"`
+				Data    json.RawMessage `json:"data"`
+			}
+			if err := json.Unmarshal(row, &r); err != nil || r.Subject == "" {
+				return nil, fmt.Errorf("esdb: find commands: row %s: %w", snippet(row), ErrMalformedResponse)
+			}
+			e := Event{ID: r.ID, Subject: r.Subject, Type: r.Type, Data: r.Data}
+			id, ok := bySubject[e.Subject]
+			if !ok {
+				return nil, fmt.Errorf("esdb: find commands: row of subject %s, which was not asked for: %w", e.Subject, ErrMalformedResponse)
+			}
+			if _, seen := out[id]; seen {
+				continue // a later event of the subject: the first decides
+			}
+			res, err := parseCommandRecord(id, e)
+			if err != nil {
+				return nil, err
+			}
+			res.Duplicate = duplicate
+			out[id] = res
 		}
 	}
 	return out, nil

@@ -345,3 +345,56 @@ func TestStoreRejections(t *testing.T) {
 		}
 	}
 }
+
+// TestStoreCommandLookupsBatched: an append looks up all its command IDs
+// in one request, not one read per ID (before: 1 + 40 read-events for 40
+// requests on one stream).
+func TestStoreCommandLookupsBatched(t *testing.T) {
+	s, b := newStore(t)
+	needDouble(t, b)
+	ctx := t.Context()
+	const n = 40
+	reqs := make([]stores.AppendRequest, n)
+	for i := range reqs {
+		evs := storetest.Events("Batched", 1)
+		evs[0].CommandID = fmt.Sprintf("cmd-%d", i)
+		reqs[i] = stores.AppendRequest{StreamID: "batched", Expected: stores.Any, Events: evs}
+	}
+	reads, queries := b.srv.Requests("read-events"), b.srv.Requests("run-eventql-query")
+	if _, err := s.AppendMany(ctx, reqs); err != nil {
+		t.Fatalf("AppendMany: %v", err)
+	}
+	reads, queries = b.srv.Requests("read-events")-reads, b.srv.Requests("run-eventql-query")-queries
+	t.Logf("AppendMany of %d commands on one stream: %d read-events, %d run-eventql-query", n, reads, queries)
+	if reads+queries > 2 {
+		t.Fatalf("AppendMany of %d commands on one stream made %d read-events and %d run-eventql-query requests, want 1 head read and 1 lookup", n, reads, queries)
+	}
+	// Appending them again: every request is a duplicate, found at once.
+	dup, err := s.AppendMany(ctx, reqs)
+	if err != nil || len(dup) != n || !dup[n-1].Duplicate || dup[n-1].ToVersion != n {
+		t.Fatalf("AppendMany again = %v (last %+v), want %d duplicates", err, dup[len(dup)-1], n)
+	}
+
+	// FindCommands: accepted, rejected, unknown and repeated IDs, more
+	// than one query's worth.
+	if _, err := s.AppendDecisions(ctx, nil, []stores.RejectedCommand{{CommandID: "cmd-rejected", StreamID: "batched", Reason: []byte(`{"code":"no"}`)}}); err != nil {
+		t.Fatal(err)
+	}
+	ids := []string{"cmd-rejected", "cmd-0", "cmd-0"}
+	for i := range 300 {
+		ids = append(ids, fmt.Sprintf("unknown-%d", i))
+	}
+	ids = append(ids, fmt.Sprintf("cmd-%d", n-1))
+	reads, queries = b.srv.Requests("read-events"), b.srv.Requests("run-eventql-query")
+	found, err := s.FindCommands(ctx, ids)
+	if err != nil {
+		t.Fatalf("FindCommands: %v", err)
+	}
+	reads, queries = b.srv.Requests("read-events")-reads, b.srv.Requests("run-eventql-query")-queries
+	if reads != 0 || queries != 2 {
+		t.Errorf("FindCommands of %d IDs made %d reads and %d queries, want 0 and 2", len(ids), reads, queries)
+	}
+	if len(found) != 3 || string(found["cmd-rejected"].Rejection) != `{"code":"no"}` || found["cmd-0"].ToVersion != 1 || found[fmt.Sprintf("cmd-%d", n-1)].FromVersion != n || !found["cmd-0"].Duplicate {
+		t.Fatalf("FindCommands = %+v", found)
+	}
+}
