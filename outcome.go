@@ -18,7 +18,12 @@ const (
 type Outcome struct {
 	CommandID   string `json:"commandId"`
 	AggregateID string `json:"aggregateId"`
-	Status      string `json:"status"`
+	// CommandType is the answered command's type and CorrelationID its
+	// correlation ID (a saga sets its own ID there, so that the outcomes
+	// and events of its commands find their way back to it).
+	CommandType   string `json:"commandType,omitempty"`
+	CorrelationID string `json:"correlationId,omitempty"`
+	Status        string `json:"status"`
 	// FromVersion and ToVersion are the versions written (accepted,
 	// duplicate).
 	FromVersion uint64 `json:"fromVersion,omitempty"`

@@ -281,3 +281,34 @@ func (s *racingStore) AppendMany(ctx context.Context, reqs []stores.AppendReques
 	}
 	return s.EventStore.AppendMany(ctx, reqs)
 }
+
+// TestOutcomeCarriesCorrelation: an outcome names its command's type and
+// correlation ID (a saga's ID), first answers and duplicates alike.
+func TestOutcomeCarriesCorrelation(t *testing.T) {
+	reg := registry(t)
+	repo, err := aggregates.NewRepository(account(t), memory.New(), reg, "/test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	log := newOutcomeLog(t)
+	p, err := aggregates.NewProcessor(repo, aggregates.WithOutcomes(log.client, log.topic))
+	if err != nil {
+		t.Fatal(err)
+	}
+	open := cmd("open", "a", banking.OpenAccount{Owner: "ada"})
+	open.CorrelationID = "saga-7"
+	wd := cmd("wd", "a", banking.Withdraw{Amount: 5})
+	wd.CorrelationID = "saga-7"
+	checkNoErrors(t, handleConcurrently(p, records(t, reg, 0, open, wd, open, wd)))
+	outs := log.read(t)
+	for id, typ := range map[string]string{"open": banking.TypeOpenAccount, "wd": banking.TypeWithdraw} {
+		if len(outs[id]) != 2 {
+			t.Fatalf("%s: %d outcomes, want 2", id, len(outs[id]))
+		}
+		for _, o := range outs[id] {
+			if o.CorrelationID != "saga-7" || o.CommandType != typ {
+				t.Errorf("%s outcome %s: correlation %q, type %q; want saga-7, %s", id, o.Status, o.CorrelationID, o.CommandType, typ)
+			}
+		}
+	}
+}

@@ -216,18 +216,21 @@ func answered(cmd orchestrix.Command, prev stores.AppendResult) orchestrix.Outco
 	if prev.Rejection != nil {
 		var o orchestrix.Outcome
 		if err := json.Unmarshal(prev.Rejection, &o); err == nil && o.Status == orchestrix.OutcomeRejected {
-			o.CommandID = cmd.ID
+			o.CommandID, o.CommandType, o.CorrelationID = cmd.ID, cmd.Type, cmd.CorrelationID
 			return o
 		}
-		return orchestrix.Outcome{CommandID: cmd.ID, AggregateID: cmd.AggregateID, Status: orchestrix.OutcomeRejected, Code: "rejected", Message: string(prev.Rejection), At: time.Now().UTC()}
+		return orchestrix.Outcome{CommandID: cmd.ID, AggregateID: cmd.AggregateID, CommandType: cmd.Type, CorrelationID: cmd.CorrelationID,
+			Status: orchestrix.OutcomeRejected, Code: "rejected", Message: string(prev.Rejection), At: time.Now().UTC()}
 	}
-	return orchestrix.Outcome{CommandID: cmd.ID, AggregateID: cmd.AggregateID, Status: orchestrix.OutcomeDuplicate, FromVersion: prev.FromVersion, ToVersion: prev.ToVersion, At: time.Now().UTC()}
+	return orchestrix.Outcome{CommandID: cmd.ID, AggregateID: cmd.AggregateID, CommandType: cmd.Type, CorrelationID: cmd.CorrelationID,
+		Status: orchestrix.OutcomeDuplicate, FromVersion: prev.FromVersion, ToVersion: prev.ToVersion, At: time.Now().UTC()}
 }
 
 // outcome maps a handling result to an Outcome, or returns the error when
 // the command failed (neither accepted nor rejected).
 func outcome(cmd orchestrix.Command, res Result, err error) (orchestrix.Outcome, error) {
-	o := orchestrix.Outcome{CommandID: cmd.ID, AggregateID: cmd.AggregateID, At: time.Now().UTC(), FromVersion: res.FromVersion, ToVersion: res.ToVersion}
+	o := orchestrix.Outcome{CommandID: cmd.ID, AggregateID: cmd.AggregateID, CommandType: cmd.Type, CorrelationID: cmd.CorrelationID,
+		At: time.Now().UTC(), FromVersion: res.FromVersion, ToVersion: res.ToVersion}
 	switch {
 	case err == nil && res.Duplicate:
 		o.Status = orchestrix.OutcomeDuplicate
