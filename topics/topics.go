@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -39,13 +40,23 @@ func Events(context string) string { return context + ".events" }
 // Outcomes returns the name of a context's command-outcome topic.
 func Outcomes(context string) string { return context + ".outcomes" }
 
+// MaxMessageBytes is the max.message.bytes ForContext gives the commands
+// and events topics: the stores' largest event (1 MiB,
+// stores.DefaultMaxEventSize) plus 64 KiB for the CloudEvents headers and
+// the record batch's framing. Kafka's default (1,048,588 bytes) is less
+// than a 1 MiB event with its headers, so the relay would dead-letter
+// events the store accepted.
+const MaxMessageBytes = 1<<20 + 64<<10
+
 // ForContext returns the specs of a bounded context's topics: commands,
-// events (both with the given partitions) and outcomes (same partitions,
-// retention one day: outcomes are only waited for briefly).
+// events (both with the given partitions and MaxMessageBytes) and
+// outcomes (same partitions, retention one day: outcomes are only waited
+// for briefly).
 func ForContext(name string, partitions int32, replication int16) []Spec {
+	big := strconv.Itoa(MaxMessageBytes)
 	return []Spec{
-		{Name: Commands(name), Partitions: partitions, ReplicationFactor: replication},
-		{Name: Events(name), Partitions: partitions, ReplicationFactor: replication},
+		{Name: Commands(name), Partitions: partitions, ReplicationFactor: replication, Configs: map[string]string{"max.message.bytes": big}},
+		{Name: Events(name), Partitions: partitions, ReplicationFactor: replication, Configs: map[string]string{"max.message.bytes": big}},
 		{Name: Outcomes(name), Partitions: partitions, ReplicationFactor: replication, Configs: map[string]string{"retention.ms": "86400000"}},
 	}
 }
