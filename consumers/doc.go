@@ -161,10 +161,10 @@
 // In ordered modes, copies left by a crash are dropped (see above), so a
 // key's records reach the handler for the first time in order; only a
 // record whose handling succeeded may be seen again, before its key's
-// later records are. One limit: a record failing permanently at the
-// origin is dead-lettered without a marker, so after a crash before its
-// offset is committed it is handled again (a permanent error is expected
-// to fail again).
+// later records are. A record failing permanently at the origin (its key
+// has nothing in the chain) is dead-lettered durably the same way, with
+// its marker in retry level 1, so after a crash it is not handled or
+// dead-lettered again.
 //
 // The CLI's `orchestrix dlq list|show|redrive|purge` works on the
 // dead-letter topics (see docs/failures.md).

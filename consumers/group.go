@@ -1202,17 +1202,20 @@ func (g *Group) fail(ctx context.Context, pos chainPos, r *kgo.Record, m meta, s
 }
 
 // toDLQ dead-letters r, or returns the error that stops the group when
-// dead-lettering is off. In ordered modes, a record of the retry chain
-// that failed (head) is dead-lettered durably before its key's later
-// records may be handled: the dead letter and a marker in the retry
-// partition (which survives a crash with the record's uncommitted copies,
-// see loadStates) are acknowledged first.
+// dead-lettering is off. In ordered modes, a record that failed — a head
+// of the retry chain, or an origin record (poison, ErrInvalid, Permanent,
+// a panic) — is dead-lettered durably before its key's later records may
+// be handled: the dead letter and a marker in the retry partition (which
+// survives a crash with the record's uncommitted copies and its origin
+// offset, see loadStates; level 1 for an origin record) are acknowledged
+// first. After a crash the marker drops the record's replay, so it is
+// neither dead-lettered twice nor handled after its key's later records.
 func (g *Group) toDLQ(ctx context.Context, pos chainPos, r *kgo.Record, m meta, s *chainState, err error, st *Stats, head bool) error {
 	if !g.cfg.policy.DeadLetter {
 		return fmt.Errorf("consumers: %s/%d@%d failed after %d attempts: %w", m.topic, m.partition, m.offset, m.attempts, err)
 	}
 	key := string(r.Key)
-	if s == nil || pos.level == 0 || !head {
+	if s == nil || (pos.level > 0 && !head) {
 		if dlErr := g.forward(ctx, r, m, err, 0); dlErr != nil {
 			return fmt.Errorf("consumers: %s/%d@%d: %w; dead-lettering failed: %w", m.topic, m.partition, m.offset, err, dlErr)
 		}
@@ -1222,17 +1225,20 @@ func (g *Group) toDLQ(ctx context.Context, pos chainPos, r *kgo.Record, m meta, 
 			g.mu.Unlock()
 		}
 	} else {
+		// A record failing at the origin (its key has nothing in the
+		// chain, or it would have been parked) gets its marker at level 1.
 		kind, deadThrough := markerSettled, int64(-1)
-		levels := []int{pos.level}
+		levels := []int{max(pos.level, 1)}
 		if g.cfg.policy.Ordering == OrderedDeadLetterRest {
 			kind = markerDead
 			g.mu.Lock()
-			k := s.keys[key]
-			for _, o := range k.live {
-				if o != m.offset {
-					deadThrough = max(deadThrough, o)
-					if l := k.level[o]; !slices.Contains(levels, l) {
-						levels = append(levels, l)
+			if k := s.keys[key]; k != nil {
+				for _, o := range k.live {
+					if o != m.offset {
+						deadThrough = max(deadThrough, o)
+						if l := k.level[o]; !slices.Contains(levels, l) {
+							levels = append(levels, l)
+						}
 					}
 				}
 			}

@@ -3,12 +3,17 @@ package consumers_test
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
+	"os"
+	"os/exec"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -436,4 +441,142 @@ func firstLine(s, sub string) string {
 		}
 	}
 	return ""
+}
+
+// originDeadConfig is what TestOriginDeadLetterCrash's helper process
+// needs.
+type originDeadConfig struct {
+	Seeds        []string
+	Topic, Group string
+	Ordering     consumers.Ordering
+	File         string // handled values are appended here
+	Kill         bool   // SIGKILL the process when a1 is handled
+}
+
+func originDeadPolicy(o consumers.Ordering) consumers.FailurePolicy {
+	return consumers.RetryTopics(50*time.Millisecond, 100*time.Millisecond).KeepKeyOrder(o).ThenDLQ()
+}
+
+// originDeadHandler appends every call's value to write; a0 fails
+// permanently; with kill, the process kills itself (SIGKILL) on a1: after
+// a0 was dead-lettered, before the poll's offsets are committed.
+func originDeadHandler(write func(string), kill bool) consumers.Handler {
+	return consumers.HandlerFunc(func(ctx context.Context, r *kgo.Record) error {
+		v := string(r.Value)
+		if v == "a1" && kill {
+			_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)
+			select {}
+		}
+		write(v)
+		if v == "a0" {
+			return consumers.Permanent(errors.New("a0 cannot be handled"))
+		}
+		return nil
+	})
+}
+
+// TestOriginDeadHelperProcess is not a test: run by
+// TestOriginDeadLetterCrash as a separate process.
+func TestOriginDeadHelperProcess(t *testing.T) {
+	raw := os.Getenv("ORIGIN_DEAD_HELPER")
+	if raw == "" {
+		t.Skip("helper process only")
+	}
+	var c originDeadConfig
+	if err := json.Unmarshal([]byte(raw), &c); err != nil {
+		os.Exit(3)
+	}
+	f, err := os.OpenFile(c.File, os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		os.Exit(3)
+	}
+	g, err := consumers.New(c.Seeds, c.Group, []string{c.Topic}, originDeadHandler(func(v string) { fmt.Fprintln(f, v) }, c.Kill),
+		consumers.WithFailurePolicy(originDeadPolicy(c.Ordering)), consumers.WithClientOpts(kgo.SessionTimeout(6*time.Second)))
+	if err != nil {
+		os.Exit(3)
+	}
+	_ = g.Run(context.Background())
+	os.Exit(1)
+}
+
+// TestOriginDeadLetterCrash: in ordered modes, a record failing
+// permanently at the origin (a0) is dead-lettered durably before its key
+// moves on — the dead letter and a marker in retry level 1 are acked — so
+// when the member is killed (SIGKILL) right after, while a1 is being
+// handled and before a0's offset is committed, the next member neither
+// hands a0 to the handler again nor dead-letters it twice, and handles a1
+// and a2. (Before, a0 was dead-lettered without a marker: the next member
+// handled it again, after a1 had been reached, and dead-lettered it again.)
+func TestOriginDeadLetterCrash(t *testing.T) {
+	seeds := testenv.Brokers(t)
+	for _, o := range []consumers.Ordering{consumers.OrderedResume, consumers.OrderedDeadLetterRest} {
+		t.Run(o.String(), func(t *testing.T) { testOriginDeadLetterCrash(t, seeds, o) })
+	}
+}
+
+func testOriginDeadLetterCrash(t *testing.T, seeds []string, o consumers.Ordering) {
+	topic := testenv.Topic(t, seeds, 1, nil)
+	group := testenv.Name("g")
+	policy := originDeadPolicy(o)
+	createTopics(t, seeds, 1, policy.Topics(topic, group)...)
+	var recs []*kgo.Record
+	for _, v := range []string{"b0", "a0", "a1", "a2", "b1"} {
+		recs = append(recs, &kgo.Record{Topic: topic, Key: []byte(v[:1]), Value: []byte(v)})
+	}
+	if err := testenv.Client(t, seeds).ProduceSync(t.Context(), recs...).FirstErr(); err != nil {
+		t.Fatal(err)
+	}
+	file := t.TempDir() + "/handled"
+	if err := os.WriteFile(file, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	raw, _ := json.Marshal(originDeadConfig{Seeds: seeds, Topic: topic, Group: group, Ordering: o, File: file, Kill: true})
+	cmd := exec.Command(os.Args[0], "-test.run=^TestOriginDeadHelperProcess$")
+	cmd.Env = append(os.Environ(), "ORIGIN_DEAD_HELPER="+string(raw))
+	if err := cmd.Run(); err == nil || !strings.Contains(err.Error(), "killed") {
+		t.Fatalf("helper process: %v, want it killed", err)
+	}
+	before, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Fields(string(before)); fmt.Sprint(got) != "[b0 a0]" {
+		t.Fatalf("before the crash handled %v, want [b0 a0]", got)
+	}
+	if c := committed(t, seeds, group, topic); c > 1 {
+		t.Fatalf("committed %d before the crash, want a0 (offset 1) uncommitted", c)
+	}
+	var (
+		mu    sync.Mutex
+		after []string
+	)
+	g, err := consumers.New(seeds, group, []string{topic}, originDeadHandler(func(v string) { mu.Lock(); defer mu.Unlock(); after = append(after, v) }, false),
+		consumers.WithFailurePolicy(policy))
+	if err != nil {
+		t.Fatal(err)
+	}
+	adm := kadm.NewClient(testenv.Client(t, seeds))
+	if err := runGroup(t, g, func() bool { return drained(t, adm, group, topic, consumers.RetryTopic(topic, group, 1)) }); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	// b0 may be handled again (its offset was not committed either):
+	// at-least-once for records that succeeded.
+	var keyA []string
+	for _, v := range after {
+		if strings.HasPrefix(v, "a") {
+			keyA = append(keyA, v)
+		}
+	}
+	if fmt.Sprint(keyA) != "[a1 a2]" {
+		t.Errorf("after the crash key a handled %v, want [a1 a2] (a0 was dead-lettered before it)", keyA)
+	}
+	var dlq []string
+	for _, r := range readAll(t, seeds, consumers.DeadLetterTopic(topic, group)) {
+		dlq = append(dlq, string(r.Value)+":"+header(r, consumers.HeaderReason))
+	}
+	if fmt.Sprint(dlq) != "[a0:permanent]" {
+		t.Errorf("dead letters %v, want a0 once", dlq)
+	}
 }
