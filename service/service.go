@@ -19,6 +19,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"sort"
 	"time"
 )
@@ -61,6 +62,23 @@ type Options struct {
 	// (terminationGracePeriodSeconds) so the process reports them before
 	// it is killed.
 	ShutdownTimeout time.Duration
+	// Addr, when set (e.g. ":8080"), serves the service's health for
+	// probes: /livez from the workers themselves (running, and a recent
+	// heartbeat where a worker is a Heartbeater), /readyz from Ready and
+	// the shutdown (failing once it began), and /metrics from Metrics. Run
+	// fails at once when it cannot listen there.
+	Addr string
+	// Ready are the readiness checks served at /readyz.
+	Ready []Check
+	// Metrics serves /metrics (for example promhttp.Handler() of a
+	// Prometheus registry); nil: no /metrics.
+	Metrics http.Handler
+	// LiveTimeout is the heartbeat age at which /livez fails (default
+	// DefaultLiveTimeout).
+	LiveTimeout time.Duration
+	// OnListen, when set, is called with the address the endpoints listen
+	// on (useful with Addr ":0").
+	OnListen func(addr string)
 }
 
 // ErrStoppedEarly reports a worker that returned nil before the
@@ -78,6 +96,17 @@ func Run(ctx context.Context, opts Options, workers ...Worker) error {
 	if len(workers) == 0 {
 		return nil
 	}
+	var h *health
+	if opts.Addr != "" {
+		var err error
+		if h, err = newHealth(opts, workers); err != nil {
+			return err
+		}
+		defer h.close()
+		if opts.OnListen != nil {
+			opts.OnListen(h.addr())
+		}
+	}
 	runCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	type result struct {
@@ -86,8 +115,14 @@ func Run(ctx context.Context, opts Options, workers ...Worker) error {
 	}
 	results := make(chan result, len(workers))
 	for i, w := range workers {
+		if h != nil {
+			h.running[i].Store(true)
+		}
 		go func() {
 			err := w.Run(runCtx)
+			if h != nil {
+				h.running[i].Store(false)
+			}
 			if err == nil && runCtx.Err() == nil {
 				err = ErrStoppedEarly
 			}
@@ -101,6 +136,9 @@ func Run(ctx context.Context, opts Options, workers ...Worker) error {
 	)
 	done := make([]bool, len(workers))
 	startShutdown := func() {
+		if h != nil {
+			h.stopping.Store(true)
+		}
 		if timeout == nil && opts.ShutdownTimeout > 0 {
 			timeout = time.After(opts.ShutdownTimeout)
 		}
