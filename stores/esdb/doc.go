@@ -84,8 +84,11 @@
 // (inclusive), which is the ID after the last one read; ESDB commits in ID
 // order, so the log is gap-safe and Cursor.Tx is always 0.
 //
-// ReadStream reads the stream's subject from its first event and skips
-// `after` events (ESDB cannot seek by index within a subject).
+// ReadStream(after) reads the stream's subject backwards from its last
+// event and yields the tail after `after` from that one read when it fits
+// in memory; a longer tail is read forwards after the cheaper skip (from
+// the first event, or from the ID of version after found backwards), so
+// the cost does not grow with after.
 //
 // Snapshots are events in the snapshot subject, each written with a
 // precondition on the subject's last event; SaveSnapshot skips a snapshot

@@ -578,36 +578,136 @@ func (s *Store) findCommands(ctx context.Context, ids []string, duplicate bool) 
 	return out, nil
 }
 
-// ReadStream implements stores.EventStore. It reads the stream's subject
-// from its first event and skips `after` of them: ESDB cannot seek by
-// index within a subject, so the cost grows with after.
+// Bounds of the tail ReadStream keeps in memory while it reads a stream
+// backwards from its head.
+const (
+	tailEvents = 512
+	tailBytes  = 4 << 20
+)
+
+// ReadStream implements stores.EventStore. ESDB cannot seek by version
+// within a subject, but it reads a subject from its last event backwards
+// and from any event ID forwards (lowerBound), so the cost of skipping
+// `after` events does not grow with after:
+//
+//   - after 0: one chronological read of the subject;
+//   - otherwise one antichronological read from the head (version V). A
+//     tail of V-after events that fits in memory (512 events, 4 MiB) is
+//     yielded from that one read; a longer one is read chronologically
+//     after the cheaper skip: from the first event skipping after events
+//     when after ≤ V-after, else from lowerBound = the ID of version
+//     after, found by reading on backwards.
+//
+// So it transfers the V-after events it yields plus at most
+// min(after, V-after) more, whatever after is: loading an aggregate from
+// its snapshot at version after costs the events since the snapshot.
 func (s *Store) ReadStream(ctx context.Context, streamID string, after uint64) iter.Seq2[orchestrix.Event, error] {
 	return func(yield func(orchestrix.Event, error) bool) {
 		if err := orchestrix.CheckID("stream id", streamID); err != nil {
 			yield(orchestrix.Event{}, fmt.Errorf("read stream: %w", err))
 			return
 		}
-		var index uint64
-		for e, err := range s.c.ReadEvents(ctx, s.StreamSubject(streamID), ReadOptions{}) {
+		if after == 0 {
+			s.readForward(ctx, streamID, 0, nil, yield)
+			return
+		}
+		var (
+			tail       []orchestrix.Event // versions head, head-1, …
+			size       int
+			full       bool // the tail outgrew memory: only the ID is sought
+			head, seen uint64
+			afterID    *Bound
+		)
+		for e, err := range s.c.ReadEvents(ctx, s.StreamSubject(streamID), ReadOptions{Order: Antichronological}) {
 			if err != nil {
 				yield(orchestrix.Event{}, fmt.Errorf("esdb: read stream %q: %w", streamID, err))
 				return
 			}
-			index++
-			if index <= after {
-				continue
-			}
 			ev, err := s.decode(e)
-			if err == nil && (ev.Version != index || ev.StreamID != streamID) {
-				err = fmt.Errorf("esdb: event %s is version %d of %q at index %d of %q: %w", e.ID, ev.Version, ev.StreamID, index, streamID, ErrForeignEvent)
+			if err == nil {
+				if seen == 0 {
+					head = ev.Version
+				}
+				if ev.StreamID != streamID || ev.Version != head-seen {
+					err = fmt.Errorf("esdb: event %s is version %d of %q, want version %d of %q: %w", e.ID, ev.Version, ev.StreamID, head-seen, streamID, ErrForeignEvent)
+				}
 			}
 			if err != nil {
 				yield(orchestrix.Event{}, err)
 				return
 			}
-			if !yield(ev, nil) {
-				return
+			seen++
+			if head <= after {
+				return // nothing after it
 			}
+			if ev.Version == after {
+				id, err := e.Position()
+				if err != nil {
+					yield(orchestrix.Event{}, err)
+					return
+				}
+				afterID = &Bound{ID: id, Type: Exclusive}
+				break
+			}
+			if full {
+				continue
+			}
+			tail = append(tail, ev)
+			size += len(ev.Data)
+			if len(tail) == tailEvents || size >= tailBytes {
+				if after <= head-after {
+					// Skipping from the first event is cheaper than
+					// reading on backwards.
+					s.readForward(ctx, streamID, after, nil, yield)
+					return
+				}
+				full, tail = true, nil
+			}
+		}
+		if !full {
+			// The whole tail is in memory (or the subject is empty).
+			for i := len(tail) - 1; i >= 0; i-- {
+				if !yield(tail[i], nil) {
+					return
+				}
+			}
+			return
+		}
+		if afterID == nil {
+			yield(orchestrix.Event{}, fmt.Errorf("esdb: read stream %q: version %d not found reading backwards: %w", streamID, after, ErrForeignEvent))
+			return
+		}
+		s.readForward(ctx, streamID, after, afterID, yield)
+	}
+}
+
+// readForward yields the stream's events with Version > after, reading
+// chronologically from lower (nil: from the first event, skipping after
+// events), and checks that versions are consecutive.
+func (s *Store) readForward(ctx context.Context, streamID string, after uint64, lower *Bound, yield func(orchestrix.Event, error) bool) {
+	var index uint64
+	if lower != nil {
+		index = after
+	}
+	for e, err := range s.c.ReadEvents(ctx, s.StreamSubject(streamID), ReadOptions{LowerBound: lower}) {
+		if err != nil {
+			yield(orchestrix.Event{}, fmt.Errorf("esdb: read stream %q: %w", streamID, err))
+			return
+		}
+		index++
+		if index <= after {
+			continue
+		}
+		ev, err := s.decode(e)
+		if err == nil && (ev.Version != index || ev.StreamID != streamID) {
+			err = fmt.Errorf("esdb: event %s is version %d of %q at index %d of %q: %w", e.ID, ev.Version, ev.StreamID, index, streamID, ErrForeignEvent)
+		}
+		if err != nil {
+			yield(orchestrix.Event{}, err)
+			return
+		}
+		if !yield(ev, nil) {
+			return
 		}
 	}
 }

@@ -6,6 +6,8 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"strings"
 	"sync"
@@ -396,5 +398,103 @@ func TestStoreCommandLookupsBatched(t *testing.T) {
 	}
 	if len(found) != 3 || string(found["cmd-rejected"].Rejection) != `{"code":"no"}` || found["cmd-0"].ToVersion != 1 || found[fmt.Sprintf("cmd-%d", n-1)].FromVersion != n || !found["cmd-0"].Duplicate {
 		t.Fatalf("FindCommands = %+v", found)
+	}
+}
+
+// countingTransport counts the response bytes of read-events requests.
+type countingTransport struct {
+	mu    sync.Mutex
+	bytes int64
+}
+
+func (c *countingTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	resp, err := http.DefaultTransport.RoundTrip(r)
+	if err == nil && strings.HasSuffix(r.URL.Path, "/read-events") {
+		resp.Body = &countingBody{ReadCloser: resp.Body, c: c}
+	}
+	return resp, err
+}
+
+func (c *countingTransport) take() int64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n := c.bytes
+	c.bytes = 0
+	return n
+}
+
+type countingBody struct {
+	io.ReadCloser
+	c *countingTransport
+}
+
+func (b *countingBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	b.c.mu.Lock()
+	b.c.bytes += int64(n)
+	b.c.mu.Unlock()
+	return n, err
+}
+
+// TestStoreReadStreamFromVersion: ReadStream(after) yields exactly the
+// versions after `after` on every path (tail in memory, skip from the
+// start, lower bound from the ID found backwards), and reading the last
+// few events of a long stream transfers a few events, not the stream
+// (before: ReadStream(1995) of 2,000 events read all 2,000).
+func TestStoreReadStreamFromVersion(t *testing.T) {
+	_, b := newStore(t)
+	needDouble(t, b)
+	counter := &countingTransport{}
+	c, err := esdb.NewClient(b.srv.URL, token, esdb.WithHTTPClient(&http.Client{Transport: counter}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := esdb.New(c, esdb.WithSubjectPrefix(b.prefix))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := t.Context()
+	const n = 2000
+	for range n / 500 {
+		if _, err := s.Append(ctx, "long", stores.Any, storetest.Events("L", 500)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Another stream's events interleave in the log.
+	if _, err := s.Append(ctx, "other", stores.Any, storetest.Events("O", 3)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Append(ctx, "long", stores.Any, storetest.Events("L", 1)); err != nil {
+		t.Fatal(err)
+	}
+	const total = n + 1
+	counter.take()
+	if got := storetest.ReadStream(t, s, "long", 0); len(got) != total {
+		t.Fatalf("full read: %d events", len(got))
+	}
+	fullBytes := counter.take()
+	for _, after := range []uint64{1, 10, 511, 600, 1000, 1400, 1488, 1489, 1490, 1500, 1995, 2000, total, 2500} {
+		got := storetest.ReadStream(t, s, "long", after)
+		want := int(max(0, int64(total)-int64(after)))
+		if len(got) != want {
+			t.Fatalf("ReadStream(%d) yielded %d events, want %d", after, len(got), want)
+		}
+		for i, e := range got {
+			if e.Version != after+1+uint64(i) || e.StreamID != "long" {
+				t.Fatalf("ReadStream(%d): event %d is %s@%d", after, i, e.StreamID, e.Version)
+			}
+		}
+		bytes := counter.take()
+		if after == 1995 {
+			t.Logf("ReadStream(1995) of %d events read %d bytes, the full stream %d", total, bytes, fullBytes)
+			// The client reads ahead at most 128 KiB (its 64 KiB buffer,
+			// and the drain of a read it abandons) whatever after is.
+			if bytes > fullBytes/4 {
+				t.Errorf("ReadStream(1995) read %d bytes, the full stream is %d: the cost grows with after", bytes, fullBytes)
+			}
+		}
+	}
+	if got := storetest.ReadStream(t, s, "missing", 5); len(got) != 0 {
+		t.Fatalf("missing stream yielded %d events", len(got))
 	}
 }
