@@ -1,7 +1,12 @@
 // Command pipeline measures the command pipeline end to end on real Kafka
 // and PostgreSQL: commands sent by a producers.Sender, handled by an
 // aggregate processor (consumer group, one AppendMany transaction per
-// partition poll), outcomes awaited. For each offered load it reports the
+// partition poll), outcomes awaited, and (--relay, default on) the stored
+// events published by the outbox relay. Each row also reports the
+// machine's busy cores during the run and the CPU time per command (every
+// process: broker and PostgreSQL included, so run it on a quiet machine),
+// the processor's partition batches and the relay's transactions per
+// second. For each offered load it reports the
 // achieved rate and the latency from send to outcome (events stored), and
 // runs a bare franz-go produce→consume loop (read_committed, commit per
 // poll) at the same load on the same broker as the baseline. A burst run
@@ -34,6 +39,7 @@ import (
 	"github.com/orchestrix/orchestrix/consumers"
 	"github.com/orchestrix/orchestrix/examples/banking"
 	"github.com/orchestrix/orchestrix/internal/redact"
+	"github.com/orchestrix/orchestrix/outbox"
 	"github.com/orchestrix/orchestrix/producers"
 	"github.com/orchestrix/orchestrix/stores/postgres"
 	"github.com/orchestrix/orchestrix/topics"
@@ -53,6 +59,9 @@ type config struct {
 	dupEvery int
 	// dupShare is the share of duplicated commands of the extra burst run.
 	dupShare float64
+	// relay runs the outbox relay in the process too, publishing the
+	// stored events to <context>.events.
+	relay bool
 }
 
 func main() {
@@ -66,6 +75,7 @@ func main() {
 	flag.IntVar(&c.burst, "burst", 50000, "commands of the maximum-throughput run (0: skip)")
 	flag.IntVar(&c.aggregates, "aggregates", 1000, "aggregates the commands are spread over")
 	flag.IntVar(&c.partitions, "partitions", 6, "partitions of the command topic")
+	flag.BoolVar(&c.relay, "relay", true, "run the outbox relay too (publishes the events to <context>.events), as a deployment would")
 	dups := flag.Float64("duplicates", 0.01, "share of commands sent twice (same ID, back to back) in an extra burst run (0: skip)")
 	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
 	flag.Parse()
@@ -112,6 +122,58 @@ type result struct {
 	elapsed        time.Duration
 	p50, p99, p999 time.Duration
 	heapMiB        float64
+	// cores is the machine's busy cores during the run (every process:
+	// broker, PostgreSQL, this one), from /proc/stat; 0 when unknown.
+	cores float64
+	// batches and txns are the processor's partition batches and the
+	// relay's Kafka transactions per second.
+	batches, txns float64
+}
+
+// cpuMicrosPerCommand is the machine's CPU time per command.
+func (r result) cpuMicrosPerCommand() float64 {
+	if r.sent == 0 {
+		return 0
+	}
+	return r.cores * r.elapsed.Seconds() * 1e6 / float64(r.sent)
+}
+
+// machineCPU reads the busy and total jiffies of all cores from
+// /proc/stat (Linux); ok is false elsewhere.
+func machineCPU() (busy, total uint64, ok bool) {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0, 0, false
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	f := strings.Fields(line)
+	if len(f) < 8 || f[0] != "cpu" {
+		return 0, 0, false
+	}
+	for i, v := range f[1:] {
+		n, err := strconv.ParseUint(v, 10, 64)
+		if err != nil {
+			return 0, 0, false
+		}
+		total += n
+		if i != 3 && i != 4 { // idle, iowait
+			busy += n
+		}
+	}
+	return busy, total, true
+}
+
+// coresBusy returns a function that reports the busy cores since the
+// call.
+func coresBusy() func() float64 {
+	b0, t0, ok := machineCPU()
+	return func() float64 {
+		b1, t1, ok1 := machineCPU()
+		if !ok || !ok1 || t1 == t0 {
+			return 0
+		}
+		return float64(b1-b0) / float64(t1-t0) * float64(runtime.NumCPU())
+	}
 }
 
 func (r result) rate() float64 { return float64(r.sent) / r.elapsed.Seconds() }
@@ -132,7 +194,7 @@ func run(ctx context.Context, c config) error {
 	}
 	defer pool.Close()
 	fmt.Printf("pipeline benchmark: %d aggregates, %d partitions, %s per load, GOMAXPROCS %d\n\n", c.aggregates, c.partitions, c.duration, runtime.GOMAXPROCS(0))
-	fmt.Printf("%-12s %-9s %12s %10s %10s %10s %9s\n", "offered/s", "system", "achieved/s", "p50", "p99", "p99.9", "heap MiB")
+	fmt.Printf("%-12s %-9s %12s %10s %10s %10s %9s %6s %9s %9s %8s\n", "offered/s", "system", "achieved/s", "p50", "p99", "p99.9", "heap MiB", "cores", "CPU us/op", "batches/s", "txns/s")
 	for _, rate := range c.rates {
 		n := int(float64(rate) * c.duration.Seconds())
 		o, err := orchestrix(ctx, c, seeds, pool, n, rate)
@@ -181,8 +243,9 @@ func run(ctx context.Context, c config) error {
 }
 
 func printRow(offered, system string, r result) {
-	fmt.Printf("%-12s %-9s %12.0f %10s %10s %10s %9.1f\n", offered, system, r.rate(),
-		r.p50.Round(10*time.Microsecond), r.p99.Round(10*time.Microsecond), r.p999.Round(10*time.Microsecond), r.heapMiB)
+	fmt.Printf("%-12s %-9s %12.0f %10s %10s %10s %9.1f %6.2f %9.0f %9.0f %8.0f\n", offered, system, r.rate(),
+		r.p50.Round(10*time.Microsecond), r.p99.Round(10*time.Microsecond), r.p999.Round(10*time.Microsecond), r.heapMiB,
+		r.cores, r.cpuMicrosPerCommand(), r.batches, r.txns)
 }
 
 // pace calls send(i) n times at rate per second (0: as fast as possible).
@@ -291,6 +354,24 @@ func orchestrix(ctx context.Context, c config, seeds []string, pool *pgxpool.Poo
 		return result{}, err
 	}
 	sender, _ := producers.NewSender(cl, reg, topics.Commands(bc), "/bench")
+	workers := map[string]func(context.Context) error{"processor": group.Run, "awaiter": aw.Run}
+	var relay *outbox.Relay
+	if c.relay {
+		relay, err = outbox.NewRelay(store, seeds, outbox.ToTopic(topics.Events(bc)), outbox.Instance("bench"), outbox.WithLogger(plog))
+		if err != nil {
+			return result{}, err
+		}
+		workers["relay"] = relay.Run
+		defer func() {
+			adm.DeleteTopics(context.Background(), topics.Events(bc)+outbox.CheckpointSuffix, topics.Events(bc)+outbox.DeadLetterSuffix)
+		}()
+	}
+	txns := func() uint64 {
+		if relay == nil {
+			return 0
+		}
+		return relay.Stats().Transactions
+	}
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	defer cancel()
@@ -300,7 +381,7 @@ func orchestrix(ctx context.Context, c config, seeds []string, pool *pgxpool.Poo
 	var rmu sync.Mutex
 	ctx, stopRun := context.WithCancelCause(ctx)
 	defer stopRun(nil)
-	for name, run := range map[string]func(context.Context) error{"processor": group.Run, "awaiter": aw.Run} {
+	for name, run := range workers {
 		wg.Go(func() {
 			if err := run(ctx); err != nil && ctx.Err() == nil {
 				rmu.Lock()
@@ -332,6 +413,11 @@ func orchestrix(ctx context.Context, c config, seeds []string, pool *pgxpool.Poo
 	peak := heapSampler(ctx)
 	lat := make([]time.Duration, n)
 	var lwg sync.WaitGroup
+	smu.Lock()
+	batches0 := batches
+	smu.Unlock()
+	txns0 := txns()
+	cpu := coresBusy()
 	start := time.Now()
 	var failed error
 	var fmu sync.Mutex
@@ -373,7 +459,12 @@ func orchestrix(ctx context.Context, c config, seeds []string, pool *pgxpool.Poo
 			fmt.Fprintf(os.Stderr, "  second %2d: p50 %v p99 %v max %v\n", s, pct(part, .5).Round(time.Millisecond), pct(part, .99).Round(time.Millisecond), pct(part, 1).Round(time.Millisecond))
 		}
 	}
-	return result{sent: n, elapsed: elapsed, p50: pct(lat, .5), p99: pct(lat, .99), p999: pct(lat, .999), heapMiB: peak()}, nil
+	cores := cpu()
+	smu.Lock()
+	nb := batches - batches0
+	smu.Unlock()
+	return result{sent: n, elapsed: elapsed, p50: pct(lat, .5), p99: pct(lat, .99), p999: pct(lat, .999), heapMiB: peak(),
+		cores: cores, batches: float64(nb) / elapsed.Seconds(), txns: float64(txns()-txns0) / elapsed.Seconds()}, nil
 }
 
 // bare is the baseline: the same number of records, keyed the same way,
@@ -420,6 +511,7 @@ func bare(ctx context.Context, c config, seeds []string, n, rate int) (result, e
 		}
 	}
 	peak := heapSampler(ctx)
+	cpu := coresBusy()
 	sentAt := make([]time.Time, n)
 	lat := make([]time.Duration, n)
 	var mu sync.Mutex
@@ -455,5 +547,5 @@ func bare(ctx context.Context, c config, seeds []string, n, rate int) (result, e
 	case <-time.After(2 * time.Minute):
 		return result{}, fmt.Errorf("bare loop: %d of %d records consumed", got, n)
 	}
-	return result{sent: n, elapsed: time.Since(start), p50: pct(lat, .5), p99: pct(lat, .99), p999: pct(lat, .999), heapMiB: peak()}, nil
+	return result{sent: n, elapsed: time.Since(start), p50: pct(lat, .5), p99: pct(lat, .99), p999: pct(lat, .999), heapMiB: peak(), cores: cpu()}, nil
 }
