@@ -39,6 +39,7 @@ import (
 //	ORCHESTRIX_OUTBOX_CHILD_CPUPROFILE a CPU profile of the relay process's last with-relay phase
 //	ORCHESTRIX_BENCH_IN_PROCESS=1 BenchmarkAppendWithRelay runs the relay in this process instead of its own
 //	ORCHESTRIX_BENCH_RELAY_ENV environment of BenchmarkAppendWithRelay's relay process (default GOGC=400)
+//	ORCHESTRIX_BENCH_RELAY_LINGER the relay's Linger in BenchmarkRelayLatency (default outbox.DefaultLinger)
 //	ORCHESTRIX_BENCH_BROKER_PID the broker's process ID, to report its CPU per event (a local broker:
 //	                         ORCHESTRIX_BENCH_BROKER_PID=$(pgrep -f kafka.Kafka))
 
@@ -387,7 +388,16 @@ func benchLatency(b *testing.B, rate int, d time.Duration, wake bool) {
 	var mu sync.Mutex
 	committedAt := map[string]time.Time{}
 	var lat, before []time.Duration // commit to ack; commit to the start of its Kafka transaction
-	r := e.relay(b, "latency", outbox.NoOutboxTable(), outbox.WithClientOpts(benchClientOpts()...), outbox.OnCommit(func(c outbox.Commit) {
+	opts := []outbox.Option{outbox.NoOutboxTable(), outbox.WithClientOpts(benchClientOpts()...)}
+	if v := os.Getenv("ORCHESTRIX_BENCH_RELAY_LINGER"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			b.Fatalf("ORCHESTRIX_BENCH_RELAY_LINGER: %v", err)
+		}
+		opts = append(opts, outbox.Linger(d))
+	}
+	brokerPID, _ := strconv.Atoi(os.Getenv("ORCHESTRIX_BENCH_BROKER_PID"))
+	r := e.relay(b, "latency", append(opts, outbox.OnCommit(func(c outbox.Commit) {
 		now := time.Now()
 		txnStart := now.Add(-c.Duration)
 		mu.Lock()
@@ -403,10 +413,11 @@ func benchLatency(b *testing.B, rate int, d time.Duration, wake bool) {
 				}
 			}
 		}
-	}))
+	}))...)
 	stop := runRelay(b, r)
 	waitFor(b, time.Minute, "relay leading", func() bool { return r.Stats().Leader })
 	time.Sleep(500 * time.Millisecond)
+	cpu0, broker0 := processCPU(), procCPU(brokerPID)
 
 	const writers = 8
 	var wg sync.WaitGroup
@@ -441,6 +452,10 @@ func benchLatency(b *testing.B, rate int, d time.Duration, wake bool) {
 	wg.Wait()
 	offered := time.Since(start)
 	e.waitCaughtUp(b, r, 5*time.Minute)
+	// This process holds the writers too: its CPU per event is an upper
+	// bound of the relay's, comparable between settings of one run.
+	cpuPer := float64((processCPU() - cpu0).Microseconds()) / float64(total)
+	brokerPer := float64((procCPU(brokerPID) - broker0).Microseconds()) / float64(total)
 	if err := stop(); err != nil {
 		b.Fatal(err)
 	}
@@ -464,6 +479,10 @@ func benchLatency(b *testing.B, rate int, d time.Duration, wake bool) {
 	b.ReportMetric(pct(before, 0.99), "p99_before_txn_ms")
 	b.ReportMetric(float64(lat[len(lat)-1].Microseconds())/1000, "max_ms")
 	b.ReportMetric(float64(len(lat))/float64(r.Stats().Transactions), "events/txn")
+	b.ReportMetric(cpuPer, "process_cpu_us/event")
+	if brokerPID != 0 {
+		b.ReportMetric(brokerPer, "broker_cpu_us/event")
+	}
 }
 
 // BenchmarkAppendWithRelay measures append throughput (8 writers, 10-event

@@ -131,6 +131,7 @@ func NewRelay(src Source, seeds []string, opts ...Option) (*Relay, error) {
 		batchSize:     DefaultBatchSize,
 		pollMin:       DefaultPollMin,
 		pollMax:       DefaultPollMax,
+		linger:        DefaultLinger,
 		lease:         DefaultLease,
 		statsInterval: DefaultStatsInterval,
 		txnTimeout:    DefaultTransactionTimeout,
@@ -203,6 +204,9 @@ func NewRelay(src Source, seeds []string, opts ...Option) (*Relay, error) {
 	}
 	if cfg.batchSize < 1 || cfg.batchSize > 20000 {
 		errs = append(errs, fmt.Errorf("batch size %d must be 1-20000", cfg.batchSize))
+	}
+	if cfg.linger > time.Second {
+		errs = append(errs, fmt.Errorf("linger %s must be at most 1s", cfg.linger))
 	}
 	if cfg.pollMin <= 0 || cfg.pollMax < cfg.pollMin {
 		errs = append(errs, fmt.Errorf("poll interval min %s, max %s: need 0 < min ≤ max", cfg.pollMin, cfg.pollMax))
@@ -551,7 +555,8 @@ type published struct {
 // While reads come back full (a backlog), read reads ahead, up to
 // readAhead batches, so that reading overlaps publishing. Once caught up,
 // it reads only on demand: after a partial batch it waits at least the
-// minimum poll interval and then until the committer, done with its
+// minimum poll interval (the linger after a small batch) and then until
+// the committer, done with its
 // transaction, signals on demand that it waits for the next batch. A
 // transaction then carries everything committed up to its start, and the
 // database serves one read per transaction rather than one per poll
@@ -565,9 +570,10 @@ func (r *Relay) read(ctx context.Context, cp Checkpoint, out chan<- *batch, dema
 	note, _ := r.src.(notifier)
 	lastWork := time.Now()
 	onDemand := false
+	wait := r.cfg.pollMin
 	for {
 		if onDemand {
-			if !r.sleep(ctx, r.cfg.pollMin, nil, nil) {
+			if !r.sleep(ctx, wait, nil, nil) {
 				return ctx.Err()
 			}
 			select {
@@ -613,6 +619,10 @@ func (r *Relay) read(ctx context.Context, cp Checkpoint, out chan<- *batch, dema
 		}
 		cp = b.cp
 		onDemand = !b.full
+		wait = r.cfg.pollMin
+		if b.n()+len(b.msgs) < LingerBelow {
+			wait = max(wait, r.cfg.linger)
+		}
 	}
 }
 

@@ -197,6 +197,7 @@ func TestNewRelayConfig(t *testing.T) {
 		{"batch too big", store, seeds, []outbox.Option{outbox.ToTopic("x.events"), outbox.BatchSize(1 << 20)}, false},
 		{"poll inverted", store, seeds, []outbox.Option{outbox.ToTopic("x.events"), outbox.PollInterval(time.Second, time.Millisecond)}, false},
 		{"short lease", store, seeds, []outbox.Option{outbox.ToTopic("x.events"), outbox.Lease(time.Millisecond)}, false},
+		{"long linger", store, seeds, []outbox.Option{outbox.ToTopic("x.events"), outbox.Linger(2 * time.Second)}, false},
 		{"negative max event size", store, seeds, []outbox.Option{outbox.ToTopic("x.events"), outbox.MaxEventSize(-1)}, false},
 		{"dead letters to the events topic", store, seeds, []outbox.Option{outbox.ToTopic("x.events"), outbox.DeadLetterTopic("x.events")}, false},
 		{"bad dead-letter topic", store, seeds, []outbox.Option{outbox.ToTopic("x.events"), outbox.DeadLetterTopic("no/such")}, false},

@@ -63,6 +63,7 @@ func runRelay(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	txnID := fs.String("transactional-id", env("ORCHESTRIX_RELAY_TRANSACTIONAL_ID", ""), "Kafka transactional ID, the same for every instance of this relay (env ORCHESTRIX_RELAY_TRANSACTIONAL_ID; default orchestrix-relay.<topic>)")
 	instance := fs.String("instance", env("ORCHESTRIX_RELAY_INSTANCE", defaultInstance()), "this instance's name, in logs and the "+outbox.InstanceHeader+" header (env ORCHESTRIX_RELAY_INSTANCE)")
 	batch := fs.Int("batch-size", outbox.DefaultBatchSize, "events (and outbox messages) per read")
+	linger := fs.Duration("linger", outbox.DefaultLinger, "wait after a small batch (under 64 events) before the next read: fewer, larger Kafka transactions at moderate rates, at most this much later")
 	pollMin := fs.Duration("poll-min", outbox.DefaultPollMin, "least wait after a read that found work but not a full batch (the next read also waits for the transaction in flight to commit)")
 	pollMax := fs.Duration("poll-max", outbox.DefaultPollMax, "longest wait between reads of an idle store")
 	lease := fs.Duration("lease", outbox.DefaultLease, "how long a paused or disconnected leader keeps leadership before a standby takes over")
@@ -105,6 +106,7 @@ func runRelay(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		outbox.Instance(*instance),
 		outbox.BatchSize(*batch),
 		outbox.PollInterval(*pollMin, *pollMax),
+		outbox.Linger(*linger),
 		outbox.Lease(*lease),
 		outbox.StatsInterval(*statsEvery),
 		outbox.MaxEventSize(maxEventSize),
