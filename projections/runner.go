@@ -1,0 +1,497 @@
+package projections
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/orchestrix/orchestrix"
+	"github.com/orchestrix/orchestrix/stores"
+)
+
+// SourceStore is the checkpoint source name of the store source.
+const SourceStore = "store"
+
+// Runner builds a projection from an event store's log: every registered
+// version from its own Version up that is not dropped (building, active or
+// retired: retired versions stay current for a rollback), one goroutine
+// per shard of each, leading the shards this process is elected for.
+// Versions registered while it runs (`orchestrix projections rebuild`)
+// are picked up within VersionScan. Create it with New; it is safe for
+// concurrent use.
+type Runner[T any] struct {
+	name    string
+	cfg     config
+	backend Backend[T]
+	store   stores.EventStore
+	handler Handler[T]
+
+	mu       sync.Mutex
+	changed  chan struct{} // closed and replaced when a shard's state changes
+	versions map[int][]shardState
+}
+
+// shardState is what WaitForNonStale watches.
+type shardState struct {
+	// caughtUp is the start time of the last read that found the shard at
+	// the end of the log.
+	caughtUp time.Time
+	err      error // a stopped shard's poison error
+}
+
+// New returns a runner of projection name on backend, reading store's
+// log, applying batches with h. It validates the whole configuration and
+// reports every problem at once (errors wrap orchestrix.ErrInvalid).
+func New[T any](name string, backend Backend[T], store stores.EventStore, h Handler[T], opts ...Option) (*Runner[T], error) {
+	cfg := config{version: 1, shards: 1, batchSize: DefaultBatchSize, poll: DefaultPollInterval, policy: Stop,
+		attempts: DefaultAttempts, retryStopped: DefaultRetryStopped, lease: DefaultLease, scan: DefaultVersionScan}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	err := cfg.validate(name)
+	var errs []error
+	if backend == nil {
+		errs = append(errs, errors.New("nil backend"))
+	}
+	if store == nil {
+		errs = append(errs, errors.New("nil store"))
+	}
+	if h == nil {
+		errs = append(errs, errors.New("nil handler"))
+	}
+	if cfg.setup != nil {
+		if _, ok := cfg.setup.(func(context.Context, T, int) error); !ok {
+			errs = append(errs, fmt.Errorf("setup is a %T, the backend's transactions need a func(context.Context, %T, int) error", cfg.setup, *new(T)))
+		}
+	}
+	if len(errs) > 0 {
+		err = errors.Join(err, fmt.Errorf("projections: %s: %w: %w", name, orchestrix.ErrInvalid, errors.Join(errs...)))
+	}
+	if err != nil {
+		return nil, err
+	}
+	if cfg.log == nil {
+		cfg.log = slog.New(slog.DiscardHandler)
+	}
+	cfg.log = cfg.log.With("projection", name)
+	return &Runner[T]{name: name, cfg: cfg, backend: backend, store: store, handler: h,
+		changed: make(chan struct{}), versions: map[int][]shardState{}}, nil
+}
+
+// Run registers the runner's version (active if the projection has none,
+// else building), then builds every version from it up until ctx ends; it
+// returns nil on a clean shutdown. A stopped shard (poison event) does not
+// end Run: it stays stopped, visibly, and is retried every RetryStopped.
+func (r *Runner[T]) Run(ctx context.Context) error {
+	if err := r.backend.register(ctx, key{r.name, r.cfg.version, 0}, r.cfg.shards, SourceStore); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var (
+		wg   sync.WaitGroup
+		emu  sync.Mutex
+		errs []error
+	)
+	defer wg.Wait()
+	for {
+		vs, err := r.backend.versions(ctx, r.name)
+		if err != nil {
+			if ctx.Err() != nil {
+				break
+			}
+			return err
+		}
+		for _, v := range vs {
+			if v.Version < r.cfg.version {
+				continue
+			}
+			r.mu.Lock()
+			_, running := r.versions[v.Version]
+			if !running {
+				r.versions[v.Version] = make([]shardState, v.Shards)
+			}
+			r.mu.Unlock()
+			if running {
+				continue
+			}
+			if err := r.setup(ctx, v.Version); err != nil {
+				r.mu.Lock()
+				delete(r.versions, v.Version)
+				r.mu.Unlock()
+				if ctx.Err() != nil {
+					break
+				}
+				cancel()
+				wg.Wait()
+				return errors.Join(append(errs, err)...)
+			}
+			r.cfg.log.Info("building version", "version", v.Version, "status", v.Status, "shards", v.Shards)
+			for s := range v.Shards {
+				wg.Go(func() {
+					if err := r.runShard(ctx, v.Version, v.Shards, s); err != nil {
+						emu.Lock()
+						errs = append(errs, err)
+						emu.Unlock()
+						cancel()
+					}
+				})
+			}
+		}
+		if !sleep(ctx, r.cfg.scan) {
+			break
+		}
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
+func (r *Runner[T]) setup(ctx context.Context, version int) error {
+	var fn func(context.Context, T) error
+	if user, ok := r.cfg.setup.(func(context.Context, T, int) error); ok {
+		fn = func(ctx context.Context, tx T) error { return user(ctx, tx, version) }
+	}
+	if err := r.backend.setup(ctx, key{r.name, version, 0}, fn); err != nil {
+		return fmt.Errorf("projections: %s v%d: setup: %w", r.name, version, err)
+	}
+	return nil
+}
+
+func (r *Runner[T]) role(version, shard int) string {
+	return fmt.Sprintf("orchestrix.projection:%s:v%d:%d", r.name, version, shard)
+}
+
+func (r *Runner[T]) runShard(ctx context.Context, version, shards, shard int) error {
+	log := r.cfg.log.With("version", version, "shard", shard)
+	el, err := r.backend.elector(r.role(version, shard), r.cfg.lease, r.cfg.instance, log)
+	if err != nil {
+		return err
+	}
+	for ctx.Err() == nil {
+		term, err := el.Campaign(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("projections: %s v%d shard %d: campaign: %w", r.name, version, shard, err)
+		}
+		log.Info("leading shard")
+		err = r.lead(ctx, term, key{r.name, version, shard}, shards, log)
+		term.Release()
+		if ctx.Err() != nil {
+			return nil
+		}
+		log.Warn("shard lost, campaigning again", "err", err)
+		if !sleep(ctx, time.Second) {
+			return nil
+		}
+	}
+	return nil
+}
+
+// lead runs one term of a shard: claim (raise the epoch), then read,
+// apply and commit until ctx ends, the term is lost or a commit is fenced.
+func (r *Runner[T]) lead(ctx context.Context, term stores.Term, k key, shards int, log *slog.Logger) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		select {
+		case <-term.Lost():
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	c, err := r.backend.claim(ctx, k, r.cfg.instance)
+	if err != nil {
+		return err
+	}
+	s := &shardRun[T]{r: r, k: k, shards: shards, epoch: c.epoch, status: c.status, log: log}
+	if c.cursor != "" {
+		if s.cursor, err = stores.ParseCursor(c.cursor); err != nil {
+			return fmt.Errorf("projections: %s v%d shard %d: checkpoint: %w", r.name, k.version, k.shard, err)
+		}
+	}
+	lastBeat, lastRetries := time.Now(), time.Time{}
+	for {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		start := time.Now()
+		entries, err := s.read(ctx)
+		if err != nil {
+			return err
+		}
+		if len(entries) > 0 {
+			if err := s.apply(ctx, entries); err != nil {
+				var pe *PoisonError
+				if !errors.As(err, &pe) {
+					return err
+				}
+				r.setState(k, start, false, pe)
+				log.Error("shard stopped on a poison event", "err", err)
+				if !sleep(ctx, r.cfg.retryStopped) {
+					return ctx.Err()
+				}
+				continue
+			}
+			r.setState(k, start, false, nil)
+			lastBeat = time.Now()
+		}
+		if len(entries) < r.cfg.batchSize {
+			r.setState(k, start, true, nil)
+			if time.Since(lastRetries) > time.Second {
+				lastRetries = time.Now()
+				if err := s.applyRetries(ctx); err != nil {
+					return err
+				}
+			}
+			if time.Since(lastBeat) > r.cfg.lease/4 {
+				// A heartbeat is an empty commit: it proves the owner's
+				// loop runs and that it still holds the epoch.
+				if err := s.commit(ctx, nil, progress{cursor: s.cursor.String()}); err != nil {
+					return err
+				}
+				lastBeat = time.Now()
+			}
+			if !sleep(ctx, r.cfg.poll) {
+				return ctx.Err()
+			}
+		}
+	}
+}
+
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
+
+func (r *Runner[T]) setState(k key, readStart time.Time, caughtUp bool, poison *PoisonError) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	st := &r.versions[k.version][k.shard]
+	if caughtUp {
+		st.caughtUp = readStart
+	}
+	if poison != nil {
+		st.err = poison
+	} else {
+		st.err = nil
+	}
+	close(r.changed)
+	r.changed = make(chan struct{})
+}
+
+// WaitForNonStale blocks until every shard of every version this runner
+// builds (at least its own Version) has applied every event that the
+// store's ReadAll could read when the call began, or returns the poison
+// error of a stopped shard, or ctx's error. An event committed before the
+// call is covered once the store's gap-safe horizon has passed it (see
+// stores/postgres: a long-running transaction delays that). Tests and
+// read-your-writes callers use it; it watches this process's shards, so
+// call it where Run runs and this process leads the shards.
+func (r *Runner[T]) WaitForNonStale(ctx context.Context) error {
+	since := time.Now()
+	for {
+		r.mu.Lock()
+		_, done := r.versions[r.cfg.version]
+		changed := r.changed
+		var err error
+		for _, shards := range r.versions {
+			for _, st := range shards {
+				if st.err != nil {
+					err = st.err
+				}
+				if !st.caughtUp.After(since) {
+					done = false
+				}
+			}
+		}
+		r.mu.Unlock()
+		if err != nil {
+			return err
+		}
+		if done {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-changed:
+		}
+	}
+}
+
+// shardRun is one term of one shard.
+type shardRun[T any] struct {
+	r      *Runner[T]
+	k      key
+	shards int
+	epoch  int64
+	cursor stores.Cursor
+	status string
+	log    *slog.Logger
+}
+
+// read returns the next page of log entries after the cursor (all shards).
+func (s *shardRun[T]) read(ctx context.Context) ([]stores.Entry, error) {
+	out := make([]stores.Entry, 0, s.r.cfg.batchSize)
+	for e, err := range s.r.store.ReadAll(ctx, s.cursor, s.r.cfg.batchSize) {
+		if err != nil {
+			return nil, fmt.Errorf("projections: %s shard %d: read: %w", s.r.name, s.k.shard, err)
+		}
+		out = append(out, e)
+	}
+	return out, nil
+}
+
+// handlerError marks an error returned by the user's handler (as opposed
+// to one of the backend's own statements).
+type handlerError struct{ err error }
+
+func (e *handlerError) Error() string { return e.err.Error() }
+func (e *handlerError) Unwrap() error { return e.err }
+
+func (s *shardRun[T]) batch(events []orchestrix.Event) Batch {
+	return Batch{Projection: s.r.name, Version: s.k.version, Shard: s.k.shard, Events: events, Replaying: s.status != "active"}
+}
+
+// commit applies events (maybe none) and moves the checkpoint to p in one
+// transaction.
+func (s *shardRun[T]) commit(ctx context.Context, events []orchestrix.Event, p progress) error {
+	status, err := s.r.backend.commit(ctx, s.k, s.epoch, p, func(ctx context.Context, tx T) error {
+		if len(events) > 0 {
+			if err := s.r.handler(ctx, tx, s.batch(events)); err != nil {
+				return &handlerError{err}
+			}
+		}
+		if s.r.cfg.beforeCommit != nil {
+			return s.r.cfg.beforeCommit(ctx, s.k.version, s.k.shard)
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	s.status = status
+	if c, err := stores.ParseCursor(p.cursor); err == nil {
+		s.cursor = c
+	}
+	return nil
+}
+
+func progressAt(e stores.Entry, applied int) progress {
+	return progress{cursor: e.Cursor.String(), position: e.Position, eventTime: e.Time, applied: applied}
+}
+
+// apply commits one page: all of it in one transaction, or, when the
+// handler fails, event by event to find and handle the poison event.
+func (s *shardRun[T]) apply(ctx context.Context, entries []stores.Entry) error {
+	mine := make([]orchestrix.Event, 0, len(entries))
+	idx := make([]int, 0, len(entries))
+	for i, e := range entries {
+		if ShardOf(e.StreamID, s.shards) == s.k.shard {
+			mine = append(mine, e.Event)
+			idx = append(idx, i)
+		}
+	}
+	last := entries[len(entries)-1]
+	p := progressAt(last, len(mine))
+	if len(mine) == 0 {
+		p.position, p.eventTime = 0, time.Time{}
+	} else {
+		le := entries[idx[len(idx)-1]]
+		p.position, p.eventTime = le.Position, le.Time
+	}
+	err := s.commit(ctx, mine, p)
+	var he *handlerError
+	if err == nil || !errors.As(err, &he) {
+		return err
+	}
+	s.log.Warn("batch failed, applying it event by event", "events", len(mine), "err", he.err)
+	for j, i := range idx {
+		e := entries[i]
+		var herr error
+		for attempt := 1; attempt <= s.r.cfg.attempts; attempt++ {
+			err := s.commit(ctx, mine[j:j+1], progressAt(e, 1))
+			if err == nil {
+				herr = nil
+				break
+			}
+			if !errors.As(err, &he) {
+				return err
+			}
+			herr = he.err
+			if attempt < s.r.cfg.attempts && !sleep(ctx, time.Duration(attempt)*100*time.Millisecond) {
+				return ctx.Err()
+			}
+		}
+		if herr == nil {
+			continue
+		}
+		// A handler failing because the database is down is not a poison
+		// event: return and let the shard start over.
+		if err := s.r.backend.ping(ctx); err != nil {
+			return fmt.Errorf("projections: %s shard %d: backend unreachable after a handler error (%v): %w", s.r.name, s.k.shard, herr, err)
+		}
+		pe := &PoisonError{Projection: s.r.name, Version: s.k.version, Shard: s.k.shard, Event: e.Event, Attempts: s.r.cfg.attempts, Err: herr}
+		if s.r.cfg.policy == Park {
+			dl := DeadLetter{Projection: s.r.name, Version: s.k.version, Shard: s.k.shard, Event: e.Event, Error: truncate(herr.Error()), Attempts: s.r.cfg.attempts}
+			if err := s.r.backend.park(ctx, s.k, s.epoch, progressAt(e, 0), dl); err != nil {
+				return err
+			}
+			s.cursor = e.Cursor
+			s.log.Warn("parked a poison event", "stream", e.StreamID, "version", e.Version, "event_type", e.Type, "err", herr)
+			continue
+		}
+		if err := s.r.backend.stop(ctx, s.k, s.epoch, truncate(pe.Error())); err != nil {
+			return err
+		}
+		return pe
+	}
+	// Entries of other shards after this shard's last event.
+	return s.commit(ctx, nil, progress{cursor: last.Cursor.String()})
+}
+
+// applyRetries applies the dead letters an operator asked to retry; one
+// that fails again stays parked with its new error.
+func (s *shardRun[T]) applyRetries(ctx context.Context) error {
+	dls, err := s.r.backend.retries(ctx, s.k)
+	if err != nil {
+		return err
+	}
+	for _, dl := range dls {
+		err := s.r.backend.resolve(ctx, s.k, s.epoch, dl.ID, func(ctx context.Context, tx T) error {
+			if err := s.r.handler(ctx, tx, s.batch([]orchestrix.Event{dl.Event})); err != nil {
+				return &handlerError{err}
+			}
+			return nil
+		})
+		var he *handlerError
+		if errors.As(err, &he) {
+			s.log.Warn("a retried dead letter failed again", "id", dl.ID, "err", he.err)
+			continue
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+const maxErrorLen = 4096
+
+func truncate(s string) string {
+	if len(s) <= maxErrorLen {
+		return s
+	}
+	return s[:maxErrorLen] + "…"
+}
