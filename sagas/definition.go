@@ -129,7 +129,7 @@ func OnEvent[S any](eventType string, f func(S, orchestrix.Event) (S, error)) Op
 
 // typeName is what a saga type may be named: it is part of topic names
 // and of correlation IDs ("saga:<type>:<id>").
-var typeName = regexp.MustCompile(`^[a-zA-Z0-9._-]{1,100}$`)
+var typeName = regexp.MustCompile(`^[a-zA-Z0-9_.-]{1,100}$`)
 
 // Define returns version (≥ 1) of saga type typ with steps, after
 // checking all of it. Running instances keep the version they started
