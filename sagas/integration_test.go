@@ -470,3 +470,7 @@ func TestTransferIntegration(t *testing.T) {
 	t.Logf("%d inbox records, %d distinct inputs, %d commands", records, inputs, n)
 	p.check(t)
 }
+
+func contextWithDeadline(t *testing.T, d time.Duration) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(t.Context(), d)
+}
