@@ -242,17 +242,17 @@ func (m *Memory) fence(k key, epoch int64, p progress, parked int) (string, erro
 	return m.vers[k.projection][k.version].Status, nil
 }
 
-func (m *Memory) commit(ctx context.Context, k key, epoch int64, p progress, apply func(context.Context, *MemTx) error) (string, error) {
+func (m *Memory) commit(ctx context.Context, k key, epoch int64, p progress, apply func(context.Context, *MemTx, string) error) (string, error) {
 	var status string
 	_, err := m.commitTx(ctx, func(tx *MemTx) error {
 		if cp := m.cps[k]; cp == nil || cp.OwnerEpoch != epoch {
 			return fmt.Errorf("projections: %s v%d shard %d epoch %d: %w", k.projection, k.version, k.shard, epoch, ErrFenced)
 		}
-		if err := apply(ctx, tx); err != nil {
+		status = m.vers[k.projection][k.version].Status
+		if err := apply(ctx, tx, status); err != nil {
 			return err
 		}
-		var err error
-		status, err = m.fence(k, epoch, p, 0)
+		_, err := m.fence(k, epoch, p, 0)
 		return err
 	})
 	return status, err

@@ -148,14 +148,14 @@ func (p *Postgres) fence(ctx context.Context, tx pgx.Tx, k key, epoch int64, pr 
 	return status, err
 }
 
-func (p *Postgres) commit(ctx context.Context, k key, epoch int64, pr progress, apply func(context.Context, pgx.Tx) error) (string, error) {
+func (p *Postgres) commit(ctx context.Context, k key, epoch int64, pr progress, apply func(context.Context, pgx.Tx, string) error) (string, error) {
 	var status string
 	err := pgx.BeginFunc(ctx, p.pool, func(tx pgx.Tx) error {
 		var err error
 		if status, err = p.fence(ctx, tx, k, epoch, pr, 0); err != nil {
 			return err
 		}
-		return apply(ctx, tx)
+		return apply(ctx, tx, status)
 	})
 	return status, err
 }

@@ -292,7 +292,8 @@ type Backend[T any] interface {
 	// commit updates the checkpoint where the epoch is still epoch (else
 	// ErrFenced), runs apply in the same transaction and commits; it
 	// returns the version's status.
-	commit(ctx context.Context, k key, epoch int64, p progress, apply func(context.Context, T) error) (string, error)
+	// apply gets the version's status as the fence read it.
+	commit(ctx context.Context, k key, epoch int64, p progress, apply func(ctx context.Context, tx T, status string) error) (string, error)
 	// park commits p and the dead letter together.
 	park(ctx context.Context, k key, epoch int64, p progress, dl DeadLetter) error
 	// stop records a stopped shard's error.

@@ -367,7 +367,8 @@ func (s *shardRun[T]) batch(events []orchestrix.Event) Batch {
 // commit applies events (maybe none) and moves the checkpoint to p in one
 // transaction.
 func (s *shardRun[T]) commit(ctx context.Context, events []orchestrix.Event, p progress) error {
-	status, err := s.r.backend.commit(ctx, s.k, s.epoch, p, func(ctx context.Context, tx T) error {
+	status, err := s.r.backend.commit(ctx, s.k, s.epoch, p, func(ctx context.Context, tx T, status string) error {
+		s.status = status
 		if len(events) > 0 {
 			if err := s.r.handler(ctx, tx, s.batch(events)); err != nil {
 				return &handlerError{err}
