@@ -343,9 +343,10 @@ func again(cmdID string, first orchestrix.Outcome) orchestrix.Outcome {
 // that arrive queue up, and the next round serves all of them with one
 // command lookup, one store transaction and one outcome produce. A
 // conflict in a combined transaction falls back to each partition's
-// records one by one. Every combined call must end before the first
-// call's context does: the consumers runtime gives all partitions of a
-// poll the same context. If decide, evolve or a codec panics in a
+// records one by one. Rounds run under the context of the call that
+// runs them (the first to arrive): when it ends first (the consumers
+// runtime gives each partition's call its own attempt deadline), the
+// round's records fail and the failure policy handles them again. If decide, evolve or a codec panics in a
 // combined round, the call whose records were in that round panics with
 // the same value and the round's other records fail with a transient
 // error (to be handled again alone); later calls are combined as before.

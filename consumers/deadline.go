@@ -146,6 +146,26 @@ func (g *Group) callWithDeadline(ctx context.Context, rec *kgo.Record, d time.Du
 	return err
 }
 
+// callBatch runs the batch handler on recs under the attempt deadline,
+// through the partition's slot. Records a batch failed, for its deadline
+// too, go through the failure policy one by one (retried alone with
+// Handle): the deadline is not theirs, so their errors are not
+// ErrAttemptTimeout.
+func (g *Group) callBatch(ctx context.Context, bh BatchHandler, recs []*kgo.Record) ([]error, error) {
+	s, _ := ctx.Value(slotKey{}).(*callSlot)
+	if d := g.cfg.policy.AttemptTimeout; d > 0 && s != nil {
+		bctx := s.begin(recs[0], d)
+		defer func() {
+			if _, overdue := s.end(); overdue > 0 {
+				g.log.Warn("overdue batch handler returned", "topic", recs[0].Topic, "partition", recs[0].Partition,
+					"records", len(recs), "took", overdue.Round(time.Millisecond))
+			}
+		}()
+		return g.handleBatch(bctx, bh, recs)
+	}
+	return g.handleBatch(ctx, bh, recs)
+}
+
 // watch is the watchdog of the slots: it cancels calls older than the
 // attempt timeout d and logs, at error level, calls still running d after
 // that (a handler that ignores its context, which Go cannot stop: its

@@ -58,7 +58,7 @@
 //     held in memory until due, while every other partition flows. A
 //     record failing at level n goes to level n+1; after the last level,
 //     to the dead-letter topic (ThenDLQ) or Run stops with the error.
-//     Each Handle call has a deadline (AttemptTimeout, 10s by default,
+//     Each handler call has a deadline (AttemptTimeout, 10s by default,
 //     WithAttemptTimeout); a call that fails after it is not retried in
 //     place (ErrAttemptTimeout), so a handler that hangs until its context
 //     ends holds up the member's other partitions for at most that long. A

@@ -910,7 +910,7 @@ func (g *Group) batch(ctx context.Context, bh BatchHandler, pos chainPos, recs [
 	if len(sub) == 0 {
 		return nil
 	}
-	res, perr := g.handleBatch(ctx, bh, sub)
+	res, perr := g.callBatch(ctx, bh, sub)
 	if perr != nil {
 		// Which record panicked, and which were applied before, is
 		// unknown: handle them again one at a time (Handle, at least once

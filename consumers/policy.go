@@ -46,9 +46,10 @@ type FailurePolicy struct {
 	// the deadline (Deadline); once it passed, its Err is
 	// context.DeadlineExceeded and its context.Cause ErrAttemptTimeout
 	// (contexts derived from it end with context.Canceled, same cause).
-	// A context must not be used after its call returned. HandleBatch calls get no
-	// deadline (their length grows with the batch); the records a batch
-	// fails are retried alone, with Handle, under it.
+	// A context must not be used after its call returned. A HandleBatch
+	// call (one partition's share of a poll) gets the same deadline; the
+	// records it failed, for its deadline too, are retried alone with
+	// Handle (their errors are not ErrAttemptTimeout).
 	AttemptTimeout time.Duration
 	// Ordering says whether records of a key may overtake a record of the
 	// same key that waits in the retry topics (default Unordered). See

@@ -45,8 +45,9 @@ func (e *MissingTopicsError) Error() string {
 func (e *MissingTopicsError) Is(target error) bool { return target == topics.ErrNotFound }
 
 // topicsSettle is how long checkTopics looks again at topics that seem
-// missing: a broker learns of a topic created a moment ago with a delay.
-const topicsSettle = 3 * time.Second
+// missing: a broker learns of a topic created a moment ago with a delay
+// (over 3s on a busy 2-core test machine).
+const topicsSettle = 10 * time.Second
 
 // checkTopics checks that every topic the policy writes to exists (see
 // MissingTopicsError) and, in an ordered mode, that the retry topics have
