@@ -79,9 +79,13 @@ func (p *Postgres) Status(ctx context.Context, name string) ([]ShardStatus, erro
 		lag = `(SELECT count(*) FROM (SELECT 1 FROM ` + p.t("events") + ` e WHERE (e.tx_id, e.position) > (split_part(c.cursor, '/', 1)::xid8, split_part(c.cursor, '/', 2)::bigint) LIMIT 10000000) x),
 			COALESCE((SELECT EXTRACT(EPOCH FROM now() - min(e.time))::float8 FROM (SELECT time FROM ` + p.t("events") + ` e WHERE (e.tx_id, e.position) > (split_part(c.cursor, '/', 1)::xid8, split_part(c.cursor, '/', 2)::bigint) ORDER BY e.tx_id, e.position LIMIT 1) e), 0)`
 	}
+	// Only a store cursor counts against the events table; a topic's lag
+	// is the partition's end offset less the cursor (LagEvents -1 here).
 	rows, err := p.pool.Query(ctx, `SELECT c.projection, c.version, v.status, c.shard, c.cursor, c.position, c.event_time, c.applied, c.parked, c.owner_epoch, c.owner,
-		c.heartbeat_at, COALESCE(EXTRACT(EPOCH FROM now() - c.heartbeat_at)::float8, -1), c.status, c.error, `+strings.ReplaceAll(lag, "c.cursor", "CASE WHEN c.cursor = '' THEN '0/0' ELSE c.cursor END")+`
+		c.heartbeat_at, COALESCE(EXTRACT(EPOCH FROM now() - c.heartbeat_at)::float8, -1), c.status, c.error, l.*
 		FROM `+p.t("projection_checkpoints")+` c JOIN `+p.t("projection_versions")+` v USING (projection, version)
+		CROSS JOIN LATERAL (SELECT `+strings.ReplaceAll(lag, "c.cursor", "CASE WHEN c.cursor = '' THEN '0/0' ELSE c.cursor END")+` WHERE v.source = 'store'
+			UNION ALL SELECT -1::bigint, 0::float8 WHERE v.source <> 'store') AS l(lag_events, lag_seconds)
 		WHERE c.projection = $1 ORDER BY c.version, c.shard`, name)
 	if err != nil {
 		return nil, fmt.Errorf("projections: status of %s: %w", name, err)

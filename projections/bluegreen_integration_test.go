@@ -39,7 +39,7 @@ func TestBlueGreenIntegration(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(t.Context())
 	defer cancel()
-	r, err := projections.New("counts", back, store, handler, projections.Shards(2), projections.Setup(pgSetup(schema)),
+	r, err := projections.New("counts", back, projections.FromStore(store), handler, projections.Shards(2), projections.Setup(pgSetup(schema)),
 		projections.VersionScan(100*time.Millisecond), projections.BatchSize(450))
 	if err != nil {
 		t.Fatal(err)
@@ -165,7 +165,7 @@ func TestPoisonIntegration(t *testing.T) {
 			}
 			ctx, cancel := context.WithCancel(t.Context())
 			defer cancel()
-			r, err := projections.New("counts", back, store, pgHandler(schema), projections.Setup(pgSetup(schema)),
+			r, err := projections.New("counts", back, projections.FromStore(store), pgHandler(schema), projections.Setup(pgSetup(schema)),
 				projections.OnPoison(policy), projections.Attempts(2), projections.RetryStopped(time.Hour))
 			if err != nil {
 				t.Fatal(err)

@@ -110,7 +110,7 @@ func TestRebuildEqualsIncrementalProperty(t *testing.T) {
 		back := projections.NewMemory("streams")
 		var effects int
 		shards := rapid.IntRange(1, 4).Draw(rt, "shards")
-		r, err := projections.New("counts", back, store, memHandler(&effects), projections.Shards(shards),
+		r, err := projections.New("counts", back, projections.FromStore(store), memHandler(&effects), projections.Shards(shards),
 			projections.BatchSize(rapid.IntRange(1, 50).Draw(rt, "batch")), projections.PollInterval(time.Millisecond), projections.VersionScan(5*time.Millisecond))
 		if err != nil {
 			rt.Fatal(err)
@@ -175,7 +175,7 @@ func TestPoisonMemory(t *testing.T) {
 			appendEvents(t, store, "b", 1, "Poison")
 			appendEvents(t, store, "c", 2, "Counted")
 			back := projections.NewMemory()
-			r, err := projections.New("p", back, store, memHandler(nil), projections.OnPoison(policy), projections.Attempts(2),
+			r, err := projections.New("p", back, projections.FromStore(store), memHandler(nil), projections.OnPoison(policy), projections.Attempts(2),
 				projections.PollInterval(time.Millisecond))
 			if err != nil {
 				t.Fatal(err)
@@ -218,7 +218,7 @@ func TestPoisonMemory(t *testing.T) {
 
 func TestNewValidates(t *testing.T) {
 	store := memory.New()
-	_, err := projections.New("Bad Name", projections.NewMemory(), store, memHandler(nil), projections.Shards(0), projections.BatchSize(0))
+	_, err := projections.New("Bad Name", projections.NewMemory(), projections.FromStore(store), memHandler(nil), projections.Shards(0), projections.BatchSize(0))
 	if !errors.Is(err, orchestrix.ErrInvalid) {
 		t.Fatalf("err = %v, want ErrInvalid", err)
 	}
@@ -227,7 +227,7 @@ func TestNewValidates(t *testing.T) {
 			t.Errorf("error %q does not mention %s", err, want)
 		}
 	}
-	_, err = projections.New("ok", projections.NewMemory(), store, memHandler(nil),
+	_, err = projections.New("ok", projections.NewMemory(), projections.FromStore(store), memHandler(nil),
 		projections.Setup(func(context.Context, int, int) error { return nil }))
 	if !errors.Is(err, orchestrix.ErrInvalid) {
 		t.Fatalf("setup of the wrong type: err = %v", err)

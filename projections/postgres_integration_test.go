@@ -77,7 +77,7 @@ func projectionChild() int {
 			return nil
 		}))
 	}
-	r, err := projections.New("counts", back, store, pgHandler(schema), opts...)
+	r, err := projections.New("counts", back, projections.FromStore(store), pgHandler(schema), opts...)
 	if err != nil {
 		return fail(err)
 	}

@@ -26,7 +26,7 @@ type Runner[T any] struct {
 	name    string
 	cfg     config
 	backend Backend[T]
-	store   stores.EventStore
+	source  Source
 	handler Handler[T]
 
 	mu       sync.Mutex
@@ -42,10 +42,10 @@ type shardState struct {
 	err      error // a stopped shard's poison error
 }
 
-// New returns a runner of projection name on backend, reading store's
-// log, applying batches with h. It validates the whole configuration and
+// New returns a runner of projection name on backend, reading source
+// (FromStore or FromTopic), applying batches with h. It validates the whole configuration and
 // reports every problem at once (errors wrap orchestrix.ErrInvalid).
-func New[T any](name string, backend Backend[T], store stores.EventStore, h Handler[T], opts ...Option) (*Runner[T], error) {
+func New[T any](name string, backend Backend[T], source Source, h Handler[T], opts ...Option) (*Runner[T], error) {
 	cfg := config{version: 1, shards: 1, batchSize: DefaultBatchSize, poll: DefaultPollInterval, policy: Stop,
 		attempts: DefaultAttempts, retryStopped: DefaultRetryStopped, lease: DefaultLease, scan: DefaultVersionScan}
 	for _, o := range opts {
@@ -56,8 +56,8 @@ func New[T any](name string, backend Backend[T], store stores.EventStore, h Hand
 	if backend == nil {
 		errs = append(errs, errors.New("nil backend"))
 	}
-	if store == nil {
-		errs = append(errs, errors.New("nil store"))
+	if source == nil {
+		errs = append(errs, errors.New("nil source"))
 	}
 	if h == nil {
 		errs = append(errs, errors.New("nil handler"))
@@ -77,7 +77,7 @@ func New[T any](name string, backend Backend[T], store stores.EventStore, h Hand
 		cfg.log = slog.New(slog.DiscardHandler)
 	}
 	cfg.log = cfg.log.With("projection", name)
-	return &Runner[T]{name: name, cfg: cfg, backend: backend, store: store, handler: h,
+	return &Runner[T]{name: name, cfg: cfg, backend: backend, source: source, handler: h,
 		changed: make(chan struct{}), versions: map[int][]shardState{}}, nil
 }
 
@@ -86,7 +86,13 @@ func New[T any](name string, backend Backend[T], store stores.EventStore, h Hand
 // returns nil on a clean shutdown. A stopped shard (poison event) does not
 // end Run: it stays stopped, visibly, and is retried every RetryStopped.
 func (r *Runner[T]) Run(ctx context.Context) error {
-	if err := r.backend.register(ctx, key{r.name, r.cfg.version, 0}, r.cfg.shards, SourceStore); err != nil {
+	shards := r.cfg.shards
+	if n, err := r.source.shards(ctx); err != nil {
+		return fmt.Errorf("projections: %s: source: %w", r.name, err)
+	} else if n > 0 {
+		shards = n
+	}
+	if err := r.backend.register(ctx, key{r.name, r.cfg.version, 0}, shards, r.source.kind()); err != nil {
 		return err
 	}
 	ctx, cancel := context.WithCancel(ctx)
@@ -208,24 +214,24 @@ func (r *Runner[T]) lead(ctx context.Context, term stores.Term, k key, shards in
 	if err != nil {
 		return err
 	}
-	s := &shardRun[T]{r: r, k: k, shards: shards, epoch: c.epoch, status: c.status, log: log}
-	if c.cursor != "" {
-		if s.cursor, err = stores.ParseCursor(c.cursor); err != nil {
-			return fmt.Errorf("projections: %s v%d shard %d: checkpoint: %w", r.name, k.version, k.shard, err)
-		}
+	rd, err := r.source.open(ctx, k.shard, shards, c.cursor, r.cfg.batchSize)
+	if err != nil {
+		return fmt.Errorf("projections: %s v%d shard %d: %w", r.name, k.version, k.shard, err)
 	}
+	defer rd.close()
+	s := &shardRun[T]{r: r, k: k, epoch: c.epoch, status: c.status, cursor: c.cursor, log: log}
 	lastBeat, lastRetries := time.Now(), time.Time{}
 	for {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
 		start := time.Now()
-		entries, err := s.read(ctx)
+		page, atEnd, err := rd.read(ctx)
 		if err != nil {
-			return err
+			return fmt.Errorf("projections: %s v%d shard %d: %w", r.name, k.version, k.shard, err)
 		}
-		if len(entries) > 0 {
-			if err := s.apply(ctx, entries); err != nil {
+		if len(page) > 0 {
+			if err := s.apply(ctx, page); err != nil {
 				var pe *PoisonError
 				if !errors.As(err, &pe) {
 					return err
@@ -235,12 +241,15 @@ func (r *Runner[T]) lead(ctx context.Context, term stores.Term, k key, shards in
 				if !sleep(ctx, r.cfg.retryStopped) {
 					return ctx.Err()
 				}
+				if err := rd.rewind(s.cursor); err != nil {
+					return err
+				}
 				continue
 			}
 			r.setState(k, start, false, nil)
 			lastBeat = time.Now()
 		}
-		if len(entries) < r.cfg.batchSize {
+		if atEnd {
 			r.setState(k, start, true, nil)
 			if time.Since(lastRetries) > time.Second {
 				lastRetries = time.Now()
@@ -251,7 +260,7 @@ func (r *Runner[T]) lead(ctx context.Context, term stores.Term, k key, shards in
 			if time.Since(lastBeat) > r.cfg.lease/4 {
 				// A heartbeat is an empty commit: it proves the owner's
 				// loop runs and that it still holds the epoch.
-				if err := s.commit(ctx, nil, progress{cursor: s.cursor.String()}); err != nil {
+				if err := s.commit(ctx, nil, progress{cursor: s.cursor}); err != nil {
 					return err
 				}
 				lastBeat = time.Now()
@@ -334,23 +343,10 @@ func (r *Runner[T]) WaitForNonStale(ctx context.Context) error {
 type shardRun[T any] struct {
 	r      *Runner[T]
 	k      key
-	shards int
 	epoch  int64
-	cursor stores.Cursor
+	cursor string // the last committed
 	status string
 	log    *slog.Logger
-}
-
-// read returns the next page of log entries after the cursor (all shards).
-func (s *shardRun[T]) read(ctx context.Context) ([]stores.Entry, error) {
-	out := make([]stores.Entry, 0, s.r.cfg.batchSize)
-	for e, err := range s.r.store.ReadAll(ctx, s.cursor, s.r.cfg.batchSize) {
-		if err != nil {
-			return nil, fmt.Errorf("projections: %s shard %d: read: %w", s.r.name, s.k.shard, err)
-		}
-		out = append(out, e)
-	}
-	return out, nil
 }
 
 // handlerError marks an error returned by the user's handler (as opposed
@@ -367,7 +363,7 @@ func (s *shardRun[T]) batch(events []orchestrix.Event) Batch {
 // commit applies events (maybe none) and moves the checkpoint to p in one
 // transaction.
 func (s *shardRun[T]) commit(ctx context.Context, events []orchestrix.Event, p progress) error {
-	status, err := s.r.backend.commit(ctx, s.k, s.epoch, p, func(ctx context.Context, tx T, status string) error {
+	_, err := s.r.backend.commit(ctx, s.k, s.epoch, p, func(ctx context.Context, tx T, status string) error {
 		s.status = status
 		if len(events) > 0 {
 			if err := s.r.handler(ctx, tx, s.batch(events)); err != nil {
@@ -382,56 +378,56 @@ func (s *shardRun[T]) commit(ctx context.Context, events []orchestrix.Event, p p
 	if err != nil {
 		return err
 	}
-	s.status = status
-	if c, err := stores.ParseCursor(p.cursor); err == nil {
-		s.cursor = c
-	}
+	s.cursor = p.cursor
 	return nil
 }
 
-func progressAt(e stores.Entry, applied int) progress {
-	return progress{cursor: e.Cursor.String(), position: e.Position, eventTime: e.Time, applied: applied}
+func progressAt(it item, applied int) progress {
+	return progress{cursor: it.cursor, position: it.event.Position, eventTime: it.event.Time, applied: applied}
 }
 
 // apply commits one page: all of it in one transaction, or, when the
-// handler fails, event by event to find and handle the poison event.
-func (s *shardRun[T]) apply(ctx context.Context, entries []stores.Entry) error {
-	mine := make([]orchestrix.Event, 0, len(entries))
-	idx := make([]int, 0, len(entries))
-	for i, e := range entries {
-		if ShardOf(e.StreamID, s.shards) == s.k.shard {
-			mine = append(mine, e.Event)
+// handler fails (or a record could not be decoded), event by event to
+// find and handle the poison event.
+func (s *shardRun[T]) apply(ctx context.Context, page []item) error {
+	mine := make([]orchestrix.Event, 0, len(page))
+	idx := make([]int, 0, len(page))
+	bad := false
+	for i, it := range page {
+		if it.mine {
+			mine = append(mine, it.event)
 			idx = append(idx, i)
+			bad = bad || it.bad != nil
 		}
 	}
-	last := entries[len(entries)-1]
-	p := progressAt(last, len(mine))
-	if len(mine) == 0 {
-		p.position, p.eventTime = 0, time.Time{}
-	} else {
-		le := entries[idx[len(idx)-1]]
-		p.position, p.eventTime = le.Position, le.Time
+	last := page[len(page)-1]
+	p := progress{cursor: last.cursor}
+	if len(idx) > 0 {
+		p = progressAt(page[idx[len(idx)-1]], len(mine))
+		p.cursor = last.cursor
 	}
-	err := s.commit(ctx, mine, p)
 	var he *handlerError
-	if err == nil || !errors.As(err, &he) {
-		return err
+	if !bad {
+		err := s.commit(ctx, mine, p)
+		if err == nil || !errors.As(err, &he) {
+			return err
+		}
+		s.log.Warn("batch failed, applying it event by event", "events", len(mine), "err", he.err)
 	}
-	s.log.Warn("batch failed, applying it event by event", "events", len(mine), "err", he.err)
 	for j, i := range idx {
-		e := entries[i]
-		var herr error
-		for attempt := 1; attempt <= s.r.cfg.attempts; attempt++ {
-			err := s.commit(ctx, mine[j:j+1], progressAt(e, 1))
+		it := page[i]
+		herr := it.bad
+		for attempt := 1; herr == nil && attempt <= s.r.cfg.attempts; attempt++ {
+			err := s.commit(ctx, mine[j:j+1], progressAt(it, 1))
 			if err == nil {
-				herr = nil
 				break
 			}
 			if !errors.As(err, &he) {
 				return err
 			}
-			herr = he.err
-			if attempt < s.r.cfg.attempts && !sleep(ctx, time.Duration(attempt)*100*time.Millisecond) {
+			if attempt == s.r.cfg.attempts {
+				herr = he.err
+			} else if !sleep(ctx, time.Duration(attempt)*100*time.Millisecond) {
 				return ctx.Err()
 			}
 		}
@@ -440,16 +436,19 @@ func (s *shardRun[T]) apply(ctx context.Context, entries []stores.Entry) error {
 		}
 		// A handler failing because the database is down is not a poison
 		// event: return and let the shard start over.
-		if err := s.r.backend.ping(ctx); err != nil {
-			return fmt.Errorf("projections: %s shard %d: backend unreachable after a handler error (%v): %w", s.r.name, s.k.shard, herr, err)
+		if it.bad == nil {
+			if err := s.r.backend.ping(ctx); err != nil {
+				return fmt.Errorf("projections: %s shard %d: backend unreachable after a handler error (%v): %w", s.r.name, s.k.shard, herr, err)
+			}
 		}
-		pe := &PoisonError{Projection: s.r.name, Version: s.k.version, Shard: s.k.shard, Event: e.Event, Attempts: s.r.cfg.attempts, Err: herr}
+		e := it.event
+		pe := &PoisonError{Projection: s.r.name, Version: s.k.version, Shard: s.k.shard, Event: e, Attempts: s.r.cfg.attempts, Err: herr}
 		if s.r.cfg.policy == Park {
-			dl := DeadLetter{Projection: s.r.name, Version: s.k.version, Shard: s.k.shard, Event: e.Event, Error: truncate(herr.Error()), Attempts: s.r.cfg.attempts}
-			if err := s.r.backend.park(ctx, s.k, s.epoch, progressAt(e, 0), dl); err != nil {
+			dl := DeadLetter{Projection: s.r.name, Version: s.k.version, Shard: s.k.shard, Event: e, Error: truncate(herr.Error()), Attempts: s.r.cfg.attempts}
+			if err := s.r.backend.park(ctx, s.k, s.epoch, progressAt(it, 0), dl); err != nil {
 				return err
 			}
-			s.cursor = e.Cursor
+			s.cursor = it.cursor
 			s.log.Warn("parked a poison event", "stream", e.StreamID, "version", e.Version, "event_type", e.Type, "err", herr)
 			continue
 		}
@@ -459,7 +458,10 @@ func (s *shardRun[T]) apply(ctx context.Context, entries []stores.Entry) error {
 		return pe
 	}
 	// Entries of other shards after this shard's last event.
-	return s.commit(ctx, nil, progress{cursor: last.Cursor.String()})
+	if s.cursor == last.cursor {
+		return nil
+	}
+	return s.commit(ctx, nil, progress{cursor: last.cursor})
 }
 
 // applyRetries applies the dead letters an operator asked to retry; one
