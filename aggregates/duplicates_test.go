@@ -59,6 +59,16 @@ func newOutcomeLog(t *testing.T) outcomeLog {
 	return outcomeLog{client: testenv.Client(t, seeds, kgo.ProducerLinger(0)), topic: testenv.Topic(t, seeds, 1, nil)}
 }
 
+// processor returns a processor on repo that publishes to the log.
+func (l outcomeLog) processor(t *testing.T, repo *aggregates.Repository[banking.Account]) *aggregates.Processor[banking.Account] {
+	t.Helper()
+	p, err := aggregates.NewProcessor(repo, aggregates.WithOutcomes(l.client, l.topic))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
 // read returns every outcome published so far, by command ID, in order.
 func (l outcomeLog) read(t *testing.T) map[string][]orchestrix.Outcome {
 	t.Helper()
@@ -114,13 +124,7 @@ func testCommandTwice(t *testing.T, store stores.EventStore, copies int) {
 		t.Fatal(err)
 	}
 	log := newOutcomeLog(t)
-	newProc := func() *aggregates.Processor[banking.Account] {
-		p, err := aggregates.NewProcessor(repo, aggregates.WithOutcomes(log.client, log.topic))
-		if err != nil {
-			t.Fatal(err)
-		}
-		return p
-	}
+	newProc := func() *aggregates.Processor[banking.Account] { return log.processor(t, repo) }
 	times := func(c orchestrix.Command) []orchestrix.Command {
 		out := make([]orchestrix.Command, copies)
 		for i := range out {
@@ -233,10 +237,7 @@ func TestProcessorDuplicateRace(t *testing.T) {
 				t.Fatal(err)
 			}
 			log := newOutcomeLog(t)
-			p, err := aggregates.NewProcessor(repo, aggregates.WithOutcomes(log.client, log.topic))
-			if err != nil {
-				t.Fatal(err)
-			}
+			p := log.processor(t, repo)
 			checkNoErrors(t, handleConcurrently(p, records(t, reg, 0, cmd("open", "a", banking.OpenAccount{Owner: "ada"}))))
 			// The other member's decision lands right before our append.
 			other, err := aggregates.NewRepository(account(t), inner, reg, "/other")
@@ -291,10 +292,7 @@ func TestOutcomeCarriesCorrelation(t *testing.T) {
 		t.Fatal(err)
 	}
 	log := newOutcomeLog(t)
-	p, err := aggregates.NewProcessor(repo, aggregates.WithOutcomes(log.client, log.topic))
-	if err != nil {
-		t.Fatal(err)
-	}
+	p := log.processor(t, repo)
 	open := cmd("open", "a", banking.OpenAccount{Owner: "ada"})
 	open.CorrelationID = "saga-7"
 	wd := cmd("wd", "a", banking.Withdraw{Amount: 5})
