@@ -92,7 +92,14 @@ func cmd(topic, agg string, p any) sagas.Command {
 // credit step a timeout and no compensation (a maybe-done credit cannot
 // be taken back with the banking aggregate's Withdraw).
 func (e *env) definition(t testing.TB, creditTimeout time.Duration) *sagas.Definition[Transfer] {
-	commands := topics.Commands(e.bc)
+	d, err := transferDef(e.typ, topics.Commands(e.bc), creditTimeout)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+func transferDef(typ, commands string, creditTimeout time.Duration) (*sagas.Definition[Transfer], error) {
 	credit := sagas.Step[Transfer]{Name: "credit",
 		Action: func(s Transfer) (sagas.Command, error) {
 			topic := commands
@@ -107,7 +114,7 @@ func (e *env) definition(t testing.TB, creditTimeout time.Duration) *sagas.Defin
 	if creditTimeout > 0 {
 		credit.Compensation, credit.Timeout = nil, creditTimeout
 	}
-	d, err := sagas.Define(e.typ, 1, []sagas.Step[Transfer]{
+	return sagas.Define(typ, 1, []sagas.Step[Transfer]{
 		{Name: "debit", Action: func(s Transfer) (sagas.Command, error) {
 			return cmd(commands, s.From, banking.Withdraw{Amount: s.Amount}), nil
 		},
@@ -118,28 +125,27 @@ func (e *env) definition(t testing.TB, creditTimeout time.Duration) *sagas.Defin
 		{Name: "fee", Action: func(s Transfer) (sagas.Command, error) { return cmd(commands, s.Fee, banking.Deposit{Amount: 1}), nil },
 			Policy: sagas.Retry(50*time.Millisecond, 2)},
 	}, sagas.CompensationPolicy[Transfer](sagas.Retry(50*time.Millisecond, 3), 10*time.Second))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return d
 }
 
 func (e *env) runtime(t testing.TB, d *sagas.Definition[Transfer]) *sagas.Runtime {
 	t.Helper()
-	st, err := sagas.NewPostgresStore(e.pool, e.store.Schema())
-	if err != nil {
-		t.Fatal(err)
-	}
-	el, err := postgres.NewElector(e.pool, stores.ElectorConfig{Role: sagas.TimerRole(e.typ) + e.store.Schema(), Lease: 2 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	rt, err := sagas.NewRuntime(st, e.reg, []sagas.Saga{d}, sagas.WithElector(el), sagas.TimerPoll(100*time.Millisecond, 1000),
-		sagas.WithLogger(testLogger(t)))
+	rt, err := newRuntime(e.pool, e.store.Schema(), e.reg, d, testLogger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
 	return rt
+}
+
+func newRuntime(pool *pgxpool.Pool, schema string, reg *codec.Registry, d *sagas.Definition[Transfer], log *slog.Logger) (*sagas.Runtime, error) {
+	st, err := sagas.NewPostgresStore(pool, schema)
+	if err != nil {
+		return nil, err
+	}
+	el, err := postgres.NewElector(pool, stores.ElectorConfig{Role: sagas.TimerRole(d.Type()) + schema, Lease: 2 * time.Second})
+	if err != nil {
+		return nil, err
+	}
+	return sagas.NewRuntime(st, reg, []sagas.Saga{d}, sagas.WithElector(el), sagas.TimerPoll(100*time.Millisecond, 1000), sagas.WithLogger(log))
 }
 
 func testLogger(t testing.TB) *slog.Logger {
@@ -153,6 +159,7 @@ func testLogger(t testing.TB) *slog.Logger {
 // processor, the forwarder, the saga inbox group and the timer poller.
 // dup, if set, says how many times the forwarder forwards each record.
 type process struct {
+	ctx    context.Context
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 	mu     sync.Mutex
@@ -161,19 +168,35 @@ type process struct {
 
 func (e *env) start(t *testing.T, rt *sagas.Runtime, dup func() int) *process {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	p := &process{cancel: cancel}
-	run := func(name string, f func(context.Context) error) {
-		p.wg.Add(1)
-		go func() {
-			defer p.wg.Done()
-			if err := f(ctx); err != nil && ctx.Err() == nil {
-				p.mu.Lock()
-				p.errs = append(p.errs, fmt.Errorf("%s: %w", name, err))
-				p.mu.Unlock()
-			}
-		}()
+	p := e.startInfra(t)
+	if err := startSaga(p, e.seeds, e.bc, rt, dup, testLogger(t)); err != nil {
+		t.Fatal(err)
 	}
+	return p
+}
+
+func newProcess() *process {
+	ctx, cancel := context.WithCancel(context.Background())
+	return &process{ctx: ctx, cancel: cancel}
+}
+
+func (p *process) run(name string, f func(context.Context) error) {
+	p.wg.Add(1)
+	go func() {
+		defer p.wg.Done()
+		if err := f(p.ctx); err != nil && p.ctx.Err() == nil {
+			p.mu.Lock()
+			p.errs = append(p.errs, fmt.Errorf("%s: %w", name, err))
+			p.mu.Unlock()
+		}
+	}()
+}
+
+// startInfra runs the relay and the banking processor.
+func (e *env) startInfra(t *testing.T) *process {
+	t.Helper()
+	p := newProcess()
+	run := p.run
 	log := testLogger(t)
 	relay, err := outbox.NewRelay(e.store, e.seeds, outbox.ToTopic(topics.Events(e.bc)), outbox.Lease(2*time.Second), outbox.WithLogger(log),
 		outbox.TransactionalID("orchestrix-relay."+e.bc))
@@ -197,19 +220,27 @@ func (e *env) start(t *testing.T, rt *sagas.Runtime, dup func() int) *process {
 	if err != nil {
 		t.Fatal(err)
 	}
-	fast := consumers.WithClientOpts(kgo.SessionTimeout(6*time.Second), kgo.HeartbeatInterval(500*time.Millisecond), kgo.FetchMaxWait(50*time.Millisecond))
 	procGroup, err := consumers.New(e.seeds, e.bc+"-aggregates", []string{topics.Commands(e.bc)}, proc, fast, consumers.WithLogger(log))
 	if err != nil {
 		t.Fatal(err)
 	}
 	run("processor", func(ctx context.Context) error { defer cl.Close(); return procGroup.Run(ctx) })
-	fcl, err := producers.NewClient(e.seeds)
+	t.Cleanup(p.stop)
+	return p
+}
+
+var fast = consumers.WithClientOpts(kgo.SessionTimeout(6*time.Second), kgo.HeartbeatInterval(500*time.Millisecond), kgo.FetchMaxWait(50*time.Millisecond))
+
+// startSaga runs what a saga service runs: the forwarder, the inbox
+// group and the timer poller.
+func startSaga(p *process, seeds []string, bc string, rt *sagas.Runtime, dup func() int, log *slog.Logger) error {
+	fcl, err := producers.NewClient(seeds)
 	if err != nil {
-		t.Fatal(err)
+		return err
 	}
-	fwd, err := sagas.NewForwarder(fcl, topics.Outcomes(e.bc), topics.Events(e.bc), rt)
+	fwd, err := sagas.NewForwarder(fcl, topics.Outcomes(bc), topics.Events(bc), rt)
 	if err != nil {
-		t.Fatal(err)
+		return err
 	}
 	var h consumers.Handler = fwd
 	if dup != nil {
@@ -222,19 +253,18 @@ func (e *env) start(t *testing.T, rt *sagas.Runtime, dup func() int) *process {
 			return nil
 		})
 	}
-	fwdGroup, err := consumers.New(e.seeds, e.bc+"-saga-fwd", fwd.Topics(), h, fast, consumers.WithLogger(log))
+	fwdGroup, err := consumers.New(seeds, bc+"-saga-fwd", fwd.Topics(), h, fast, consumers.WithLogger(log))
 	if err != nil {
-		t.Fatal(err)
+		return err
 	}
-	run("forwarder", func(ctx context.Context) error { defer fcl.Close(); return fwdGroup.Run(ctx) })
-	inboxGroup, err := consumers.New(e.seeds, e.bc+"-sagas", []string{rt.Inbox()}, rt, fast, consumers.WithLogger(log))
+	p.run("forwarder", func(ctx context.Context) error { defer fcl.Close(); return fwdGroup.Run(ctx) })
+	inboxGroup, err := consumers.New(seeds, bc+"-sagas", []string{rt.Inbox()}, rt, fast, consumers.WithLogger(log))
 	if err != nil {
-		t.Fatal(err)
+		return err
 	}
-	run("inbox", inboxGroup.Run)
-	run("timers", rt.RunTimers)
-	t.Cleanup(p.stop)
-	return p
+	p.run("inbox", inboxGroup.Run)
+	p.run("timers", rt.RunTimers)
+	return nil
 }
 
 func (p *process) stop() {
