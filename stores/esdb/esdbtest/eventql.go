@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math"
 	"reflect"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -18,6 +19,7 @@ import (
 //
 //	FROM <alias> IN events
 //	[WHERE <condition>]
+//	[GROUP BY <expression> [HAVING <condition>]]
 //	[ORDER BY <expression> [ASC | DESC]]
 //	[SKIP <integer>]
 //	[TOP <integer>]
@@ -26,17 +28,25 @@ import (
 // Expressions are string literals ("..." or '...'), numbers, true, false,
 // null, field paths from the alias (e.id, e.subject, e.type, e.time,
 // e.data.some.field; a missing field is null), object literals
-// ({ id: e.id, title: e.data.title }), the aggregate COUNT(), comparisons
-// (==, !=, <, <=, >, >=), AND, OR, NOT and parentheses. Numbers compare
-// numerically, strings lexically, and a number compared with a string of
-// digits (such as an event ID) numerically; <, <=, > and >= with null are
-// false, and ORDER BY sorts null first. A projection that contains
-// COUNT() yields one row computed over all matching events, so
-// "PROJECT INTO COUNT() == 0" is a boolean query fit for the
-// isEventQlQueryTrue precondition. A WHERE condition that is not a boolean
-// is an error. Not supported: several FROM clauses, the subjects and
-// eventtypes sources, subqueries, GROUP BY, HAVING and functions other than
-// COUNT; the double answers them with 400.
+// ({ id: e.id, title: e.data.title }), the aggregates COUNT() and
+// UNIQUE(<expression>), comparisons (==, !=, <, <=, >, >=), AND, OR, NOT
+// and parentheses. Numbers compare numerically, strings lexically, and a
+// number compared with a string of digits (such as an event ID)
+// numerically; <, <=, > and >= with null are false, and ORDER BY sorts
+// null first. Without GROUP BY, a projection that contains COUNT() yields
+// one row computed over all matching events, so "PROJECT INTO COUNT() ==
+// 0" is a boolean query fit for the isEventQlQueryTrue precondition. With
+// GROUP BY, the matching events form one group per value of its
+// expression (in the order of each group's first event), HAVING keeps the
+// groups its condition holds for, and the projection yields one row per
+// group; there, fields must be inside an aggregate: COUNT() is the
+// group's size and UNIQUE(x) the value x has for all its events (an
+// error when they differ), e.g. "GROUP BY e.type PROJECT INTO { type:
+// UNIQUE(e.type), count: COUNT() }". A WHERE or HAVING condition that is
+// not a boolean is an error. Not supported: several FROM clauses, the
+// subjects and eventtypes sources, subqueries, ORDER BY together with
+// GROUP BY, and functions other than COUNT and UNIQUE; the double answers
+// them with 400 (v1) or a query-malformed error (v2).
 func (s *Server) RunEventQL(query string) ([]any, error) {
 	q, err := parseQuery(query)
 	if err != nil {
@@ -139,11 +149,12 @@ func lex(src string) ([]token, error) {
 type expr interface{}
 
 type (
-	litExpr   struct{ v any }
-	pathExpr  struct{ parts []string }
-	countExpr struct{}
-	notExpr   struct{ x expr }
-	binExpr   struct {
+	litExpr    struct{ v any }
+	pathExpr   struct{ parts []string }
+	countExpr  struct{}
+	uniqueExpr struct{ x expr }
+	notExpr    struct{ x expr }
+	binExpr    struct {
 		op   string
 		l, r expr
 	}
@@ -156,6 +167,8 @@ type (
 type query struct {
 	alias    string
 	where    expr
+	groupBy  expr
+	having   expr
 	orderBy  expr
 	desc     bool
 	skip     int
@@ -243,7 +256,28 @@ func parseQuery(src string) (*query, error) {
 			return nil, err
 		}
 	}
+	if p.isKeyword("GROUP") {
+		p.next()
+		if err := p.keyword("BY"); err != nil {
+			return nil, err
+		}
+		if q.groupBy, err = p.expression(); err != nil {
+			return nil, err
+		}
+		if p.isKeyword("HAVING") {
+			p.next()
+			if q.having, err = p.expression(); err != nil {
+				return nil, err
+			}
+		}
+	}
+	if p.isKeyword("HAVING") {
+		return nil, fmt.Errorf("eventql: HAVING needs GROUP BY")
+	}
 	if p.isKeyword("ORDER") {
+		if q.groupBy != nil {
+			return nil, fmt.Errorf("eventql: esdbtest does not support ORDER BY with GROUP BY")
+		}
 		p.next()
 		if err := p.keyword("BY"); err != nil {
 			return nil, err
@@ -259,7 +293,7 @@ func parseQuery(src string) (*query, error) {
 		}
 	}
 	if p.isKeyword("GROUP") || p.isKeyword("HAVING") {
-		return nil, fmt.Errorf("eventql: esdbtest does not support GROUP BY or HAVING")
+		return nil, fmt.Errorf("eventql: GROUP BY and HAVING come before ORDER BY")
 	}
 	if p.isKeyword("SKIP") {
 		p.next()
@@ -289,13 +323,20 @@ func parseQuery(src string) (*query, error) {
 	if t := p.peek(); t.kind != tkEOF {
 		return nil, fmt.Errorf("eventql: unexpected %q at %d", t.text, t.pos)
 	}
-	for _, e := range []expr{q.where, q.orderBy, q.project} {
+	for _, e := range []expr{q.where, q.groupBy, q.having, q.orderBy, q.project} {
 		if err := checkPaths(e, q.alias); err != nil {
 			return nil, err
 		}
 	}
-	if hasCount(q.where) || hasCount(q.orderBy) {
-		return nil, fmt.Errorf("eventql: COUNT() is allowed only in PROJECT INTO")
+	if hasCount(q.where) || hasCount(q.orderBy) || hasCount(q.groupBy) {
+		return nil, fmt.Errorf("eventql: aggregates (COUNT, UNIQUE) are allowed only in PROJECT INTO and HAVING")
+	}
+	if q.groupBy != nil {
+		for _, e := range []expr{q.having, q.project} {
+			if bare(e) {
+				return nil, fmt.Errorf("eventql: with GROUP BY, fields must be inside an aggregate such as UNIQUE(…)")
+			}
+		}
 	}
 	return q, nil
 }
@@ -307,6 +348,8 @@ func checkPaths(e expr, alias string) error {
 			return fmt.Errorf("eventql: unknown identifier %q (the alias is %q)", x.parts[0], alias)
 		}
 	case notExpr:
+		return checkPaths(x.x, alias)
+	case uniqueExpr:
 		return checkPaths(x.x, alias)
 	case binExpr:
 		if err := checkPaths(x.l, alias); err != nil {
@@ -323,9 +366,29 @@ func checkPaths(e expr, alias string) error {
 	return nil
 }
 
+// bare reports whether e reads a field outside an aggregate.
+func bare(e expr) bool {
+	switch x := e.(type) {
+	case pathExpr:
+		return true
+	case notExpr:
+		return bare(x.x)
+	case binExpr:
+		return bare(x.l) || bare(x.r)
+	case objExpr:
+		for _, v := range x.vals {
+			if bare(v) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// hasCount reports whether e holds an aggregate (COUNT or UNIQUE).
 func hasCount(e expr) bool {
 	switch x := e.(type) {
-	case countExpr:
+	case countExpr, uniqueExpr:
 		return true
 	case notExpr:
 		return hasCount(x.x)
@@ -467,13 +530,26 @@ func (p *parser) primary() (expr, error) {
 			return litExpr{nil}, nil
 		}
 		if p.punct("(") {
-			if !strings.EqualFold(t.text, "COUNT") {
-				return nil, fmt.Errorf("eventql: esdbtest supports no function %s()", t.text)
+			switch {
+			case strings.EqualFold(t.text, "COUNT"):
+				if !p.punct(")") {
+					return nil, fmt.Errorf("eventql: COUNT takes no arguments (at %d)", t.pos)
+				}
+				return countExpr{}, nil
+			case strings.EqualFold(t.text, "UNIQUE"):
+				x, err := p.expression()
+				if err != nil {
+					return nil, err
+				}
+				if hasCount(x) {
+					return nil, fmt.Errorf("eventql: aggregates do not nest (at %d)", t.pos)
+				}
+				if !p.punct(")") {
+					return nil, fmt.Errorf("eventql: expected ) after UNIQUE's argument at %d", p.peek().pos)
+				}
+				return uniqueExpr{x}, nil
 			}
-			if !p.punct(")") {
-				return nil, fmt.Errorf("eventql: COUNT takes no arguments (at %d)", t.pos)
-			}
-			return countExpr{}, nil
+			return nil, fmt.Errorf("eventql: esdbtest supports no function %s()", t.text)
 		}
 		parts := []string{t.text}
 		for p.punct(".") {
@@ -494,7 +570,7 @@ func (q *query) run(events []storedEvent, emit func(any) bool) error {
 	var matched []map[string]any
 	for _, e := range events {
 		if q.where != nil {
-			v, err := eval(q.where, e.fields, 0)
+			v, err := eval(q.where, e.fields, nil)
 			if err != nil {
 				return err
 			}
@@ -511,7 +587,7 @@ func (q *query) run(events []storedEvent, emit func(any) bool) error {
 	if q.orderBy != nil {
 		keys := make([]any, len(matched))
 		for i, m := range matched {
-			v, err := eval(q.orderBy, m, 0)
+			v, err := eval(q.orderBy, m, nil)
 			if err != nil {
 				return err
 			}
@@ -541,12 +617,15 @@ func (q *query) run(events []storedEvent, emit func(any) bool) error {
 		}
 		matched = sorted
 	}
+	if q.groupBy != nil {
+		return q.runGroups(matched, emit)
+	}
 	matched = matched[min(q.skip, len(matched)):]
 	if q.top >= 0 && q.top < len(matched) {
 		matched = matched[:q.top]
 	}
 	if hasCount(q.project) {
-		v, err := eval(q.project, nil, len(matched))
+		v, err := eval(q.project, nil, matched)
 		if err != nil {
 			return err
 		}
@@ -555,7 +634,7 @@ func (q *query) run(events []storedEvent, emit func(any) bool) error {
 	}
 	var seen []any
 	for _, m := range matched {
-		v, err := eval(q.project, m, 0)
+		v, err := eval(q.project, m, nil)
 		if err != nil {
 			return err
 		}
@@ -579,6 +658,64 @@ func (q *query) run(events []storedEvent, emit func(any) bool) error {
 	return nil
 }
 
+// runGroups groups the matched events by the GROUP BY key (groups in the
+// order of their first event), keeps those whose HAVING holds, applies
+// SKIP and TOP to the groups and emits one projected row per group.
+func (q *query) runGroups(matched []map[string]any, emit func(any) bool) error {
+	var keys []string
+	groups := map[string][]map[string]any{}
+	for _, m := range matched {
+		v, err := eval(q.groupBy, m, nil)
+		if err != nil {
+			return err
+		}
+		k := describe(v)
+		if _, ok := groups[k]; !ok {
+			keys = append(keys, k)
+		}
+		groups[k] = append(groups[k], m)
+	}
+	var rows [][]map[string]any
+	for _, k := range keys {
+		g := groups[k]
+		if q.having != nil {
+			v, err := eval(q.having, nil, g)
+			if err != nil {
+				return err
+			}
+			b, ok := v.(bool)
+			if !ok {
+				return fmt.Errorf("eventql: HAVING: %w, got %s", errNotBool, describe(v))
+			}
+			if !b {
+				continue
+			}
+		}
+		rows = append(rows, g)
+	}
+	rows = rows[min(q.skip, len(rows)):]
+	if q.top >= 0 && q.top < len(rows) {
+		rows = rows[:q.top]
+	}
+	var seen []any
+	for _, g := range rows {
+		v, err := eval(q.project, nil, g)
+		if err != nil {
+			return err
+		}
+		if q.distinct {
+			if slices.ContainsFunc(seen, func(s any) bool { return reflect.DeepEqual(s, v) }) {
+				continue
+			}
+			seen = append(seen, v)
+		}
+		if !emit(v) {
+			return nil
+		}
+	}
+	return nil
+}
+
 func describe(v any) string {
 	b, err := json.Marshal(v)
 	if err != nil {
@@ -587,16 +724,31 @@ func describe(v any) string {
 	return string(b)
 }
 
-// eval evaluates e for one event (fields), count being COUNT().
-func eval(e expr, fields map[string]any, count int) (any, error) {
+// eval evaluates e for one event (fields) or, for an aggregate, over a
+// group of events: COUNT() is its size, UNIQUE(x) the value x has for
+// every event of the group (null for none; an error if they differ).
+func eval(e expr, fields map[string]any, group []map[string]any) (any, error) {
 	switch x := e.(type) {
 	case litExpr:
 		return x.v, nil
 	case countExpr:
-		return float64(count), nil
+		return float64(len(group)), nil
+	case uniqueExpr:
+		var out any
+		for i, m := range group {
+			v, err := eval(x.x, m, nil)
+			if err != nil {
+				return nil, err
+			}
+			if i > 0 && !reflect.DeepEqual(v, out) {
+				return nil, fmt.Errorf("eventql: UNIQUE: the group holds %s and %s", describe(out), describe(v))
+			}
+			out = v
+		}
+		return out, nil
 	case pathExpr:
 		if fields == nil {
-			return nil, fmt.Errorf("eventql: %s is not allowed next to COUNT()", strings.Join(x.parts, "."))
+			return nil, fmt.Errorf("eventql: %s is not allowed next to an aggregate (COUNT, UNIQUE)", strings.Join(x.parts, "."))
 		}
 		var v any = fields
 		for _, part := range x.parts[1:] {
@@ -608,7 +760,7 @@ func eval(e expr, fields map[string]any, count int) (any, error) {
 		}
 		return v, nil
 	case notExpr:
-		v, err := eval(x.x, fields, count)
+		v, err := eval(x.x, fields, group)
 		if err != nil {
 			return nil, err
 		}
@@ -620,7 +772,7 @@ func eval(e expr, fields map[string]any, count int) (any, error) {
 	case objExpr:
 		out := make(map[string]any, len(x.keys))
 		for i, k := range x.keys {
-			v, err := eval(x.vals[i], fields, count)
+			v, err := eval(x.vals[i], fields, group)
 			if err != nil {
 				return nil, err
 			}
@@ -628,11 +780,11 @@ func eval(e expr, fields map[string]any, count int) (any, error) {
 		}
 		return out, nil
 	case binExpr:
-		l, err := eval(x.l, fields, count)
+		l, err := eval(x.l, fields, group)
 		if err != nil {
 			return nil, err
 		}
-		r, err := eval(x.r, fields, count)
+		r, err := eval(x.r, fields, group)
 		if err != nil {
 			return nil, err
 		}

@@ -17,7 +17,9 @@ const pipHint = "python3 -m pip install -r stores/esdb/esdbtest/pyclient/require
 
 // TestOfficialPythonClient runs pyclient/session.py, a scripted session of
 // the official EventSourcingDB Python client, against the double: a client
-// nobody here wrote proves the double speaks the documented protocol. It
+// nobody here wrote proves the double speaks the documented protocol, the
+// v2 API (the client settles on it) and, on a double made WithV1Only, the
+// v1 API. It
 // skips without python3 or the eventsourcingdb module, and fails instead
 // when testenv.Required() is true.
 func TestOfficialPythonClient(t *testing.T) {
@@ -42,20 +44,30 @@ func TestOfficialPythonClient(t *testing.T) {
 	}
 
 	const token = "session-token"
-	srv := esdbtest.NewServer(token)
-	defer srv.Close()
-	if !strings.HasPrefix(srv.URL, "http://127.0.0.1:") {
-		t.Fatalf("double listens on %s, want 127.0.0.1", srv.URL)
-	}
-	ctx, cancel := context.WithTimeout(t.Context(), 90*time.Second)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, python, filepath.Join("pyclient", "session.py"), srv.URL, token)
-	out, err = cmd.CombinedOutput()
-	t.Logf("eventsourcingdb %s session:\n%s", installed, out)
-	if err != nil {
-		t.Fatalf("session failed: %v", err)
-	}
-	if !strings.Contains(string(out), "PASS: all") {
-		t.Fatal("session did not report PASS")
+	for _, tc := range []struct {
+		api  string
+		opts []esdbtest.Option
+	}{
+		{"v2", nil},
+		{"v1", []esdbtest.Option{esdbtest.WithV1Only()}},
+	} {
+		t.Run(tc.api, func(t *testing.T) {
+			srv := esdbtest.NewServer(token, tc.opts...)
+			defer srv.Close()
+			if !strings.HasPrefix(srv.URL, "http://127.0.0.1:") {
+				t.Fatalf("double listens on %s, want 127.0.0.1", srv.URL)
+			}
+			ctx, cancel := context.WithTimeout(t.Context(), 90*time.Second)
+			defer cancel()
+			cmd := exec.CommandContext(ctx, python, filepath.Join("pyclient", "session.py"), srv.URL, token, tc.api)
+			out, err := cmd.CombinedOutput()
+			t.Logf("eventsourcingdb %s session on the %s API:\n%s", installed, tc.api, out)
+			if err != nil {
+				t.Fatalf("session failed: %v", err)
+			}
+			if !strings.Contains(string(out), "PASS: all") {
+				t.Fatal("session did not report PASS")
+			}
+		})
 	}
 }

@@ -1,6 +1,7 @@
-// Package esdbtest is an in-process double of EventSourcingDB's HTTP API
-// (the v1 API under /api/v1), for tests that must not depend on the real
-// server, which ships only as a Docker image.
+// Package esdbtest is an in-process double of EventSourcingDB's HTTP API,
+// the v2 API under /api/v2 (EventSourcingDB since 1.3) and the v1 API
+// under /api/v1, for tests that must not depend on the real server, which
+// ships only as a Docker image.
 //
 // NewServer starts it on 127.0.0.1 like httptest.NewServer:
 //
@@ -10,19 +11,37 @@
 //
 // # What it implements
 //
-// Every documented endpoint: ping (no auth), verify-api-token, write-events
-// with the four preconditions (isSubjectPristine, isSubjectPopulated,
-// isSubjectOnEventId, isEventQlQueryTrue; a failed one answers 409 "state
-// conflict: precondition failed" and writes nothing), read-events (recursive,
-// order, lowerBound, upperBound, fromLatestEvent), observe-events (heartbeat
-// lines every HeartbeatInterval while idle), run-eventql-query,
-// register-event-schema, read-subjects, read-event-types and read-event-type.
-// Events are CloudEvents with sequential string IDs from "0", server time
-// with nine fractional digits, and the version-1 SHA-256 hash chain
-// (predecessorhash of event 0 is 64 zeros). Every answer carries
-// "Server: EventSourcingDB/<version>"; paths outside the v1 API (such as the
-// v2 probe of newer clients) answer 404. Bad requests answer 400 with a text
-// body, a missing or wrong token 401, as the real server does.
+// Every endpoint of both APIs: ping (no auth), verify-api-token (v2:
+// system/verify-token), write-events with the four preconditions
+// (isSubjectPristine, isSubjectPopulated, isSubjectOnEventId,
+// isEventQlQueryTrue; with the v2 API the three on a subject take
+// options.recursive, which checks the nested subjects too), read-events
+// (recursive, order, lowerBound, upperBound, fromLatestEvent),
+// observe-events (heartbeat lines every HeartbeatInterval while idle),
+// run-eventql-query, register-event-schema, read-subjects,
+// read-event-types and read-event-type. Events are CloudEvents with
+// sequential string IDs from "0", server time with nine fractional digits,
+// and a SHA-256 hash chain (predecessorhash of event 0 is 64 zeros):
+// version-2 hashes ("esdb:hash:v2:…"), or version 1 on a double made
+// WithV1Only. Every answer carries "Server: EventSourcingDB/<version>".
+//
+// The v1 API answers with JSON documents and NDJSON lines {"type",
+// "payload"}; errors are statuses with a text: 400 for bad requests, 409
+// "state conflict: precondition failed" for a failed precondition (nothing
+// is written), 404 for an unknown event type.
+//
+// The v2 API, as the official Python client 2.2 speaks it: reads use the
+// HTTP method QUERY (MethodQuery), everything else POST, the ping GET;
+// every answer is one envelope or NDJSON envelopes {"type", "data"} —
+// event, row ({"value": …}), subject, eventType ({type, hasEvents,
+// schema}), heartbeat —, and a finite stream ends with {"type":"end"}. A
+// request body with unknown fields or that is not JSON answers 400 with a
+// text; every other error is a 200 whose body is an error envelope
+// {"type":"error","data":{"code","description","details"}}, the code being
+// ErrorCodeBase + e.g. "precondition-violated". WithV1Only makes the
+// double a server from before the v2 API: its paths answer 404.
+//
+// A missing or wrong token answers 401 in both APIs.
 //
 // Validation follows the rules the official clients enforced: a subject is
 // "/" or slash-separated segments of [0-9A-Za-z_-]; an event type is a
@@ -52,7 +71,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"net/http/httptest"
 	"regexp"
@@ -63,8 +81,13 @@ import (
 	"time"
 )
 
-// DefaultVersion is the version the double reports in its Server header.
-const DefaultVersion = "1.2.0-esdbtest"
+// DefaultVersion is the version the double reports in its Server header:
+// a server with the v2 API, which EventSourcingDB has since 1.3.
+const DefaultVersion = "1.3.0-esdbtest"
+
+// V1OnlyVersion is the version a double made WithV1Only reports: a server
+// from before the v2 API.
+const V1OnlyVersion = "1.2.0-esdbtest"
 
 // DefaultHeartbeatInterval is how often observe-events sends a heartbeat
 // line while no event arrives, like the real server.
@@ -157,6 +180,7 @@ type Server struct {
 	changed  chan struct{} // closed and replaced on every write
 	faults   []*Fault
 	requests map[string]int
+	v1Only   bool
 }
 
 type schemaEntry struct {
@@ -173,6 +197,12 @@ func WithHeartbeatInterval(d time.Duration) Option { return func(s *Server) { s.
 
 // WithVersion sets the version reported in the Server header.
 func WithVersion(v string) Option { return func(s *Server) { s.version = v } }
+
+// WithV1Only makes the double a server from before the v2 API (as
+// EventSourcingDB 1.2): paths of the v2 API answer 404, it writes hashes of
+// version 1, and it reports V1OnlyVersion unless WithVersion says
+// otherwise.
+func WithV1Only() Option { return func(s *Server) { s.v1Only = true } }
 
 // WithClock sets the clock that stamps events (default time.Now).
 func WithClock(now func() time.Time) Option { return func(s *Server) { s.now = now } }
@@ -191,6 +221,9 @@ func NewServer(token string, opts ...Option) *Server {
 	}
 	for _, o := range opts {
 		o(s)
+	}
+	if s.v1Only && s.version == DefaultVersion {
+		s.version = V1OnlyVersion
 	}
 	if s.heartbeat <= 0 {
 		s.heartbeat = DefaultHeartbeatInterval
@@ -253,59 +286,6 @@ func (s *Server) takeFault(endpoint string) *Fault {
 	return nil
 }
 
-const apiPrefix = "/api/v1/"
-
-func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
-	endpoint, ok := strings.CutPrefix(r.URL.Path, apiPrefix)
-	if !ok || strings.Contains(endpoint, "/") {
-		s.header(w, nil)
-		http.Error(w, "not found", http.StatusNotFound)
-		return
-	}
-	handlers := map[string]func(http.ResponseWriter, *http.Request, *Fault){
-		"ping":                  s.ping,
-		"verify-api-token":      s.verifyToken,
-		"write-events":          s.writeEvents,
-		"read-events":           s.readEvents,
-		"observe-events":        s.observeEvents,
-		"run-eventql-query":     s.runQuery,
-		"register-event-schema": s.registerSchema,
-		"read-subjects":         s.readSubjects,
-		"read-event-types":      s.readEventTypes,
-		"read-event-type":       s.readEventType,
-	}
-	h, ok := handlers[endpoint]
-	if !ok {
-		s.header(w, nil)
-		http.Error(w, "not found", http.StatusNotFound)
-		return
-	}
-	fault := s.takeFault(endpoint)
-	s.header(w, fault)
-	if fault != nil && fault.Kind == FaultStatus {
-		status := fault.Status
-		if status == 0 {
-			status = http.StatusInternalServerError
-		}
-		http.Error(w, fault.Body, status)
-		return
-	}
-	wantMethod := http.MethodPost
-	if endpoint == "ping" {
-		wantMethod = http.MethodGet
-	}
-	if r.Method != wantMethod {
-		w.Header().Set("Allow", wantMethod)
-		http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
-		return
-	}
-	if endpoint != "ping" && !s.authorized(r) {
-		http.Error(w, "unauthorized", http.StatusUnauthorized)
-		return
-	}
-	h(w, r, fault)
-}
-
 func (s *Server) header(w http.ResponseWriter, f *Fault) {
 	if f != nil && f.Kind == FaultOmitServerHeader {
 		return
@@ -316,25 +296,6 @@ func (s *Server) header(w http.ResponseWriter, f *Fault) {
 func (s *Server) authorized(r *http.Request) bool {
 	scheme, tok, ok := strings.Cut(r.Header.Get("Authorization"), " ")
 	return ok && strings.EqualFold(scheme, "Bearer") && tok == s.token
-}
-
-// decode reads a JSON request body into v; an empty body decodes as {}.
-func decode(r *http.Request, v any) error {
-	body, err := io.ReadAll(io.LimitReader(r.Body, 64<<20))
-	if err != nil {
-		return fmt.Errorf("reading request body: %w", err)
-	}
-	if len(bytes.TrimSpace(body)) == 0 {
-		body = []byte("{}")
-	}
-	if err := json.Unmarshal(body, v); err != nil {
-		return fmt.Errorf("malformed request body: %w", err)
-	}
-	return nil
-}
-
-func badRequest(w http.ResponseWriter, format string, args ...any) {
-	http.Error(w, fmt.Sprintf(format, args...), http.StatusBadRequest)
 }
 
 func writeJSON(w http.ResponseWriter, v any) {
@@ -360,12 +321,20 @@ func (s *Server) apiEvent(typ, subject string) map[string]any {
 	}
 }
 
-func (s *Server) ping(w http.ResponseWriter, _ *http.Request, _ *Fault) {
-	writeJSON(w, s.apiEvent("io.eventsourcingdb.api.ping-received", "/api/v1/ping"))
+func (s *Server) ping(c *call) {
+	if c.v2 {
+		c.single("event", s.apiEvent("io.eventsourcingdb.api.ping-received", "/api/v2/system/ping"))
+		return
+	}
+	c.single("event", s.apiEvent("io.eventsourcingdb.api.ping-received", "/api/v1/ping"))
 }
 
-func (s *Server) verifyToken(w http.ResponseWriter, _ *http.Request, _ *Fault) {
-	writeJSON(w, s.apiEvent("io.eventsourcingdb.api.api-token-verified", "/api/v1/verify-api-token"))
+func (s *Server) verifyToken(c *call) {
+	if c.v2 {
+		c.single("event", s.apiEvent("io.eventsourcingdb.api.token-verified", "/api/v2/system/verify-token"))
+		return
+	}
+	c.single("event", s.apiEvent("io.eventsourcingdb.api.api-token-verified", "/api/v1/verify-api-token"))
 }
 
 // ---- write-events ----
@@ -385,7 +354,17 @@ type precondition struct {
 		Subject string `json:"subject"`
 		EventID string `json:"eventId"`
 		Query   string `json:"query"`
+		// Options (v2 API only) make a precondition on a subject check
+		// its nested subjects too.
+		Options *struct {
+			Recursive bool `json:"recursive"`
+		} `json:"options"`
 	} `json:"payload"`
+}
+
+// recursive reports whether a precondition checks nested subjects too.
+func (p precondition) recursive() bool {
+	return p.Payload.Options != nil && p.Payload.Options.Recursive
 }
 
 type cloudEvent struct {
@@ -417,100 +396,104 @@ func hashV1(e *cloudEvent) string {
 func validSubject(s string) bool   { return subjectRE.MatchString(s) }
 func validEventType(t string) bool { return len(t) <= 1024 && eventTypeRE.MatchString(t) }
 
-func (s *Server) writeEvents(w http.ResponseWriter, r *http.Request, _ *Fault) {
+func (s *Server) writeEvents(c *call) {
 	var req struct {
 		Events        []candidate    `json:"events"`
 		Preconditions []precondition `json:"preconditions"`
 	}
-	if err := decode(r, &req); err != nil {
-		badRequest(w, "%v", err)
+	if err := c.decode(&req); err != nil {
+		c.fail(http.StatusBadRequest, "", "%v", err)
 		return
 	}
 	if len(req.Events) == 0 {
-		badRequest(w, "events must contain at least one event candidate")
+		c.fail(http.StatusBadRequest, codeEventsMissing, "events must contain at least one event candidate")
 		return
 	}
 	datas := make([][]byte, len(req.Events))
-	for i, c := range req.Events {
+	for i, ec := range req.Events {
 		switch {
-		case c.Source == "":
-			badRequest(w, "event candidate %d: source must not be empty", i)
+		case ec.Source == "":
+			c.fail(http.StatusBadRequest, codeSourceMissing, "event candidate %d: source must not be empty", i)
 			return
-		case !validSubject(c.Subject):
-			badRequest(w, "event candidate %d: malformed subject '%s'", i, c.Subject)
+		case !validSubject(ec.Subject):
+			c.fail(http.StatusBadRequest, codeSubjectMalformed, "event candidate %d: malformed subject '%s'", i, ec.Subject)
 			return
-		case !validEventType(c.Type):
-			badRequest(w, "event candidate %d: malformed event type '%s'", i, c.Type)
+		case !validEventType(ec.Type):
+			c.fail(http.StatusBadRequest, codeEventTypeMalformed, "event candidate %d: malformed event type '%s'", i, ec.Type)
 			return
-		case c.TraceParent != nil && !traceparentRE.MatchString(*c.TraceParent):
-			badRequest(w, "event candidate %d: malformed traceparent '%s'", i, *c.TraceParent)
+		case ec.TraceParent != nil && !traceparentRE.MatchString(*ec.TraceParent):
+			c.fail(http.StatusBadRequest, codeTraceparentMalformed, "event candidate %d: malformed traceparent '%s'", i, *ec.TraceParent)
 			return
 		}
-		trimmed := bytes.TrimSpace(c.Data)
+		trimmed := bytes.TrimSpace(ec.Data)
 		if len(trimmed) == 0 || trimmed[0] != '{' {
-			badRequest(w, "event candidate %d: data must be a JSON object", i)
+			c.fail(http.StatusBadRequest, codeDataMalformed, "event candidate %d: data must be a JSON object", i)
 			return
 		}
 		// Marshalling a RawMessage compacts it and escapes <, > and &, as
 		// the real server writes data.
 		d, err := json.Marshal(json.RawMessage(trimmed))
 		if err != nil {
-			badRequest(w, "event candidate %d: malformed data: %v", i, err)
+			c.fail(http.StatusBadRequest, codeDataMalformed, "event candidate %d: malformed data: %v", i, err)
 			return
 		}
 		datas[i] = d
 	}
 	for i, p := range req.Preconditions {
+		if p.Payload.Options != nil && (!c.v2 || p.Type == "isEventQlQueryTrue") {
+			c.fail(http.StatusBadRequest, codePreconditionUnknown, "precondition %d: %s takes no options", i, p.Type)
+			return
+		}
 		switch p.Type {
 		case "isSubjectPristine", "isSubjectPopulated":
 			if !validSubject(p.Payload.Subject) {
-				badRequest(w, "precondition %d: malformed subject '%s'", i, p.Payload.Subject)
+				c.fail(http.StatusBadRequest, codeSubjectMalformed, "precondition %d: malformed subject '%s'", i, p.Payload.Subject)
 				return
 			}
 		case "isSubjectOnEventId":
 			if !validSubject(p.Payload.Subject) {
-				badRequest(w, "precondition %d: malformed subject '%s'", i, p.Payload.Subject)
+				c.fail(http.StatusBadRequest, codeSubjectMalformed, "precondition %d: malformed subject '%s'", i, p.Payload.Subject)
 				return
 			}
 			if _, err := parseID(p.Payload.EventID); err != nil {
-				badRequest(w, "precondition %d: malformed event ID '%s'", i, p.Payload.EventID)
+				c.fail(http.StatusBadRequest, codeEventIDMalformed, "precondition %d: malformed event ID '%s'", i, p.Payload.EventID)
 				return
 			}
 		case "isEventQlQueryTrue":
 			if _, err := parseQuery(p.Payload.Query); err != nil {
-				badRequest(w, "precondition %d: %v", i, err)
+				c.fail(http.StatusBadRequest, codeQueryMalformed, "precondition %d: %v", i, err)
 				return
 			}
 		default:
-			badRequest(w, "precondition %d: unknown precondition type '%s'", i, p.Type)
+			c.fail(http.StatusBadRequest, codePreconditionUnknown, "precondition %d: unknown precondition type '%s'", i, p.Type)
 			return
 		}
 	}
 
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for _, p := range req.Preconditions {
+	for i, p := range req.Preconditions {
 		ok, err := s.holds(p)
 		if err != nil {
-			badRequest(w, "%v", err)
+			c.failErr(err)
 			return
 		}
 		if !ok {
-			http.Error(w, "state conflict: precondition failed", http.StatusConflict)
+			c.fail(http.StatusConflict, codePreconditionViolated, "state conflict: precondition failed (precondition %d)", i)
 			return
 		}
 	}
-	for i, c := range req.Events {
-		if e := s.schemas[c.Type]; e != nil {
+	for i, ec := range req.Events {
+		if e := s.schemas[ec.Type]; e != nil {
 			if err := e.parsed.validate(datas[i]); err != nil {
-				http.Error(w, fmt.Sprintf("schema conflict: event candidate does not match schema: %v", err), http.StatusConflict)
+				c.fail(http.StatusConflict, codeEventSchemaViolated, "schema conflict: event candidate does not match schema: %v", err)
 				return
 			}
 		}
 	}
 	now := s.now().UTC()
 	out := make([]json.RawMessage, 0, len(req.Events))
-	for i, c := range req.Events {
+	for i, ec := range req.Events {
 		prev := ZeroHash
 		if n := len(s.events); n > 0 {
 			prev = s.events[n-1].hash
@@ -519,36 +502,50 @@ func (s *Server) writeEvents(w http.ResponseWriter, r *http.Request, _ *Fault) {
 			SpecVersion:     "1.0",
 			ID:              strconv.Itoa(len(s.events)),
 			Time:            now.Format(TimeFormat),
-			Source:          c.Source,
-			Subject:         c.Subject,
-			Type:            c.Type,
+			Source:          ec.Source,
+			Subject:         ec.Subject,
+			Type:            ec.Type,
 			DataContentType: "application/json",
 			Data:            datas[i],
 			PredecessorHash: prev,
-			TraceParent:     c.TraceParent,
-			TraceState:      c.TraceState,
+			TraceParent:     ec.TraceParent,
+			TraceState:      ec.TraceState,
 		}
-		ev.Hash = hashV1(ev)
+		if s.v1Only {
+			ev.Hash = hashV1(ev)
+		} else {
+			ev.Hash = hashV2(ev)
+		}
 		line, err := json.Marshal(ev)
 		if err != nil {
-			http.Error(w, "internal error", http.StatusInternalServerError)
+			http.Error(c.w, "internal error", http.StatusInternalServerError)
 			return
 		}
 		fields := map[string]any{}
 		dec := json.NewDecoder(bytes.NewReader(line))
 		dec.UseNumber()
 		if err := dec.Decode(&fields); err != nil {
-			http.Error(w, "internal error", http.StatusInternalServerError)
+			http.Error(c.w, "internal error", http.StatusInternalServerError)
 			return
 		}
-		fields["traceparent"] = fieldOrNil(c.TraceParent)
-		fields["tracestate"] = fieldOrNil(c.TraceState)
-		s.events = append(s.events, storedEvent{id: uint64(len(s.events)), subject: c.Subject, typ: c.Type, hash: ev.Hash, line: line, fields: fields})
+		fields["traceparent"] = fieldOrNil(ec.TraceParent)
+		fields["tracestate"] = fieldOrNil(ec.TraceState)
+		s.events = append(s.events, storedEvent{id: uint64(len(s.events)), subject: ec.Subject, typ: ec.Type, hash: ev.Hash, line: line, fields: fields})
 		out = append(out, line)
 	}
 	close(s.changed)
 	s.changed = make(chan struct{})
-	writeJSON(w, out)
+	if !c.v2 {
+		writeJSON(c.w, out)
+		return
+	}
+	st := c.stream()
+	for _, line := range out {
+		if !st.item("event", line) {
+			return
+		}
+	}
+	st.end()
 }
 
 func fieldOrNil(p *string) any {
@@ -562,12 +559,12 @@ func fieldOrNil(p *string) any {
 func (s *Server) holds(p precondition) (bool, error) {
 	switch p.Type {
 	case "isSubjectPristine":
-		return s.lastOf(p.Payload.Subject) < 0, nil
+		return s.lastOf(p.Payload.Subject, p.recursive()) < 0, nil
 	case "isSubjectPopulated":
-		return s.lastOf(p.Payload.Subject) >= 0, nil
+		return s.lastOf(p.Payload.Subject, p.recursive()) >= 0, nil
 	case "isSubjectOnEventId":
 		id, _ := parseID(p.Payload.EventID)
-		last := s.lastOf(p.Payload.Subject)
+		last := s.lastOf(p.Payload.Subject, p.recursive())
 		return last >= 0 && uint64(last) == id, nil
 	case "isEventQlQueryTrue":
 		q, err := parseQuery(p.Payload.Query)
@@ -580,24 +577,25 @@ func (s *Server) holds(p precondition) (bool, error) {
 			return true
 		})
 		if err != nil {
-			return false, fmt.Errorf("isEventQlQueryTrue: %w", err)
+			return false, coded(codeQueryUnevaluable, "isEventQlQueryTrue: %v", err)
 		}
 		if len(rows) != 1 {
-			return false, fmt.Errorf("isEventQlQueryTrue: query must return exactly one boolean row, got %d rows", len(rows))
+			return false, coded(codeQueryNotBoolean, "isEventQlQueryTrue: query must return exactly one boolean row, got %d rows", len(rows))
 		}
 		b, ok := rows[0].(bool)
 		if !ok {
-			return false, fmt.Errorf("isEventQlQueryTrue: query must return a boolean, got %v", rows[0])
+			return false, coded(codeQueryNotBoolean, "isEventQlQueryTrue: query must return a boolean, got %v", rows[0])
 		}
 		return b, nil
 	}
-	return false, fmt.Errorf("unknown precondition type '%s'", p.Type)
+	return false, coded(codePreconditionUnknown, "unknown precondition type '%s'", p.Type)
 }
 
-// lastOf returns the ID of the subject's last event, or -1.
-func (s *Server) lastOf(subject string) int {
+// lastOf returns the ID of the last event of the subject (and, when
+// recursive, of its nested subjects), or -1.
+func (s *Server) lastOf(subject string, recursive bool) int {
 	for i := len(s.events) - 1; i >= 0; i-- {
-		if s.events[i].subject == subject {
+		if matches(s.events[i].subject, subject, recursive) {
 			return i
 		}
 	}
@@ -656,7 +654,7 @@ func matches(subject, want string, recursive bool) bool {
 func lowest(b *bound) (uint64, error) {
 	id, err := parseID(b.ID)
 	if err != nil {
-		return 0, fmt.Errorf("lowerBound: %w", err)
+		return 0, coded(codeEventIDMalformed, "lowerBound: %v", err)
 	}
 	switch b.Type {
 	case "inclusive":
@@ -664,14 +662,14 @@ func lowest(b *bound) (uint64, error) {
 	case "exclusive":
 		return id + 1, nil
 	}
-	return 0, fmt.Errorf("lowerBound: type must be inclusive or exclusive, got '%s'", b.Type)
+	return 0, coded(codeBoundTypeUnknown, "lowerBound: type must be inclusive or exclusive, got '%s'", b.Type)
 }
 
 // highest turns an upper bound into the first ID it excludes.
 func highest(b *bound) (uint64, error) {
 	id, err := parseID(b.ID)
 	if err != nil {
-		return 0, fmt.Errorf("upperBound: %w", err)
+		return 0, coded(codeEventIDMalformed, "upperBound: %v", err)
 	}
 	switch b.Type {
 	case "inclusive":
@@ -679,22 +677,22 @@ func highest(b *bound) (uint64, error) {
 	case "exclusive":
 		return id, nil
 	}
-	return 0, fmt.Errorf("upperBound: type must be inclusive or exclusive, got '%s'", b.Type)
+	return 0, coded(codeBoundTypeUnknown, "upperBound: type must be inclusive or exclusive, got '%s'", b.Type)
 }
 
 func checkFromLatest(f *fromLatest, missing ...string) error {
 	if !validSubject(f.Subject) {
-		return fmt.Errorf("fromLatestEvent: malformed subject '%s'", f.Subject)
+		return coded(codeSubjectMalformed, "fromLatestEvent: malformed subject '%s'", f.Subject)
 	}
 	if !validEventType(f.Type) {
-		return fmt.Errorf("fromLatestEvent: malformed event type '%s'", f.Type)
+		return coded(codeEventTypeMalformed, "fromLatestEvent: malformed event type '%s'", f.Type)
 	}
 	for _, m := range missing {
 		if f.IfEventIsMissing == m {
 			return nil
 		}
 	}
-	return fmt.Errorf("fromLatestEvent: ifEventIsMissing must be one of %s, got '%s'", strings.Join(missing, ", "), f.IfEventIsMissing)
+	return coded(codeIfEventIsMissingUnknown, "fromLatestEvent: ifEventIsMissing must be one of %s, got '%s'", strings.Join(missing, ", "), f.IfEventIsMissing)
 }
 
 // latestOf returns the ID of the latest event with the subject and type,
@@ -716,12 +714,13 @@ type stream struct {
 	fault *Fault
 	items int
 	done  bool // a fault ended the stream
+	v2    bool // envelopes {"type","data"}, ended by an end item
 }
 
-func newStream(w http.ResponseWriter, r *http.Request, f *Fault) *stream {
+func newStream(w http.ResponseWriter, r *http.Request, f *Fault, v2 bool) *stream {
 	w.Header().Set("Content-Type", "application/x-ndjson")
 	w.WriteHeader(http.StatusOK)
-	st := &stream{w: w, rc: http.NewResponseController(w), r: r, fault: f}
+	st := &stream{w: w, rc: http.NewResponseController(w), r: r, fault: f, v2: v2}
 	st.flush()
 	return st
 }
@@ -758,12 +757,11 @@ func (st *stream) strike(final bool) bool {
 		if msg == "" {
 			msg = "injected fault"
 		}
-		b, _ := json.Marshal(map[string]any{"type": "error", "payload": map[string]string{"error": msg}})
-		st.line(b)
+		st.line(errorItem(st.v2, "", msg))
 	case FaultMalformedLine:
-		st.line([]byte(`{"type":"event","payload":{"specversion":`))
+		st.line([]byte(`{"type":"event","` + st.key() + `":{"specversion":`))
 	case FaultUnknownLine:
-		st.line([]byte(`{"type":"surprise","payload":{}}`))
+		st.line([]byte(`{"type":"surprise","` + st.key() + `":{}}`))
 	case FaultStall:
 		<-st.r.Context().Done()
 	default:
@@ -778,10 +776,19 @@ func (st *stream) item(kind string, payload json.RawMessage) bool {
 	if !st.strike(false) {
 		return false
 	}
-	b, err := json.Marshal(struct {
-		Type    string          `json:"type"`
-		Payload json.RawMessage `json:"payload"`
-	}{kind, payload})
+	var b []byte
+	var err error
+	if st.v2 {
+		b, err = json.Marshal(struct {
+			Type string          `json:"type"`
+			Data json.RawMessage `json:"data"`
+		}{kind, payload})
+	} else {
+		b, err = json.Marshal(struct {
+			Type    string          `json:"type"`
+			Payload json.RawMessage `json:"payload"`
+		}{kind, payload})
+	}
 	if err != nil {
 		return false
 	}
@@ -789,45 +796,66 @@ func (st *stream) item(kind string, payload json.RawMessage) bool {
 	return st.line(b)
 }
 
-// end applies a fault still pending at the end of a finite stream.
-func (st *stream) end() { st.strike(true) }
+// key is the key of an item's content: "payload" (v1) or "data" (v2).
+func (st *stream) key() string {
+	if st.v2 {
+		return "data"
+	}
+	return "payload"
+}
 
-func (s *Server) readEvents(w http.ResponseWriter, r *http.Request, fault *Fault) {
+// heartbeat sends a heartbeat line.
+func (st *stream) heartbeat() bool {
+	if st.v2 {
+		return st.line([]byte(`{"type":"heartbeat","data":{}}`))
+	}
+	return st.line([]byte(`{"type":"heartbeat"}`))
+}
+
+// end applies a fault still pending at the end of a finite stream; a v2
+// stream that no fault ended then sends its end item.
+func (st *stream) end() {
+	if st.strike(true) && st.v2 {
+		st.line([]byte(`{"type":"end","data":{}}`))
+	}
+}
+
+func (s *Server) readEvents(c *call) {
 	var req readRequest
-	if err := decode(r, &req); err != nil {
-		badRequest(w, "%v", err)
+	if err := c.decode(&req); err != nil {
+		c.fail(http.StatusBadRequest, "", "%v", err)
 		return
 	}
 	o := req.Options
 	if !validSubject(req.Subject) {
-		badRequest(w, "malformed subject '%s'", req.Subject)
+		c.fail(http.StatusBadRequest, codeSubjectMalformed, "malformed subject '%s'", req.Subject)
 		return
 	}
 	lo, hi := uint64(0), ^uint64(0)
 	var err error
 	if o.LowerBound != nil {
 		if lo, err = lowest(o.LowerBound); err != nil {
-			badRequest(w, "%v", err)
+			c.failErr(err)
 			return
 		}
 	}
 	if o.UpperBound != nil {
 		if hi, err = highest(o.UpperBound); err != nil {
-			badRequest(w, "%v", err)
+			c.failErr(err)
 			return
 		}
 	}
 	if o.Order != "" && o.Order != "chronological" && o.Order != "antichronological" {
-		badRequest(w, "order must be chronological or antichronological, got '%s'", o.Order)
+		c.fail(http.StatusBadRequest, codeOrderUnknown, "order must be chronological or antichronological, got '%s'", o.Order)
 		return
 	}
 	if o.FromLatestEvent != nil {
 		if o.LowerBound != nil {
-			badRequest(w, "lowerBound and fromLatestEvent are mutually exclusive")
+			c.fail(http.StatusBadRequest, codeSelectionConflicting, "lowerBound and fromLatestEvent are mutually exclusive")
 			return
 		}
 		if err := checkFromLatest(o.FromLatestEvent, "read-nothing", "read-everything"); err != nil {
-			badRequest(w, "%v", err)
+			c.failErr(err)
 			return
 		}
 	}
@@ -843,11 +871,11 @@ func (s *Server) readEvents(w http.ResponseWriter, r *http.Request, fault *Fault
 	}
 	s.mu.Unlock()
 	if o.FromLatestEvent != nil && lo != ^uint64(0) && lo >= hi {
-		http.Error(w, "state conflict: fromLatestEvent results in an event ID greater than upperBound ID", http.StatusConflict)
+		c.fail(http.StatusConflict, codeRangeUnsatisfiable, "state conflict: fromLatestEvent results in an event ID greater than upperBound ID")
 		return
 	}
 
-	st := newStream(w, r, fault)
+	st := c.stream()
 	emit := func(e storedEvent) bool {
 		if e.id < lo || e.id >= hi || !matches(e.subject, req.Subject, o.Recursive) {
 			return true
@@ -870,37 +898,37 @@ func (s *Server) readEvents(w http.ResponseWriter, r *http.Request, fault *Fault
 	st.end()
 }
 
-func (s *Server) observeEvents(w http.ResponseWriter, r *http.Request, fault *Fault) {
+func (s *Server) observeEvents(c *call) {
 	var req readRequest
-	if err := decode(r, &req); err != nil {
-		badRequest(w, "%v", err)
+	if err := c.decode(&req); err != nil {
+		c.fail(http.StatusBadRequest, "", "%v", err)
 		return
 	}
 	o := req.Options
 	if !validSubject(req.Subject) {
-		badRequest(w, "malformed subject '%s'", req.Subject)
+		c.fail(http.StatusBadRequest, codeSubjectMalformed, "malformed subject '%s'", req.Subject)
 		return
 	}
 	if o.Order != "" || o.UpperBound != nil {
-		badRequest(w, "observe-events supports neither order nor upperBound")
+		c.fail(http.StatusBadRequest, codeSelectionConflicting, "observe-events supports neither order nor upperBound")
 		return
 	}
 	var lo uint64
 	var err error
 	if o.LowerBound != nil {
 		if lo, err = lowest(o.LowerBound); err != nil {
-			badRequest(w, "%v", err)
+			c.failErr(err)
 			return
 		}
 	}
 	waitFor := false
 	if f := o.FromLatestEvent; f != nil {
 		if o.LowerBound != nil {
-			badRequest(w, "lowerBound and fromLatestEvent are mutually exclusive")
+			c.fail(http.StatusBadRequest, codeSelectionConflicting, "lowerBound and fromLatestEvent are mutually exclusive")
 			return
 		}
 		if err := checkFromLatest(f, "wait-for-event", "read-everything"); err != nil {
-			badRequest(w, "%v", err)
+			c.failErr(err)
 			return
 		}
 		s.mu.Lock()
@@ -912,7 +940,7 @@ func (s *Server) observeEvents(w http.ResponseWriter, r *http.Request, fault *Fa
 		s.mu.Unlock()
 	}
 
-	st := newStream(w, r, fault)
+	st := c.stream()
 	next := lo
 	heartbeat := time.NewTimer(s.heartbeat)
 	defer heartbeat.Stop()
@@ -944,11 +972,11 @@ func (s *Server) observeEvents(w http.ResponseWriter, r *http.Request, fault *Fa
 			return
 		}
 		select {
-		case <-r.Context().Done():
+		case <-c.r.Context().Done():
 			return
 		case <-changed:
 		case <-heartbeat.C:
-			if !st.line([]byte(`{"type":"heartbeat"}`)) {
+			if !st.heartbeat() {
 				return
 			}
 			heartbeat.Reset(s.heartbeat)
@@ -956,26 +984,33 @@ func (s *Server) observeEvents(w http.ResponseWriter, r *http.Request, fault *Fa
 	}
 }
 
-func (s *Server) runQuery(w http.ResponseWriter, r *http.Request, fault *Fault) {
+func (s *Server) runQuery(c *call) {
 	var req struct {
 		Query string `json:"query"`
 	}
-	if err := decode(r, &req); err != nil {
-		badRequest(w, "%v", err)
+	if err := c.decode(&req); err != nil {
+		c.fail(http.StatusBadRequest, "", "%v", err)
+		return
+	}
+	if strings.TrimSpace(req.Query) == "" {
+		c.fail(http.StatusBadRequest, codeQueryMissing, "query is missing")
 		return
 	}
 	q, err := parseQuery(req.Query)
 	if err != nil {
-		badRequest(w, "%v", err)
+		c.fail(http.StatusBadRequest, codeQueryMalformed, "%v", err)
 		return
 	}
 	s.mu.Lock()
 	n := len(s.events)
 	snapshot := s.events[:n:n]
 	s.mu.Unlock()
-	st := newStream(w, r, fault)
+	st := c.stream()
 	stopped := false
 	err = q.run(snapshot, func(row any) bool {
+		if c.v2 {
+			row = map[string]any{"value": row}
+		}
 		b, err := json.Marshal(row)
 		if err != nil || !st.item("row", b) {
 			stopped = true
@@ -987,40 +1022,49 @@ func (s *Server) runQuery(w http.ResponseWriter, r *http.Request, fault *Fault) 
 		return
 	}
 	if err != nil {
-		b, _ := json.Marshal(map[string]any{"type": "error", "payload": map[string]string{"error": err.Error()}})
-		st.line(b)
+		st.line(errorItem(c.v2, codeQueryUnevaluable, err.Error()))
 		return
 	}
 	st.end()
 }
 
-func (s *Server) registerSchema(w http.ResponseWriter, r *http.Request, _ *Fault) {
+func (s *Server) registerSchema(c *call) {
 	var req struct {
 		EventType string          `json:"eventType"`
 		Schema    json.RawMessage `json:"schema"`
 	}
-	if err := decode(r, &req); err != nil {
-		badRequest(w, "%v", err)
+	if c.v2 {
+		var v2 struct {
+			Type   string          `json:"type"`
+			Schema json.RawMessage `json:"schema"`
+		}
+		if err := c.decode(&v2); err != nil {
+			c.fail(http.StatusBadRequest, "", "%v", err)
+			return
+		}
+		req.EventType, req.Schema = v2.Type, v2.Schema
+	} else if err := c.decode(&req); err != nil {
+		c.fail(http.StatusBadRequest, "", "%v", err)
 		return
 	}
 	if !validEventType(req.EventType) {
-		badRequest(w, "invalid event type '%s'", req.EventType)
+		c.fail(http.StatusBadRequest, codeEventTypeMalformed, "invalid event type '%s'", req.EventType)
 		return
 	}
 	sc, err := parseSchema(req.Schema)
 	if err != nil {
-		badRequest(w, "invalid schema: %v", err)
+		c.fail(http.StatusBadRequest, codeEventSchemaMalformed, "invalid schema: %v", err)
 		return
 	}
 	raw, err := json.Marshal(req.Schema)
 	if err != nil {
-		badRequest(w, "invalid schema: %v", err)
+		c.fail(http.StatusBadRequest, codeEventSchemaMalformed, "invalid schema: %v", err)
 		return
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if _, ok := s.schemas[req.EventType]; ok {
-		http.Error(w, "schema conflict: schema already exists", http.StatusConflict)
+		c.fail(http.StatusConflict, codeEventSchemaAlreadyRegistered, "schema conflict: schema already exists")
 		return
 	}
 	for _, e := range s.events {
@@ -1030,25 +1074,54 @@ func (s *Server) registerSchema(w http.ResponseWriter, r *http.Request, _ *Fault
 		var ce cloudEvent
 		if err := json.Unmarshal(e.line, &ce); err == nil {
 			if err := sc.validate(ce.Data); err != nil {
-				http.Error(w, fmt.Sprintf("schema conflict: event with ID %d does not match schema: %v", e.id, err), http.StatusConflict)
+				c.fail(http.StatusConflict, codeEventSchemaViolated, "schema conflict: event with ID %d does not match schema: %v", e.id, err)
 				return
 			}
 		}
 	}
 	s.schemas[req.EventType] = &schemaEntry{raw: raw, parsed: sc}
-	writeJSON(w, map[string]any{"eventType": req.EventType, "schema": json.RawMessage(raw)})
+	if !c.v2 {
+		writeJSON(c.w, map[string]any{"eventType": req.EventType, "schema": json.RawMessage(raw)})
+		return
+	}
+	b, err := json.Marshal(s.apiEvent("io.eventsourcingdb.api.event-schema-registered", "/api/v2/data/register-event-schema"))
+	if err != nil {
+		http.Error(c.w, "internal error", http.StatusInternalServerError)
+		return
+	}
+	st := c.stream()
+	if st.item("event", b) {
+		st.end()
+	}
 }
 
-func (s *Server) readSubjects(w http.ResponseWriter, r *http.Request, fault *Fault) {
+func (s *Server) readSubjects(c *call) {
 	var req struct {
 		BaseSubject string `json:"baseSubject"`
 	}
-	if err := decode(r, &req); err != nil {
-		badRequest(w, "%v", err)
+	recursive := true
+	if c.v2 {
+		var v2 struct {
+			Subject string `json:"subject"`
+			Options *struct {
+				Recursive *bool `json:"recursive"`
+			} `json:"options"`
+		}
+		if err := c.decode(&v2); err != nil {
+			c.fail(http.StatusBadRequest, "", "%v", err)
+			return
+		}
+		if v2.Options == nil || v2.Options.Recursive == nil {
+			c.fail(http.StatusBadRequest, "", "options.recursive is required")
+			return
+		}
+		req.BaseSubject, recursive = v2.Subject, *v2.Options.Recursive
+	} else if err := c.decode(&req); err != nil {
+		c.fail(http.StatusBadRequest, "", "%v", err)
 		return
 	}
 	if !validSubject(req.BaseSubject) {
-		badRequest(w, "malformed base subject '%s'", req.BaseSubject)
+		c.fail(http.StatusBadRequest, codeSubjectMalformed, "malformed base subject '%s'", req.BaseSubject)
 		return
 	}
 	s.mu.Lock()
@@ -1071,12 +1144,12 @@ func (s *Server) readSubjects(w http.ResponseWriter, r *http.Request, fault *Fau
 	s.mu.Unlock()
 	var subjects []string
 	for sub := range set {
-		if matches(sub, req.BaseSubject, true) {
+		if matches(sub, req.BaseSubject, recursive) {
 			subjects = append(subjects, sub)
 		}
 	}
 	sort.Strings(subjects)
-	st := newStream(w, r, fault)
+	st := c.stream()
 	for _, sub := range subjects {
 		b, _ := json.Marshal(map[string]string{"subject": sub})
 		if !st.item("subject", b) {
@@ -1090,6 +1163,19 @@ type eventTypeInfo struct {
 	EventType string          `json:"eventType"`
 	IsPhantom bool            `json:"isPhantom"`
 	Schema    json.RawMessage `json:"schema,omitempty"`
+}
+
+// wire is the item of the API version: v1 {eventType, isPhantom, schema},
+// v2 {type, hasEvents, schema}.
+func (t eventTypeInfo) wire(v2 bool) any {
+	if !v2 {
+		return t
+	}
+	return struct {
+		Type      string          `json:"type"`
+		HasEvents bool            `json:"hasEvents"`
+		Schema    json.RawMessage `json:"schema,omitempty"`
+	}{t.EventType, !t.IsPhantom, t.Schema}
 }
 
 // eventTypes lists the types of stored events and of registered schemas.
@@ -1117,15 +1203,15 @@ func (s *Server) eventTypes() []eventTypeInfo {
 	return out
 }
 
-func (s *Server) readEventTypes(w http.ResponseWriter, r *http.Request, fault *Fault) {
+func (s *Server) readEventTypes(c *call) {
 	var req struct{}
-	if err := decode(r, &req); err != nil {
-		badRequest(w, "%v", err)
+	if err := c.decode(&req); err != nil {
+		c.fail(http.StatusBadRequest, "", "%v", err)
 		return
 	}
-	st := newStream(w, r, fault)
+	st := c.stream()
 	for _, t := range s.eventTypes() {
-		b, _ := json.Marshal(t)
+		b, _ := json.Marshal(t.wire(c.v2))
 		if !st.item("eventType", b) {
 			return
 		}
@@ -1133,25 +1219,34 @@ func (s *Server) readEventTypes(w http.ResponseWriter, r *http.Request, fault *F
 	st.end()
 }
 
-func (s *Server) readEventType(w http.ResponseWriter, r *http.Request, _ *Fault) {
+func (s *Server) readEventType(c *call) {
 	var req struct {
 		EventType string `json:"eventType"`
 	}
-	if err := decode(r, &req); err != nil {
-		badRequest(w, "%v", err)
+	if c.v2 {
+		var v2 struct {
+			Type string `json:"type"`
+		}
+		if err := c.decode(&v2); err != nil {
+			c.fail(http.StatusBadRequest, "", "%v", err)
+			return
+		}
+		req.EventType = v2.Type
+	} else if err := c.decode(&req); err != nil {
+		c.fail(http.StatusBadRequest, "", "%v", err)
 		return
 	}
 	if !validEventType(req.EventType) {
-		badRequest(w, "invalid event type '%s'", req.EventType)
+		c.fail(http.StatusBadRequest, codeEventTypeMalformed, "invalid event type '%s'", req.EventType)
 		return
 	}
 	for _, t := range s.eventTypes() {
 		if t.EventType == req.EventType {
-			writeJSON(w, t)
+			c.single("eventType", t.wire(c.v2))
 			return
 		}
 	}
-	http.Error(w, fmt.Sprintf("event type '%s' not found", req.EventType), http.StatusNotFound)
+	c.fail(http.StatusNotFound, codeEventTypeUnknown, "event type '%s' not found", req.EventType)
 }
 
 // errNotBool is returned when a WHERE condition is not a boolean.

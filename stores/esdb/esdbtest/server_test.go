@@ -70,7 +70,7 @@ func TestProtocol(t *testing.T) {
 		{"ping by POST", "POST", "/api/v1/ping", "", false, 405, ""},
 		{"verify", "POST", "/api/v1/verify-api-token", "", true, 200, `"type":"io.eventsourcingdb.api.api-token-verified"`},
 		{"no token", "POST", "/api/v1/read-events", `{"subject":"/"}`, false, 401, "unauthorized"},
-		{"v2 probe", "GET", "/api/v2/system/ping", "", false, 404, ""},
+		{"v2 ping", "GET", "/api/v2/system/ping", "", false, 200, `{"type":"event","data":{`},
 		{"unknown endpoint", "POST", "/api/v1/nope", "", true, 404, ""},
 		{"write by GET", "GET", "/api/v1/write-events", "", true, 405, ""},
 		{"body not json", "POST", "/api/v1/write-events", `{`, true, 400, "malformed request body"},
@@ -121,7 +121,9 @@ func TestProtocol(t *testing.T) {
 
 func TestEventsAreCloudEventsWithAHashChain(t *testing.T) {
 	fixed := time.Date(2024, 1, 1, 12, 0, 0, 0, time.UTC)
-	srv := esdbtest.NewServer(tok, esdbtest.WithClock(func() time.Time { return fixed }))
+	// A server from before the v2 API writes version-1 hashes, as the
+	// fixture has.
+	srv := esdbtest.NewServer(tok, esdbtest.WithV1Only(), esdbtest.WithClock(func() time.Time { return fixed }))
 	defer srv.Close()
 	write(t, srv, ev("/test-subject/items/00000000-0000-0000-0000-000000000001", "com.example.item.created", `{"title": "Lorem ipsum", "description": "Dolor sit amet"}`))
 	resp := post(t, srv, "read-events", `{"subject":"/","options":{"recursive":true}}`)
@@ -151,7 +153,7 @@ func TestEventsAreCloudEventsWithAHashChain(t *testing.T) {
 	}
 
 	// With the fixture's source the hash is the fixture's.
-	srv2 := esdbtest.NewServer(tok, esdbtest.WithClock(func() time.Time { return fixed }))
+	srv2 := esdbtest.NewServer(tok, esdbtest.WithV1Only(), esdbtest.WithClock(func() time.Time { return fixed }))
 	defer srv2.Close()
 	write(t, srv2, `{"source":"tag:example.com,2024:test:app","subject":"/test-subject/items/00000000-0000-0000-0000-000000000001","type":"com.example.item.created","data":{"title":"Lorem ipsum","description":"Dolor sit amet"}}`)
 	rows, err := srv2.RunEventQL("FROM e IN events PROJECT INTO e.hash")
@@ -222,6 +224,10 @@ func TestEventQL(t *testing.T) {
 		{"distinct", `FROM e IN events PROJECT INTO DISTINCT e.type`, []any{"io.example.book-acquired", "io.example.book-borrowed"}},
 		{"comments", "FROM e IN events // all\n/* block */ WHERE e.id == '0' PROJECT INTO e.id", []any{"0"}},
 		{"negative number", `FROM e IN events WHERE e.data.pages > -1 TOP 1 PROJECT INTO e.id`, []any{"0"}},
+		{"group by", `FROM e IN events GROUP BY e.type PROJECT INTO { type: UNIQUE(e.type), count: COUNT() }`, []any{
+			map[string]any{"type": "io.example.book-acquired", "count": 3}, map[string]any{"type": "io.example.book-borrowed", "count": 1}}},
+		{"group by having", `FROM e IN events WHERE e.subject != "/books/3" GROUP BY e.subject HAVING COUNT() > 1 PROJECT INTO UNIQUE(e.subject)`, []any{"/books/1"}},
+		{"group by top", `FROM e IN events GROUP BY e.subject SKIP 1 TOP 1 PROJECT INTO COUNT()`, []any{1}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -255,6 +261,11 @@ func TestEventQL(t *testing.T) {
 		{"where not boolean", `FROM e IN events WHERE e.id PROJECT INTO e`},
 		{"incomparable", `FROM e IN events WHERE e.data < 3 PROJECT INTO e`},
 		{"bad top", `FROM e IN events TOP x PROJECT INTO e`},
+		{"unique of differing values", `FROM e IN events GROUP BY e.type PROJECT INTO UNIQUE(e.subject)`},
+		{"having without group by", `FROM e IN events HAVING COUNT() > 1 PROJECT INTO COUNT()`},
+		{"order by with group by", `FROM e IN events GROUP BY e.type ORDER BY e.id PROJECT INTO COUNT()`},
+		{"aggregate in group by", `FROM e IN events GROUP BY COUNT() PROJECT INTO COUNT()`},
+		{"having not boolean", `FROM e IN events GROUP BY e.type HAVING COUNT() PROJECT INTO COUNT()`},
 	}
 	for _, tc := range bad {
 		t.Run("error/"+tc.name, func(t *testing.T) {
@@ -348,4 +359,79 @@ func FuzzRequests(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestProtocolV2: the v2 API's paths and methods (QUERY for reads),
+// envelopes {"type","data"} ended by an end item, errors with a code
+// inside a 200, unknown fields refused, recursive preconditions; and a
+// double made WithV1Only answers the v2 paths with 404.
+func TestProtocolV2(t *testing.T) {
+	srv := esdbtest.NewServer(tok)
+	defer srv.Close()
+	do := func(method, path, body string) (int, string) {
+		t.Helper()
+		req, err := http.NewRequestWithContext(t.Context(), method, srv.URL+path, strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Authorization", "Bearer "+tok)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		if resp.Header.Get("Server") != "EventSourcingDB/"+esdbtest.DefaultVersion {
+			t.Errorf("%s %s: Server header %q", method, path, resp.Header.Get("Server"))
+		}
+		return resp.StatusCode, bodyOf(t, resp)
+	}
+	write := `{"events":[` + ev("/books/1", "io.example.book-acquired", `{"title":"A"}`) + `,` + ev("/books/1/copies/1", "io.example.copy-added", `{}`) + `]}`
+	end := `{"type":"end","data":{}}` + "\n"
+	tests := []struct {
+		name, method, path, body string
+		status                   int
+		contains                 []string
+	}{
+		{"ping", "GET", "/api/v2/system/ping", "", 200, []string{`{"type":"event","data":{`, `"io.eventsourcingdb.api.ping-received"`}},
+		{"verify", "POST", "/api/v2/system/verify-token", "", 200, []string{`"io.eventsourcingdb.api.token-verified"`}},
+		{"write", "POST", "/api/v2/data/write-events", write, 200, []string{`{"type":"event","data":{`, `"hash":"esdb:hash:v2:`, `"id":"1"`, end}},
+		{"read by POST", "POST", "/api/v2/data/read-events", `{"subject":"/","options":{"recursive":true}}`, 405, nil},
+		{"read", "QUERY", "/api/v2/data/read-events", `{"subject":"/books","options":{"recursive":true,"order":"antichronological"}}`, 200, []string{`"id":"1"`, end}},
+		{"unknown field", "QUERY", "/api/v2/data/read-events", `{"subject":"/","options":{"recursive":true},"limit":1}`, 400, []string{"unknown field"}},
+		{"malformed subject", "QUERY", "/api/v2/data/read-events", `{"subject":"books","options":{"recursive":false}}`, 200, []string{`{"type":"error","data":{`, `"code":"` + esdbtest.ErrorCodeBase + `subject-malformed"`}},
+		{"recursive pristine fails", "POST", "/api/v2/data/write-events", `{"events":[` + ev("/books/2", "io.example.book-acquired", `{}`) + `],"preconditions":[{"type":"isSubjectPristine","payload":{"subject":"/books","options":{"recursive":true}}}]}`, 200, []string{esdbtest.ErrorCodeBase + "precondition-violated"}},
+		{"pristine of the subject alone holds", "POST", "/api/v2/data/write-events", `{"events":[` + ev("/books/2", "io.example.book-acquired", `{}`) + `],"preconditions":[{"type":"isSubjectPristine","payload":{"subject":"/books","options":{"recursive":false}}}]}`, 200, []string{`"id":"2"`, end}},
+		{"recursive on event id", "POST", "/api/v2/data/write-events", `{"events":[` + ev("/books/3", "io.example.book-acquired", `{}`) + `],"preconditions":[{"type":"isSubjectOnEventId","payload":{"subject":"/books","eventId":"2","options":{"recursive":true}}}]}`, 200, []string{`"id":"3"`}},
+		{"query rows", "QUERY", "/api/v2/data/run-eventql-query", `{"query":"FROM e IN events GROUP BY e.type PROJECT INTO { t: UNIQUE(e.type), n: COUNT() }"}`, 200, []string{`{"type":"row","data":{"value":{"n":3,"t":"io.example.book-acquired"}}}`, end}},
+		{"malformed query", "QUERY", "/api/v2/data/run-eventql-query", `{"query":"FROM e IN"}`, 200, []string{esdbtest.ErrorCodeBase + "query-malformed"}},
+		{"subjects", "QUERY", "/api/v2/data/read-subjects", `{"subject":"/books/1","options":{"recursive":false}}`, 200, []string{`{"type":"subject","data":{"subject":"/books/1"}}` + "\n" + end}},
+		{"event types", "QUERY", "/api/v2/data/read-event-types", `{}`, 200, []string{`"type":"io.example.copy-added","hasEvents":true`}},
+		{"event type", "QUERY", "/api/v2/data/read-event-type", `{"type":"io.example.copy-added"}`, 200, []string{`{"type":"eventType","data":{"type":"io.example.copy-added","hasEvents":true}}`}},
+		{"unknown event type", "QUERY", "/api/v2/data/read-event-type", `{"type":"io.example.none"}`, 200, []string{esdbtest.ErrorCodeBase + "event-type-unknown"}},
+		{"register schema", "POST", "/api/v2/data/register-event-schema", `{"type":"io.example.z-happened","schema":{"type":"object"}}`, 200, []string{`"io.eventsourcingdb.api.event-schema-registered"`, end}},
+		{"v1 refuses precondition options", "POST", "/api/v1/write-events", `{"events":[` + ev("/x", "io.example.x-happened", `{}`) + `],"preconditions":[{"type":"isSubjectPristine","payload":{"subject":"/x","options":{"recursive":true}}}]}`, 400, []string{"takes no options"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			status, body := do(tc.method, tc.path, tc.body)
+			if status != tc.status {
+				t.Fatalf("%d %q, want %d", status, body, tc.status)
+			}
+			for _, c := range tc.contains {
+				if !strings.Contains(body, c) {
+					t.Errorf("body %q lacks %q", body, c)
+				}
+			}
+		})
+	}
+	old := esdbtest.NewServer(tok, esdbtest.WithV1Only())
+	defer old.Close()
+	resp, err := http.Get(old.URL + "/api/v2/system/ping")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 404 || resp.Header.Get("Server") != "EventSourcingDB/"+esdbtest.V1OnlyVersion {
+		t.Fatalf("v1-only double answers the v2 ping %d (%s)", resp.StatusCode, resp.Header.Get("Server"))
+	}
 }

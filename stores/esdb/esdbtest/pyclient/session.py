@@ -2,16 +2,24 @@
 """A scripted session of the official EventSourcingDB Python client
 (PyPI "eventsourcingdb") against a server, by default the esdbtest double.
 
-    python3 session.py <base-url> <api-token>
+    python3 session.py <base-url> <api-token> [v2|v1]
+
+The last argument is the API the client must settle on: v2 (the default;
+EventSourcingDB since 1.3) or v1 (a server from before the v2 API, such as
+the double made WithV1Only).
 
 It pings, verifies the token, writes with each precondition (and checks
-that failing ones are refused with 409 and write nothing), reads with
-bounds, order, recursion and fromLatestEvent, observes a few events (one of
-them written while observing), runs EventQL queries, registers a schema,
-and reads subjects and event types. The client verifies every event's hash
-on request; the session asks it to. Each check prints PASS or FAIL; the
-exit status is non-zero when any check failed. The session expects an
-empty store.
+that failing ones are refused and write nothing), reads with bounds,
+order, recursion and fromLatestEvent, observes a few events (one of them
+written while observing), runs EventQL queries (grouping too), registers a
+schema, reads subjects and event types, and writes with recursive
+preconditions (with the v1 API the client refuses those before sending).
+With the v2 API the server reports errors with a code inside a 200 answer;
+with the v1 API as statuses (409, 400, 404), to which the client assigns
+codes where they clearly match. The client verifies every event's hash on
+request; the session asks it to. Each check prints PASS or FAIL; the exit
+status is non-zero when any check failed. The session expects an empty
+store.
 """
 
 import asyncio
@@ -26,12 +34,14 @@ from eventsourcingdb import (
     ErrorCode,
     EventCandidate,
     IfEventIsMissingDuringRead,
+    IncompatibleServerError,
     IsEventQlQueryTrue,
     IsSubjectOnEventId,
     IsSubjectPopulated,
     IsSubjectPristine,
     ObserveEventsOptions,
     Order,
+    PreconditionOptions,
     ReadEventsOptions,
     ReadFromLatestEvent,
     ReadSubjectsOptions,
@@ -45,6 +55,16 @@ LOST = "io.example.library.book-lost"
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 
 results: list[tuple[str, bool, str]] = []
+
+# The API the client must settle on (argument 3).
+API = "v2"
+RECURSIVE = PreconditionOptions(recursive=True)
+
+
+def status(v1_status: int) -> int:
+    """The status of an error: the v2 API reports errors with a code inside a
+    200 answer, the v1 API with a status."""
+    return 200 if API == "v2" else v1_status
 
 
 def record(name: str, ok: bool, detail: str = "") -> None:
@@ -85,14 +105,20 @@ async def expect_refused(coroutine, status: int, code: str | None = None) -> Non
     raise AssertionError(f"not refused, want status {status}")
 
 
+def v2_code(code: str) -> str | None:
+    """A code that only the v2 API reports (for the v1 API, the client assigns
+    codes only to the errors that clearly match one)."""
+    return code if API == "v2" else None
+
+
 async def session(url: str, token: str) -> None:
     async with Client(url, token) as client:
 
         async def ping():
             await client.ping()
-            assert await client._get_api_version() == "v1", "client did not settle on the v1 API"
+            assert await client._get_api_version() == API, f"client did not settle on the {API} API"
 
-        await check("ping (client settles on the v1 API)", ping)
+        await check(f"ping (client settles on the {API} API)", ping)
         await check("verify api token", client.verify_api_token)
 
         async def wrong_token():
@@ -149,12 +175,12 @@ async def session(url: str, token: str) -> None:
             ]
             for precondition in cases:
                 await expect_refused(
-                    client.write_events([event("/books/42", LOST, {})], [precondition]), 409, violated
+                    client.write_events([event("/books/42", LOST, {})], [precondition]), status(409), violated
                 )
             events = await read(client, "/", ReadEventsOptions(recursive=True))
             assert len(events) == 5, f"failed preconditions wrote: {len(events)} events"
 
-        await check("failing preconditions are refused with 409 and write nothing", failing)
+        await check("failing preconditions are refused (precondition-violated) and write nothing", failing)
 
         async def read_subject():
             events = await read(client, "/books/42", ReadEventsOptions(recursive=False))
@@ -208,10 +234,15 @@ async def session(url: str, token: str) -> None:
         await check("read from the latest event of a type", read_latest)
 
         async def bad_reads():
-            await expect_refused(read(client, "/", ReadEventsOptions(recursive=True, lower_bound=Bound(id="-1", type=BoundType.INCLUSIVE))), 400)
-            await expect_refused(read(client, "books", ReadEventsOptions(recursive=True)), 400)
+            await expect_refused(
+                read(client, "/", ReadEventsOptions(recursive=True, lower_bound=Bound(id="-1", type=BoundType.INCLUSIVE))),
+                status(400), v2_code(ErrorCode.EVENT_ID_MALFORMED),
+            )
+            await expect_refused(
+                read(client, "books", ReadEventsOptions(recursive=True)), status(400), v2_code(ErrorCode.SUBJECT_MALFORMED)
+            )
 
-        await check("malformed reads are refused with 400", bad_reads)
+        await check("malformed reads are refused", bad_reads)
 
         async def observe():
             got = []
@@ -243,9 +274,18 @@ async def session(url: str, token: str) -> None:
                 'FROM e IN events WHERE e.subject == "/books/42" AND NOT (e.type == "' + ACQUIRED + '") PROJECT INTO COUNT()'
             )]
             assert rows == [2], rows
-            await expect_refused(anext(client.run_eventql_query("FROM e IN")), 400)
+            rows = [r async for r in client.run_eventql_query(
+                "FROM e IN events GROUP BY e.type PROJECT INTO { type: UNIQUE(e.type), count: COUNT() }"
+            )]
+            counts = {r["type"]: r["count"] for r in rows}
+            assert len(rows) == 3 and counts == {ACQUIRED: 4, BORROWED: 1, RETURNED: 1}, rows
+            rows = [r async for r in client.run_eventql_query(
+                "FROM e IN events GROUP BY e.subject HAVING COUNT() > 1 PROJECT INTO UNIQUE(e.subject)"
+            )]
+            assert rows == ["/books/42"], rows
+            await expect_refused(anext(client.run_eventql_query("FROM e IN")), status(400), v2_code(ErrorCode.QUERY_MALFORMED))
 
-        await check("run EventQL queries", eventql)
+        await check("run EventQL queries (grouping too)", eventql)
 
         async def schema():
             returned_schema = {
@@ -256,11 +296,11 @@ async def session(url: str, token: str) -> None:
             }
             await client.register_event_schema(RETURNED, returned_schema)
             await expect_refused(
-                client.write_events([event("/books/43", RETURNED, {"reader": 7})]), 409, ErrorCode.EVENT_SCHEMA_VIOLATED
+                client.write_events([event("/books/43", RETURNED, {"reader": 7})]), status(409), ErrorCode.EVENT_SCHEMA_VIOLATED
             )
             await client.write_events([event("/books/43", RETURNED, {"reader": "joe"})])
             await expect_refused(
-                client.register_event_schema(RETURNED, returned_schema), 409, ErrorCode.EVENT_SCHEMA_ALREADY_REGISTERED
+                client.register_event_schema(RETURNED, returned_schema), status(409), ErrorCode.EVENT_SCHEMA_ALREADY_REGISTERED
             )
             await client.register_event_schema(LOST, {"type": "object"})
 
@@ -281,15 +321,68 @@ async def session(url: str, token: str) -> None:
             assert got == want, got
             one = await client.read_event_type(RETURNED)
             assert one.type == RETURNED and one.has_events and one.schema["required"] == ["reader"], one
-            await expect_refused(client.read_event_type("io.example.library.book-burned"), 404, ErrorCode.EVENT_TYPE_UNKNOWN)
+            await expect_refused(client.read_event_type("io.example.library.book-burned"), status(404), ErrorCode.EVENT_TYPE_UNKNOWN)
 
         await check("read event types", event_types)
 
+        async def recursive_preconditions():
+            violated = ErrorCode.PRECONDITION_VIOLATED
+            before = len(await read(client, "/", ReadEventsOptions(recursive=True)))
+            if API == "v1":
+                # The v1 API cannot check nested subjects: the client refuses
+                # to send the write.
+                try:
+                    await client.write_events([event("/magazines/1", ACQUIRED, {})], [IsSubjectPristine("/magazines", RECURSIVE)])
+                except IncompatibleServerError:
+                    pass
+                else:
+                    raise AssertionError("a recursive precondition was sent to a server without the v2 API")
+                after = len(await read(client, "/", ReadEventsOptions(recursive=True)))
+                assert after == before, f"the refused write wrote {after - before} events"
+                return
+            first = await client.write_events(
+                [event("/magazines/1", ACQUIRED, {"title": "Analog"})], [IsSubjectPristine("/magazines", RECURSIVE)]
+            )
+            # /magazines itself has no event, /magazines/1 has one.
+            await expect_refused(
+                client.write_events([event("/magazines/2", ACQUIRED, {})], [IsSubjectPristine("/magazines", RECURSIVE)]),
+                200, violated,
+            )
+            second = await client.write_events(
+                [event("/magazines/2", ACQUIRED, {"title": "Omni"})], [IsSubjectPristine("/magazines")]
+            )
+            await client.write_events(
+                [event("/magazines/2", BORROWED, {"reader": "ann"})], [IsSubjectPopulated("/magazines", RECURSIVE)]
+            )
+            await expect_refused(
+                client.write_events([event("/magazines/3", ACQUIRED, {})], [IsSubjectPopulated("/journals", RECURSIVE)]),
+                200, violated,
+            )
+            latest = await read(client, "/magazines", ReadEventsOptions(recursive=True, order=Order.ANTICHRONOLOGICAL))
+            await client.write_events(
+                [event("/magazines/3", ACQUIRED, {"title": "Byte"})],
+                [IsSubjectOnEventId("/magazines", latest[0].event_id, RECURSIVE)],
+            )
+            await expect_refused(
+                client.write_events(
+                    [event("/magazines/3", LOST, {})], [IsSubjectOnEventId("/magazines", first[0].event_id, RECURSIVE)]
+                ),
+                200, violated,
+            )
+            after = await read(client, "/magazines", ReadEventsOptions(recursive=True))
+            assert [e.subject for e in after] == ["/magazines/1", "/magazines/2", "/magazines/2", "/magazines/3"], after
+            assert after[1].event_id == second[0].event_id
+
+        await check("preconditions on nested subjects (recursive)", recursive_preconditions)
+
 
 def main() -> int:
-    if len(sys.argv) != 3:
-        print("usage: session.py <base-url> <api-token>", file=sys.stderr)
+    global API
+    if len(sys.argv) not in (3, 4) or (len(sys.argv) == 4 and sys.argv[3] not in ("v1", "v2")):
+        print("usage: session.py <base-url> <api-token> [v2|v1]", file=sys.stderr)
         return 2
+    if len(sys.argv) == 4:
+        API = sys.argv[3]
     try:
         asyncio.run(session(sys.argv[1], sys.argv[2]))
     except Exception as error:  # noqa: BLE001
