@@ -7,15 +7,17 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/orchestrix/orchestrix"
 	"github.com/orchestrix/orchestrix/outbox"
 )
 
 // PostgresStore is the Store on the tables of migration 0004_sagas
-// (`orchestrix migrate`) in one schema. Each Apply is one transaction:
-// inbox insert, instance read, fenced update, outbox rows (outbox.Writer,
-// published exactly once by the relay), timer and history rows. It takes
+// (`orchestrix migrate`) in one schema. Each Apply is one transaction of
+// three round trips: inbox insert and instance read; fenced update,
+// timer, history and outbox rows (outbox.Writer, published exactly once
+// by the relay); commit. It takes
 // no locks besides the rows it writes: one instance's inputs arrive in
 // order on one partition, and the version fence rejects a member that
 // lost it. It is safe for concurrent use.
@@ -129,6 +131,11 @@ func (s *PostgresStore) write(ctx context.Context, tx pgx.Tx, ch *Change) error 
 	tr := ch.Transition
 	b.Queue(`INSERT INTO `+s.t["saga_transitions"]+` (saga_type, saga_id, version, at, input_id, input_kind, from_status, to_status, step, note)
 		VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10)`, i.Type, i.ID, i.Version, tr.At, tr.InputID, string(tr.InputKind), string(tr.From), string(tr.To), tr.Step, tr.Note)
+	// The outbox rows join the batch: the writer checks the messages and
+	// queues its one INSERT.
+	if err := s.out.Write(ctx, batchExecer{b}, ch.Messages...); err != nil {
+		return fmt.Errorf("sagas: commands of %s/%s: %w", i.Type, i.ID, err)
+	}
 	br := tx.SendBatch(ctx, b)
 	tag, err := br.Exec()
 	if err == nil && tag.RowsAffected() == 0 {
@@ -146,10 +153,16 @@ func (s *PostgresStore) write(ctx context.Context, tx pgx.Tx, ch *Change) error 
 		}
 		return fmt.Errorf("sagas: save %s/%s: %w", i.Type, i.ID, err)
 	}
-	if err := s.out.Write(ctx, tx, ch.Messages...); err != nil {
-		return fmt.Errorf("sagas: commands of %s/%s: %w", i.Type, i.ID, err)
-	}
 	return nil
+}
+
+// batchExecer queues statements on a batch (outbox.Execer), so the
+// outbox insert travels with the transition's other writes.
+type batchExecer struct{ b *pgx.Batch }
+
+func (e batchExecer) Exec(_ context.Context, sql string, args ...any) (pgconn.CommandTag, error) {
+	e.b.Queue(sql, args...)
+	return pgconn.CommandTag{}, nil
 }
 
 // FireTimers implements Store. Concurrent callers skip each other's

@@ -24,12 +24,12 @@ type backend struct {
 	cleanup func()
 }
 
-func memoryBackend(t *testing.T) backend {
+func memoryBackend(t testing.TB) backend {
 	m := NewMemoryStore()
 	return backend{store: m, outbox: func(*testing.T) []outbox.Message { return m.Pending() }}
 }
 
-func postgresBackend(t *testing.T) backend {
+func postgresBackend(t testing.TB) backend {
 	pool := testenv.Pool(t)
 	pg := pgtest.Store(t, pool)
 	s, err := NewPostgresStore(pool, pg.Schema())
@@ -54,7 +54,7 @@ func postgresBackend(t *testing.T) backend {
 
 // TestStoreConformance runs the same checks on both stores.
 func TestStoreConformance(t *testing.T) {
-	for name, mk := range map[string]func(*testing.T) backend{"memory": memoryBackend, "postgres": postgresBackend} {
+	for name, mk := range map[string]func(testing.TB) backend{"memory": memoryBackend, "postgres": postgresBackend} {
 		t.Run(name, func(t *testing.T) {
 			t.Run("apply", func(t *testing.T) { testApply(t, mk(t)) })
 			t.Run("timers", func(t *testing.T) { testTimers(t, mk(t)) })
