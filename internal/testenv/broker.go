@@ -73,6 +73,25 @@ func freePort(t testing.TB) int {
 // fails under ORCHESTRIX_REQUIRE_SERVICES=1.
 func OwnBroker(t *testing.T) *KafkaProcess {
 	t.Helper()
+	return ownBroker(t, brokerExtras{})
+}
+
+// brokerExtras are what a variant of the test's broker adds: listeners
+// (name, protocol, port), server properties and arguments to the storage
+// tool's format (SCRAM users).
+type brokerExtras struct {
+	listeners []extraListener
+	props     string
+	format    []string
+}
+
+type extraListener struct {
+	name, protocol string
+	port           int
+}
+
+func ownBroker(t *testing.T, extra brokerExtras) *KafkaProcess {
+	t.Helper()
 	libs, err := kafkaLibs()
 	java, jerr := findJava()
 	if err == nil && jerr != nil {
@@ -89,14 +108,22 @@ func OwnBroker(t *testing.T) *KafkaProcess {
 	b := &KafkaProcess{java: java, libs: libs, dir: dir, port: freePort(t),
 		props: filepath.Join(dir, "server.properties"), log4j: filepath.Join(dir, "log4j2.properties")}
 	ctrl := freePort(t)
+	listeners := fmt.Sprintf("PLAINTEXT://127.0.0.1:%d,CONTROLLER://127.0.0.1:%d", b.port, ctrl)
+	advertised := fmt.Sprintf("PLAINTEXT://127.0.0.1:%d", b.port)
+	protocols := "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT"
+	for _, l := range extra.listeners {
+		listeners += fmt.Sprintf(",%s://127.0.0.1:%d", l.name, l.port)
+		advertised += fmt.Sprintf(",%s://127.0.0.1:%d", l.name, l.port)
+		protocols += "," + l.name + ":" + l.protocol
+	}
 	props := fmt.Sprintf(`process.roles=broker,controller
 node.id=1
 controller.quorum.bootstrap.servers=127.0.0.1:%[2]d
 controller.listener.names=CONTROLLER
-listeners=PLAINTEXT://127.0.0.1:%[1]d,CONTROLLER://127.0.0.1:%[2]d
-advertised.listeners=PLAINTEXT://127.0.0.1:%[1]d
+listeners=%[4]s
+advertised.listeners=%[5]s
 inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+listener.security.protocol.map=%[6]s
 log.dirs=%[3]s
 num.partitions=1
 auto.create.topics.enable=false
@@ -114,7 +141,7 @@ broker.session.timeout.ms=2000
 broker.heartbeat.interval.ms=500
 num.network.threads=2
 num.io.threads=2
-`, b.port, ctrl, filepath.Join(dir, "data"))
+`, b.port, ctrl, filepath.Join(dir, "data"), listeners, advertised, protocols) + extra.props
 	log4j := fmt.Sprintf(`status = warn
 appender.file.type = File
 appender.file.name = FILE
@@ -142,8 +169,8 @@ logger.statechange.level = WARN
 		_, _ = rand.Read(id[:])
 		clusterID = base64.RawURLEncoding.EncodeToString(id[:])
 	}
-	format := exec.Command(java, b.jvmOpts("kafka.tools.StorageTool", "format", "--standalone",
-		"-t", clusterID, "-c", b.props)...)
+	format := exec.Command(java, b.jvmOpts("kafka.tools.StorageTool", append([]string{"format", "--standalone",
+		"-t", clusterID, "-c", b.props}, extra.format...)...)...)
 	if out, err := format.CombinedOutput(); err != nil {
 		t.Fatalf("format the broker's data dir: %v\n%s", err, out)
 	}
