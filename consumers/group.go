@@ -432,7 +432,7 @@ func (g *Group) brokersDown(err error) {
 			"seeds", g.cfg.seeds, "down for", now.Sub(since).Round(time.Millisecond), "err", err)
 	}
 	if first && g.cfg.onConn != nil {
-		g.cfg.onConn(false, err)
+		g.callback("OnConnectivity", func() { g.cfg.onConn(false, err) })
 	}
 }
 
@@ -452,7 +452,7 @@ func (g *Group) probe(ctx context.Context) {
 	g.mu.Unlock()
 	g.log.Info("brokers reachable again", "seeds", g.cfg.seeds, "down for", time.Since(since).Round(time.Millisecond))
 	if g.cfg.onConn != nil {
-		g.cfg.onConn(true, nil)
+		g.callback("OnConnectivity", func() { g.cfg.onConn(true, nil) })
 	}
 }
 
@@ -596,7 +596,7 @@ func (g *Group) process(ctx context.Context, fetches kgo.Fetches) error {
 			st.Topic, st.Partition, st.Duration = p.topic, p.partition, time.Since(start)
 			st.Lag = p.hwm - (p.recs[len(p.recs)-1].Offset + 1)
 			if g.cfg.onStats != nil {
-				g.cfg.onStats(st)
+				g.callback("WithStats", func() { g.cfg.onStats(st) })
 			}
 			mu.Lock()
 			defer mu.Unlock()

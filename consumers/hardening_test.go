@@ -599,3 +599,27 @@ func testOriginDeadLetterCrash(t *testing.T, seeds []string, o consumers.Orderin
 		t.Errorf("dead letters %v, want a0 once", dlq)
 	}
 }
+
+// TestCallbackPanics: a panicking WithStats callback is logged, not fatal:
+// the group handles and commits every record. (Before, it ended the
+// process.)
+func TestCallbackPanics(t *testing.T) {
+	seeds := testenv.FakeBrokers(t)
+	topic := testenv.Topic(t, seeds, 2, nil)
+	group := testenv.Name("g")
+	createTopics(t, seeds, 1, consumers.DeadLetterTopic(topic, group))
+	produce(t, seeds, topic, 4, 5)
+	logs := &syncBuffer{}
+	g, err := consumers.New(seeds, group, []string{topic}, consumers.HandlerFunc(func(context.Context, *kgo.Record) error { return nil }),
+		consumers.WithStats(func(consumers.Stats) { panic("stats sink broken") }),
+		consumers.WithLogger(slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelError}))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := runGroup(t, g, func() bool { return committed(t, seeds, group, topic) == 20 }); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(logs.String(), "WithStats callback panicked") || !strings.Contains(logs.String(), "stats sink broken") {
+		t.Fatalf("logs lack the callback's panic:\n%s", logs)
+	}
+}

@@ -15,7 +15,8 @@ const MaxStackLength = 4096
 
 // PanicError is the error of a handler call that panicked: the runtime
 // recovers a panic in Handle, HandleBatch or PartitionsRevoked (and so in
-// whatever they call: decide, evolve, a codec), so that one bad record does
+// whatever they call: decide, evolve, a codec), and logs one in a WithStats
+// or OnConnectivity callback, so that one bad record does
 // not kill the process and, redelivered after every restart, kill it
 // again. It is permanent (IsPermanent): the record is dead-lettered with
 // reason "panic", the panic value in HeaderError and the stack in
@@ -101,4 +102,15 @@ func (g *Group) partitionsRevoked(pa PartitionAware, topic string, parts []int32
 		}
 	}()
 	pa.PartitionsRevoked(topic, parts)
+}
+
+// callback runs a callback the user gave an option (WithStats,
+// OnConnectivity), logging a panic instead of ending the process.
+func (g *Group) callback(option string, f func()) {
+	defer func() {
+		if v := recover(); v != nil {
+			g.log.Error(option+" callback panicked", "panic", fmt.Sprint(v), "stack", string(newPanicError(v).Stack))
+		}
+	}()
+	f()
 }
