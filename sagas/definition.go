@@ -102,6 +102,7 @@ type Definition[S any] struct {
 	comp    Policy
 	compTO  time.Duration
 	events  map[string]func(S, orchestrix.Event) (S, error)
+	starts  map[string]func(orchestrix.Event) (string, S, bool)
 }
 
 // Option configures a Definition.
@@ -125,6 +126,51 @@ func OnEvent[S any](eventType string, f func(S, orchestrix.Event) (S, error)) Op
 		}
 		d.events[eventType] = f
 	}
+}
+
+// StartOn starts an instance when a domain event of eventType is
+// forwarded (a Forwarder reading the events topic): f returns the saga ID
+// and the initial state, or ok false to start nothing. The start's input
+// ID is "start:<saga ID>", so an event delivered twice, or a saga also
+// started with Runtime.Start, starts one instance. The event's payload is
+// decoded with the runtime's registry when its type is registered.
+func StartOn[S any](eventType string, f func(e orchestrix.Event) (sagaID string, s S, ok bool)) Option[S] {
+	return func(d *Definition[S]) {
+		if d.starts == nil {
+			d.starts = map[string]func(orchestrix.Event) (string, S, bool){}
+		}
+		d.starts[eventType] = f
+	}
+}
+
+// StartFrom maps an event to the start of an instance (see StartOn): ok
+// is false when eventType starts nothing or f declined.
+func (d *Definition[S]) StartFrom(e orchestrix.Event) (sagaID string, state json.RawMessage, ok bool, err error) {
+	f := d.starts[e.Type]
+	if f == nil {
+		return "", nil, false, nil
+	}
+	id, s, ok := f(e)
+	if !ok {
+		return "", nil, false, nil
+	}
+	if err := orchestrix.CheckID("saga id", id); err != nil {
+		return "", nil, false, fmt.Errorf("sagas: %s start from event %s: %w", d.typ, e.ID, err)
+	}
+	b, err := json.Marshal(s)
+	if err != nil {
+		return "", nil, false, fmt.Errorf("sagas: %s start from event %s: %w: %w", d.typ, e.ID, orchestrix.ErrInvalid, err)
+	}
+	return id, b, true, nil
+}
+
+// StartTypes returns the event types that start an instance.
+func (d *Definition[S]) StartTypes() []string {
+	out := make([]string, 0, len(d.starts))
+	for et := range d.starts {
+		out = append(out, et)
+	}
+	return out
 }
 
 // typeName is what a saga type may be named: it is part of topic names
@@ -174,6 +220,11 @@ func Define[S any](typ string, version int, steps []Step[S], opts ...Option[S]) 
 	for et, f := range d.events {
 		if et == "" || f == nil {
 			errs = append(errs, fmt.Errorf("OnEvent(%q): empty type or nil function", et))
+		}
+	}
+	for et, f := range d.starts {
+		if et == "" || f == nil {
+			errs = append(errs, fmt.Errorf("StartOn(%q): empty type or nil function", et))
 		}
 	}
 	if err := errors.Join(errs...); err != nil {

@@ -18,8 +18,9 @@ import (
 // names an instance of a saga type it serves ("saga:<type>:<id>") is
 // re-published to that type's inbox topic keyed by the saga ID, so all
 // of one instance's inputs meet on one partition, in the order they are
-// forwarded; events only when the definition reacts to their type.
-// Everything else is skipped. It produces each record synchronously
+// forwarded; events only when the definition reacts to their type. An
+// event of a type a definition starts on (StartOn) becomes a start
+// record on that inbox. Everything else is skipped. It produces each record synchronously
 // before returning, so the group commits the source offset only after
 // the copy is acknowledged; a crash in between forwards it again, and
 // the inbox makes the copy harmless.
@@ -29,13 +30,15 @@ type Forwarder struct {
 	events   string
 	inbox    map[string]string          // saga type -> inbox topic
 	types    map[string]map[string]bool // saga type -> event types
+	starts   map[string][]*Runtime      // event type -> runtimes it starts an instance of
 }
 
 // NewForwarder returns a forwarder producing with client, reading
 // outcomes from outcomesTopic and events from eventsTopic (either may be
 // empty), for the sagas of runtimes.
 func NewForwarder(client *kgo.Client, outcomesTopic, eventsTopic string, runtimes ...*Runtime) (*Forwarder, error) {
-	f := &Forwarder{client: client, outcomes: outcomesTopic, events: eventsTopic, inbox: map[string]string{}, types: map[string]map[string]bool{}}
+	f := &Forwarder{client: client, outcomes: outcomesTopic, events: eventsTopic, inbox: map[string]string{}, types: map[string]map[string]bool{},
+		starts: map[string][]*Runtime{}}
 	var errs []error
 	if client == nil {
 		errs = append(errs, errors.New("nil client"))
@@ -57,6 +60,9 @@ func NewForwarder(client *kgo.Client, outcomesTopic, eventsTopic string, runtime
 			for _, et := range d.EventTypes() {
 				f.types[r.typ][et] = true
 			}
+		}
+		for _, et := range r.latest.StartTypes() {
+			f.starts[et] = append(f.starts[et], r)
 		}
 	}
 	if err := errors.Join(errs...); err != nil {
@@ -102,13 +108,28 @@ func (f *Forwarder) Handle(ctx context.Context, rec *kgo.Record) error {
 		if err != nil {
 			return consumers.Permanent(fmt.Errorf("sagas: event at %s/%d/%d: %w", rec.Topic, rec.Partition, rec.Offset, err))
 		}
+		var outs []*kgo.Record
+		for _, r := range f.starts[e.Type] {
+			m, ok, err := r.startFrom(e)
+			if err != nil {
+				return consumers.Permanent(fmt.Errorf("sagas: event at %s/%d/%d: %w", rec.Topic, rec.Partition, rec.Offset, err))
+			}
+			if ok {
+				outs = append(outs, &kgo.Record{Topic: m.Topic, Key: m.Key, Value: m.Value, Headers: m.Headers})
+			}
+		}
 		typ, id, ok := ParseCorrelation(e.CorrelationID)
-		topic, served := f.inbox[typ]
-		if !ok || !served || !f.types[typ][e.Type] {
+		if topic, served := f.inbox[typ]; ok && served && f.types[typ][e.Type] {
+			m := InboxMessage(topic, id, KindEvent, "event:"+e.ID, rec.Value)
+			outs = append(outs, &kgo.Record{Topic: m.Topic, Key: m.Key, Value: m.Value, Headers: append(append([]kgo.RecordHeader(nil), rec.Headers...), m.Headers...)})
+		}
+		if len(outs) == 0 {
 			return nil
 		}
-		m := InboxMessage(topic, id, KindEvent, "event:"+e.ID, rec.Value)
-		out = &kgo.Record{Topic: m.Topic, Key: m.Key, Value: m.Value, Headers: append(append([]kgo.RecordHeader(nil), rec.Headers...), m.Headers...)}
+		if err := f.client.ProduceSync(ctx, outs...).FirstErr(); err != nil {
+			return fmt.Errorf("sagas: forward event %s: %w", e.ID, err)
+		}
+		return nil
 	default:
 		return nil
 	}

@@ -93,3 +93,79 @@ func TestForwarder(t *testing.T) {
 		t.Fatalf("after the event: %s %v", i.State, err)
 	}
 }
+
+type orderPlaced struct {
+	Order  string `json:"order"`
+	Amount int64  `json:"amount"`
+}
+
+// TestStartOnEvent: an event of a StartOn type becomes a start record on
+// the inbox; delivered twice (and started by Start too), it starts one
+// instance with the state the mapping built from the decoded payload.
+func TestStartOnEvent(t *testing.T) {
+	seeds := testenv.FakeBrokers(t)
+	cl := testenv.Client(t, seeds, kgo.ProducerLinger(0))
+	ctx := t.Context()
+	if _, err := kadm.NewClient(cl).CreateTopics(ctx, 1, 1, nil, "transfer.saga-inbox"); err != nil {
+		t.Fatal(err)
+	}
+	reg := codec.NewRegistry()
+	for _, err := range []error{codec.RegisterJSON[debit](reg, "t.Debit"), codec.RegisterJSON[orderPlaced](reg, "shop.OrderPlaced")} {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	d := testDef(t, StartOn("shop.OrderPlaced", func(e orchestrix.Event) (string, xfer, bool) {
+		o, ok := e.Payload.(orderPlaced)
+		return "order-" + o.Order, xfer{From: "shop", To: "bank", Amount: o.Amount}, ok && o.Amount > 0
+	}))
+	store := NewMemoryStore()
+	rt, err := NewRuntime(store, reg, []Saga{d})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := NewForwarder(cl, "", "shop.events", rt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	event := func(id string, p orderPlaced) *kgo.Record {
+		e := orchestrix.Event{Metadata: orchestrix.Metadata{ID: id, Source: "/shop", Time: time.Now()}, StreamID: p.Order, Version: 1, Payload: p}
+		if err := reg.EncodeEvent(&e); err != nil {
+			t.Fatal(err)
+		}
+		r, err := codec.EventToRecord("shop.events", e)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	for _, r := range []*kgo.Record{event("e1", orderPlaced{"7", 25}), event("e1", orderPlaced{"7", 25}), event("e2", orderPlaced{"8", 0})} {
+		if err := f.Handle(ctx, r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	read := testenv.Client(t, seeds, kgo.ConsumeTopics("transfer.saga-inbox"))
+	var got []*kgo.Record
+	for len(got) < 2 {
+		fs := read.PollFetches(ctx)
+		if err := fs.Err0(); err != nil {
+			t.Fatal(err)
+		}
+		fs.EachRecord(func(r *kgo.Record) { got = append(got, r) })
+	}
+	for _, r := range got {
+		if header(r, HeaderKind) != "start" || header(r, HeaderInput) != "start:order-7" {
+			t.Fatalf("forwarded %+v", r)
+		}
+		if err := rt.Handle(ctx, r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := rt.Start(ctx, "order-7", xfer{Amount: 99}); err != nil {
+		t.Fatal(err)
+	}
+	list, err := store.List(ctx, Filter{})
+	if err != nil || len(list) != 1 || !strings.Contains(string(list[0].State), `"Amount":25`) {
+		t.Fatalf("instances %+v %v", list, err)
+	}
+}

@@ -21,6 +21,8 @@ type Saga interface {
 	Type() string
 	Version() int
 	EventTypes() []string
+	StartTypes() []string
+	StartFrom(e orchestrix.Event) (sagaID string, state json.RawMessage, ok bool, err error)
 	Transition(inst *Instance, in Input, now time.Time) (Decision, error)
 }
 
@@ -360,6 +362,19 @@ func (r *Runtime) decode(rec *kgo.Record) (Input, error) {
 		return Input{}, fmt.Errorf("sagas: inbox record %s/%d/%d of kind %q: %w", rec.Topic, rec.Partition, rec.Offset, in.Kind, orchestrix.ErrUnknownType)
 	}
 	return in, nil
+}
+
+// startFrom returns the inbox record that starts an instance from e, if
+// the latest definition starts one on e's type.
+func (r *Runtime) startFrom(e orchestrix.Event) (outbox.Message, bool, error) {
+	if err := r.reg.DecodeEvent(&e); err != nil && !errors.Is(err, orchestrix.ErrUnknownType) {
+		return outbox.Message{}, false, err
+	}
+	id, state, ok, err := r.latest.StartFrom(e)
+	if err != nil || !ok {
+		return outbox.Message{}, false, err
+	}
+	return InboxMessage(r.inbox, id, KindStart, startID(id), state), true, nil
 }
 
 // timerMessage is the inbox record of a fired timer.
