@@ -27,6 +27,7 @@ func commands() []command {
 		{"topics", "create or describe a context's topics (topics create|describe)", runTopics},
 		{"relay", "publish the store's committed events (and outbox table) to Kafka until SIGTERM", runRelay},
 		{"dlq", "inspect, redrive or purge a dead-letter topic (dlq list|show|redrive|purge)", runDLQ},
+		{"groups", "describe a consumer group or reset its offsets (groups describe|reset; a plan unless --execute, refused on an active group)", runGroups},
 		{"replay", "copy a slice of a topic to another topic exactly once, resumable (plan by default, --dry-run, --execute)", runReplay},
 		{"sagas", "inspect saga instances; retry or resolve a failed compensation (sagas list|show|retry|resolve|timers)", runSagas},
 	}
