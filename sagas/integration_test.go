@@ -51,7 +51,10 @@ type env struct {
 	adm   *kadm.Client
 }
 
-func newEnv(t *testing.T) *env {
+func newEnv(t *testing.T) *env { return newEnvN(t, 1) }
+
+// newEnvN is newEnv with an inbox of the given partitions.
+func newEnvN(t testing.TB, inboxPartitions int32) *env {
 	t.Helper()
 	seeds := testenv.Brokers(t)
 	pool := testenv.Pool(t)
@@ -63,7 +66,7 @@ func newEnv(t *testing.T) *env {
 	e.adm = kadm.NewClient(testenv.Client(t, seeds))
 	inbox := sagas.InboxTopic(e.typ)
 	specs := append(topics.ForContext(e.bc, 4, 1),
-		topics.Spec{Name: inbox, Partitions: 1, ReplicationFactor: 1}, // one partition: every saga shares it
+		topics.Spec{Name: inbox, Partitions: inboxPartitions, ReplicationFactor: 1}, // newEnv: one partition, every saga shares it
 		topics.Spec{Name: e.bc + ".nowhere", Partitions: 1, ReplicationFactor: 1},
 		topics.Spec{Name: consumers.DeadLetterTopic(topics.Commands(e.bc), e.bc+"-aggregates"), Partitions: 1, ReplicationFactor: 1},
 		topics.Spec{Name: consumers.DeadLetterTopic(inbox, e.bc+"-sagas"), Partitions: 1, ReplicationFactor: 1},
@@ -136,7 +139,7 @@ func (e *env) runtime(t testing.TB, d *sagas.Definition[Transfer]) *sagas.Runtim
 	return rt
 }
 
-func newRuntime(pool *pgxpool.Pool, schema string, reg *codec.Registry, d *sagas.Definition[Transfer], log *slog.Logger) (*sagas.Runtime, error) {
+func newRuntime(pool *pgxpool.Pool, schema string, reg *codec.Registry, d *sagas.Definition[Transfer], log *slog.Logger, opts ...sagas.RuntimeOption) (*sagas.Runtime, error) {
 	st, err := sagas.NewPostgresStore(pool, schema)
 	if err != nil {
 		return nil, err
@@ -145,7 +148,8 @@ func newRuntime(pool *pgxpool.Pool, schema string, reg *codec.Registry, d *sagas
 	if err != nil {
 		return nil, err
 	}
-	return sagas.NewRuntime(st, reg, []sagas.Saga{d}, sagas.WithElector(el), sagas.TimerPoll(100*time.Millisecond, 1000), sagas.WithLogger(log))
+	return sagas.NewRuntime(st, reg, []sagas.Saga{d}, append([]sagas.RuntimeOption{sagas.WithElector(el), sagas.TimerPoll(100*time.Millisecond, 1000),
+		sagas.WithLogger(log)}, opts...)...)
 }
 
 func testLogger(t testing.TB) *slog.Logger {
@@ -272,7 +276,7 @@ func (p *process) stop() {
 	p.wg.Wait()
 }
 
-func (p *process) check(t *testing.T) {
+func (p *process) check(t testing.TB) {
 	t.Helper()
 	p.mu.Lock()
 	defer p.mu.Unlock()
