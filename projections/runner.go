@@ -36,9 +36,9 @@ type Runner[T any] struct {
 
 // shardState is what WaitForNonStale watches.
 type shardState struct {
-	// caughtUp is the start time of the last read that found the shard at
-	// the end of the log.
-	caughtUp time.Time
+	// caughtUp is the mark (Source.mark) of the last read that found the
+	// shard at the end of its source.
+	caughtUp uint64
 	err      error // a stopped shard's poison error
 }
 
@@ -225,7 +225,6 @@ func (r *Runner[T]) lead(ctx context.Context, term stores.Term, k key, shards in
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		start := time.Now()
 		page, atEnd, err := rd.read(ctx)
 		if err != nil {
 			return fmt.Errorf("projections: %s v%d shard %d: %w", r.name, k.version, k.shard, err)
@@ -236,7 +235,7 @@ func (r *Runner[T]) lead(ctx context.Context, term stores.Term, k key, shards in
 				if !errors.As(err, &pe) {
 					return err
 				}
-				r.setState(k, start, false, pe)
+				r.setState(k, 0, pe)
 				log.Error("shard stopped on a poison event", "err", err)
 				if !sleep(ctx, r.cfg.retryStopped) {
 					return ctx.Err()
@@ -246,11 +245,11 @@ func (r *Runner[T]) lead(ctx context.Context, term stores.Term, k key, shards in
 				}
 				continue
 			}
-			r.setState(k, start, false, nil)
+			r.setState(k, 0, nil)
 			lastBeat = time.Now()
 		}
-		if atEnd {
-			r.setState(k, start, true, nil)
+		if atEnd > 0 {
+			r.setState(k, atEnd, nil)
 			if time.Since(lastRetries) > time.Second {
 				lastRetries = time.Now()
 				if err := s.applyRetries(ctx); err != nil {
@@ -283,12 +282,12 @@ func sleep(ctx context.Context, d time.Duration) bool {
 	}
 }
 
-func (r *Runner[T]) setState(k key, readStart time.Time, caughtUp bool, poison *PoisonError) {
+func (r *Runner[T]) setState(k key, caughtUp uint64, poison *PoisonError) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	st := &r.versions[k.version][k.shard]
-	if caughtUp {
-		st.caughtUp = readStart
+	if caughtUp > 0 {
+		st.caughtUp = caughtUp
 	}
 	if poison != nil {
 		st.err = poison
@@ -300,15 +299,20 @@ func (r *Runner[T]) setState(k key, readStart time.Time, caughtUp bool, poison *
 }
 
 // WaitForNonStale blocks until every shard of every version this runner
-// builds (at least its own Version) has applied every event that the
-// store's ReadAll could read when the call began, or returns the poison
-// error of a stopped shard, or ctx's error. An event committed before the
-// call is covered once the store's gap-safe horizon has passed it (see
-// stores/postgres: a long-running transaction delays that). Tests and
-// read-your-writes callers use it; it watches this process's shards, so
-// call it where Run runs and this process leads the shards.
+// builds (at least its own Version) has applied every event committed
+// before the call, or returns the poison error of a stopped shard, or
+// ctx's error. With a PostgreSQL store that means a read whose gap-safe
+// horizon passed every transaction that existed at the call, so a
+// long-running transaction anywhere in the cluster delays it (see
+// stores/postgres); with a topic, a read that found the partition's last
+// stable offset reached after the call began. Tests and read-your-writes
+// callers use it; it watches this process's shards, so call it where Run
+// runs and this process leads the shards.
 func (r *Runner[T]) WaitForNonStale(ctx context.Context) error {
-	since := time.Now()
+	since, err := r.source.mark(ctx)
+	if err != nil {
+		return fmt.Errorf("projections: %s: wait: %w", r.name, err)
+	}
 	for {
 		r.mu.Lock()
 		_, done := r.versions[r.cfg.version]
@@ -319,7 +323,7 @@ func (r *Runner[T]) WaitForNonStale(ctx context.Context) error {
 				if st.err != nil {
 					err = st.err
 				}
-				if !st.caughtUp.After(since) {
+				if st.caughtUp < since {
 					done = false
 				}
 			}

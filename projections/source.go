@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/orchestrix/orchestrix"
 	"github.com/orchestrix/orchestrix/codec"
 	"github.com/orchestrix/orchestrix/stores"
@@ -25,13 +26,18 @@ type Source interface {
 	// partitions), or 0 when the Runner's Shards option decides.
 	shards(ctx context.Context) (int, error)
 	open(ctx context.Context, shard, shards int, cursor string, batch int) (reader, error)
+	// mark returns where "now" is for WaitForNonStale: a shard is caught
+	// up with a call once it has read to the end with a mark at least
+	// the call's.
+	mark(ctx context.Context) (uint64, error)
 }
 
 // reader reads one shard's share of a source from a cursor.
 type reader interface {
-	// read returns the next page and whether it reached the end of what
-	// is readable now.
-	read(ctx context.Context) (page []item, atEnd bool, err error)
+	// read returns the next page and, when it reached the end of what is
+	// readable, a mark (see Source.mark) that the end covers; 0 if not at
+	// the end.
+	read(ctx context.Context) (page []item, atEnd uint64, err error)
 	// rewind makes the next read start after cursor (the last committed
 	// one) again.
 	rewind(cursor string) error
@@ -57,6 +63,23 @@ type storeSource struct{ store stores.EventStore }
 func (s storeSource) kind() string                            { return SourceStore }
 func (s storeSource) shards(ctx context.Context) (int, error) { return 0, nil }
 
+// pooled is a store on a PostgreSQL pool (stores/postgres): its gap-safe
+// ReadAll reads below the oldest running transaction, so the marks are
+// transaction IDs, not times.
+type pooled interface{ Pool() *pgxpool.Pool }
+
+// mark: for PostgreSQL, the xmax of the current snapshot: every
+// transaction committed before the call has a lower ID, and a read whose
+// horizon (xmin) is at least this sees all of them. Elsewhere, the time.
+func (s storeSource) mark(ctx context.Context) (uint64, error) {
+	if p, ok := s.store.(pooled); ok {
+		var x uint64
+		err := p.Pool().QueryRow(ctx, "SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint").Scan(&x)
+		return x, err
+	}
+	return uint64(time.Now().UnixNano()), nil
+}
+
 func (s storeSource) open(ctx context.Context, shard, shards int, cursor string, batch int) (reader, error) {
 	r := &storeReader{store: s.store, shard: shard, shards: shards, batch: batch}
 	if cursor != "" {
@@ -70,21 +93,34 @@ func (s storeSource) open(ctx context.Context, shard, shards int, cursor string,
 }
 
 type storeReader struct {
+	src                  storeSource
 	store                stores.EventStore
 	cursor               stores.Cursor
 	shard, shards, batch int
 }
 
-func (r *storeReader) read(ctx context.Context) ([]item, bool, error) {
+func (r *storeReader) read(ctx context.Context) ([]item, uint64, error) {
+	var horizon uint64
+	if p, ok := r.store.(pooled); ok {
+		// The horizon before the read: the read's own is at least this.
+		if err := p.Pool().QueryRow(ctx, "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint").Scan(&horizon); err != nil {
+			return nil, 0, fmt.Errorf("read horizon: %w", err)
+		}
+	} else {
+		horizon = uint64(time.Now().UnixNano())
+	}
 	out := make([]item, 0, r.batch)
 	for e, err := range r.store.ReadAll(ctx, r.cursor, r.batch) {
 		if err != nil {
-			return nil, false, fmt.Errorf("read: %w", err)
+			return nil, 0, fmt.Errorf("read: %w", err)
 		}
 		out = append(out, item{event: e.Event, cursor: e.Cursor.String(), mine: ShardOf(e.StreamID, r.shards) == r.shard})
 		r.cursor = e.Cursor
 	}
-	return out, len(out) < r.batch, nil
+	if len(out) < r.batch {
+		return out, horizon, nil
+	}
+	return out, 0, nil
 }
 
 func (r *storeReader) rewind(cursor string) error {
@@ -120,6 +156,10 @@ type topicSource struct {
 }
 
 func (s topicSource) kind() string { return "topic:" + s.topic }
+
+func (s topicSource) mark(ctx context.Context) (uint64, error) {
+	return uint64(time.Now().UnixNano()), nil
+}
 
 func (s topicSource) shards(ctx context.Context) (int, error) {
 	cl, err := kgo.NewClient(append([]kgo.Opt{kgo.SeedBrokers(s.seeds...)}, s.opts...)...)
@@ -169,6 +209,7 @@ type topicReader struct {
 	partition int32
 	batch     int
 	next      int64 // the offset after the last record read
+	endMark   uint64
 }
 
 func (r *topicReader) rewind(cursor string) error {
@@ -188,7 +229,16 @@ func (r *topicReader) rewind(cursor string) error {
 // end of the partition.
 const topicWait = 100 * time.Millisecond
 
-func (r *topicReader) read(ctx context.Context) ([]item, bool, error) {
+func (r *topicReader) read(ctx context.Context) ([]item, uint64, error) {
+	items, atEnd, err := r.readPage(ctx)
+	if err != nil || !atEnd {
+		return items, 0, err
+	}
+	return items, r.endMark, nil
+}
+
+func (r *topicReader) readPage(ctx context.Context) ([]item, bool, error) {
+	r.endMark = uint64(time.Now().UnixNano())
 	pctx, cancel := context.WithTimeout(ctx, topicWait)
 	defer cancel()
 	fs := r.cl.PollRecords(pctx, r.batch)
@@ -227,6 +277,7 @@ func (r *topicReader) read(ctx context.Context) ([]item, bool, error) {
 		// Nothing came within the wait: the end only if the partition's
 		// last stable offset is at most one past the next offset (one
 		// transaction marker follows the last record of a transaction).
+		r.endMark = uint64(time.Now().UnixNano())
 		lso, err := kadm.NewClient(r.cl).ListCommittedOffsets(ctx, r.topic)
 		if err != nil {
 			return nil, false, fmt.Errorf("list offsets of %s: %w", r.topic, err)
