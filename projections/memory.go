@@ -222,7 +222,8 @@ func (m *Memory) claim(ctx context.Context, k key, owner string) (claim, error) 
 	}
 	cp.OwnerEpoch++
 	cp.Owner, cp.Heartbeat = owner, time.Now()
-	return claim{epoch: cp.OwnerEpoch, cursor: cp.Cursor, status: m.vers[k.projection][k.version].Status}, nil
+	v := m.vers[k.projection][k.version]
+	return claim{epoch: cp.OwnerEpoch, cursor: cp.Cursor, status: v.Status, created: v.CreatedAt}, nil
 }
 
 func (m *Memory) fence(k key, epoch int64, p progress, parked int) (string, error) {

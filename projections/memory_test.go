@@ -117,6 +117,11 @@ func TestRebuildEqualsIncrementalProperty(t *testing.T) {
 		}
 		done := make(chan error, 1)
 		go func() { done <- r.Run(ctx) }()
+		// Events appended before the version registered would be history
+		// (Replaying); wait for the registration first.
+		if err := r.WaitForNonStale(ctx); err != nil {
+			rt.Fatal(err)
+		}
 		total := 0
 		for i, n := 0, rapid.IntRange(1, 8).Draw(rt, "steps"); i < n; i++ {
 			for _, a := range rapid.SliceOfN(rapid.IntRange(0, 9), 1, 10).Draw(rt, "appends") {

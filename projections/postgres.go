@@ -116,8 +116,9 @@ const statusSub = "(SELECT status FROM %s v WHERE v.projection = $1 AND v.versio
 func (p *Postgres) claim(ctx context.Context, k key, owner string) (claim, error) {
 	var c claim
 	err := p.pool.QueryRow(ctx, "UPDATE "+p.t("projection_checkpoints")+` SET owner_epoch = owner_epoch + 1, owner = $4, heartbeat_at = now()
-		WHERE projection = $1 AND version = $2 AND shard = $3 RETURNING owner_epoch, cursor, `+fmt.Sprintf(statusSub, p.t("projection_versions")),
-		k.projection, k.version, k.shard, owner).Scan(&c.epoch, &c.cursor, &c.status)
+		WHERE projection = $1 AND version = $2 AND shard = $3 RETURNING owner_epoch, cursor, `+fmt.Sprintf(statusSub, p.t("projection_versions"))+`,
+		(SELECT created_at FROM `+p.t("projection_versions")+` v WHERE v.projection = $1 AND v.version = $2)`,
+		k.projection, k.version, k.shard, owner).Scan(&c.epoch, &c.cursor, &c.status, &c.created)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return c, fmt.Errorf("projections: %s v%d shard %d: %w", k.projection, k.version, k.shard, ErrUnknownProjection)
 	}

@@ -58,9 +58,13 @@ type Batch struct {
 	Version    int
 	Shard      int
 	Events     []orchestrix.Event
-	// Replaying is true unless this version is the active one: while a
-	// version builds (blue/green rebuild) or after it was retired. Handlers
-	// must not cause side effects (e-mails, commands) then.
+	// Replaying is true when the batch replays history: the version is
+	// not the active one (it builds beside it, blue/green, or was
+	// retired), or its events are older (by Event.Time) than the
+	// version's registration, as when a new projection catches up on the
+	// existing log. A page straddling that time is split so that no batch
+	// mixes the two. Handlers must not cause side effects (e-mails,
+	// commands) while replaying.
 	Replaying bool
 }
 
@@ -262,9 +266,10 @@ type progress struct {
 
 // claim is a checkpoint as a new owner found it.
 type claim struct {
-	epoch  int64
-	cursor string
-	status string // the version's status
+	epoch   int64
+	cursor  string
+	status  string    // the version's status
+	created time.Time // the version's registration
 }
 
 // DeadLetter is a parked event.

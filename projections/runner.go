@@ -219,7 +219,7 @@ func (r *Runner[T]) lead(ctx context.Context, term stores.Term, k key, shards in
 		return fmt.Errorf("projections: %s v%d shard %d: %w", r.name, k.version, k.shard, err)
 	}
 	defer rd.close()
-	s := &shardRun[T]{r: r, k: k, epoch: c.epoch, status: c.status, cursor: c.cursor, log: log}
+	s := &shardRun[T]{r: r, k: k, epoch: c.epoch, status: c.status, created: c.created, cursor: c.cursor, log: log}
 	lastBeat, lastRetries := time.Now(), time.Time{}
 	for {
 		if err := ctx.Err(); err != nil {
@@ -345,12 +345,13 @@ func (r *Runner[T]) WaitForNonStale(ctx context.Context) error {
 
 // shardRun is one term of one shard.
 type shardRun[T any] struct {
-	r      *Runner[T]
-	k      key
-	epoch  int64
-	cursor string // the last committed
-	status string
-	log    *slog.Logger
+	r       *Runner[T]
+	k       key
+	epoch   int64
+	cursor  string // the last committed
+	status  string
+	created time.Time // the version's registration
+	log     *slog.Logger
 }
 
 // handlerError marks an error returned by the user's handler (as opposed
@@ -361,7 +362,8 @@ func (e *handlerError) Error() string { return e.err.Error() }
 func (e *handlerError) Unwrap() error { return e.err }
 
 func (s *shardRun[T]) batch(events []orchestrix.Event) Batch {
-	return Batch{Projection: s.r.name, Version: s.k.version, Shard: s.k.shard, Events: events, Replaying: s.status != "active"}
+	replaying := s.status != "active" || (len(events) > 0 && events[len(events)-1].Time.Before(s.created))
+	return Batch{Projection: s.r.name, Version: s.k.version, Shard: s.k.shard, Events: events, Replaying: replaying}
 }
 
 // commit applies events (maybe none) and moves the checkpoint to p in one
@@ -394,6 +396,16 @@ func progressAt(it item, applied int) progress {
 // handler fails (or a record could not be decoded), event by event to
 // find and handle the poison event.
 func (s *shardRun[T]) apply(ctx context.Context, page []item) error {
+	// A page whose events straddle the version's registration is applied
+	// in two parts, so that no batch mixes replayed and live events.
+	for i := 1; i < len(page); i++ {
+		if page[i-1].event.Time.Before(s.created) && !page[i].event.Time.Before(s.created) {
+			if err := s.apply(ctx, page[:i]); err != nil {
+				return err
+			}
+			return s.apply(ctx, page[i:])
+		}
+	}
 	mine := make([]orchestrix.Event, 0, len(page))
 	idx := make([]int, 0, len(page))
 	bad := false
