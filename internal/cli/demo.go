@@ -39,6 +39,8 @@ type demoConfig struct {
 	quiet                          bool
 	// accountPrefix makes the run's account IDs its own.
 	accountPrefix string
+	// kafka are the TLS and SASL client options for --brokers.
+	kafka []kgo.Opt
 	// runProcessor replaces the processor's Run (tests).
 	runProcessor func(context.Context) error
 }
@@ -63,6 +65,7 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	fs.IntVar(&c.accounts, "accounts", 100, "accounts the commands are spread over")
 	fs.IntVar(&c.partitions, "partitions", 8, "partitions of the demo topics")
 	fs.StringVar(&c.brokers, "brokers", env("KAFKA_BROKERS", ""), "Kafka seed brokers (env KAFKA_BROKERS); empty: an embedded in-process broker (kfake)")
+	sec := kafkaFlags(fs)
 	c.databaseURL = env("DATABASE_URL", "")
 	fs.Var(redact.FlagValue(&c.databaseURL), "database-url", "PostgreSQL `URL` (env DATABASE_URL); empty: the in-memory store")
 	fs.StringVar(&c.schema, "schema", env("ORCHESTRIX_SCHEMA", postgres.DefaultSchema), "schema for the PostgreSQL store, migrated if needed (env ORCHESTRIX_SCHEMA)")
@@ -79,6 +82,15 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		durationIn("timeout", c.timeout, time.Millisecond, math.MaxInt64),
 	); err != nil {
 		return err
+	}
+	var err error
+	if c.kafka, err = sec.options(); err != nil {
+		return err
+	}
+	if c.brokers != "" && sec.secured() {
+		if err := sec.check(ctx, splitBrokers(c.brokers)); err != nil {
+			return err
+		}
 	}
 	if c.accounts > c.commands {
 		return fmt.Errorf("%w: need commands ≥ accounts: the first command of each account opens it (--commands %d, --accounts %d)", errUsage, c.commands, c.accounts)
@@ -196,6 +208,7 @@ func demo(parent context.Context, c demoConfig, stdout, stderr io.Writer) error 
 		defer fake.Close()
 		seeds = fake.ListenAddrs()
 		where = "embedded Kafka (kfake)"
+		c.kafka = nil
 	}
 	// Store: memory unless --database-url.
 	var store stores.EventStore = memory.New()
@@ -217,7 +230,7 @@ func demo(parent context.Context, c demoConfig, stdout, stderr io.Writer) error 
 	}
 	fmt.Fprintf(stdout, "orchestrix demo: %d commands over %d accounts, %d partitions, %s, %s\n", c.commands, c.accounts, c.partitions, where, storeName)
 
-	cl, err := producers.NewClient(seeds)
+	cl, err := producers.NewClient(seeds, c.kafka...)
 	if err != nil {
 		return err
 	}
@@ -244,7 +257,7 @@ func demo(parent context.Context, c demoConfig, stdout, stderr io.Writer) error 
 	}
 	// The processor's outcome producer must not linger: every poll waits
 	// for its outcomes' acknowledgement.
-	ocl, err := producers.NewClient(seeds, kgo.ProducerLinger(0))
+	ocl, err := producers.NewClient(seeds, append(slices.Clone(c.kafka), kgo.ProducerLinger(0))...)
 	if err != nil {
 		return err
 	}
@@ -253,11 +266,11 @@ func demo(parent context.Context, c demoConfig, stdout, stderr io.Writer) error 
 	if err != nil {
 		return err
 	}
-	group, err := consumers.New(seeds, c.context+"-aggregates", []string{topics.Commands(c.context)}, proc, consumers.WithLogger(logger))
+	group, err := consumers.New(seeds, c.context+"-aggregates", []string{topics.Commands(c.context)}, proc, consumers.WithLogger(logger), consumers.WithClientOpts(c.kafka...))
 	if err != nil {
 		return err
 	}
-	awaiter, err := producers.NewAwaiter(seeds, topics.Outcomes(c.context))
+	awaiter, err := producers.NewAwaiter(seeds, topics.Outcomes(c.context), c.kafka...)
 	if err != nil {
 		return err
 	}

@@ -11,6 +11,7 @@ import (
 	"io"
 	"os"
 	"strconv"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -37,6 +38,7 @@ const (
 // dlqConfig holds the flags shared by the dlq subcommands.
 type dlqConfig struct {
 	seeds              []string
+	kafka              []kgo.Opt // TLS and SASL
 	topic, group       string
 	dlq, redriveGroup  string
 	class, ceType, key string
@@ -81,6 +83,7 @@ func runDLQ(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	var c dlqConfig
 	fs := flags("dlq "+sub, stderr)
 	brokers := fs.String("brokers", env("KAFKA_BROKERS", ""), "comma-separated seed brokers (env KAFKA_BROKERS)")
+	sec := kafkaFlags(fs)
 	fs.StringVar(&c.topic, "topic", "", "the consumed topic whose dead letters to work on (required)")
 	fs.StringVar(&c.group, "group", "", "the consumer group that dead-lettered them (required)")
 	fs.StringVar(&c.dlq, "dlq", "", "dead-letter topic (default <topic>.<group>.dlq)")
@@ -141,7 +144,13 @@ func runDLQ(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if c.redriveGroup == "" {
 		c.redriveGroup = c.dlq + ".redrive"
 	}
-	cl, err := kgo.NewClient(kgo.SeedBrokers(c.seeds...), kgo.RecordPartitioner(kgo.ManualPartitioner()))
+	if c.kafka, err = sec.options(); err != nil {
+		return err
+	}
+	if err := sec.check(ctx, c.seeds); err != nil {
+		return err
+	}
+	cl, err := kgo.NewClient(slices.Concat(c.kafka, []kgo.Opt{kgo.SeedBrokers(c.seeds...), kgo.RecordPartitioner(kgo.ManualPartitioner())})...)
 	if err != nil {
 		return fmt.Errorf("kafka client: %w", err)
 	}
@@ -235,8 +244,8 @@ func scanDLQ(ctx context.Context, c dlqConfig, ranges map[int32]dlqRange, fn fun
 	if len(consume) == 0 {
 		return nil
 	}
-	rd, err := kgo.NewClient(kgo.SeedBrokers(c.seeds...), kgo.FetchIsolationLevel(kgo.ReadCommitted()),
-		kgo.ConsumePartitions(map[string]map[int32]kgo.Offset{c.dlq: consume}))
+	rd, err := kgo.NewClient(slices.Concat(c.kafka, []kgo.Opt{kgo.SeedBrokers(c.seeds...), kgo.FetchIsolationLevel(kgo.ReadCommitted()),
+		kgo.ConsumePartitions(map[string]map[int32]kgo.Offset{c.dlq: consume})})...)
 	if err != nil {
 		return fmt.Errorf("kafka client: %w", err)
 	}

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/orchestrix/orchestrix"
+	"github.com/orchestrix/orchestrix/kafkaconn"
 	"github.com/orchestrix/orchestrix/outbox"
 	"github.com/orchestrix/orchestrix/stores"
 	"github.com/orchestrix/orchestrix/stores/postgres"
@@ -55,6 +56,7 @@ func runRelay(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs := flags("relay", stderr)
 	url := urlFlag(fs, "database-url", env("DATABASE_URL", ""), "PostgreSQL `URL` (env DATABASE_URL)")
 	brokers := fs.String("brokers", env("KAFKA_BROKERS", ""), "comma-separated seed brokers (env KAFKA_BROKERS)")
+	sec := kafkaFlags(fs)
 	schema := fs.String("schema", env("ORCHESTRIX_SCHEMA", postgres.DefaultSchema), "schema holding the store's tables (env ORCHESTRIX_SCHEMA)")
 	bc := fs.String("context", env("ORCHESTRIX_CONTEXT", ""), "bounded context: events go to <context>.events (env ORCHESTRIX_CONTEXT)")
 	topic := fs.String("topic", env("ORCHESTRIX_EVENTS_TOPIC", ""), "events topic (env ORCHESTRIX_EVENTS_TOPIC; default <context>.events)")
@@ -123,6 +125,11 @@ func runRelay(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if !*drainOutbox {
 		opts = append(opts, outbox.NoOutboxTable())
 	}
+	if kopts, err := sec.options(); err != nil {
+		problems = append(problems, strings.TrimPrefix(err.Error(), errUsage.Error()+": "))
+	} else if len(kopts) > 0 {
+		opts = append(opts, outbox.WithClientOpts(kopts...))
+	}
 	// Check the relay's whole configuration before connecting anywhere.
 	if _, err := outbox.NewRelay(checkOnly{}, []string{"check"}, opts...); err != nil && *topic != "" {
 		problems = append(problems, err.Error())
@@ -150,6 +157,13 @@ func runRelay(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	log := slog.New(handler)
 	opts = append(opts, outbox.WithLogger(log))
 
+	// Wrong credentials or certificates do not heal: say so once and stop.
+	// Brokers that are down at start may come back: the relay waits.
+	if sec.secured() {
+		if err := sec.check(ctx, seeds); errors.Is(err, kafkaconn.ErrAuthentication) || errors.Is(err, kafkaconn.ErrTLS) {
+			return err
+		}
+	}
 	pool, err := openPool(ctx, *url)
 	if err != nil {
 		return err

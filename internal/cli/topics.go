@@ -23,6 +23,7 @@ func runTopics(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	sub := args[0]
 	fs := flags("topics "+sub, stderr)
 	brokers := fs.String("brokers", env("KAFKA_BROKERS", ""), "comma-separated seed brokers (env KAFKA_BROKERS)")
+	sec := kafkaFlags(fs)
 	bc := fs.String("context", "", "bounded context: its commands, events and outcomes topics")
 	names := fs.String("topics", "", "comma-separated topic names (instead of or besides --context)")
 	partitions := fs.Int("partitions", 8, "partitions (create)")
@@ -65,7 +66,14 @@ func runTopics(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if *group != "" {
 		specs = append(specs, groupSpecs(*bc, splitBrokers(*names), *group, *levels, int32(*partitions), int16(*replication))...)
 	}
-	cl, err := kgo.NewClient(kgo.SeedBrokers(seeds...))
+	kopts, err := sec.options()
+	if err != nil {
+		return err
+	}
+	if err := sec.check(ctx, seeds); err != nil {
+		return err
+	}
+	cl, err := kgo.NewClient(append(kopts, kgo.SeedBrokers(seeds...))...)
 	if err != nil {
 		return err
 	}

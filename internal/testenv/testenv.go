@@ -31,6 +31,7 @@ import (
 	"github.com/moby/moby/api/types/container"
 	"github.com/moby/moby/api/types/network"
 	"github.com/orchestrix/orchestrix/internal/redact"
+	"github.com/orchestrix/orchestrix/topics"
 	"github.com/testcontainers/testcontainers-go"
 	tcpostgres "github.com/testcontainers/testcontainers-go/modules/postgres"
 	"github.com/testcontainers/testcontainers-go/wait"
@@ -223,11 +224,15 @@ func Topic(t testing.TB, seeds []string, partitions int32, configs map[string]*s
 	name := strings.ReplaceAll(Name("t"), "_", "-")
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	resp, err := adm.CreateTopic(ctx, partitions, 1, configs, name)
-	if err == nil {
-		err = resp.Err
+	spec := topics.Spec{Name: name, Partitions: partitions, ReplicationFactor: 1, Configs: map[string]string{}}
+	for k, v := range configs {
+		if v != nil {
+			spec.Configs[k] = *v
+		}
 	}
-	if err != nil {
+	// Ensure returns once the topic is listed with its leaders: a test
+	// that uses it at once does not find it missing.
+	if _, err := topics.Ensure(ctx, adm, spec); err != nil {
 		unavailable(t, "Kafka", fmt.Errorf("create topic: %w", err))
 	}
 	t.Cleanup(func() {
