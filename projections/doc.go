@@ -5,16 +5,18 @@
 //
 // # The model
 //
-// A projection has a name, a version and a number of shards. Every event
-// of the log belongs to one shard, chosen by a hash of its stream ID, so
-// one stream's events are applied in order by one owner. Each shard has a
+// A projection has a name, a version and a number of shards, and reads a
+// [Source]: [FromStore] (the store's gap-safe [stores.EventStore.ReadAll],
+// so an event committed late by a slower transaction is never passed
+// over; shards split streams by a hash of the stream ID) or [FromTopic]
+// (a Kafka events topic, one shard per partition, read_committed). One
+// stream's events are applied in order by one owner. Each shard has a
 // checkpoint row (projection, version, shard, cursor, owner epoch,
-// heartbeat, status) in the read model's database; a [Runner] reads the
-// log from the cursor with the store's gap-safe [stores.EventStore.ReadAll]
-// (an event committed late by a slower transaction is never passed over),
-// hands each batch of its shard's events to the user's [Handler] inside
-// one transaction of the [Backend], and updates the checkpoint in that same
-// transaction before it commits.
+// heartbeat, status) in the read model's database; a [Runner] reads from
+// the cursor (a store cursor, or the partition's next offset: topic
+// offsets live only there, not in a consumer group), hands each batch of
+// its shard's events to the user's [Handler] inside one transaction of the
+// [Backend], and updates the checkpoint in that same transaction.
 //
 // Ownership: a shard is led by one process at a time, elected through a
 // [stores.Elector] (a PostgreSQL advisory lock for the [Postgres] backend,
@@ -45,7 +47,7 @@
 // # Usage
 //
 //	backend, err := projections.NewPostgres(pool, "orchestrix", projections.Views("balances"))
-//	r, err := projections.New("balances", backend, store,
+//	r, err := projections.New("balances", backend, projections.FromStore(store),
 //		func(ctx context.Context, tx pgx.Tx, b projections.Batch) error {
 //			for _, e := range b.Events { /* upsert into b.Table("balances") */ }
 //			return nil
