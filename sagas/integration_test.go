@@ -69,10 +69,13 @@ func newEnvN(t testing.TB, inboxPartitions int32) *env {
 		topics.Spec{Name: inbox, Partitions: inboxPartitions, ReplicationFactor: 1}, // newEnv: one partition, every saga shares it
 		topics.Spec{Name: e.bc + ".nowhere", Partitions: 1, ReplicationFactor: 1},
 		topics.Spec{Name: consumers.DeadLetterTopic(topics.Commands(e.bc), e.bc+"-aggregates"), Partitions: 1, ReplicationFactor: 1},
-		topics.Spec{Name: consumers.DeadLetterTopic(inbox, e.bc+"-sagas"), Partitions: 1, ReplicationFactor: 1},
+
 		topics.Spec{Name: consumers.DeadLetterTopic(topics.Outcomes(e.bc), e.bc+"-saga-fwd"), Partitions: 1, ReplicationFactor: 1},
 		topics.Spec{Name: consumers.DeadLetterTopic(topics.Events(e.bc), e.bc+"-saga-fwd"), Partitions: 1, ReplicationFactor: 1},
 	)
+	for _, name := range sagas.InboxFailurePolicy().Topics(inbox, e.bc+"-sagas") {
+		specs = append(specs, topics.Spec{Name: name, Partitions: inboxPartitions, ReplicationFactor: 1})
+	}
 	if _, err := topics.Ensure(t.Context(), e.adm, specs...); err != nil {
 		t.Fatal(err)
 	}
@@ -262,7 +265,8 @@ func startSaga(p *process, seeds []string, bc string, rt *sagas.Runtime, dup fun
 		return err
 	}
 	p.run("forwarder", func(ctx context.Context) error { defer fcl.Close(); return fwdGroup.Run(ctx) })
-	inboxGroup, err := consumers.New(seeds, bc+"-sagas", []string{rt.Inbox()}, rt, fast, consumers.WithLogger(log))
+	inboxGroup, err := consumers.New(seeds, bc+"-sagas", []string{rt.Inbox()}, rt, fast, consumers.WithLogger(log),
+		consumers.WithFailurePolicy(sagas.InboxFailurePolicy()))
 	if err != nil {
 		return err
 	}

@@ -80,84 +80,160 @@ func TestKillNineIntegration(t *testing.T) {
 	if testing.Short() {
 		t.Skip("kill -9 test")
 	}
+	h := newChaos(t)
+	// Sagas start all along (20/s) while the saga process is killed four
+	// times, each time a random moment after it made progress again (a
+	// restarted member waits for the killed one's session, 6s, to expire).
+	c := h.child()
+	for k := range 4 {
+		h.loadUntilProgress()
+		h.loadFor(time.Duration(rand.IntN(1500)) * time.Millisecond)
+		if err := c.Process.Kill(); err != nil {
+			t.Fatal(err)
+		}
+		_ = c.Wait()
+		t.Logf("kill %d: %d transitions, %d sagas started", k+1, h.transitions(), h.n)
+		c = h.child()
+	}
+	h.stopAtEnd(c)
+	h.verify()
+}
+
+// TestPauseIntegration: the saga process is SIGSTOPped in the middle of
+// its work; a second one takes its partitions over (after the paused
+// member's session, 6s) and goes on; the paused one is resumed 12s
+// later, past IdleInTransactionTimeout, with whatever it had in flight.
+// Whatever it tries to commit then is fenced (its session was ended, or
+// its update finds a newer version): every saga still ends as expected,
+// histories are gapless, each command was written once per "sent".
+func TestPauseIntegration(t *testing.T) {
+	if testing.Short() {
+		t.Skip("pause test")
+	}
+	h := newChaos(t)
+	a := h.child()
+	h.loadUntilProgress()
+	h.loadFor(time.Duration(rand.IntN(1000)) * time.Millisecond)
+	if err := a.Process.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	paused := time.Now()
+	before := h.transitions()
+	b := h.child()
+	h.loadUntilProgress()
+	t.Logf("paused at %d transitions; the second member made progress after %s", before, time.Since(paused).Round(time.Millisecond))
+	h.loadFor(time.Until(paused.Add(12 * time.Second)))
+	if err := a.Process.Signal(syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	h.loadFor(3 * time.Second)
+	t.Logf("resumed; %d transitions, %d sagas started", h.transitions(), h.n)
+	h.stopAtEnd(a)
+	h.stopAtEnd(b)
+	h.verify()
+}
+
+// chaos is a transfer load against saga processes run as children.
+type chaos struct {
+	t     *testing.T
+	e     *env
+	rt    *sagas.Runtime
+	infra *process
+	want  map[string]int64
+	fails map[string]bool
+	n     int
+}
+
+func newChaos(t *testing.T) *chaos {
 	e := newEnv(t)
-	infra := e.startInfra(t)
-	ctx := t.Context()
+	h := &chaos{t: t, e: e, infra: e.startInfra(t), fails: map[string]bool{},
+		want: map[string]int64{"a": 1_000_000, "b": 1_000_000, "fee": 1_000_000}}
 	var setup []orchestrix.Command
 	for _, a := range []string{"a", "b", "fee"} {
 		setup = append(setup, open(a, 1_000_000)...)
 	}
 	e.send(t, setup...)
 	e.waitBalance(t, map[string]int64{"a": 1_000_000, "b": 1_000_000, "fee": 1_000_000}, 30*time.Second)
+	h.rt = e.runtime(t, e.definition(t, 0)) // starts sagas and reads the store; runs nothing
+	return h
+}
 
-	child := func() *exec.Cmd {
-		c := exec.Command(os.Args[0], "-test.run=^$")
-		c.Env = append(os.Environ(), "SAGAS_CHILD=1", "SAGAS_BC="+e.bc, "SAGAS_TYPE="+e.typ, "SAGAS_SCHEMA="+e.store.Schema())
-		c.Stderr = os.Stderr
-		if err := c.Start(); err != nil {
-			t.Fatal(err)
-		}
-		return c
+func (h *chaos) child() *exec.Cmd {
+	c := exec.Command(os.Args[0], "-test.run=^$")
+	c.Env = append(os.Environ(), "SAGAS_CHILD=1", "SAGAS_BC="+h.e.bc, "SAGAS_TYPE="+h.e.typ, "SAGAS_SCHEMA="+h.e.store.Schema())
+	c.Stderr = os.Stderr
+	if err := c.Start(); err != nil {
+		h.t.Fatal(err)
 	}
-	rt := e.runtime(t, e.definition(t, 0)) // starts sagas and reads the store; runs nothing
-	want := map[string]int64{"a": 1_000_000, "b": 1_000_000, "fee": 1_000_000}
-	fails := map[string]bool{}
-	n := 0
-	startOne := func() {
-		id := fmt.Sprintf("k%d", n)
-		tr := Transfer{From: "a", To: "b", Fee: "fee", UndoFrom: "b", Amount: int64(10 + n%50)}
-		if n%5 == 4 {
-			tr.Fee, fails[id] = "missing", true
-		} else {
-			want["a"] -= tr.Amount
-			want["b"] += tr.Amount - 1
-			want["fee"]++
-		}
-		if err := rt.Start(ctx, id, tr); err != nil {
-			t.Fatal(err)
-		}
-		n++
-	}
-	transitions := func() int {
-		var done int
-		if err := e.pool.QueryRow(ctx, "SELECT count(*) FROM "+pgx.Identifier{e.store.Schema(), "saga_transitions"}.Sanitize()+" WHERE input_kind <> 'start'").Scan(&done); err != nil {
-			t.Fatal(err)
-		}
-		return done
-	}
-	// Sagas start all along (20/s) while the saga process is killed four
-	// times, each time a random moment after it made progress again (a
-	// restarted member waits for the killed one's session, 6s, to expire).
-	c := child()
-	for k := range 4 {
-		before := transitions()
-		for transitions() == before {
-			startOne()
-			time.Sleep(50 * time.Millisecond)
-		}
-		for end := time.Now().Add(time.Duration(rand.IntN(1500)) * time.Millisecond); time.Now().Before(end); {
-			startOne()
-			time.Sleep(50 * time.Millisecond)
-		}
-		if err := c.Process.Kill(); err != nil {
-			t.Fatal(err)
-		}
-		_ = c.Wait()
-		t.Logf("kill %d: %d transitions, %d sagas started", k+1, transitions(), n)
-		c = child()
-	}
-	defer func() {
+	return c
+}
+
+// stopAtEnd ends a child when the test ends.
+func (h *chaos) stopAtEnd(c *exec.Cmd) {
+	h.t.Cleanup(func() {
 		_ = c.Process.Signal(syscall.SIGTERM)
 		_ = c.Wait()
-	}()
-	for i := range n {
+	})
+}
+
+// startOne starts the next transfer; every fifth has no fee account.
+func (h *chaos) startOne() {
+	id := fmt.Sprintf("k%d", h.n)
+	tr := Transfer{From: "a", To: "b", Fee: "fee", UndoFrom: "b", Amount: int64(10 + h.n%50)}
+	if h.n%5 == 4 {
+		tr.Fee, h.fails[id] = "missing", true
+	} else {
+		h.want["a"] -= tr.Amount
+		h.want["b"] += tr.Amount - 1
+		h.want["fee"]++
+	}
+	if err := h.rt.Start(h.t.Context(), id, tr); err != nil {
+		h.t.Fatal(err)
+	}
+	h.n++
+}
+
+// transitions counts the transitions made by a saga process (not starts).
+func (h *chaos) transitions() int {
+	var done int
+	if err := h.e.pool.QueryRow(h.t.Context(), "SELECT count(*) FROM "+pgx.Identifier{h.e.store.Schema(), "saga_transitions"}.Sanitize()+
+		" WHERE input_kind <> 'start'").Scan(&done); err != nil {
+		h.t.Fatal(err)
+	}
+	return done
+}
+
+func (h *chaos) loadUntilProgress() {
+	before := h.transitions()
+	deadline := time.Now().Add(60 * time.Second)
+	for h.transitions() == before {
+		if time.Now().After(deadline) {
+			h.t.Fatal("no progress for 60s")
+		}
+		h.startOne()
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func (h *chaos) loadFor(d time.Duration) {
+	for end := time.Now().Add(d); time.Now().Before(end); {
+		h.startOne()
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// verify waits for every saga and checks the end states, the histories,
+// the outbox against them, and the money.
+func (h *chaos) verify() {
+	t, e, rt, ctx := h.t, h.e, h.rt, h.t.Context()
+	for i := range h.n {
 		id := fmt.Sprintf("k%d", i)
 		st := wait(t, rt, id, 90*time.Second, sagas.StatusCompleted, sagas.StatusCompensated, sagas.StatusCompensationFailed)
-		if wantSt := map[bool]sagas.Status{false: sagas.StatusCompleted, true: sagas.StatusCompensated}[fails[id]]; st.Status != wantSt {
+		if wantSt := map[bool]sagas.Status{false: sagas.StatusCompleted, true: sagas.StatusCompensated}[h.fails[id]]; st.Status != wantSt {
 			t.Fatalf("%s: %s, want %s (%s)", id, st.Status, wantSt, st.Reason)
 		}
 	}
-	e.waitBalance(t, want, 30*time.Second)
+	e.waitBalance(t, h.want, 30*time.Second)
 	// State and commands landed together: per instance, the commands in
 	// the outbox are exactly the ones its history says it sent.
 	sent := map[string]int{}
@@ -183,23 +259,23 @@ func TestKillNineIntegration(t *testing.T) {
 	if err := rows.Err(); err != nil {
 		t.Fatal(err)
 	}
-	for i := range n {
+	for i := range h.n {
 		id := fmt.Sprintf("k%d", i)
-		h, err := rt.Store().History(ctx, rt.Type(), id)
+		hist, err := rt.Store().History(ctx, rt.Type(), id)
 		if err != nil {
 			t.Fatal(err)
 		}
 		notes := 0
-		for k, tr := range h {
+		for k, tr := range hist {
 			if tr.Version != int64(k+1) {
 				t.Fatalf("%s: history version %d at %d", id, tr.Version, k)
 			}
 			notes += strings.Count(tr.Note, "sent ")
 		}
 		if sent[id] != notes {
-			b, _ := json.Marshal(h)
+			b, _ := json.Marshal(hist)
 			t.Fatalf("%s: %d commands in the outbox, history sent %d: %s", id, sent[id], notes, b)
 		}
 	}
-	infra.check(t)
+	h.infra.check(t)
 }

@@ -112,7 +112,8 @@ func benchSteps(b *testing.B, rate int, d time.Duration) {
 	}
 	p := newProcess()
 	p.run("relay", relay.Run)
-	inbox, err := consumers.New(e.seeds, e.bc+"-sagas", []string{rt.Inbox()}, rt, fast, consumers.KeyConcurrency(8))
+	inbox, err := consumers.New(e.seeds, e.bc+"-sagas", []string{rt.Inbox()}, rt, fast, consumers.KeyConcurrency(8),
+		consumers.WithFailurePolicy(sagas.InboxFailurePolicy()))
 	if err != nil {
 		b.Fatal(err)
 	}

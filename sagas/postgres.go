@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -44,6 +45,12 @@ func NewPostgresStore(pool *pgxpool.Pool, schema string) (*PostgresStore, error)
 	return s, nil
 }
 
+// IdleInTransactionTimeout is how long PostgreSQL lets an Apply
+// transaction sit idle (its member paused mid-transaction) before it
+// ends the session, releasing the instance's rows for the member that
+// took over.
+const IdleInTransactionTimeout = 5 * time.Second
+
 // Pool returns the store's pool.
 func (s *PostgresStore) Pool() *pgxpool.Pool { return s.pool }
 
@@ -70,10 +77,19 @@ func (s *PostgresStore) Apply(ctx context.Context, typ, sagaID, inputID string, 
 	}
 	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // after a commit it does nothing
 	b := &pgx.Batch{}
+	// A member paused in the middle of this transaction (SIGSTOP, a long
+	// GC, a partition) must not hold its row locks for ever: the server
+	// ends its session after IdleInTransactionTimeout, so the member that
+	// took over the partition proceeds and the paused one's commit fails.
+	b.Queue(`SELECT set_config('idle_in_transaction_session_timeout', $1, true)`, strconv.FormatInt(IdleInTransactionTimeout.Milliseconds(), 10))
 	b.Queue(`INSERT INTO `+s.t["saga_inbox"]+` (saga_type, saga_id, input_id) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING`, typ, sagaID, inputID)
 	b.Queue(`SELECT `+instanceCols+` FROM `+s.t["saga_instances"]+` WHERE saga_type = $1 AND saga_id = $2`, typ, sagaID)
 	br := tx.SendBatch(ctx, b)
-	tag, err := br.Exec()
+	_, err = br.Exec()
+	var tag pgconn.CommandTag
+	if err == nil {
+		tag, err = br.Exec()
+	}
 	if err != nil {
 		br.Close()
 		return fmt.Errorf("sagas: inbox %s/%s: %w", typ, sagaID, err)

@@ -51,6 +51,19 @@ const (
 	DefaultSource = "/orchestrix/sagas"
 )
 
+// InboxFailurePolicy is the failure policy for the consumer group that
+// runs a Runtime on its inbox: inputs that can never apply go straight to
+// the dead-letter topic (they fail with consumers.Permanent); anything
+// else (the database away, a fenced write, an attempt cut by a pause) is
+// retried in place twice, then after 1s, 10s and 1m on retry topics, and
+// only then dead-lettered. Later inputs of the instance may overtake one
+// waiting in the retry topics: transitions tolerate any order (a reply
+// for a command no longer awaited is ignored). Create its topics with
+// policy.Topics(inbox, group).
+func InboxFailurePolicy() consumers.FailurePolicy {
+	return consumers.RetryTopics(time.Second, 10*time.Second, time.Minute).InPlace(2, 100*time.Millisecond, time.Second).ThenDLQ()
+}
+
 // ErrUnknownVersion: an instance started with a definition version the
 // runtime was not given. Deploy the old definition beside the new one.
 var ErrUnknownVersion = errors.New("sagas: definition version not loaded")
@@ -280,7 +293,7 @@ func (r *Runtime) apply(ctx context.Context, in Input) error {
 }
 
 // Handle implements consumers.Handler for the inbox topic: it applies
-// one input. Inputs that can never apply (malformed, of an unknown kind
+// one input. Run it with InboxFailurePolicy. Inputs that can never apply (malformed, of an unknown kind
 // or event type, for an unknown instance, an operator action the status
 // does not allow) fail with a consumers.Permanent error, so the group
 // dead-letters them with the reason and goes on; a repeated input
