@@ -1,6 +1,7 @@
 package sagas
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"slices"
@@ -160,4 +161,8 @@ func storeFor(b *testing.B, name string) Store {
 		return memoryBackend(b).store
 	}
 	return postgresBackend(b).store
+}
+
+func contextWithTimeout(b *testing.B, d time.Duration) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(b.Context(), d)
 }
