@@ -83,8 +83,14 @@ func New[T any](name string, backend Backend[T], source Source, h Handler[T], op
 
 // Run registers the runner's version (active if the projection has none,
 // else building), then builds every version from it up until ctx ends; it
-// returns nil on a clean shutdown. A stopped shard (poison event) does not
-// end Run: it stays stopped, visibly, and is retried every RetryStopped.
+// returns nil on a clean shutdown. It returns an error only when the
+// projection cannot be registered (the database is unreachable at start,
+// or the configuration contradicts the registered version, e.g. another
+// shard count) or a shard's elector cannot be made. Later outages are
+// logged and retried: a shard that loses its database or its lease
+// campaigns again, a version whose Setup fails is retried at the next
+// scan. A stopped shard (poison event) does not end Run either: it stays
+// stopped, visibly, and is retried every RetryStopped.
 func (r *Runner[T]) Run(ctx context.Context) error {
 	shards := r.cfg.shards
 	if n, err := r.source.shards(ctx); err != nil {
@@ -105,11 +111,10 @@ func (r *Runner[T]) Run(ctx context.Context) error {
 	defer wg.Wait()
 	for {
 		vs, err := r.backend.versions(ctx, r.name)
-		if err != nil {
-			if ctx.Err() != nil {
-				break
-			}
-			return err
+		if err != nil && ctx.Err() == nil {
+			// The database is away: the shards notice too and start over;
+			// look again at the next scan.
+			r.cfg.log.Warn("list versions", "err", err)
 		}
 		for _, v := range vs {
 			if v.Version < r.cfg.version {
@@ -125,15 +130,16 @@ func (r *Runner[T]) Run(ctx context.Context) error {
 				continue
 			}
 			if err := r.setup(ctx, v.Version); err != nil {
+				// A version whose tables cannot be prepared must not stop
+				// the others (the active one keeps serving): log it and
+				// try again at the next scan.
 				r.mu.Lock()
 				delete(r.versions, v.Version)
 				r.mu.Unlock()
-				if ctx.Err() != nil {
-					break
+				if ctx.Err() == nil {
+					r.cfg.log.Error("cannot set up version; retrying at the next scan", "version", v.Version, "err", err)
 				}
-				cancel()
-				wg.Wait()
-				return errors.Join(append(errs, err)...)
+				continue
 			}
 			r.cfg.log.Info("building version", "version", v.Version, "status", v.Status, "shards", v.Shards)
 			for s := range v.Shards {
