@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"sync"
 
 	"github.com/orchestrix/orchestrix"
 	"github.com/orchestrix/orchestrix/internal/redact"
@@ -22,9 +23,11 @@ const DefaultMaxLineSize = 64 << 20
 // maxErrorBody bounds the text of a non-200 answer kept in a ServerError.
 const maxErrorBody = 4 << 10
 
-// Client talks to EventSourcingDB's HTTP API (v1). It is safe for
-// concurrent use and holds no connection of its own: the *http.Client
-// (injected with WithHTTPClient, or a private one) pools them.
+// Client talks to EventSourcingDB's HTTP API: the v2 API when the server
+// offers it (EventSourcingDB 1.3 and later), else the v1 API (see API and
+// WithAPI); both expose the same calls. It is safe for concurrent use and
+// holds no connection of its own: the *http.Client (injected with
+// WithHTTPClient, or a private one) pools them.
 //
 // Every call takes a context first; cancelling it aborts the request and
 // ends a stream. Streams are iter.Seq2 values: they send the request when
@@ -36,6 +39,10 @@ type Client struct {
 	token   string
 	http    *http.Client
 	maxLine int
+	fixed   API // WithAPI; "" asks the server
+
+	apiMu sync.Mutex
+	api   API // the server's answer, "" until known
 }
 
 // ClientOption configures a Client.
@@ -49,6 +56,10 @@ func WithHTTPClient(hc *http.Client) ClientOption { return func(c *Client) { c.h
 // WithMaxLineSize bounds one NDJSON line or JSON answer (default
 // DefaultMaxLineSize); a longer one fails with ErrMalformedResponse.
 func WithMaxLineSize(n int) ClientOption { return func(c *Client) { c.maxLine = n } }
+
+// WithAPI makes the client speak one API version without asking the
+// server which it offers (default: ask, see Client.API).
+func WithAPI(v API) ClientOption { return func(c *Client) { c.fixed = v } }
 
 // NewClient returns a client for the server at baseURL (e.g.
 // "http://localhost:3000") with the API token. It reports every problem
@@ -77,6 +88,9 @@ func NewClient(baseURL, apiToken string, opts ...ClientOption) (*Client, error) 
 	if c.maxLine <= 0 {
 		errs = append(errs, fmt.Errorf("max line size %d is not positive", c.maxLine))
 	}
+	if c.fixed != "" && c.fixed != APIv1 && c.fixed != APIv2 {
+		errs = append(errs, fmt.Errorf("API %q is neither v1 nor v2", c.fixed))
+	}
 	if len(errs) > 0 {
 		return nil, fmt.Errorf("esdb: new client: %w: %w", orchestrix.ErrInvalid, errors.Join(errs...))
 	}
@@ -93,11 +107,21 @@ func NewClient(baseURL, apiToken string, opts ...ClientOption) (*Client, error) 
 // URL returns the base URL.
 func (c *Client) URL() string { return c.base.String() }
 
-func (c *Client) endpoint(name string) string { return c.base.String() + "/api/v1/" + name }
+// do sends a request to the endpoint (named as in the v1 API) in the API
+// version the server speaks and returns the response of a 200 from
+// EventSourcingDB with that version; anything else is an error and the
+// body is closed. body may depend on the version.
+func (c *Client) do(ctx context.Context, name string, body func(API) any, auth bool) (*http.Response, API, error) {
+	api, err := c.API(ctx)
+	if err != nil {
+		return nil, "", err
+	}
+	resp, err := c.send(ctx, api, name, body(api), auth)
+	return resp, api, err
+}
 
-// do sends a request and returns the response of a 200 from
-// EventSourcingDB; anything else is an error and the body is closed.
-func (c *Client) do(ctx context.Context, method, name string, body any, auth bool) (*http.Response, error) {
+func (c *Client) send(ctx context.Context, api API, name string, body any, auth bool) (*http.Response, error) {
+	endpoint, method := c.route(api, name)
 	var rd io.Reader
 	if body != nil {
 		b, err := json.Marshal(body)
@@ -106,7 +130,7 @@ func (c *Client) do(ctx context.Context, method, name string, body any, auth boo
 		}
 		rd = bytes.NewReader(b)
 	}
-	req, err := http.NewRequestWithContext(ctx, method, c.endpoint(name), rd)
+	req, err := http.NewRequestWithContext(ctx, method, endpoint, rd)
 	if err != nil {
 		return nil, fmt.Errorf("esdb: %s: %w", name, err)
 	}
@@ -127,6 +151,9 @@ func (c *Client) do(ctx context.Context, method, name string, body any, auth boo
 		// Not EventSourcingDB: the body may be anything, even endless.
 		_ = resp.Body.Close()
 		return nil, fmt.Errorf("esdb: %s: status %d, Server header %q: %w", name, resp.StatusCode, resp.Header.Get("Server"), ErrMissingServerHeader)
+	}
+	if api == APIv2 && (resp.StatusCode == http.StatusNotFound || resp.StatusCode == http.StatusMethodNotAllowed) {
+		c.forget() // the server no longer offers the v2 API: ask again next time
 	}
 	if resp.StatusCode != http.StatusOK {
 		b, _ := io.ReadAll(io.LimitReader(resp.Body, maxErrorBody))
@@ -181,16 +208,16 @@ type apiEvent struct {
 	Type        string `json:"type"`
 }
 
-func (c *Client) expectAPIEvent(ctx context.Context, name, method, want string, body any, auth bool) error {
-	resp, err := c.do(ctx, method, name, body, auth)
+func (c *Client) expectAPIEvent(ctx context.Context, name string, want map[API]string, body any, auth bool) error {
+	resp, api, err := c.do(ctx, name, func(API) any { return body }, auth)
 	if err != nil {
 		return err
 	}
 	var ev apiEvent
-	if err := c.readJSON(ctx, name, resp, &ev); err != nil {
+	if err := c.readEnvelope(ctx, api, name, resp, "event", &ev); err != nil {
 		return err
 	}
-	if ev.Type != want || ev.SpecVersion == "" {
+	if want := want[api]; ev.Type != want || ev.SpecVersion == "" {
 		return fmt.Errorf("esdb: %s: answer has type %q, want %q: %w", name, ev.Type, want, ErrMalformedResponse)
 	}
 	return nil
@@ -199,13 +226,13 @@ func (c *Client) expectAPIEvent(ctx context.Context, name, method, want string, 
 // Ping checks that the server is reachable and is EventSourcingDB. It
 // sends no token.
 func (c *Client) Ping(ctx context.Context) error {
-	return c.expectAPIEvent(ctx, "ping", http.MethodGet, "io.eventsourcingdb.api.ping-received", nil, false)
+	return c.expectAPIEvent(ctx, "ping", map[API]string{APIv1: "io.eventsourcingdb.api.ping-received", APIv2: "io.eventsourcingdb.api.ping-received"}, nil, false)
 }
 
 // VerifyAPIToken checks the API token; a wrong one fails with an error
 // matching ErrUnauthorized.
 func (c *Client) VerifyAPIToken(ctx context.Context) error {
-	return c.expectAPIEvent(ctx, "verify-api-token", http.MethodPost, "io.eventsourcingdb.api.api-token-verified", struct{}{}, true)
+	return c.expectAPIEvent(ctx, "verify-api-token", map[API]string{APIv1: "io.eventsourcingdb.api.api-token-verified", APIv2: "io.eventsourcingdb.api.token-verified"}, struct{}{}, true)
 }
 
 // WriteEvents writes the events atomically, in order, if every
@@ -234,22 +261,46 @@ func (c *Client) WriteEvents(ctx context.Context, events []EventCandidate, preco
 		wireEvents[i] = w
 	}
 	wirePre := make([]map[string]any, 0, len(preconditions))
+	recursive := false
 	for i, p := range preconditions {
 		if err := p.validate(); err != nil {
 			errs = append(errs, fmt.Errorf("precondition %d: %w", i, err))
 			continue
 		}
+		recursive = recursive || p.recursive
 		wirePre = append(wirePre, p.wire())
 	}
 	if len(errs) > 0 {
 		return nil, fmt.Errorf("esdb: write-events: %w", errors.Join(errs...))
 	}
-	resp, err := c.do(ctx, http.MethodPost, "write-events", map[string]any{"events": wireEvents, "preconditions": wirePre}, true)
+	api, err := c.API(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if recursive && api != APIv2 {
+		return nil, fmt.Errorf("esdb: write-events: a recursive precondition: %w", ErrUnsupported)
+	}
+	body := map[string]any{"events": wireEvents}
+	if len(wirePre) > 0 || api == APIv1 {
+		body["preconditions"] = wirePre
+	}
+	resp, err := c.send(ctx, api, "write-events", body, true)
 	if err != nil {
 		return nil, err
 	}
 	var raw []json.RawMessage
-	if err := c.readJSON(ctx, "write-events", resp, &raw); err != nil {
+	if api == APIv2 {
+		err = c.lines(ctx, api, "write-events", resp, nil, func(l line) (bool, error) {
+			if l.Type != "event" {
+				return false, unexpected("write-events", l)
+			}
+			raw = append(raw, l.Payload)
+			return true, nil
+		})
+	} else {
+		err = c.readJSON(ctx, "write-events", resp, &raw)
+	}
+	if err != nil {
 		return nil, err
 	}
 	if len(raw) != len(events) {
@@ -281,21 +332,52 @@ func (c *Client) RegisterEventSchema(ctx context.Context, eventType string, sche
 	if len(s) == 0 || s[0] != '{' || !json.Valid(s) {
 		return fmt.Errorf("esdb: register-event-schema: schema of %s is not a JSON object: %w", eventType, orchestrix.ErrInvalid)
 	}
-	resp, err := c.do(ctx, http.MethodPost, "register-event-schema", map[string]any{"eventType": eventType, "schema": json.RawMessage(s)}, true)
+	resp, api, err := c.do(ctx, "register-event-schema", func(api API) any {
+		if api == APIv2 {
+			return map[string]any{"type": eventType, "schema": json.RawMessage(s)}
+		}
+		return map[string]any{"eventType": eventType, "schema": json.RawMessage(s)}
+	}, true)
 	if err != nil {
 		return err
 	}
-	drain(resp.Body)
-	return nil
+	if api != APIv2 {
+		drain(resp.Body)
+		return nil
+	}
+	registered := false
+	err = c.lines(ctx, api, "register-event-schema", resp, nil, func(l line) (bool, error) {
+		var ev apiEvent
+		if l.Type != "event" || json.Unmarshal(l.Payload, &ev) != nil || ev.Type != "io.eventsourcingdb.api.event-schema-registered" {
+			return false, unexpected("register-event-schema", l)
+		}
+		registered = true
+		return true, nil
+	})
+	if err == nil && !registered {
+		err = fmt.Errorf("esdb: register-event-schema: the answer does not confirm the registration: %w", ErrMalformedResponse)
+	}
+	return err
 }
 
+// wireEventType is an event type as v1 ({eventType, isPhantom, schema})
+// or v2 ({type, hasEvents, schema}) sends it.
 type wireEventType struct {
 	EventType *string         `json:"eventType"`
 	IsPhantom *bool           `json:"isPhantom"`
+	Type      *string         `json:"type"`
+	HasEvents *bool           `json:"hasEvents"`
 	Schema    json.RawMessage `json:"schema"`
 }
 
-func (w wireEventType) parse() (EventType, error) {
+func (w wireEventType) parse(api API) (EventType, error) {
+	if api == APIv2 {
+		if w.Type == nil || w.HasEvents == nil {
+			return EventType{}, fmt.Errorf("esdb: event type lacks type or hasEvents: %w", ErrMalformedResponse)
+		}
+		phantom := !*w.HasEvents
+		w.EventType, w.IsPhantom = w.Type, &phantom
+	}
 	if w.EventType == nil || w.IsPhantom == nil {
 		return EventType{}, fmt.Errorf("esdb: event type lacks eventType or isPhantom: %w", ErrMalformedResponse)
 	}
@@ -312,15 +394,20 @@ func (c *Client) ReadEventType(ctx context.Context, eventType string) (EventType
 	if err := ValidateEventType(eventType); err != nil {
 		return EventType{}, fmt.Errorf("esdb: read-event-type: %w", err)
 	}
-	resp, err := c.do(ctx, http.MethodPost, "read-event-type", map[string]string{"eventType": eventType}, true)
+	resp, api, err := c.do(ctx, "read-event-type", func(api API) any {
+		if api == APIv2 {
+			return map[string]string{"type": eventType}
+		}
+		return map[string]string{"eventType": eventType}
+	}, true)
 	if err != nil {
 		return EventType{}, err
 	}
 	var w wireEventType
-	if err := c.readJSON(ctx, "read-event-type", resp, &w); err != nil {
+	if err := c.readEnvelope(ctx, api, "read-event-type", resp, "eventType", &w); err != nil {
 		return EventType{}, err
 	}
-	et, err := w.parse()
+	et, err := w.parse(api)
 	if err != nil {
 		return EventType{}, fmt.Errorf("esdb: read-event-type: %w", err)
 	}

@@ -111,7 +111,7 @@ func fakeServer(t *testing.T, handler http.HandlerFunc) *esdb.Client {
 	t.Helper()
 	srv := httptest.NewServer(handler)
 	t.Cleanup(srv.Close)
-	c, err := esdb.NewClient(srv.URL, token)
+	c, err := esdb.NewClient(srv.URL, token, esdb.WithAPI(esdb.APIv1))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -235,7 +235,7 @@ func TestMalformedAnswers(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			srv := httptest.NewServer(tc.handler)
 			defer srv.Close()
-			c, err := esdb.NewClient(srv.URL, token, esdb.WithMaxLineSize(1<<10))
+			c, err := esdb.NewClient(srv.URL, token, esdb.WithAPI(esdb.APIv1), esdb.WithMaxLineSize(1<<10))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -552,4 +552,95 @@ func TestContextCancelEndsStreams(t *testing.T) {
 			t.Fatalf("observe = %v", err)
 		}
 	}
+}
+
+// TestClientSpeaksV2: the client settles on the v2 API where the server
+// offers it (reads by QUERY, which the double enforces), on v1 where it
+// does not; recursive preconditions work on v2 and are refused before
+// sending on v1; failed preconditions and unknown event types map to the
+// same sentinels in both; a v2 stream without its end item broke off.
+func TestClientSpeaksV2(t *testing.T) {
+	ctx := t.Context()
+	for _, tc := range []struct {
+		name string
+		opts []esdbtest.Option
+		want esdb.API
+	}{
+		{"v2 server", nil, esdb.APIv2},
+		{"v1 server", []esdbtest.Option{esdbtest.WithV1Only()}, esdb.APIv1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			srv := esdbtest.NewServer(token, tc.opts...)
+			defer srv.Close()
+			c, err := esdb.NewClient(srv.URL, token)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if api, err := c.API(ctx); err != nil || api != tc.want {
+				t.Fatalf("API = %q, %v; want %q", api, err, tc.want)
+			}
+			if _, err := c.WriteEvents(ctx, candidates("/books/1/copies", 2)); err != nil {
+				t.Fatalf("write: %v", err)
+			}
+			writes := srv.Requests("write-events")
+			_, err = c.WriteEvents(ctx, candidates("/books/2", 1), esdb.IsSubjectPristine("/books").Recursive())
+			switch tc.want {
+			case esdb.APIv2:
+				if !errors.Is(err, esdb.ErrPreconditionFailed) {
+					t.Fatalf("recursive pristine on /books = %v, want ErrPreconditionFailed", err)
+				}
+				var ae *esdb.APIError
+				if !errors.As(err, &ae) || ae.Code != esdb.ErrorCodeBase+"precondition-violated" {
+					t.Fatalf("err = %#v, want an *APIError with the code", err)
+				}
+				if _, err := c.WriteEvents(ctx, candidates("/books/2", 1), esdb.IsSubjectPristine("/books"), esdb.IsSubjectOnEventID("/books", "1").Recursive()); err != nil {
+					t.Fatalf("pristine /books alone and recursive on event 1: %v", err)
+				}
+			case esdb.APIv1:
+				if !errors.Is(err, esdb.ErrUnsupported) || srv.Requests("write-events") != writes {
+					t.Fatalf("recursive precondition on v1 = %v after %d requests, want ErrUnsupported before sending", err, srv.Requests("write-events")-writes)
+				}
+			}
+			if _, err := c.WriteEvents(ctx, candidates("/books/3", 1), esdb.IsSubjectPopulated("/books/3")); !errors.Is(err, esdb.ErrPreconditionFailed) {
+				t.Fatalf("failed precondition = %v, want ErrPreconditionFailed", err)
+			}
+			if _, err := c.ReadEventType(ctx, "io.example.none"); !errors.Is(err, esdb.ErrNotFound) {
+				t.Fatalf("unknown event type = %v, want ErrNotFound", err)
+			}
+			if _, err := c.WriteEvents(ctx, candidates("/x", 1), esdb.IsEventQLQueryTrue("FROM e IN events PROJECT INTO COUNT() > 0").Recursive()); !errors.Is(err, orchestrix.ErrInvalid) {
+				t.Fatalf("recursive EventQL precondition = %v, want ErrInvalid", err)
+			}
+		})
+	}
+	// A v2 answer that ends before its end item broke off.
+	c := fakeV2(t, `{"type":"row","data":{"value":1}}`)
+	var err error
+	for _, e := range c.RunEventQLQuery(ctx, "FROM e IN events PROJECT INTO 1") {
+		err = e
+	}
+	if err == nil || !esdb.IsRetryable(err) {
+		t.Fatalf("stream without end item: %v, want a retryable error", err)
+	}
+}
+
+// fakeV2 is a client whose server answers the v2 ping and every other
+// request with lines.
+func fakeV2(t *testing.T, lines ...string) *esdb.Client {
+	t.Helper()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Server", "EventSourcingDB/fake")
+		if r.URL.Path == "/api/v2/system/ping" {
+			fmt.Fprintln(w, `{"type":"event","data":{"specversion":"1.0","type":"io.eventsourcingdb.api.ping-received"}}`)
+			return
+		}
+		for _, l := range lines {
+			fmt.Fprintln(w, l)
+		}
+	}))
+	t.Cleanup(srv.Close)
+	c, err := esdb.NewClient(srv.URL, token)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
 }

@@ -1,6 +1,7 @@
 // Package esdb is the EventSourcingDB event store: a small client for
-// EventSourcingDB's HTTP API (v1) and Store, a stores.EventStore on top of
-// it that passes the stores conformance suite.
+// EventSourcingDB's HTTP API (the v2 API where the server offers it, else
+// v1) and Store, a stores.EventStore on top of it that passes the stores
+// conformance suite.
 //
 //	client, err := esdb.NewClient("http://localhost:3000", token)
 //	if err != nil { … }
@@ -14,11 +15,15 @@
 // VerifyAPIToken, WriteEvents with the four preconditions, ReadEvents,
 // ObserveEvents (with heartbeats, stall detection and reconnection from
 // the last event seen), RunEventQLQuery, RegisterEventSchema,
-// ReadSubjects, ReadEventTypes and ReadEventType. Streams are
+// ReadSubjects, ReadEventTypes and ReadEventType. It speaks the v2 API
+// (reads by the HTTP method QUERY, envelopes, coded errors, recursive
+// preconditions) when the server offers it, which it asks with a v2 ping
+// on its first request, else v1 (Client.API, WithAPI). Streams are
 // iter.Seq2[T, error]. Every answer must carry "Server: EventSourcingDB/…"
 // (else ErrMissingServerHeader); statuses map to *ServerError (matching
 // ErrUnauthorized, ErrNotFound, ErrPreconditionFailed), error lines after
-// a 200 to *StreamError, anything undocumented to ErrMalformedResponse,
+// a 200 to *StreamError (v2 errors with a code to *APIError, matching the
+// same sentinels), anything undocumented to ErrMalformedResponse,
 // and hashes that do not verify to *IntegrityError. Subjects and event
 // types are validated before sending (ValidateSubject, ValidateEventType);
 // those errors wrap orchestrix.ErrInvalid. IsRetryable tells transient

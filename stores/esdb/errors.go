@@ -11,8 +11,9 @@ import (
 
 // Sentinel errors. Match them with errors.Is.
 var (
-	// ErrPreconditionFailed: write-events answered 409 because a
-	// precondition did not hold; nothing was written.
+	// ErrPreconditionFailed: write-events refused the write because a
+	// precondition did not hold (v1: 409; v2: an error with the code
+	// precondition-violated); nothing was written.
 	ErrPreconditionFailed = errors.New("esdb: precondition failed")
 	// ErrUnauthorized: the server answered 401 (missing or wrong API token).
 	ErrUnauthorized = errors.New("esdb: unauthorized")
@@ -91,8 +92,11 @@ func (e *IntegrityError) Error() string {
 func (e *IntegrityError) Is(target error) bool { return target == ErrIntegrity }
 
 // IsRetryable reports whether err is transient, so the same request may
-// succeed later: a network failure, a dropped or stalled stream, an error
-// line after a 200, or a status of 429, 502, 503 or 504. Invalid input,
+// succeed later: a network failure, a dropped or stalled stream (also a v2
+// stream that ends before its end item), an error line without a code
+// after a 200, a status of 429, 502, 503 or 504, or a v2 error whose code
+// says the condition passes (indexes rebuilding, server shutting down,
+// restore in progress). Invalid input,
 // authentication, failed preconditions and malformed answers are not.
 func IsRetryable(err error) bool {
 	if err == nil || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
@@ -105,6 +109,10 @@ func IsRetryable(err error) bool {
 			return true
 		}
 		return false
+	}
+	var ae *APIError
+	if errors.As(err, &ae) {
+		return ae.retryable()
 	}
 	var st *StreamError
 	if errors.As(err, &st) {

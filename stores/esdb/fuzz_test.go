@@ -35,28 +35,41 @@ func FuzzAnswers(f *testing.F) {
 	f.Add([]byte(`{"type":"eventType","payload":{"eventType":"a.b.c","isPhantom":true,"schema":{}}}`))
 	f.Add([]byte(`[{"specversion":"1.0"}]`))
 	f.Add([]byte{0xff, '\n', '{'})
+	f.Add([]byte(`{"type":"event","data":{"specversion":"1.0"}}` + "\n" + `{"type":"end","data":{}}`))
+	f.Add([]byte(`{"type":"error","data":{"code":"` + esdb.ErrorCodeBase + `precondition-violated","description":"x"}}`))
+	f.Add([]byte(`{"type":"row","data":{"value":[1]}}` + "\n" + `{"type":"eventType","data":{"type":"a.b.c","hasEvents":true}}`))
 	f.Fuzz(func(t *testing.T, body []byte) {
-		c, err := esdb.NewClient("http://fuzz.invalid", "t", esdb.WithHTTPClient(&http.Client{Transport: bodyTransport(body)}), esdb.WithMaxLineSize(1<<16))
+		// Every answer in both API versions.
+		for _, api := range []esdb.API{esdb.APIv1, esdb.APIv2} {
+			c, err := esdb.NewClient("http://fuzz.invalid", "t", esdb.WithAPI(api), esdb.WithHTTPClient(&http.Client{Transport: bodyTransport(body)}), esdb.WithMaxLineSize(1<<16))
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx := context.Background()
+			for e, err := range c.ReadEvents(ctx, "/", esdb.ReadOptions{Recursive: true}) {
+				if err != nil && e.ID != "" {
+					t.Fatalf("event %s yielded with error %v", e.ID, err)
+				}
+			}
+			for range c.RunEventQLQuery(ctx, "FROM e IN events PROJECT INTO e") {
+			}
+			for range c.ReadSubjects(ctx, "/") {
+			}
+			for range c.ReadEventTypes(ctx) {
+			}
+			_, _ = c.WriteEvents(ctx, candidates("/a", 1))
+			_ = c.RegisterEventSchema(ctx, "io.example.x", []byte(`{}`))
+			_, _ = c.ReadEventType(ctx, "io.example.x")
+			_ = c.Ping(ctx)
+			// One attempt only: the body ends, which an observation retries.
+			for range c.ObserveEvents(ctx, "/", esdb.ObserveOptions{MaxAttempts: 1}) {
+			}
+		}
+		// The client that asks which API the server offers.
+		c, err := esdb.NewClient("http://fuzz.invalid", "t", esdb.WithHTTPClient(&http.Client{Transport: bodyTransport(body)}))
 		if err != nil {
 			t.Fatal(err)
 		}
-		ctx := context.Background()
-		for e, err := range c.ReadEvents(ctx, "/", esdb.ReadOptions{Recursive: true}) {
-			if err != nil && e.ID != "" {
-				t.Fatalf("event %s yielded with error %v", e.ID, err)
-			}
-		}
-		for range c.RunEventQLQuery(ctx, "FROM e IN events PROJECT INTO e") {
-		}
-		for range c.ReadSubjects(ctx, "/") {
-		}
-		for range c.ReadEventTypes(ctx) {
-		}
-		_, _ = c.WriteEvents(ctx, candidates("/a", 1))
-		_, _ = c.ReadEventType(ctx, "io.example.x")
-		_ = c.Ping(ctx)
-		// One attempt only: the body ends, which an observation retries.
-		for range c.ObserveEvents(ctx, "/", esdb.ObserveOptions{MaxAttempts: 1}) {
-		}
+		_ = c.Ping(context.Background())
 	})
 }

@@ -13,10 +13,22 @@ import (
 // IsSubjectPristine, IsSubjectPopulated, IsSubjectOnEventID or
 // IsEventQLQueryTrue.
 type Precondition struct {
-	typ     string
-	subject string
-	eventID string
-	query   string
+	typ       string
+	subject   string
+	eventID   string
+	query     string
+	recursive bool
+}
+
+// Recursive returns the precondition checking the subject together with
+// all its nested subjects: IsSubjectPristine holds if none of them has an
+// event, IsSubjectPopulated if any has one, IsSubjectOnEventID if the
+// latest event among them has the ID. It needs the v2 API: on a server
+// without it WriteEvents fails with ErrUnsupported before sending.
+// IsEventQLQueryTrue has no recursive form; validation refuses it.
+func (p Precondition) Recursive() Precondition {
+	p.recursive = true
+	return p
 }
 
 // IsSubjectPristine holds when the subject has no events.
@@ -42,13 +54,17 @@ func IsEventQLQueryTrue(query string) Precondition {
 
 // String names the precondition.
 func (p Precondition) String() string {
+	r := ""
+	if p.recursive {
+		r = ", recursive"
+	}
 	switch p.typ {
 	case "isSubjectOnEventId":
-		return fmt.Sprintf("%s(%s, %s)", p.typ, p.subject, p.eventID)
+		return fmt.Sprintf("%s(%s, %s%s)", p.typ, p.subject, p.eventID, r)
 	case "isEventQlQueryTrue":
-		return fmt.Sprintf("%s(%q)", p.typ, p.query)
+		return fmt.Sprintf("%s(%q%s)", p.typ, p.query, r)
 	}
-	return fmt.Sprintf("%s(%s)", p.typ, p.subject)
+	return fmt.Sprintf("%s(%s%s)", p.typ, p.subject, r)
 }
 
 func (p Precondition) validate() error {
@@ -67,6 +83,9 @@ func (p Precondition) validate() error {
 		if p.query == "" {
 			return fmt.Errorf("esdb: %s: query is empty: %w", p.typ, orchestrix.ErrInvalid)
 		}
+		if p.recursive {
+			return fmt.Errorf("esdb: %s has no recursive form: %w", p.typ, orchestrix.ErrInvalid)
+		}
 		return nil
 	}
 	return fmt.Errorf("esdb: zero Precondition: build one with IsSubjectPristine and its siblings: %w", orchestrix.ErrInvalid)
@@ -82,6 +101,9 @@ func (p Precondition) wire() map[string]any {
 		payload["eventId"] = p.eventID
 	default:
 		payload["subject"] = p.subject
+	}
+	if p.recursive {
+		payload["options"] = map[string]bool{"recursive": true}
 	}
 	return map[string]any{"type": p.typ, "payload": payload}
 }

@@ -81,7 +81,29 @@ func TestConformance(t *testing.T) {
 		t.Logf("running against the real server at %s", url)
 	}
 	storetest.Run(t, func(t *testing.T) stores.EventStore {
-		s, _ := newStore(t)
+		s, b := newStore(t)
+		if api, err := b.client.API(t.Context()); b.srv != nil && (err != nil || api != esdb.APIv2) {
+			t.Fatalf("client speaks %q (%v) with the double, want v2", api, err)
+		}
+		return s
+	}, storetest.RequireRejections())
+}
+
+// TestConformanceV1API runs the suite on a double from before the v2 API,
+// which the client then speaks v1 with.
+func TestConformanceV1API(t *testing.T) {
+	storetest.Run(t, func(t *testing.T) stores.EventStore {
+		b := newBackend(t, esdbtest.WithV1Only())
+		if b.srv == nil {
+			t.Skip("runs only against the esdbtest double")
+		}
+		if api, err := b.client.API(t.Context()); err != nil || api != esdb.APIv1 {
+			t.Fatalf("client speaks %q (%v), want v1", api, err)
+		}
+		s, err := esdb.New(b.client)
+		if err != nil {
+			t.Fatal(err)
+		}
 		return s
 	}, storetest.RequireRejections())
 }

@@ -15,10 +15,13 @@ import (
 	"github.com/orchestrix/orchestrix"
 )
 
-// line is one NDJSON item: {"type": …, "payload": …}.
+// line is one NDJSON item: {"type": …, "payload": …} in the v1 API,
+// {"type": …, "data": …} in the v2 API (decodeLine moves data into
+// Payload).
 type line struct {
 	Type    string          `json:"type"`
 	Payload json.RawMessage `json:"payload"`
+	Data    json.RawMessage `json:"data"`
 }
 
 // lineReader reads NDJSON lines of bounded size.
@@ -62,14 +65,18 @@ func (lr *lineReader) next() ([]byte, error) {
 	}
 }
 
-// decodeLine parses one line; a malformed one is ErrMalformedResponse.
-func decodeLine(b []byte, n int) (line, error) {
+// decodeLine parses one line of the API version; a malformed one is
+// ErrMalformedResponse.
+func decodeLine(b []byte, n int, api API) (line, error) {
 	var l line
 	if err := json.Unmarshal(b, &l); err != nil {
 		return line{}, fmt.Errorf("line %d is not JSON: %w: %w (line %s)", n, ErrMalformedResponse, err, snippet(b))
 	}
 	if l.Type == "" {
 		return line{}, fmt.Errorf("line %d has no type: %w (line %s)", n, ErrMalformedResponse, snippet(b))
+	}
+	if api == APIv2 {
+		l.Payload, l.Data = l.Data, nil
 	}
 	return l, nil
 }
@@ -85,16 +92,25 @@ func streamError(name string, l line) error {
 	return &StreamError{Endpoint: name, Message: *p.Error}
 }
 
-// stream posts body to a streaming endpoint and hands every line but
-// heartbeats to handle, until handle returns false, the stream ends (nil)
-// or fails. Error lines become *StreamError. onLine is called for every
-// line, heartbeats included. When handle stops a finite stream early, the
-// rest of a short answer is drained so the connection can be reused.
-func (c *Client) stream(ctx context.Context, name string, body any, onLine func(), handle func(line) (bool, error)) error {
-	resp, err := c.do(ctx, http.MethodPost, name, body, true)
+// stream sends body (built for the API version) to a streaming endpoint
+// and hands every line but heartbeats to handle, until handle returns
+// false, the stream ends (nil) or fails; see lines.
+func (c *Client) stream(ctx context.Context, name string, body func(API) any, onLine func(), handle func(line, API) (bool, error)) error {
+	resp, api, err := c.do(ctx, name, body, true)
 	if err != nil {
 		return err
 	}
+	return c.lines(ctx, api, name, resp, onLine, func(l line) (bool, error) { return handle(l, api) })
+}
+
+// lines reads a streaming answer and hands every line but heartbeats to
+// handle, until handle returns false, the stream ends (nil) or fails.
+// Error lines become *StreamError (or, with a code, *APIError). onLine is
+// called for every line, heartbeats included; a finite stream (onLine
+// nil) of the v2 API must end with its end item, else the stream broke
+// off (a transport failure). When handle stops a finite stream early, the
+// rest of a short answer is drained so the connection can be reused.
+func (c *Client) lines(ctx context.Context, api API, name string, resp *http.Response, onLine func(), handle func(line) (bool, error)) error {
 	finite := onLine == nil
 	stoppedEarly := false
 	defer func() {
@@ -108,6 +124,9 @@ func (c *Client) stream(ctx context.Context, name string, body any, onLine func(
 	for {
 		b, err := lr.next()
 		if err == io.EOF {
+			if api == APIv2 && finite {
+				return fmt.Errorf("esdb: %s: the answer ended before its end item: %w: %w", name, errTransport, io.ErrUnexpectedEOF)
+			}
 			return nil
 		}
 		if err != nil {
@@ -119,7 +138,7 @@ func (c *Client) stream(ctx context.Context, name string, body any, onLine func(
 		if onLine != nil {
 			onLine()
 		}
-		l, err := decodeLine(b, lr.n)
+		l, err := decodeLine(b, lr.n, api)
 		if err != nil {
 			return fmt.Errorf("esdb: %s: %w", name, err)
 		}
@@ -127,7 +146,14 @@ func (c *Client) stream(ctx context.Context, name string, body any, onLine func(
 		case "heartbeat":
 			continue
 		case "error":
-			return streamError(name, l)
+			return envelopeError(name, api, l.Payload)
+		case "end":
+			if api == APIv2 {
+				if finite {
+					stoppedEarly = true // drain what may follow
+				}
+				return nil
+			}
 		}
 		more, err := handle(l)
 		if err != nil {
@@ -162,7 +188,8 @@ func (c *Client) ReadEvents(ctx context.Context, subject string, opts ReadOption
 		}
 		var ch chain
 		stopped := false
-		err = c.stream(ctx, "read-events", map[string]any{"subject": subject, "options": o}, nil, func(l line) (bool, error) {
+		body := map[string]any{"subject": subject, "options": o}
+		err = c.stream(ctx, "read-events", func(API) any { return body }, nil, func(l line, _ API) (bool, error) {
 			if l.Type != "event" {
 				return false, unexpected("read-events", l)
 			}
@@ -295,7 +322,8 @@ func (ob *observation) once(parent context.Context) (progressed bool, err error)
 		progressed = true
 		watchdog.Reset(ob.o.StallTimeout)
 	}
-	err = ob.c.stream(ctx, "observe-events", map[string]any{"subject": ob.subject, "options": opts}, onLine, func(l line) (bool, error) {
+	body := map[string]any{"subject": ob.subject, "options": opts}
+	err = ob.c.stream(ctx, "observe-events", func(API) any { return body }, onLine, func(l line, _ API) (bool, error) {
 		if l.Type != "event" {
 			return false, unexpected("observe-events", l)
 		}
@@ -332,11 +360,22 @@ func (c *Client) RunEventQLQuery(ctx context.Context, query string) iter.Seq2[js
 			return
 		}
 		stopped := false
-		err := c.stream(ctx, "run-eventql-query", map[string]string{"query": query}, nil, func(l line) (bool, error) {
+		body := map[string]string{"query": query}
+		err := c.stream(ctx, "run-eventql-query", func(API) any { return body }, nil, func(l line, api API) (bool, error) {
 			if l.Type != "row" {
 				return false, unexpected("run-eventql-query", l)
 			}
-			if !yield(append(json.RawMessage(nil), l.Payload...), nil) {
+			row := l.Payload
+			if api == APIv2 {
+				var r struct {
+					Value json.RawMessage `json:"value"`
+				}
+				if err := json.Unmarshal(row, &r); err != nil || r.Value == nil {
+					return false, fmt.Errorf("esdb: run-eventql-query: row without a value: %w", ErrMalformedResponse)
+				}
+				row = r.Value
+			}
+			if !yield(append(json.RawMessage(nil), row...), nil) {
 				stopped = true
 				return false, nil
 			}
@@ -357,7 +396,13 @@ func (c *Client) ReadSubjects(ctx context.Context, baseSubject string) iter.Seq2
 			return
 		}
 		stopped := false
-		err := c.stream(ctx, "read-subjects", map[string]string{"baseSubject": baseSubject}, nil, func(l line) (bool, error) {
+		body := func(api API) any {
+			if api == APIv2 {
+				return map[string]any{"subject": baseSubject, "options": map[string]bool{"recursive": true}}
+			}
+			return map[string]string{"baseSubject": baseSubject}
+		}
+		err := c.stream(ctx, "read-subjects", body, nil, func(l line, _ API) (bool, error) {
 			if l.Type != "subject" {
 				return false, unexpected("read-subjects", l)
 			}
@@ -384,7 +429,7 @@ func (c *Client) ReadSubjects(ctx context.Context, baseSubject string) iter.Seq2
 func (c *Client) ReadEventTypes(ctx context.Context) iter.Seq2[EventType, error] {
 	return func(yield func(EventType, error) bool) {
 		stopped := false
-		err := c.stream(ctx, "read-event-types", struct{}{}, nil, func(l line) (bool, error) {
+		err := c.stream(ctx, "read-event-types", func(API) any { return struct{}{} }, nil, func(l line, api API) (bool, error) {
 			if l.Type != "eventType" {
 				return false, unexpected("read-event-types", l)
 			}
@@ -392,7 +437,7 @@ func (c *Client) ReadEventTypes(ctx context.Context) iter.Seq2[EventType, error]
 			if err := json.Unmarshal(l.Payload, &w); err != nil {
 				return false, fmt.Errorf("esdb: read-event-types: %w: %w", ErrMalformedResponse, err)
 			}
-			et, err := w.parse()
+			et, err := w.parse(api)
 			if err != nil {
 				return false, fmt.Errorf("esdb: read-event-types: %w", err)
 			}
