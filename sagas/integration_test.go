@@ -203,37 +203,42 @@ func (p *process) run(name string, f func(context.Context) error) {
 func (e *env) startInfra(t *testing.T) *process {
 	t.Helper()
 	p := newProcess()
-	run := p.run
-	log := testLogger(t)
-	relay, err := outbox.NewRelay(e.store, e.seeds, outbox.ToTopic(topics.Events(e.bc)), outbox.Lease(2*time.Second), outbox.WithLogger(log),
-		outbox.TransactionalID("orchestrix-relay."+e.bc))
-	if err != nil {
+	if err := startInfra(p, e.seeds, e.bc, e.store, e.reg, testLogger(t)); err != nil {
 		t.Fatal(err)
 	}
-	run("relay", relay.Run)
-	agg, err := banking.NewAggregate()
-	if err != nil {
-		t.Fatal(err)
-	}
-	repo, err := aggregates.NewRepository(agg, e.store, e.reg, "/"+e.bc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cl, err := producers.NewClient(e.seeds)
-	if err != nil {
-		t.Fatal(err)
-	}
-	proc, err := aggregates.NewProcessor(repo, aggregates.WithOutcomes(cl, topics.Outcomes(e.bc)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	procGroup, err := consumers.New(e.seeds, e.bc+"-aggregates", []string{topics.Commands(e.bc)}, proc, fast, consumers.WithLogger(log))
-	if err != nil {
-		t.Fatal(err)
-	}
-	run("processor", func(ctx context.Context) error { defer cl.Close(); return procGroup.Run(ctx) })
 	t.Cleanup(p.stop)
 	return p
+}
+
+func startInfra(p *process, seeds []string, bc string, store *postgres.Store, reg *codec.Registry, log *slog.Logger) error {
+	relay, err := outbox.NewRelay(store, seeds, outbox.ToTopic(topics.Events(bc)), outbox.Lease(2*time.Second), outbox.WithLogger(log),
+		outbox.TransactionalID("orchestrix-relay."+bc))
+	if err != nil {
+		return err
+	}
+	p.run("relay", relay.Run)
+	agg, err := banking.NewAggregate()
+	if err != nil {
+		return err
+	}
+	repo, err := aggregates.NewRepository(agg, store, reg, "/"+bc)
+	if err != nil {
+		return err
+	}
+	cl, err := producers.NewClient(seeds)
+	if err != nil {
+		return err
+	}
+	proc, err := aggregates.NewProcessor(repo, aggregates.WithOutcomes(cl, topics.Outcomes(bc)))
+	if err != nil {
+		return err
+	}
+	procGroup, err := consumers.New(seeds, bc+"-aggregates", []string{topics.Commands(bc)}, proc, fast, consumers.WithLogger(log))
+	if err != nil {
+		return err
+	}
+	p.run("processor", func(ctx context.Context) error { defer cl.Close(); return procGroup.Run(ctx) })
+	return nil
 }
 
 var fast = consumers.WithClientOpts(kgo.SessionTimeout(6*time.Second), kgo.HeartbeatInterval(500*time.Millisecond), kgo.FetchMaxWait(50*time.Millisecond))

@@ -20,6 +20,7 @@ import (
 	"github.com/orchestrix/orchestrix/codec"
 	"github.com/orchestrix/orchestrix/examples/banking"
 	"github.com/orchestrix/orchestrix/sagas"
+	"github.com/orchestrix/orchestrix/stores/postgres"
 	"github.com/orchestrix/orchestrix/topics"
 )
 
@@ -49,7 +50,8 @@ func runChild() int {
 		return 1
 	}
 	bc, typ := os.Getenv("SAGAS_BC"), os.Getenv("SAGAS_TYPE")
-	d, err := transferDef(typ, topics.Commands(bc), 0)
+	creditTimeout, _ := time.ParseDuration(os.Getenv("SAGAS_CREDIT_TIMEOUT"))
+	d, err := transferDef(typ, topics.Commands(bc), creditTimeout)
 	if err != nil {
 		log.Error("definition", "err", err)
 		return 1
@@ -60,7 +62,18 @@ func runChild() int {
 		return 1
 	}
 	p := newProcess()
-	if err := startSaga(p, strings.Split(os.Getenv("KAFKA_BROKERS"), ","), bc, rt, nil, log); err != nil {
+	seeds := strings.Split(os.Getenv("KAFKA_BROKERS"), ",")
+	if os.Getenv("SAGAS_ALL") == "1" { // the relay and the banking processor too
+		store, err := postgres.New(ctx, pool, postgres.WithSchema(os.Getenv("SAGAS_SCHEMA")))
+		if err == nil {
+			err = startInfra(p, seeds, bc, store, reg, log)
+		}
+		if err != nil {
+			log.Error("infra", "err", err)
+			return 1
+		}
+	}
+	if err := startSaga(p, seeds, bc, rt, nil, log); err != nil {
 		log.Error("start", "err", err)
 		return 1
 	}

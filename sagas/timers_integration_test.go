@@ -1,7 +1,10 @@
 package sagas_test
 
 import (
+	"os"
+	"os/exec"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -82,6 +85,90 @@ func TestTimeoutAfterRestartIntegration(t *testing.T) {
 		t.Fatalf("timer fired %d times, %d timer transitions; want 1 and 1", fired, timedOut)
 	}
 	p2.check(t)
+}
+
+// TestTimeoutAfterKillNineIntegration: one process runs everything (the
+// relay, the banking processor, the forwarder, the inbox group, the timer
+// poller). A credit command goes to a topic nobody reads, with a 2s
+// timeout; the process is killed with SIGKILL as soon as the timer is
+// stored, nothing runs for 5s, then a new process starts: the timer fires
+// exactly once and the debit is refunded.
+func TestTimeoutAfterKillNineIntegration(t *testing.T) {
+	if testing.Short() {
+		t.Skip("kill -9 test")
+	}
+	e := newEnv(t)
+	ctx := t.Context()
+	rt := e.runtime(t, e.definition(t, 2*time.Second)) // starts the saga and reads the store; runs nothing
+	child := func() *exec.Cmd {
+		c := exec.Command(os.Args[0], "-test.run=^$")
+		c.Env = append(os.Environ(), "SAGAS_CHILD=1", "SAGAS_ALL=1", "SAGAS_CREDIT_TIMEOUT=2s", "SAGAS_BC="+e.bc, "SAGAS_TYPE="+e.typ,
+			"SAGAS_SCHEMA="+e.store.Schema())
+		c.Stderr = os.Stderr
+		if err := c.Start(); err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	c := child()
+	var setup []orchestrix.Command
+	for _, a := range []string{"a", "b", "fee"} {
+		setup = append(setup, open(a, 100)...)
+	}
+	e.send(t, setup...)
+	e.waitBalance(t, map[string]int64{"a": 100, "b": 100, "fee": 100}, 30*time.Second)
+	if err := rt.Start(ctx, "late", Transfer{From: "a", To: "b", Fee: "fee", UndoFrom: "b", Amount: 10, CreditTopic: e.bc + ".nowhere"}); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		ts, err := rt.Store().Timers(ctx, rt.Type(), 10)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(ts) == 1 && ts[0].Fired.Step == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no credit timer: %+v", ts)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if err := c.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	_ = c.Wait()
+	time.Sleep(5 * time.Second)
+	if i, err := rt.Store().Get(ctx, rt.Type(), "late"); err != nil || i.Status != sagas.StatusRunning || i.Step != 1 {
+		t.Fatalf("while nothing ran: %+v %v", i, err)
+	}
+	c = child()
+	defer func() {
+		_ = c.Process.Signal(syscall.SIGTERM)
+		_ = c.Wait()
+	}()
+	if i := wait(t, rt, "late", 60*time.Second, sagas.StatusCompensated, sagas.StatusCompleted, sagas.StatusCompensationFailed); i.Status != sagas.StatusCompensated {
+		t.Fatalf("late: %+v", i)
+	}
+	e.waitBalance(t, map[string]int64{"a": 100, "b": 100, "fee": 100}, 30*time.Second)
+	var fired int
+	q := "SELECT count(*) FROM " + pgx.Identifier{e.store.Schema(), "outbox"}.Sanitize() + " WHERE topic = $1 AND headers::text LIKE '%timer%'"
+	if err := e.pool.QueryRow(ctx, q, rt.Inbox()).Scan(&fired); err != nil {
+		t.Fatal(err)
+	}
+	timedOut := 0
+	h, err := rt.Store().History(ctx, rt.Type(), "late")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tr := range h {
+		if tr.InputKind == sagas.KindTimer {
+			timedOut++
+		}
+	}
+	if fired != 1 || timedOut != 1 {
+		t.Fatalf("timer fired %d times, %d timer transitions; want 1 and 1", fired, timedOut)
+	}
 }
 
 // TestBadInputIntegration: inputs that can never apply are dead-lettered
