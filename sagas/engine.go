@@ -64,8 +64,9 @@ type Instance struct {
 	DefinitionVersion int `json:"definitionVersion"`
 	// Version counts the instance's transitions: the fence of its
 	// updates.
-	Version int64  `json:"version"`
-	Status  Status `json:"status"`
+	Version int64 `json:"version"`
+	// Status is where the instance stands.
+	Status Status `json:"status"`
 	// Step is the step whose action (running) or compensation
 	// (compensating, compensation_failed) is in play.
 	Step int `json:"step"`
@@ -81,7 +82,9 @@ type Instance struct {
 	// State is the definition's state S as JSON.
 	State json.RawMessage `json:"state"`
 	// Reason says why the instance compensates or failed to.
-	Reason    string    `json:"reason,omitempty"`
+	Reason string `json:"reason,omitempty"`
+	// StartedAt and UpdatedAt are when the first and the last transition
+	// were decided (the runtime's clock).
 	StartedAt time.Time `json:"startedAt"`
 	UpdatedAt time.Time `json:"updatedAt"`
 }

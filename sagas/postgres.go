@@ -176,6 +176,7 @@ func (s *PostgresStore) write(ctx context.Context, tx pgx.Tx, ch *Change) error 
 // outbox insert travels with the transition's other writes.
 type batchExecer struct{ b *pgx.Batch }
 
+// Exec queues the statement; its result comes with the batch's.
 func (e batchExecer) Exec(_ context.Context, sql string, args ...any) (pgconn.CommandTag, error) {
 	e.b.Queue(sql, args...)
 	return pgconn.CommandTag{}, nil

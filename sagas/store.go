@@ -44,13 +44,17 @@ type Change struct {
 	Messages []outbox.Message
 	// Timer replaces the instance's timer; nil deletes it unless
 	// KeepTimer.
-	Timer     *Timer
+	Timer *Timer
+	// KeepTimer leaves the instance's timer as it is.
 	KeepTimer bool
 	// Transition is appended to the history.
 	Transition Transition
 }
 
-// Transition is one entry of an instance's history.
+// Transition is one entry of an instance's history: at version Version,
+// input InputID of kind InputKind moved the instance from status From to
+// To, at step Step; Note says what was decided (commands sent, tries
+// failed, timers set, an operator's note).
 type Transition struct {
 	Type      string    `json:"type"`
 	SagaID    string    `json:"sagaId"`
