@@ -137,6 +137,7 @@ type config struct {
 	startOffset    kgo.Offset
 	connectTimeout time.Duration
 	onConn         func(up bool, err error)
+	linger         time.Duration
 }
 
 // Option configures a Group.
@@ -158,6 +159,21 @@ func MaxPollRecords(n int) Option { return func(c *config) { c.maxPoll = n } }
 // DrainTimeout bounds how long the batch in flight may take to finish
 // after Run's context ends (default 30s).
 func DrainTimeout(d time.Duration) Option { return func(c *config) { c.drainTimeout = d } }
+
+// DefaultPollLinger is the wait after a poll of fewer than
+// PollLingerBelow records before the next poll. At a moderate rate a poll
+// returns a record or two per partition, and each poll costs a round of
+// the handler's fixed work (the aggregate processor: a store transaction,
+// an outcome produce, an offset commit); waiting a few milliseconds lets
+// more records arrive first. It adds at most this much latency.
+const DefaultPollLinger = 5 * time.Millisecond
+
+// PollLingerBelow is the poll size under which the group lingers.
+const PollLingerBelow = 64
+
+// PollLinger sets the wait after a small poll (default DefaultPollLinger;
+// 0 turns it off: poll again at once).
+func PollLinger(d time.Duration) Option { return func(c *config) { c.linger = d } }
 
 // WithFailurePolicy sets how handler errors are treated (default
 // DefaultFailurePolicy()).
@@ -188,7 +204,7 @@ func StartAtEnd() Option { return func(c *config) { c.startOffset = kgo.NewOffse
 // after checking the whole configuration.
 func New(seeds []string, group string, topics []string, h Handler, opts ...Option) (*Group, error) {
 	cfg := config{keyConcurrency: 1, maxPoll: 1000, drainTimeout: 30 * time.Second, policy: DefaultFailurePolicy(), seeds: seeds,
-		startOffset: kgo.NewOffset().AtStart(), connectTimeout: 15 * time.Second}
+		startOffset: kgo.NewOffset().AtStart(), connectTimeout: 15 * time.Second, linger: DefaultPollLinger}
 	for _, o := range opts {
 		o(&cfg)
 	}
@@ -204,6 +220,9 @@ func New(seeds []string, group string, topics []string, h Handler, opts ...Optio
 	}
 	if h == nil {
 		errs = append(errs, errors.New("nil handler"))
+	}
+	if cfg.linger < 0 || cfg.linger > time.Second {
+		errs = append(errs, fmt.Errorf("poll linger %s must be 0 to 1s", cfg.linger))
 	}
 	if cfg.keyConcurrency < 1 || cfg.maxPoll < 1 || cfg.drainTimeout <= 0 || cfg.connectTimeout <= 0 {
 		errs = append(errs, fmt.Errorf("key concurrency %d, max poll %d, drain timeout %s and connect timeout %s must be positive",
@@ -374,6 +393,13 @@ func (g *Group) Run(ctx context.Context) error {
 		g.cl.AllowRebalance()
 		if err != nil {
 			return err
+		}
+		if n := fetches.NumRecords(); n > 0 && n < PollLingerBelow && g.cfg.linger > 0 {
+			// A small poll: let more records arrive before the next one.
+			select {
+			case <-ctx.Done():
+			case <-time.After(g.cfg.linger):
+			}
 		}
 	}
 }

@@ -249,4 +249,9 @@ func TestValidate(t *testing.T) {
 	if _, err := New([]string{"x:1"}, "g", []string{"t"}, HandlerFunc(nil), WithFailurePolicy(RetryTopics(-1))); !errors.Is(err, orchestrix.ErrInvalid) {
 		t.Fatalf("New = %v, want ErrInvalid", err)
 	}
+	for _, d := range []time.Duration{-time.Millisecond, 2 * time.Second} {
+		if _, err := New([]string{"x:1"}, "g", []string{"t"}, HandlerFunc(nil), PollLinger(d)); !errors.Is(err, orchestrix.ErrInvalid) {
+			t.Errorf("PollLinger(%s): New = %v, want ErrInvalid", d, err)
+		}
+	}
 }
