@@ -27,6 +27,7 @@ func commands() []command {
 		{"topics", "create or describe a context's topics (topics create|describe)", runTopics},
 		{"relay", "publish the store's committed events (and outbox table) to Kafka until SIGTERM", runRelay},
 		{"dlq", "inspect, redrive or purge a dead-letter topic (dlq list|show|redrive|purge)", runDLQ},
+		{"events", "the store's log or a topic as NDJSON CloudEvents, and back to a topic (events export|tail|import)", runEvents},
 		{"groups", "describe a consumer group or reset its offsets (groups describe|reset; a plan unless --execute, refused on an active group)", runGroups},
 		{"projections", "inspect and operate projections (projections list|status|rebuild|cutover|rollback|parked list|retry|skip)", runProjections},
 		{"replay", "copy a slice of a topic to another topic exactly once, resumable (plan by default, --dry-run, --execute)", runReplay},
