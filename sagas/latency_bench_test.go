@@ -6,6 +6,7 @@ import (
 	"os"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -40,7 +41,7 @@ func BenchmarkStepLatency(b *testing.B) {
 	if secs <= 0 {
 		secs = 5
 	}
-	for _, rate := range []int{300, 1000} {
+	for _, rate := range benchRates() {
 		b.Run(fmt.Sprintf("steps=%d/s", rate), func(b *testing.B) {
 			for b.Loop() {
 				benchSteps(b, rate, time.Duration(secs)*time.Second)
@@ -170,4 +171,19 @@ func benchSteps(b *testing.B, rate int, d time.Duration) {
 	b.ReportMetric(pct(sagaLat, 0.5), "saga-p50-ms")
 	b.ReportMetric(pct(sagaLat, 0.99), "saga-p99-ms")
 	b.ReportMetric(float64(total*4)/elapsed.Seconds(), "transitions/s")
+}
+
+// benchRates are the offered step rates: ORCHESTRIX_BENCH_RATES
+// ("300,1000,2000"), default 300 and 1000.
+func benchRates() []int {
+	var out []int
+	for _, f := range strings.Split(os.Getenv("ORCHESTRIX_BENCH_RATES"), ",") {
+		if n, err := strconv.Atoi(strings.TrimSpace(f)); err == nil && n > 0 {
+			out = append(out, n)
+		}
+	}
+	if len(out) == 0 {
+		out = []int{300, 1000}
+	}
+	return out
 }
