@@ -17,7 +17,7 @@ import (
 )
 
 // benchRuntime is the 3-step transfer on a store.
-func benchRuntime(b *testing.B, s Store) *Runtime {
+func benchRuntime(b testing.TB, s Store) *Runtime {
 	reg := codec.NewRegistry()
 	for _, err := range []error{codec.RegisterJSON[debit](reg, "t.Debit"), codec.RegisterJSON[credit](reg, "t.Credit"),
 		codec.RegisterJSON[refund](reg, "t.Refund"), codec.RegisterJSON[uncredit](reg, "t.Uncredit"), codec.RegisterJSON[notify](reg, "t.Notify")} {

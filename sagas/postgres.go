@@ -27,6 +27,17 @@ type PostgresStore struct {
 	schema string
 	out    *outbox.Writer
 	t      map[string]string // table name -> quoted
+	// crashAt, set by tests, fails Apply at a point of its transaction
+	// ("read": after the inbox insert and the read; "written": after
+	// every write, before the commit).
+	crashAt func(point string) error
+}
+
+func (s *PostgresStore) crash(point string) error {
+	if s.crashAt == nil {
+		return nil
+	}
+	return s.crashAt(point)
 }
 
 // NewPostgresStore returns a store on pool's schema.
@@ -113,10 +124,16 @@ func (s *PostgresStore) Apply(ctx context.Context, typ, sagaID, inputID string, 
 	if err != nil {
 		return err
 	}
+	if err := s.crash("read"); err != nil {
+		return err
+	}
 	if ch != nil {
 		if err := s.write(ctx, tx, ch); err != nil {
 			return err
 		}
+	}
+	if err := s.crash("written"); err != nil {
+		return err
 	}
 	if err := tx.Commit(ctx); err != nil {
 		return fmt.Errorf("sagas: commit %s/%s: %w", typ, sagaID, err)
