@@ -126,6 +126,21 @@ type config struct {
 	scan         time.Duration
 	setup        any // func(context.Context, T, int) error
 	beforeCommit func(ctx context.Context, version, shard int) error
+	onCommit     func(Commit)
+}
+
+// Commit describes a committed batch to an OnCommit hook.
+type Commit struct {
+	Projection string
+	Version    int
+	Shard      int
+	// Events are the batch's events (empty for a checkpoint-only commit);
+	// do not keep or modify them.
+	Events []orchestrix.Event
+	// Cursor is the checkpoint after the batch.
+	Cursor string
+	// Took is how long the transaction took, handler included.
+	Took time.Duration
 }
 
 // Option configures a Runner.
@@ -175,6 +190,11 @@ func Instance(name string) Option { return func(c *config) { c.instance = name }
 func Setup[T any](fn func(ctx context.Context, tx T, version int) error) Option {
 	return func(c *config) { c.setup = fn }
 }
+
+// OnCommit sets a hook called after each committed batch, on the shard's
+// goroutine (keep it short): metrics (events applied, lag as now minus
+// the last event's time, transaction time) and tests hang here.
+func OnCommit(fn func(Commit)) Option { return func(c *config) { c.onCommit = fn } }
 
 // VersionScan sets how often Run looks for versions registered while it
 // runs (default 2s).

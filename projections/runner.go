@@ -375,6 +375,7 @@ func (s *shardRun[T]) batch(events []orchestrix.Event) Batch {
 // commit applies events (maybe none) and moves the checkpoint to p in one
 // transaction.
 func (s *shardRun[T]) commit(ctx context.Context, events []orchestrix.Event, p progress) error {
+	start := time.Now()
 	_, err := s.r.backend.commit(ctx, s.k, s.epoch, p, func(ctx context.Context, tx T, status string) error {
 		s.status = status
 		if len(events) > 0 {
@@ -391,6 +392,9 @@ func (s *shardRun[T]) commit(ctx context.Context, events []orchestrix.Event, p p
 		return err
 	}
 	s.cursor = p.cursor
+	if s.r.cfg.onCommit != nil {
+		s.r.cfg.onCommit(Commit{Projection: s.r.name, Version: s.k.version, Shard: s.k.shard, Events: events, Cursor: p.cursor, Took: time.Since(start)})
+	}
 	return nil
 }
 
