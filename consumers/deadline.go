@@ -220,3 +220,9 @@ func (g *Group) watch() {
 		}
 	}
 }
+
+// ErrAttemptTimeout marks a handler call that failed after its deadline
+// (FailurePolicy.AttemptTimeout) passed. It is transient but not retried
+// in place: the record goes to the next retry level, or to the dead-letter
+// topic with reason "timeout".
+var ErrAttemptTimeout = errors.New("consumers: handler call exceeded its attempt timeout")

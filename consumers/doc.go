@@ -101,57 +101,12 @@
 // record of a key is in the retry chain, later records of that key are
 // parked behind it while other keys flow.
 //
-// The parked records live in the retry topics themselves, not in a
-// separate store: a record whose key is in the chain is forwarded,
-// unhandled (header HeaderParked), to the retry level where its key's
-// oldest record is, behind it. A record of the chain is handled only when
-// it is its key's oldest record in the chain; otherwise it is parked
-// again behind that one. Every record gets all delayed retries, counted
-// by header HeaderRetries: a failing record goes to the level of its next
-// retry (retry n at level n) and its key's later records follow it there.
-// A record released from parking at a level above its count instead
-// waits in place for the next delay: its retry partition is held from it
-// on, in memory (its other records are due later anyway when delays do
-// not decrease), because producing it again would mean parking all its
-// key's later records again behind it, once per failure. After a crash
-// it retries from the count in its headers. When the head is dead-lettered,
-// OrderedResume handles the parked records in order;
-// OrderedDeadLetterRest dead-letters the records of the key then in the
-// chain, and those parked behind them (header HeaderDeadKey), until the
-// key's chain is empty (reason ErrParkedBehindDeadLetter).
-//
-// Why this design: the state that must survive restarts and rebalances is
-// the chain itself, which Kafka already stores durably and in order; no
-// second source of truth (a compacted state topic, a database) can
-// disagree with it. The in-memory state (each key's records in the chain,
-// by origin offset, and their levels) is rebuilt when a partition is
-// assigned, by reading each retry level's partition from the group's
-// committed offset to its end. It needs one member to own partition p of a
-// topic and of all its retry topics: ordered modes require the retry
-// topics to have as many partitions as the topic (Run checks), place retry
-// records in the origin partition, and use range assignment
-// (kgo.RangeBalancer), which gives equal-numbered partitions of equally
-// partitioned topics to the same member.
-//
-// A crash leaves copies behind: a record forwarded to its next level
-// stays uncommitted at the previous one (and at the origin) until the
-// forward is acknowledged and committed. Rebuilding therefore identifies
-// every copy by its origin offset and keeps only the newest (header
-// HeaderHop); older copies are dropped when reached, and so are origin
-// records of a key at or below an offset already in its chain (a replay).
-// A dead-lettered head is the one case where replaying a copy would break
-// the order — its successors were handled, so handling its copy again
-// would be a first handling after them. So, in ordered modes, a head is
-// dead-lettered durably before its key moves on: the dead letter is
-// acknowledged, then a marker record (header HeaderMarker, with the head's
-// origin offset and, for OrderedDeadLetterRest, the last origin offset of
-// the key then in the chain) in the retry partition(s) is acknowledged.
-// The marker sits behind the head's copy, so it is read back with it
-// after a crash, and the copy is dropped. A marker is committed past only
-// once every older copy of its record is committed (the origin record,
-// the chain partitions as processed when it was written, and any stale
-// copy known from rebuilding), so no copy outlives it. The same marker
-// carries OrderedDeadLetterRest's decision across restarts.
+// The parked records live in the retry topics themselves (no second store
+// that could disagree with Kafka); ordered modes need the retry topics to
+// have as many partitions as the topic (Run checks) and use range
+// assignment. How parking, rebuilding after a restart, copies left by a
+// crash and dead-letter markers work is described in docs/failures.md
+// ("How ordered retries work inside").
 //
 // Delivery is at-least-once: a handler sees a record again after a crash
 // or a lost partition, so effects must be idempotent or, as the aggregate
