@@ -11,6 +11,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/plugin/kslog"
 )
 
 // Keys of the checkpoint topic's records. Each committed transaction
@@ -117,7 +118,7 @@ func (r *Relay) scanCheckpoint(ctx context.Context, from, end int64) (cp Checkpo
 		kgo.ConsumePartitions(map[string]map[int32]kgo.Offset{r.cfg.checkpointTopic: {0: kgo.NewOffset().At(from)}}),
 		kgo.FetchIsolationLevel(kgo.ReadCommitted()),
 		kgo.FetchMaxWait(200 * time.Millisecond),
-		kgo.WithLogger(kgoLogger{r.log}),
+		kgo.WithLogger(kslog.New(r.log)),
 	}, r.cfg.clientOpts...)
 	cl, err := kgo.NewClient(opts...)
 	if err != nil {

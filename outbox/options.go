@@ -2,6 +2,8 @@ package outbox
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"log/slog"
 	"time"
 
@@ -276,3 +278,120 @@ func WithDefaultSource(source string) Option { return func(c *config) { c.defaul
 // DefaultTransactionTimeout): the broker aborts a transaction left open
 // longer, and the relay stops waiting for one and starts over.
 func TransactionTimeout(d time.Duration) Option { return func(c *config) { c.txnTimeout = d } }
+
+// newConfig applies opts to the defaults and fills in what follows from
+// them and from src's optional capabilities.
+func newConfig(src Source, opts []Option) config {
+	cfg := config{
+		batchSize:     DefaultBatchSize,
+		pollMin:       DefaultPollMin,
+		pollMax:       DefaultPollMax,
+		linger:        DefaultLinger,
+		lease:         DefaultLease,
+		statsInterval: DefaultStatsInterval,
+		txnTimeout:    DefaultTransactionTimeout,
+		defaultSource: DefaultSource,
+		checkpointRF:  -1,
+	}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	if cfg.txnID == "" && cfg.topic != "" {
+		cfg.txnID = DefaultTransactionalID(cfg.topic)
+	}
+	if cfg.checkpointTopic == "" && cfg.topic != "" && checkTopic(cfg.topic) == nil {
+		cfg.checkpointTopic = cfg.topic + CheckpointSuffix
+	}
+	if cfg.dlqTopic == "" && cfg.topic != "" && checkTopic(cfg.topic) == nil {
+		cfg.dlqTopic = cfg.topic + DeadLetterSuffix
+	}
+	if sz, ok := src.(sizer); ok && cfg.maxEventSize == 0 {
+		cfg.maxEventSize = sz.MaxEventSize()
+	}
+	if cfg.maxEventSize == 0 {
+		cfg.maxEventSize = stores.DefaultMaxEventSize
+	}
+	if pg, ok := src.(pooled); ok && !cfg.noOutbox && cfg.outboxPool == nil {
+		cfg.outboxPool, cfg.outboxSchema = pg.Pool(), pg.Schema()
+	}
+
+	return cfg
+}
+
+// validate checks the whole configuration and reports every problem at
+// once (with errs, the caller's own), matching orchestrix.ErrInvalid.
+func (cfg *config) validate(errs ...error) error {
+	if cfg.topic == "" {
+		errs = append(errs, errors.New("no topic (use ToTopic, by convention \"<context>.events\")"))
+	} else if err := checkTopic(cfg.topic); err != nil {
+		errs = append(errs, err)
+	}
+	for typ, t := range cfg.routes {
+		if err := orchestrix.CheckID("routed event type", typ); err != nil {
+			errs = append(errs, err)
+		}
+		if err := checkTopic(t); err != nil {
+			errs = append(errs, fmt.Errorf("route %s: %w", typ, err))
+		}
+	}
+	if cfg.checkpointTopic != "" {
+		if err := checkTopic(cfg.checkpointTopic); err != nil {
+			errs = append(errs, fmt.Errorf("checkpoint topic: %w", err))
+		}
+	}
+	if cfg.dlqTopic != "" {
+		if err := checkTopic(cfg.dlqTopic); err != nil {
+			errs = append(errs, fmt.Errorf("dead-letter topic: %w", err))
+		}
+		if cfg.dlqTopic == cfg.topic || cfg.dlqTopic == cfg.checkpointTopic {
+			errs = append(errs, fmt.Errorf("dead-letter topic %s must differ from the events and checkpoint topics", cfg.dlqTopic))
+		}
+	}
+	if cfg.maxEventSize < 1 || cfg.maxEventSize > 1<<30 {
+		errs = append(errs, fmt.Errorf("max event size %d must be 1 to 2^30 bytes", cfg.maxEventSize))
+	}
+	if cfg.topic != "" {
+		if err := orchestrix.CheckID("transactional id", cfg.txnID); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if cfg.batchSize < 1 || cfg.batchSize > 20000 {
+		errs = append(errs, fmt.Errorf("batch size %d must be 1-20000", cfg.batchSize))
+	}
+	if cfg.linger > time.Second {
+		errs = append(errs, fmt.Errorf("linger %s must be at most 1s", cfg.linger))
+	}
+	if cfg.pollMin <= 0 || cfg.pollMax < cfg.pollMin {
+		errs = append(errs, fmt.Errorf("poll interval min %s, max %s: need 0 < min ≤ max", cfg.pollMin, cfg.pollMax))
+	}
+	if cfg.lease < time.Second {
+		errs = append(errs, fmt.Errorf("lease %s must be at least 1s", cfg.lease))
+	}
+	if cfg.statsInterval <= 0 {
+		errs = append(errs, fmt.Errorf("stats interval %s must be positive", cfg.statsInterval))
+	}
+	if cfg.txnTimeout < time.Second {
+		errs = append(errs, fmt.Errorf("transaction timeout %s must be at least 1s", cfg.txnTimeout))
+	}
+	if err := orchestrix.CheckID("default source", cfg.defaultSource); err != nil {
+		errs = append(errs, err)
+	}
+	if cfg.outboxPool != nil && !schemaName.MatchString(cfg.outboxSchema) {
+		errs = append(errs, fmt.Errorf("outbox schema name %q must match %s", cfg.outboxSchema, schemaName))
+	}
+	if len(cfg.instance) > 200 {
+		errs = append(errs, fmt.Errorf("instance name is %d bytes, limit 200", len(cfg.instance)))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("outbox: %w: %w", orchestrix.ErrInvalid, err)
+	}
+	return nil
+}
+
+// CheckOptions reports every problem with opts, as NewRelay would, without
+// a source or brokers: for a command that checks its flags before it
+// connects anywhere.
+func CheckOptions(opts ...Option) error {
+	cfg := newConfig(nil, opts)
+	return cfg.validate()
+}

@@ -131,7 +131,7 @@ func runRelay(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		opts = append(opts, outbox.WithClientOpts(kopts...))
 	}
 	// Check the relay's whole configuration before connecting anywhere.
-	if _, err := outbox.NewRelay(checkOnly{}, []string{"check"}, opts...); err != nil && *topic != "" {
+	if err := outbox.CheckOptions(opts...); err != nil && *topic != "" {
 		problems = append(problems, err.Error())
 	}
 	gcPercent := -1
@@ -191,10 +191,6 @@ func runRelay(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		time.Since(start).Round(time.Second), st.Events, st.Messages, st.Transactions, st.DeadLettered, st.Checkpoint.Events)
 	return nil
 }
-
-// checkOnly is a source that is never read: NewRelay validates the
-// options with it before the database is opened.
-type checkOnly struct{ outbox.Source }
 
 func defaultInstance() string {
 	host, err := os.Hostname()
