@@ -8,12 +8,14 @@ import (
 	"net"
 	"syscall"
 	"time"
+
+	"github.com/orchestrix/orchestrix/kafkaconn"
 )
 
 // ErrUnreachable is returned by Run when no seed broker answers within
 // ConnectTimeout at start (wrapped with the seeds and the last error).
 // Later outages do not stop Run: see the package documentation.
-var ErrUnreachable = errors.New("consumers: brokers unreachable")
+var ErrUnreachable = kafkaconn.ErrUnreachable
 
 // connect waits up to ConnectTimeout for a seed broker to answer.
 func (g *Group) connect(ctx context.Context) error {

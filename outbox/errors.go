@@ -6,6 +6,7 @@ import (
 
 	"github.com/orchestrix/orchestrix"
 	"github.com/orchestrix/orchestrix/stores"
+	"github.com/orchestrix/orchestrix/topics"
 	"github.com/twmb/franz-go/pkg/kerr"
 )
 
@@ -14,13 +15,13 @@ var (
 	// ErrTopicMissing: a topic the relay publishes to does not exist.
 	// Topics are created explicitly (orchestrix topics create), never by
 	// the relay, except its own checkpoint topic.
-	ErrTopicMissing = errors.New("outbox: topic does not exist")
+	ErrTopicMissing = topics.ErrNotFound
 	// ErrFenced: another relay instance with the same transactional ID
 	// initialised its producer, so this one may no longer publish.
 	ErrFenced = errors.New("outbox: fenced by a newer relay instance")
 	// ErrTooLarge: a record is larger than its topic's max.message.bytes
 	// (the reason given in its dead letter).
-	ErrTooLarge = errors.New("outbox: record too large for its topic")
+	ErrTooLarge = topics.ErrTooLarge
 )
 
 // permanentError marks an error the relay cannot recover from by itself.

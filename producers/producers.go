@@ -25,6 +25,8 @@ import (
 	"github.com/google/uuid"
 	"github.com/orchestrix/orchestrix"
 	"github.com/orchestrix/orchestrix/codec"
+	"github.com/orchestrix/orchestrix/kafkaconn"
+	"github.com/orchestrix/orchestrix/topics"
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 )
@@ -35,11 +37,12 @@ const DefaultLinger = time.Millisecond
 // DefaultDeliveryTimeout bounds how long a record may wait for delivery.
 const DefaultDeliveryTimeout = 30 * time.Second
 
-// Typed errors; match with errors.Is.
+// Typed errors; match with errors.Is. They are the shared sentinels of
+// packages topics and kafkaconn: one per condition across the module.
 var (
-	ErrUnknownTopic = errors.New("producers: topic does not exist")
-	ErrTooLarge     = errors.New("producers: record too large")
-	ErrUnreachable  = errors.New("producers: broker unreachable")
+	ErrUnknownTopic = topics.ErrNotFound
+	ErrTooLarge     = topics.ErrTooLarge
+	ErrUnreachable  = kafkaconn.ErrUnreachable
 )
 
 // NewClient returns a producing client for seeds: idempotent, acks=all,

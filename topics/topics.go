@@ -195,8 +195,16 @@ type Description struct {
 	EndOffsets map[int32]int64
 }
 
-// ErrNotFound reports a topic that does not exist.
-var ErrNotFound = errors.New("topics: topic not found")
+// The Kafka conditions every package reports with one sentinel (consumers,
+// producers, outbox and projections wrap these; kafkaconn.ErrUnreachable
+// is the one for brokers that do not answer).
+var (
+	// ErrNotFound reports a topic that does not exist.
+	ErrNotFound = errors.New("topics: topic not found")
+	// ErrTooLarge reports a record larger than its topic (or the
+	// producer) takes.
+	ErrTooLarge = errors.New("topics: record too large for its topic")
+)
 
 // Describe reports the topics' partitions, configs and end offsets.
 func Describe(ctx context.Context, adm *kadm.Client, names ...string) ([]Description, error) {
