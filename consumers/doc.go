@@ -17,7 +17,9 @@
 //   - Rebalances wait for the batch in flight (kgo.BlockRebalanceOnPoll),
 //     so a revoked partition is never processed by two members at once and
 //     never has unprocessed work committed. PartitionAware handlers are told
-//     about revoked and lost partitions to drop cached state.
+//     about revoked and lost partitions to drop cached state; Assignable
+//     handlers (a projection keeping its offsets with its read model) say
+//     where newly assigned partitions start.
 //   - When Run's context ends, the batch in flight gets DrainTimeout to
 //     finish, what finished is committed, the member leaves the group and
 //     Run returns nil.

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kgo"
@@ -23,6 +24,8 @@ type Group struct {
 	// chain places every consumed topic: origin topics and their retry
 	// levels.
 	chain map[string]chainPos
+	// assignErr is an Assignable handler's failure, which stops Run.
+	assignErr atomic.Pointer[assignError]
 
 	mu sync.Mutex
 	// states holds the parking state per origin partition (ordered modes).
@@ -93,6 +96,7 @@ func New(seeds []string, group string, topics []string, h Handler, opts ...Optio
 		kgo.BlockRebalanceOnPoll(),
 		kgo.ConsumeResetOffset(cfg.startOffset),
 		kgo.WithLogger(kslog.New(log)),
+		kgo.OnPartitionsAssigned(g.assigned),
 		kgo.OnPartitionsRevoked(g.revoked),
 		kgo.OnPartitionsLost(g.revoked),
 		// The client produces only retry records, dead letters and
@@ -133,6 +137,38 @@ func New(seeds []string, group string, topics []string, h Handler, opts ...Optio
 // or inspecting; do not poll it). Its producer lingers 20ms (see New)
 // unless WithClientOpts says otherwise.
 func (g *Group) Client() *kgo.Client { return g.cl }
+
+// assigned asks an Assignable handler where the assigned partitions of
+// the consumed topics start, and seeks there.
+func (g *Group) assigned(ctx context.Context, cl *kgo.Client, added map[string][]int32) {
+	a, ok := g.h.(Assignable)
+	if !ok {
+		return
+	}
+	seek := map[string]map[int32]kgo.EpochOffset{}
+	for topic, parts := range added {
+		if g.chain[topic].level > 0 {
+			continue
+		}
+		offs, err := a.PartitionsAssigned(ctx, topic, parts)
+		if err != nil {
+			g.assignErr.CompareAndSwap(nil, &assignError{fmt.Errorf("consumers: start offsets of %s %v: %w", topic, parts, err)})
+			return
+		}
+		for p, o := range offs {
+			if seek[topic] == nil {
+				seek[topic] = map[int32]kgo.EpochOffset{}
+			}
+			seek[topic][p] = kgo.EpochOffset{Epoch: -1, Offset: o}
+		}
+	}
+	if len(seek) > 0 {
+		cl.SetOffsets(seek)
+	}
+}
+
+// assignError is the first error of an Assignable handler.
+type assignError struct{ err error }
 
 func (g *Group) revoked(ctx context.Context, cl *kgo.Client, lost map[string][]int32) {
 	// Commit what was processed before the partitions go (retry records
@@ -222,6 +258,11 @@ func (g *Group) Run(ctx context.Context) error {
 			g.brokersDown(connErr)
 		} else if g.isDown() {
 			g.probe(ctx)
+		}
+		if ae := g.assignErr.Load(); ae != nil {
+			// Nothing of the partitions was handled: stop without commit.
+			g.cl.AllowRebalance()
+			return ae.err
 		}
 		err := g.process(ctx, fetches)
 		g.cl.AllowRebalance()

@@ -37,6 +37,20 @@ type PartitionAware interface {
 	PartitionsRevoked(topic string, partitions []int32)
 }
 
+// Assignable is an optional Handler interface for handlers that keep their
+// own position: a projection that stores its offsets in its read-model
+// database, in the transaction of its writes, rather than in the group's
+// committed offsets. PartitionsAssigned is called when the group assigns
+// partitions of a consumed topic (never of a retry topic) to this member,
+// before any of their records is handled; it returns the offset to start
+// from for each partition whose position it keeps (the next record to
+// handle). Partitions it leaves out start at the group's committed offset.
+// An error stops the group: Run returns it, since starting anywhere else
+// could skip or repeat records.
+type Assignable interface {
+	PartitionsAssigned(ctx context.Context, topic string, partitions []int32) (map[int32]int64, error)
+}
+
 // Stats describes one partition's share of a processed poll.
 type Stats struct {
 	Topic     string

@@ -220,8 +220,17 @@ func Client(t testing.TB, seeds []string, opts ...kgo.Opt) *kgo.Client {
 // deletes it when the test ends.
 func Topic(t testing.TB, seeds []string, partitions int32, configs map[string]*string) string {
 	t.Helper()
-	adm := kadm.NewClient(Client(t, seeds))
 	name := strings.ReplaceAll(Name("t"), "_", "-")
+	TopicNamed(t, seeds, name, partitions, configs)
+	return name
+}
+
+// TopicNamed creates the topic name (a group's dead-letter topic, say)
+// and deletes it when the test ends. It returns once the topic is listed
+// with its leaders (topics.Ensure), so the test can use it at once.
+func TopicNamed(t testing.TB, seeds []string, name string, partitions int32, configs map[string]*string) {
+	t.Helper()
+	adm := kadm.NewClient(Client(t, seeds))
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	spec := topics.Spec{Name: name, Partitions: partitions, ReplicationFactor: 1, Configs: map[string]string{}}
@@ -230,8 +239,6 @@ func Topic(t testing.TB, seeds []string, partitions int32, configs map[string]*s
 			spec.Configs[k] = *v
 		}
 	}
-	// Ensure returns once the topic is listed with its leaders: a test
-	// that uses it at once does not find it missing.
 	if _, err := topics.Ensure(ctx, adm, spec); err != nil {
 		unavailable(t, "Kafka", fmt.Errorf("create topic: %w", err))
 	}
@@ -240,5 +247,4 @@ func Topic(t testing.TB, seeds []string, partitions int32, configs map[string]*s
 		defer cancel()
 		_, _ = adm.DeleteTopics(ctx, name)
 	})
-	return name
 }
