@@ -9,6 +9,13 @@
 // Stores that can hold an append's transaction open implement
 // PendingAppender; for them the suite also checks that reading the log
 // never skips an event committed late by a slower concurrent transaction.
+//
+// Optional capabilities (stores.MultiStreamReader, RejectionRecorder)
+// are tested where a store has them and skipped otherwise; a store that
+// must record rejections passes RequireRejections, so lacking
+// stores.RejectionRecorder fails the Rejections subtest instead:
+//
+//	storetest.Run(t, newStore, storetest.RequireRejections())
 package storetest
 
 import (
