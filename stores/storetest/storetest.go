@@ -10,7 +10,7 @@
 // PendingAppender; for them the suite also checks that reading the log
 // never skips an event committed late by a slower concurrent transaction.
 //
-// Optional capabilities (stores.MultiStreamReader, RejectionRecorder)
+// Optional capabilities (stores.MultiStreamReader, stores.RejectionRecorder)
 // are tested where a store has them and skipped otherwise; a store that
 // must record rejections passes RequireRejections, so lacking
 // stores.RejectionRecorder fails the Rejections subtest instead:
