@@ -31,7 +31,7 @@ import (
 //
 // A command seen before (same ID) is answered with its first result and
 // decided again never. With a store that records rejections
-// (stores.RejectionRecorder: memory, postgres) that holds for rejected
+// (stores.RejectionRecorder: memory, postgres, esdb) that holds for rejected
 // commands too: the rejection is recorded in the transaction of the poll,
 // so a command redelivered after a crash is answered with its first
 // rejection, not decided again against a state that later commands of

@@ -123,7 +123,7 @@ type RejectedCommand struct {
 	Reason []byte
 }
 
-// RejectionRecorder is an optional EventStore interface (memory and
+// RejectionRecorder is an optional EventStore interface (memory, esdb and
 // postgres stores have it). AppendDecisions does what AppendMany does
 // and, in the same atomic step, records the rejected commands: FindCommand
 // then reports each as a Duplicate carrying its Rejection, and a later
@@ -142,7 +142,7 @@ type StreamRead struct {
 }
 
 // MultiStreamReader is an optional EventStore interface (stores/postgres
-// has it) for loading many aggregates in a few round trips instead of
+// and stores/memory have it) for loading many aggregates in a few round trips instead of
 // two per aggregate: the aggregates processor loads the cold aggregates
 // of a poll with it.
 type MultiStreamReader interface {
