@@ -87,6 +87,12 @@ func (s *relayStats) committed(b *published, _ time.Duration) {
 	}
 }
 
+// Topic returns the relay's events topic.
+func (r *Relay) Topic() string { return r.cfg.topic }
+
+// Instance returns the relay's instance name ("" when none was given).
+func (r *Relay) Instance() string { return r.cfg.instance }
+
 // Stats returns the relay's counters now; the lag needs a database query
 // and is only filled in by the periodic report (LagEvents is -1 here).
 func (r *Relay) Stats() Stats {
