@@ -22,3 +22,8 @@ source scripts/redact.sh
 echo "services: KAFKA_BROKERS=$KAFKA_BROKERS DATABASE_URL=$DATABASE_URL" | redact >&2
 go vet ./...
 go test -race -count=1 -timeout 20m "$@" ./...
+# Adapter modules of their own (they keep their dependencies out of the
+# core module): vetted and tested the same way.
+for mod in metrics/prom deploy/image; do
+  (cd "$mod" && go vet ./... && go test -race -count=1 -timeout 10m "$@" ./...)
+done
