@@ -62,6 +62,10 @@ type config struct {
 	// relay runs the outbox relay in the process too, publishing the
 	// stored events to <context>.events.
 	relay bool
+	// pollLinger and relayLinger are the processor group's and the
+	// relay's waits after a small batch (consumers.PollLinger,
+	// outbox.Linger).
+	pollLinger, relayLinger time.Duration
 }
 
 func main() {
@@ -75,6 +79,8 @@ func main() {
 	flag.IntVar(&c.burst, "burst", 50000, "commands of the maximum-throughput run (0: skip)")
 	flag.IntVar(&c.aggregates, "aggregates", 1000, "aggregates the commands are spread over")
 	flag.IntVar(&c.partitions, "partitions", 6, "partitions of the command topic")
+	flag.DurationVar(&c.pollLinger, "poll-linger", consumers.DefaultPollLinger, "the processor group's wait after a small poll (consumers.PollLinger; 0: off)")
+	flag.DurationVar(&c.relayLinger, "relay-linger", outbox.DefaultLinger, "the relay's wait after a small batch (outbox.Linger; 0: off)")
 	flag.BoolVar(&c.relay, "relay", true, "run the outbox relay too (publishes the events to <context>.events), as a deployment would")
 	dups := flag.Float64("duplicates", 0.01, "share of commands sent twice (same ID, back to back) in an extra burst run (0: skip)")
 	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
@@ -193,7 +199,8 @@ func run(ctx context.Context, c config) error {
 		return err
 	}
 	defer pool.Close()
-	fmt.Printf("pipeline benchmark: %d aggregates, %d partitions, %s per load, GOMAXPROCS %d\n\n", c.aggregates, c.partitions, c.duration, runtime.GOMAXPROCS(0))
+	fmt.Printf("pipeline benchmark: %d aggregates, %d partitions, %s per load, GOMAXPROCS %d, relay %v, poll linger %s, relay linger %s\n\n",
+		c.aggregates, c.partitions, c.duration, runtime.GOMAXPROCS(0), c.relay, c.pollLinger, c.relayLinger)
 	fmt.Printf("%-12s %-9s %12s %10s %10s %10s %9s %6s %9s %9s %8s\n", "offered/s", "system", "achieved/s", "p50", "p99", "p99.9", "heap MiB", "cores", "CPU us/op", "batches/s", "txns/s")
 	for _, rate := range c.rates {
 		n := int(float64(rate) * c.duration.Seconds())
@@ -345,7 +352,7 @@ func orchestrix(ctx context.Context, c config, seeds []string, pool *pgxpool.Poo
 			fmt.Fprintf(os.Stderr, "  processor: %d partition batches, %.1f records/batch, %.1f ms/batch\n", batches, float64(recsN)/float64(batches), busy.Seconds()*1000/float64(batches))
 		}
 	}()
-	group, err := consumers.New(seeds, bc, []string{topics.Commands(bc)}, proc, stats, consumers.WithLogger(slog.New(slog.DiscardHandler)))
+	group, err := consumers.New(seeds, bc, []string{topics.Commands(bc)}, proc, stats, consumers.WithLogger(slog.New(slog.DiscardHandler)), consumers.PollLinger(c.pollLinger))
 	if err != nil {
 		return result{}, err
 	}
@@ -357,7 +364,7 @@ func orchestrix(ctx context.Context, c config, seeds []string, pool *pgxpool.Poo
 	workers := map[string]func(context.Context) error{"processor": group.Run, "awaiter": aw.Run}
 	var relay *outbox.Relay
 	if c.relay {
-		relay, err = outbox.NewRelay(store, seeds, outbox.ToTopic(topics.Events(bc)), outbox.Instance("bench"), outbox.WithLogger(plog))
+		relay, err = outbox.NewRelay(store, seeds, outbox.ToTopic(topics.Events(bc)), outbox.Instance("bench"), outbox.WithLogger(plog), outbox.Linger(c.relayLinger))
 		if err != nil {
 			return result{}, err
 		}
