@@ -269,15 +269,25 @@ func reverseWriters(ctx context.Context, t testing.TB, pool *pgxpool.Pool, store
 		defer func() { done <- round }()
 		for ; ctx.Err() == nil; round++ {
 			var txs []pgx.Tx
+			// Whatever happens, no transaction is left open: an open one
+			// keeps its connection, and the pool's Close waits forever.
+			abandon := func() {
+				for _, tx := range txs {
+					_ = tx.Rollback(context.Background())
+				}
+			}
 			for w := range 4 {
 				tx, err := pool.Begin(ctx)
 				if err != nil {
+					abandon()
 					return
 				}
 				txs = append(txs, tx)
-				typ := "Counted"
-				if _, err := store.AppendTx(ctx, tx, []stores.AppendRequest{{StreamID: fmt.Sprintf("w%d-r%d", w, round), Expected: stores.NoStream, Events: events(3, typ)}}); err != nil {
-					t.Errorf("append tx: %v", err)
+				if _, err := store.AppendTx(ctx, tx, []stores.AppendRequest{{StreamID: fmt.Sprintf("w%d-r%d", w, round), Expected: stores.NoStream, Events: events(3, "Counted")}}); err != nil {
+					abandon()
+					if ctx.Err() == nil {
+						t.Errorf("append tx: %v", err)
+					}
 					return
 				}
 			}

@@ -225,18 +225,52 @@ func (r *Runner[T]) lead(ctx context.Context, term stores.Term, k key, shards in
 		return fmt.Errorf("projections: %s v%d shard %d: %w", r.name, k.version, k.shard, err)
 	}
 	defer rd.close()
+	// While a page is applied, the next one is read (when the source is
+	// not at its end): reading and committing overlap. The prefetched page
+	// is drained before the reader is rewound or closed.
+	type readResult struct {
+		page  []item
+		atEnd uint64
+		err   error
+	}
+	var next chan readResult
+	prefetch := func() {
+		next = make(chan readResult, 1)
+		go func(ch chan<- readResult) {
+			page, atEnd, err := rd.read(ctx)
+			ch <- readResult{page, atEnd, err}
+		}(next)
+	}
+	drain := func() {
+		if next != nil {
+			<-next
+			next = nil
+		}
+	}
+	defer drain()
 	s := &shardRun[T]{r: r, k: k, epoch: c.epoch, status: c.status, created: c.created, cursor: c.cursor, log: log}
 	lastBeat, lastRetries := time.Now(), time.Time{}
 	for {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		page, atEnd, err := rd.read(ctx)
+		var res readResult
+		if next != nil {
+			res = <-next
+			next = nil
+		} else {
+			res.page, res.atEnd, res.err = rd.read(ctx)
+		}
+		page, atEnd, err := res.page, res.atEnd, res.err
 		if err != nil {
 			return fmt.Errorf("projections: %s v%d shard %d: %w", r.name, k.version, k.shard, err)
 		}
 		if len(page) > 0 {
+			if atEnd == 0 {
+				prefetch()
+			}
 			if err := s.apply(ctx, page); err != nil {
+				drain()
 				var pe *PoisonError
 				if !errors.As(err, &pe) {
 					return err
