@@ -2,11 +2,13 @@ package sagas
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"sync"
 	"time"
 
+	"github.com/orchestrix/orchestrix/consumers"
 	"github.com/orchestrix/orchestrix/outbox"
 	"github.com/twmb/franz-go/pkg/kgo"
 )
@@ -77,6 +79,24 @@ func (m *MemoryStore) Apply(ctx context.Context, typ, sagaID, inputID string, fn
 	}
 	m.inbox[k][inputID] = true
 	return nil
+}
+
+// ApplyBatch implements Store: Apply of each item in order (each its own
+// atomic unit).
+func (m *MemoryStore) ApplyBatch(ctx context.Context, typ string, items []Item) []error {
+	errs := make([]error, len(items))
+	failed := map[string]bool{}
+	for i, it := range items {
+		if failed[it.SagaID] {
+			errs[i] = consumers.ErrBlocked
+			continue
+		}
+		errs[i] = m.Apply(ctx, typ, it.SagaID, it.InputID, it.Decide)
+		if errs[i] != nil && !errors.Is(errs[i], ErrDuplicateInput) {
+			failed[it.SagaID] = true
+		}
+	}
+	return errs
 }
 
 func (m *MemoryStore) enqueue(msgs []outbox.Message) {

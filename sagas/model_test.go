@@ -265,7 +265,7 @@ func runSagaModel(t *testing.T, rt *rapid.T, store Store, typ string, drain func
 	collect()
 	steps := rapid.IntRange(0, 150).Draw(rt, "steps")
 	for range steps {
-		switch rapid.IntRange(0, 9).Draw(rt, "action") {
+		switch rapid.IntRange(0, 10).Draw(rt, "action") {
 		case 0, 1, 2: // an aggregate decides its oldest command
 			var aggs []string
 			for a, q := range queues {
@@ -290,6 +290,20 @@ func runSagaModel(t *testing.T, rt *rapid.T, store Store, typ string, drain func
 			inbox = slices.Delete(inbox, i, i+1)
 			handle(r)
 			delivered = append(delivered, r)
+		case 10: // a batch of pending inputs, in any order, one transaction
+			k := min(len(inbox), rapid.IntRange(1, 6).Draw(rt, "batch"))
+			var batch []*kgo.Record
+			for range k {
+				i := rapid.IntRange(0, len(inbox)-1).Draw(rt, "input")
+				batch = append(batch, inbox[i])
+				inbox = slices.Delete(inbox, i, i+1)
+			}
+			for i, err := range run.HandleBatch(ctx, batch) {
+				if err != nil {
+					t.Fatalf("batch input %s: %v", header(batch[i], HeaderInput), err)
+				}
+			}
+			delivered = append(delivered, batch...)
 		case 6: // an input again
 			if len(delivered) == 0 {
 				continue

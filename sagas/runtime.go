@@ -240,7 +240,18 @@ func (r *Runtime) Resolve(ctx context.Context, sagaID, opID, note string) error 
 // apply runs one input in one store transaction.
 func (r *Runtime) apply(ctx context.Context, in Input) error {
 	var tr Transition
-	err := r.store.Apply(ctx, r.typ, in.SagaID, in.ID, func(cur *Instance) (*Change, error) {
+	if err := r.store.Apply(ctx, r.typ, in.SagaID, in.ID, r.decide(in, &tr)); err != nil {
+		return err
+	}
+	r.committed(tr)
+	return nil
+}
+
+// decide returns the function that decides in against the stored
+// instance; it fills tr with the transition it decided (Version 0: none).
+func (r *Runtime) decide(in Input, tr *Transition) func(cur *Instance) (*Change, error) {
+	return func(cur *Instance) (*Change, error) {
+		*tr = Transition{}
 		def := r.latest
 		if cur != nil {
 			if def = r.defs[cur.DefinitionVersion]; def == nil {
@@ -273,23 +284,74 @@ func (r *Runtime) apply(ctx context.Context, in Input) error {
 		if cur != nil {
 			from = cur.Status
 		}
-		tr = Transition{Type: r.typ, SagaID: in.SagaID, Version: dec.Instance.Version, At: now, InputID: in.ID, InputKind: in.Kind,
+		*tr = Transition{Type: r.typ, SagaID: in.SagaID, Version: dec.Instance.Version, At: now, InputID: in.ID, InputKind: in.Kind,
 			From: from, To: dec.Instance.Status, Step: dec.Instance.Step, Note: dec.Note}
-		return &Change{Instance: dec.Instance, Messages: msgs, Timer: dec.Timer, KeepTimer: dec.KeepTimer, Transition: tr}, nil
-	})
-	if err != nil {
-		return err
+		return &Change{Instance: dec.Instance, Messages: msgs, Timer: dec.Timer, KeepTimer: dec.KeepTimer, Transition: *tr}, nil
 	}
-	if tr.Version > 0 {
-		r.log.Debug("transition", "saga_id", in.SagaID, "input", in.ID, "from", tr.From, "to", tr.To, "note", tr.Note)
-		if tr.To == StatusCompensationFailed {
-			r.log.Error("compensation failed; an operator must retry or resolve", "saga_id", in.SagaID, "note", tr.Note)
-		}
-		if r.onChange != nil {
-			r.onChange(tr)
+}
+
+// committed reports a committed transition.
+func (r *Runtime) committed(tr Transition) {
+	if tr.Version == 0 {
+		return
+	}
+	r.log.Debug("transition", "saga_id", tr.SagaID, "input", tr.InputID, "from", tr.From, "to", tr.To, "note", tr.Note)
+	if tr.To == StatusCompensationFailed {
+		r.log.Error("compensation failed; an operator must retry or resolve", "saga_id", tr.SagaID, "note", tr.Note)
+	}
+	if r.onChange != nil {
+		r.onChange(tr)
+	}
+}
+
+// classify maps an input's error to what the consumer group does with it.
+func (r *Runtime) classify(rec *kgo.Record, err error) error {
+	switch {
+	case err == nil, errors.Is(err, ErrDuplicateInput):
+		return nil
+	case errors.Is(err, orchestrix.ErrInvalid), errors.Is(err, orchestrix.ErrUnknownType), errors.Is(err, ErrUnknownSaga),
+		errors.Is(err, ErrNotAllowed):
+		r.log.Warn("input dead-lettered", "saga_id", string(rec.Key), "partition", rec.Partition, "offset", rec.Offset, "err", err)
+		return consumers.Permanent(err)
+	}
+	return err
+}
+
+// HandleBatch implements consumers.BatchHandler: it applies one
+// partition's inputs of a poll in one store transaction (Store.ApplyBatch),
+// in order, each instance's inputs seeing the ones before. An input that
+// fails fails the later inputs of its instance (consumers.ErrBlocked);
+// the group retries failed inputs one by one with Handle.
+func (r *Runtime) HandleBatch(ctx context.Context, recs []*kgo.Record) []error {
+	errs := make([]error, len(recs))
+	items := make([]Item, 0, len(recs))
+	idx := make([]int, 0, len(recs))
+	trs := make([]Transition, len(recs))
+	failed := map[string]bool{}
+	for i, rec := range recs {
+		in, err := r.decode(rec)
+		switch {
+		case failed[string(rec.Key)]:
+			errs[i] = consumers.ErrBlocked
+		case err != nil:
+			errs[i] = r.classify(rec, err)
+			failed[string(rec.Key)] = true
+		default:
+			items = append(items, Item{SagaID: in.SagaID, InputID: in.ID, Decide: r.decide(in, &trs[i])})
+			idx = append(idx, i)
 		}
 	}
-	return nil
+	if len(items) == 0 {
+		return errs
+	}
+	res := r.store.ApplyBatch(ctx, r.typ, items)
+	for k, i := range idx {
+		errs[i] = r.classify(recs[i], res[k])
+		if res[k] == nil {
+			r.committed(trs[i])
+		}
+	}
+	return errs
 }
 
 // Handle implements consumers.Handler for the inbox topic: it applies
@@ -304,15 +366,7 @@ func (r *Runtime) Handle(ctx context.Context, rec *kgo.Record) error {
 	if err == nil {
 		err = r.apply(ctx, in)
 	}
-	switch {
-	case err == nil, errors.Is(err, ErrDuplicateInput):
-		return nil
-	case errors.Is(err, orchestrix.ErrInvalid), errors.Is(err, orchestrix.ErrUnknownType), errors.Is(err, ErrUnknownSaga),
-		errors.Is(err, ErrNotAllowed):
-		r.log.Warn("input dead-lettered", "saga_id", string(rec.Key), "partition", rec.Partition, "offset", rec.Offset, "err", err)
-		return consumers.Permanent(err)
-	}
-	return err
+	return r.classify(rec, err)
 }
 
 // decode reads an inbox record.

@@ -22,6 +22,13 @@ type Store interface {
 	// Apply writes nothing and returns ErrFenced. If fn fails, nothing
 	// is written and its error is returned.
 	Apply(ctx context.Context, typ, sagaID, inputID string, fn func(cur *Instance) (*Change, error)) error
+	// ApplyBatch applies items in order, each as Apply would, and returns
+	// one error per item. An item sees the changes of the items before
+	// it. An item whose Decide fails writes nothing (not its inbox row)
+	// and fails the later items of its instance with consumers.ErrBlocked.
+	// PostgresStore commits all of them in one transaction: if that
+	// fails (or a fence does), every item fails with the error.
+	ApplyBatch(ctx context.Context, typ string, items []Item) []error
 	// FireTimers removes up to limit timers of typ due at now and writes
 	// msg of each to the outbox, atomically; it returns how many fired.
 	FireTimers(ctx context.Context, typ string, now time.Time, limit int, msg func(Timer) (outbox.Message, error)) (int, error)
@@ -34,6 +41,13 @@ type Store interface {
 	// Timers returns pending timers (of typ, or all when empty), the
 	// earliest first, at most limit.
 	Timers(ctx context.Context, typ string, limit int) ([]Timer, error)
+}
+
+// Item is one input of an ApplyBatch.
+type Item struct {
+	SagaID, InputID string
+	// Decide is Apply's fn.
+	Decide func(cur *Instance) (*Change, error)
 }
 
 // Change is what Apply writes.

@@ -60,6 +60,7 @@ func TestStoreConformance(t *testing.T) {
 			t.Run("timers", func(t *testing.T) { testTimers(t, mk(t)) })
 			t.Run("list", func(t *testing.T) { testList(t, mk(t)) })
 			t.Run("runtime", func(t *testing.T) { testRuntimeOnStore(t, mk(t)) })
+			t.Run("batch", func(t *testing.T) { testApplyBatch(t, mk(t)) })
 		})
 	}
 }
@@ -275,4 +276,68 @@ func o(t *testing.T, sagaID string) []byte {
 
 func hdrs(kind InputKind, id string) []kgo.RecordHeader {
 	return []kgo.RecordHeader{{Key: HeaderKind, Value: []byte(kind)}, {Key: HeaderInput, Value: []byte(id)}}
+}
+
+func testApplyBatch(t *testing.T, b backend) {
+	ctx := t.Context()
+	s := b.store
+	at := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	if err := s.Apply(ctx, "t", "s1", "old", func(*Instance) (*Change, error) { return nil, nil }); err != nil {
+		t.Fatal(err)
+	}
+	next := func(note string, msg string, timer *Timer) func(*Instance) (*Change, error) {
+		return func(cur *Instance) (*Change, error) {
+			i := inst("s1", 1, StatusRunning, at)
+			if cur != nil {
+				i = *cur
+				i.Version++
+			}
+			i.Reason = note
+			return &Change{Instance: i, Messages: []outbox.Message{{Topic: "x.commands", Key: []byte("k"), Value: []byte(msg)}}, Timer: timer,
+				Transition: Transition{At: at, InputID: note, To: i.Status}}, nil
+		}
+	}
+	boom := errors.New("boom")
+	tm := &Timer{Type: "t", SagaID: "s1", Due: at.Add(time.Hour), Fired: TimerFired{Phase: PhaseAction, Step: 0, Try: 2, Kind: waitOutcome}}
+	items := []Item{
+		{SagaID: "s1", InputID: "a", Decide: next("a", "m1", nil)},
+		{SagaID: "s1", InputID: "b", Decide: next("b", "m2", tm)},
+		{SagaID: "s1", InputID: "old", Decide: next("old", "never", nil)},
+		{SagaID: "s2", InputID: "c", Decide: func(*Instance) (*Change, error) { return nil, boom }},
+		{SagaID: "s2", InputID: "d", Decide: next("d", "never", nil)},
+		{SagaID: "s3", InputID: "e", Decide: func(*Instance) (*Change, error) { return nil, nil }},
+		{SagaID: "s1", InputID: "a", Decide: next("a-again", "never", nil)},
+	}
+	errs := s.ApplyBatch(ctx, "t", items)
+	want := []error{nil, nil, ErrDuplicateInput, boom, consumers.ErrBlocked, nil, ErrDuplicateInput}
+	for i := range items {
+		if !errors.Is(errs[i], want[i]) || (want[i] == nil && errs[i] != nil) {
+			t.Fatalf("item %d: %v, want %v", i, errs[i], want[i])
+		}
+	}
+	got, err := s.Get(ctx, "t", "s1")
+	if err != nil || got.Version != 2 || got.Reason != "b" {
+		t.Fatalf("s1: %+v %v", got, err)
+	}
+	if h, err := s.History(ctx, "t", "s1"); err != nil || len(h) != 2 || h[0].InputID != "a" || h[1].InputID != "b" {
+		t.Fatalf("history: %+v %v", h, err)
+	}
+	if ts, err := s.Timers(ctx, "t", 10); err != nil || len(ts) != 1 || ts[0].Fired.Try != 2 {
+		t.Fatalf("timers: %+v %v", ts, err)
+	}
+	if out := b.outbox(t); len(out) != 2 || string(out[0].Value) != "m1" || string(out[1].Value) != "m2" {
+		t.Fatalf("outbox: %+v", out)
+	}
+	// s2's inputs were not recorded; s3's ignored one was.
+	for _, in := range []string{"c", "d"} {
+		if err := s.Apply(ctx, "t", "s2", in, func(*Instance) (*Change, error) { return nil, nil }); err != nil {
+			t.Fatalf("s2 input %s again: %v", in, err)
+		}
+	}
+	if err := s.Apply(ctx, "t", "s3", "e", func(*Instance) (*Change, error) { return nil, nil }); !errors.Is(err, ErrDuplicateInput) {
+		t.Fatalf("s3 input again: %v", err)
+	}
+	if errs := s.ApplyBatch(ctx, "t", nil); len(errs) != 0 {
+		t.Fatal(errs)
+	}
 }
