@@ -248,7 +248,8 @@ func BenchmarkLiveLag(b *testing.B) {
 // waitHorizon waits until every transaction that exists now has ended, so
 // that the store's gap-safe ReadAll sees everything committed so far (on a
 // shared database another session's long transaction holds it back).
-func waitHorizon(b *testing.B, pool *pgxpool.Pool) {
+func waitHorizon(b testing.TB, pool *pgxpool.Pool) {
+	b.Helper()
 	var target, horizon uint64
 	if err := pool.QueryRow(b.Context(), "SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint").Scan(&target); err != nil {
 		b.Fatal(err)

@@ -32,7 +32,9 @@ const (
 	// childStopEnv makes the child SIGSTOP itself inside the transaction
 	// of its Nth batch, after the checkpoint update and before the commit.
 	childStopEnv = "ORCHESTRIX_PROJECTION_CHILD_STOP_AT"
-	childLease   = 2 * time.Second
+	// childTopicEnv makes the child read this topic instead of the store.
+	childTopicEnv = "ORCHESTRIX_PROJECTION_CHILD_TOPIC"
+	childLease    = 2 * time.Second
 )
 
 // TestMain runs the test binary as a projection process when childEnv is
@@ -77,7 +79,11 @@ func projectionChild() int {
 			return nil
 		}))
 	}
-	r, err := projections.New("counts", back, projections.FromStore(store), pgHandler(schema), opts...)
+	src := projections.FromStore(store)
+	if topic := os.Getenv(childTopicEnv); topic != "" {
+		src = projections.FromTopic(strings.Split(os.Getenv("KAFKA_BROKERS"), ","), topic)
+	}
+	r, err := projections.New("counts", back, src, pgHandler(schema), opts...)
 	if err != nil {
 		return fail(err)
 	}

@@ -2,6 +2,8 @@ package projections_test
 
 import (
 	"context"
+	"math/rand/v2"
+	"syscall"
 	"testing"
 	"time"
 
@@ -25,6 +27,7 @@ func TestStoreEqualsTopicIntegration(t *testing.T) {
 	store := pgtest.Store(t, pool)
 	schema := store.Schema()
 	seed(t, store, "s", 20_000, 200)
+	waitHorizon(t, pool)
 	topic := testenv.Topic(t, seeds, 4, nil)
 
 	// Publish the log to the topic as the relay would: keyed by stream.
@@ -107,3 +110,75 @@ func TestStoreEqualsTopicIntegration(t *testing.T) {
 
 // pgxTx is the PostgreSQL backend's transaction type.
 type pgxTx = pgx.Tx
+
+// TestTopicKillNineIntegration: a projection process reading a 4-partition
+// events topic (offsets only in its checkpoint rows) is killed -9 at
+// random points while it catches up 50k events, and restarted each time:
+// the final model equals the store-side oracle of the same events, each
+// applied once.
+func TestTopicKillNineIntegration(t *testing.T) {
+	pool := testenv.Pool(t)
+	seeds := testenv.Brokers(t)
+	store := pgtest.Store(t, pool)
+	schema := store.Schema()
+	n := 50_000
+	seed(t, store, "s", n, 500)
+	waitHorizon(t, pool)
+	topic := testenv.Topic(t, seeds, 4, nil)
+	cl := testenv.Client(t, seeds, kgo.DefaultProduceTopic(topic), kgo.ProducerLinger(5*time.Millisecond))
+	var recs []*kgo.Record
+	for e, err := range store.ReadAll(t.Context(), stores.Cursor{}, 0) {
+		if err != nil {
+			t.Fatal(err)
+		}
+		r, err := codec.EventToRecord(topic, e.Event)
+		if err != nil {
+			t.Fatal(err)
+		}
+		recs = append(recs, r)
+	}
+	if len(recs) != n {
+		t.Fatalf("read %d events to publish, want %d (the horizon?)", len(recs), n)
+	}
+	if err := cl.ProduceSync(t.Context(), recs...).FirstErr(); err != nil {
+		t.Fatal(err)
+	}
+	// The read model lives in its own schema (its tables are named like
+	// the store-side ones).
+	rschema := pgtest.Store(t, pool).Schema()
+	applied := func() int64 {
+		var a int64
+		_ = pool.QueryRow(t.Context(), "SELECT COALESCE(sum(applied), 0) FROM "+rschema+".projection_checkpoints").Scan(&a)
+		return a
+	}
+	kills, midway := 0, 0
+	var progress []int64
+	for kills < 40 && (kills < 6 || applied() < int64(n)) {
+		c := startChild(t, rschema, childTopicEnv+"="+topic)
+		time.Sleep(time.Duration(200+rand.IntN(500)) * time.Millisecond)
+		c.kill()
+		kills++
+		a := applied()
+		progress = append(progress, a)
+		if a > 0 && a < int64(n) {
+			midway++
+		}
+	}
+	c := startChild(t, rschema, childTopicEnv+"="+topic)
+	deadline := time.Now().Add(2 * time.Minute)
+	for applied() < int64(n) && time.Now().Before(deadline) {
+		time.Sleep(100 * time.Millisecond)
+	}
+	_ = c.cmd.Process.Signal(syscall.SIGTERM)
+	<-c.done
+	if midway < 3 {
+		t.Fatalf("only %d of %d kills hit the catch-up midway (applied after each: %v)", midway, kills, progress)
+	}
+	if d := diffModels(pgOracle(t, pool, schema), pgModel(t, pool, rschema, "streams_v1")); d != "" {
+		t.Fatalf("topic-built model after %d kills: %s", kills, d)
+	}
+	if got := totalApplied(t, pool, rschema, 1); got != int64(n) {
+		t.Fatalf("applied %d events, the topic has %d", got, n)
+	}
+	t.Logf("%d kills, applied after each: %v; model exact", kills, progress)
+}
