@@ -21,7 +21,12 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 )
 
-// createTopics creates names with partitions and deletes them at the end.
+// createTopics creates names with partitions, waits until the broker's
+// metadata shows them with a leader for every partition, and deletes them
+// at the end. Without the wait a group started at once could find a topic
+// missing: a busy broker showed one created a moment ago only seconds
+// later (TestHungHandler/kafka failed its start check so, 1 run in 3
+// under load).
 func createTopics(t testing.TB, seeds []string, partitions int32, names ...string) {
 	t.Helper()
 	adm := kadm.NewClient(testenv.Client(t, seeds))
@@ -37,6 +42,29 @@ func createTopics(t testing.TB, seeds []string, partitions int32, names ...strin
 		defer cancel()
 		_, _ = adm.DeleteTopics(ctx, names...)
 	})
+	visible := func() bool {
+		td, err := adm.ListTopics(t.Context(), names...)
+		if err != nil {
+			return false
+		}
+		for _, n := range names {
+			d, ok := td[n]
+			if !ok || d.Err != nil || len(d.Partitions) != int(partitions) {
+				return false
+			}
+			for _, p := range d.Partitions {
+				if p.Err != nil || p.Leader < 0 {
+					return false
+				}
+			}
+		}
+		return true
+	}
+	for deadline := time.Now().Add(30 * time.Second); !visible(); time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("topics %v created but not all in the broker's metadata after 30s", names)
+		}
+	}
 }
 
 // readAll reads every record of topic up to its end offsets.
