@@ -102,14 +102,21 @@ func (p Policy) String() string {
 	return "stop"
 }
 
-// Defaults.
+// Defaults of the options of the same names.
 const (
-	DefaultBatchSize    = 1000
+	// DefaultBatchSize is how many log entries one transaction covers.
+	DefaultBatchSize = 1000
+	// DefaultPollInterval is the wait between reads once caught up.
 	DefaultPollInterval = 50 * time.Millisecond
-	DefaultAttempts     = 3
+	// DefaultAttempts is how often a failing event is tried.
+	DefaultAttempts = 3
+	// DefaultRetryStopped is how often a stopped shard tries again.
 	DefaultRetryStopped = 30 * time.Second
-	DefaultLease        = 10 * time.Second
-	DefaultVersionScan  = 2 * time.Second
+	// DefaultLease is how long a paused owner keeps its shards, and the
+	// batch transactions' idle timeout (TxIdleTimeout).
+	DefaultLease = 10 * time.Second
+	// DefaultVersionScan is how often Run looks for new versions.
+	DefaultVersionScan = 2 * time.Second
 )
 
 type config struct {
