@@ -13,6 +13,8 @@ import (
 
 	"github.com/orchestrix/orchestrix/projections"
 	"github.com/orchestrix/orchestrix/stores/postgres"
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kgo"
 )
 
 const projectionsUsage = "projections list | status NAME | rebuild NAME [--shards N] | cutover NAME [--version V] [--max-lag N] | rollback NAME | parked list|retry|skip NAME [--id 1,2 | --all]"
@@ -45,6 +47,10 @@ func runProjections(ctx context.Context, args []string, stdout, stderr io.Writer
 	url := urlFlag(fs, "database-url", env("DATABASE_URL", ""), "PostgreSQL `URL` of the read models (env DATABASE_URL)")
 	schema := fs.String("schema", env("ORCHESTRIX_SCHEMA", postgres.DefaultSchema), "schema holding the projection tables (env ORCHESTRIX_SCHEMA)")
 	out := fs.String("o", "text", "output: text or json")
+	brokers := new(string)
+	if sub == "status" {
+		brokers = fs.String("brokers", env("KAFKA_BROKERS", ""), "seed brokers, to count the lag of a topic source (env KAFKA_BROKERS)")
+	}
 	var (
 		shards, version int
 		maxLag          int64
@@ -159,6 +165,11 @@ func runProjections(ctx context.Context, args []string, stdout, stderr io.Writer
 		if err != nil {
 			return unknown(err)
 		}
+		if seeds := splitBrokers(*brokers); len(seeds) > 0 {
+			if err := topicLag(ctx, back, seeds, name, st); err != nil {
+				fmt.Fprintf(stderr, "warning: lag of the topic source unknown: %v\n", err)
+			}
+		}
 		return emit(st, func() {
 			fmt.Fprintf(stdout, "%-8s %-9s %5s %-8s %10s %10s %8s %9s %6s %6s %s\n", "VERSION", "VSTATUS", "SHARD", "STATUS", "APPLIED", "LAG", "LAG_S", "HEARTBEAT", "EPOCH", "PARKED", "ERROR")
 			for _, s := range st {
@@ -250,4 +261,66 @@ func runProjections(ctx context.Context, args []string, stdout, stderr io.Writer
 		verb := map[string]string{"parked retry": "marked for retry (the running shard applies them within seconds)", "parked skip": "skipped"}[sub]
 		return emit(map[string]any{"projection": name, "count": n}, func() { fmt.Fprintf(stdout, "%d parked events of %s %s\n", n, name, verb) })
 	}
+}
+
+// topicLag fills in the lag in events of the shards of versions that read
+// a topic: the partition's last stable offset less the checkpoint's next
+// offset (the log start when the shard has none).
+func topicLag(ctx context.Context, back *projections.Postgres, seeds []string, name string, st []projections.ShardStatus) error {
+	vs, err := back.List(ctx)
+	if err != nil {
+		return err
+	}
+	topics := map[int]string{}
+	for _, v := range vs {
+		if t, ok := strings.CutPrefix(v.Source, "topic:"); ok && v.Projection == name {
+			topics[v.Version] = t
+		}
+	}
+	if len(topics) == 0 {
+		return nil
+	}
+	cl, err := kgo.NewClient(kgo.SeedBrokers(seeds...))
+	if err != nil {
+		return err
+	}
+	defer cl.Close()
+	adm := kadm.NewClient(cl)
+	var names []string
+	for _, t := range topics {
+		names = append(names, t)
+	}
+	ends, err := adm.ListCommittedOffsets(ctx, names...)
+	if err == nil {
+		err = ends.Error()
+	}
+	if err != nil {
+		return err
+	}
+	starts, err := adm.ListStartOffsets(ctx, names...)
+	if err == nil {
+		err = starts.Error()
+	}
+	if err != nil {
+		return err
+	}
+	for i := range st {
+		t, ok := topics[st[i].Version]
+		if !ok {
+			continue
+		}
+		end, ok1 := ends.Lookup(t, int32(st[i].Shard))
+		start, ok2 := starts.Lookup(t, int32(st[i].Shard))
+		if !ok1 || !ok2 {
+			continue
+		}
+		next := start.Offset
+		if st[i].Cursor != "" {
+			if n, err := strconv.ParseInt(st[i].Cursor, 10, 64); err == nil {
+				next = max(n, start.Offset)
+			}
+		}
+		st[i].LagEvents = max(end.Offset-next, 0)
+	}
+	return nil
 }

@@ -11,10 +11,12 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/orchestrix/orchestrix"
+	"github.com/orchestrix/orchestrix/codec"
 	"github.com/orchestrix/orchestrix/internal/testenv"
 	"github.com/orchestrix/orchestrix/projections"
 	"github.com/orchestrix/orchestrix/stores"
 	"github.com/orchestrix/orchestrix/stores/postgres/pgtest"
+	"github.com/twmb/franz-go/pkg/kgo"
 )
 
 func TestProjectionsUsage(t *testing.T) {
@@ -163,5 +165,59 @@ func TestProjectionsIntegration(t *testing.T) {
 	}
 	if out := cli(2, "projections", "status", "nosuch"); !strings.Contains(out, "unknown projection") {
 		t.Fatalf("unknown: %s", out)
+	}
+}
+
+// TestProjectionsTopicLagIntegration: status counts the lag of a topic
+// source from the partitions' end offsets when --brokers is given.
+func TestProjectionsTopicLagIntegration(t *testing.T) {
+	pool := testenv.Pool(t)
+	seeds := testenv.Brokers(t)
+	schema := pgtest.Store(t, pool).Schema()
+	topic := testenv.Topic(t, seeds, 2, nil)
+	cl := testenv.Client(t, seeds, kgo.RecordPartitioner(kgo.ManualPartitioner()))
+	produce := func(n int, p int32) {
+		t.Helper()
+		for i := range n {
+			ev := orchestrix.Event{Metadata: orchestrix.Metadata{ID: testenv.Name("e"), Type: "Counted", Source: "/test", Time: time.Now()}, StreamID: fmt.Sprintf("s-%d-%d", p, i), Version: 1, Data: []byte("{}")}
+			r, err := codec.EventToRecord(topic, ev)
+			if err != nil {
+				t.Fatal(err)
+			}
+			r.Partition = p
+			if err := cl.ProduceSync(t.Context(), r).FirstErr(); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	produce(4, 0)
+	produce(3, 1)
+	back, err := projections.NewPostgres(pool, schema)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	r, err := projections.New("topical", back, projections.FromTopic(seeds, topic),
+		func(context.Context, pgx.Tx, projections.Batch) error { return nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx) }()
+	if err := r.WaitForNonStale(ctx); err != nil {
+		t.Fatal(err)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	produce(5, 0)
+	code, out, errs := run(t, "projections", "status", "topical", "--database-url", testenv.DatabaseURL(t), "--schema", schema, "--brokers", strings.Join(seeds, ","), "-o", "json")
+	if code != 0 {
+		t.Fatalf("status: %d %s %s", code, out, errs)
+	}
+	var st []projections.ShardStatus
+	if err := json.Unmarshal([]byte(out), &st); err != nil || len(st) != 2 || st[0].LagEvents != 5 || st[1].LagEvents != 0 || st[0].Applied != 4 || st[1].Applied != 3 {
+		t.Fatalf("status: %+v, %v: want lag 5 on partition 0, 0 on 1", st, err)
 	}
 }
