@@ -78,6 +78,7 @@ func (s *PostgresStore) ApplyBatch(ctx context.Context, typ string, items []Item
 	}
 	timers := map[string]timerChange{}
 	changed := []string{}
+	var history []Transition
 	var msgs []outbox.Message
 	for i, it := range items {
 		switch {
@@ -114,9 +115,8 @@ func (s *PostgresStore) ApplyBatch(ctx context.Context, typ string, items []Item
 					timers[it.SagaID] = timerChange{nil}
 				}
 				tr := ch.Transition
-				w.Queue(`INSERT INTO `+s.t["saga_transitions"]+` (saga_type, saga_id, version, at, input_id, input_kind, from_status, to_status, step, note)
-					VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10)`, typ, it.SagaID, inst.Version, tr.At, tr.InputID, string(tr.InputKind), string(tr.From),
-					string(tr.To), tr.Step, tr.Note)
+				tr.SagaID, tr.Version = it.SagaID, inst.Version
+				history = append(history, tr)
 				msgs = append(msgs, ch.Messages...)
 				continue
 			}
@@ -129,6 +129,7 @@ func (s *PostgresStore) ApplyBatch(ctx context.Context, typ string, items []Item
 		}
 	}
 	fenced := map[int]string{} // statement index -> saga ID
+	slices.Sort(changed)       // two batches that overlap (a zombie's) lock in one order
 	for _, id := range changed {
 		i := cur[id]
 		if v, ok := read[id]; !ok {
@@ -150,6 +151,13 @@ func (s *PostgresStore) ApplyBatch(ctx context.Context, typ string, items []Item
 				w.Queue(`DELETE FROM `+s.t["saga_timers"]+` WHERE saga_type = $1 AND saga_id = $2`, typ, id)
 			}
 		}
+	}
+	// The history rows after the fenced updates: a lost race is then
+	// reported as ErrFenced, not as a duplicate history row.
+	for _, tr := range history {
+		w.Queue(`INSERT INTO `+s.t["saga_transitions"]+` (saga_type, saga_id, version, at, input_id, input_kind, from_status, to_status, step, note)
+			VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10)`, typ, tr.SagaID, tr.Version, tr.At, tr.InputID, string(tr.InputKind), string(tr.From),
+			string(tr.To), tr.Step, tr.Note)
 	}
 	if err := s.out.Write(ctx, batchExecer{w}, msgs...); err != nil {
 		return fail(fmt.Errorf("sagas: commands of %d inputs: %w", len(items), err))
