@@ -136,7 +136,7 @@ func parseReplay(args []string, stderr io.Writer) (replayConfig, error) {
 	out := fs.String("o", "text", "output: text or json")
 	fs.StringVar(&c.id, "id", "", "replay ID: the transactional ID and checkpoint key (default: derived from the arguments, so the same command resumes)")
 	fs.IntVar(&c.maxHops, "max-hops", 3, "loop guard: refuse records already replayed this many times")
-	fs.IntVar(&c.batch, "batch", 1000, "records per Kafka transaction")
+	fs.IntVar(&c.batch, "batch", 5000, "at most this many records per Kafka transaction (one poll)")
 	fs.StringVar(&c.checkpointTopic, "checkpoint-topic", replayCheckpointTopic, "compacted topic holding replay progress")
 	if err := parse(fs, args); err != nil {
 		return c, err
@@ -576,20 +576,19 @@ func replayExecute(ctx context.Context, adm *kadm.Client, c replayConfig, plan *
 	if c.rate > 0 {
 		interval = time.Duration(float64(time.Second) / c.rate)
 	}
-	commit := func(final bool) error {
-		if len(batch) == 0 && !final {
-			return nil
-		}
-		plan.Copied = copied
-		plan.Done = final
-		b, err := json.Marshal(plan)
-		if err != nil {
-			return err
-		}
+	// One Kafka transaction per poll: its copies and the checkpoint (the
+	// plan as of the end of that poll). A writer goroutine produces and
+	// commits them in order while the next poll is read; a failed
+	// transaction stops the reading.
+	type txn struct {
+		recs []*kgo.Record
+		ckpt []byte
+	}
+	produceTxn := func(ctx context.Context, t txn) error {
 		if err := p.BeginTransaction(); err != nil {
 			return fmt.Errorf("begin transaction: %w", err)
 		}
-		recs := append(batch, &kgo.Record{Topic: c.checkpointTopic, Key: []byte(c.id), Value: b})
+		recs := append(t.recs, &kgo.Record{Topic: c.checkpointTopic, Key: []byte(c.id), Value: t.ckpt})
 		if err := p.ProduceSync(ctx, recs...).FirstErr(); err != nil {
 			_ = p.EndTransaction(context.WithoutCancel(ctx), kgo.TryAbort)
 			return fmt.Errorf("produce to %s: %w", c.to, err)
@@ -597,12 +596,31 @@ func replayExecute(ctx context.Context, adm *kadm.Client, c replayConfig, plan *
 		if err := p.EndTransaction(ctx, kgo.TryCommit); err != nil {
 			return fmt.Errorf("commit transaction: %w", err)
 		}
-		batch = batch[:0]
 		return nil
 	}
+	snapshot := func(final bool) ([]byte, error) {
+		plan.Copied = copied
+		plan.Done = final
+		return json.Marshal(plan)
+	}
+	rctx, stopReading := context.WithCancel(ctx)
+	defer stopReading()
+	pages := make(chan txn, 2)
+	var werr error
+	written := make(chan struct{})
+	go func() {
+		defer close(written)
+		for t := range pages {
+			if werr == nil {
+				if werr = produceTxn(ctx, t); werr != nil {
+					stopReading()
+				}
+			}
+		}
+	}()
 	start := time.Now()
 	stop := replayProgress(stderr, plan.remaining(), &seen, c.json)
-	err = scanReplay(ctx, c, plan, func(r *kgo.Record) bool {
+	err = scanReplay(rctx, c, plan, func(r *kgo.Record) bool {
 		seen.Add(1)
 		switch c.judge(r) {
 		case filtered:
@@ -617,7 +635,7 @@ func replayExecute(ctx context.Context, adm *kadm.Client, c replayConfig, plan *
 		if interval > 0 {
 			if d := time.Until(next); d > 0 {
 				select {
-				case <-ctx.Done():
+				case <-rctx.Done():
 					return false
 				case <-time.After(d):
 				}
@@ -630,8 +648,28 @@ func replayExecute(ctx context.Context, adm *kadm.Client, c replayConfig, plan *
 		batch = append(batch, c.replayed(r, now))
 		copied++
 		return true
-	}, func() error { return commit(false) })
+	}, func() error {
+		if len(batch) == 0 {
+			return nil
+		}
+		b, err := snapshot(false)
+		if err != nil {
+			return err
+		}
+		select {
+		case pages <- txn{batch, b}:
+		case <-rctx.Done():
+			return rctx.Err()
+		}
+		batch = nil // the writer owns the sent one
+		return nil
+	})
+	close(pages)
+	<-written
 	stop()
+	if werr != nil {
+		err = werr
+	}
 	if err == nil && ctx.Err() == nil {
 		if c.limit > 0 && copied >= c.limit {
 			// The limit ends the replay here: the rest of the plan is not
@@ -640,7 +678,10 @@ func replayExecute(ctx context.Context, adm *kadm.Client, c replayConfig, plan *
 				s.End = s.Next
 			}
 		}
-		err = commit(true)
+		var b []byte
+		if b, err = snapshot(true); err == nil {
+			err = produceTxn(ctx, txn{batch, b})
+		}
 	}
 	if err != nil {
 		if ctx.Err() != nil {
