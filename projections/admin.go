@@ -162,16 +162,18 @@ func (p *Postgres) Rebuild(ctx context.Context, name string, shards int) (int, e
 // log (ErrLagging otherwise): the previous active version becomes retired
 // (kept for Rollback) and the views named with Views select from the new
 // version's tables. Queries through the views see the old version until
-// the transaction commits and the new one after, never a mix. With a
-// store whose events are not in this schema the lag cannot be counted and
-// maxLag must be negative (no check).
+// the transaction commits and the new one after, never a mix. A negative
+// maxLag skips the checks. The lag of a topic source is not counted here
+// (check it with `orchestrix projections status --brokers` first): only
+// stopped shards refuse its cut-over. With a store whose events are not in
+// this schema the lag cannot be counted and maxLag must be negative.
 func (p *Postgres) Cutover(ctx context.Context, name string, version int, maxLag int64) error {
 	err := pgx.BeginFunc(ctx, p.pool, func(tx pgx.Tx) error {
 		if err := p.lockVersions(ctx, tx, name); err != nil {
 			return err
 		}
-		var status string
-		err := tx.QueryRow(ctx, "SELECT status FROM "+p.t("projection_versions")+" WHERE projection = $1 AND version = $2", name, version).Scan(&status)
+		var status, source string
+		err := tx.QueryRow(ctx, "SELECT status, source FROM "+p.t("projection_versions")+" WHERE projection = $1 AND version = $2", name, version).Scan(&status, &source)
 		if errors.Is(err, pgx.ErrNoRows) {
 			return fmt.Errorf("projections: %s v%d: %w", name, version, ErrUnknownProjection)
 		}
@@ -181,7 +183,7 @@ func (p *Postgres) Cutover(ctx context.Context, name string, version int, maxLag
 		if status == "active" {
 			return nil
 		}
-		if maxLag >= 0 {
+		if maxLag >= 0 && source == SourceStore {
 			lag, err := p.maxLag(ctx, tx, name, version, maxLag)
 			if err != nil {
 				return err
@@ -189,6 +191,8 @@ func (p *Postgres) Cutover(ctx context.Context, name string, version int, maxLag
 			if lag > maxLag {
 				return fmt.Errorf("projections: %s v%d is more than %d events behind (at least %d): %w", name, version, maxLag, lag, ErrLagging)
 			}
+		}
+		if maxLag >= 0 {
 			var stopped int
 			if err := tx.QueryRow(ctx, "SELECT count(*) FROM "+p.t("projection_checkpoints")+" WHERE projection = $1 AND version = $2 AND status = 'stopped'", name, version).Scan(&stopped); err != nil {
 				return err

@@ -48,7 +48,7 @@ func runProjections(ctx context.Context, args []string, stdout, stderr io.Writer
 	schema := fs.String("schema", env("ORCHESTRIX_SCHEMA", postgres.DefaultSchema), "schema holding the projection tables (env ORCHESTRIX_SCHEMA)")
 	out := fs.String("o", "text", "output: text or json")
 	brokers := new(string)
-	if sub == "status" {
+	if sub == "status" || sub == "cutover" {
 		brokers = fs.String("brokers", env("KAFKA_BROKERS", ""), "seed brokers, to count the lag of a topic source (env KAFKA_BROKERS)")
 	}
 	var (
@@ -216,6 +216,32 @@ func runProjections(ctx context.Context, args []string, stdout, stderr io.Writer
 			}
 			if version == 0 {
 				return fmt.Errorf("%w: %s has no building version (start one with `orchestrix projections rebuild %s`)", errUsage, name, name)
+			}
+		}
+		// The lag of a topic source is counted here, from the brokers.
+		vs, err := back.List(ctx)
+		if err != nil {
+			return err
+		}
+		for _, v := range vs {
+			if v.Projection != name || v.Version != version || !strings.HasPrefix(v.Source, "topic:") {
+				continue
+			}
+			seeds := splitBrokers(*brokers)
+			if len(seeds) == 0 {
+				return fmt.Errorf("%w: %s v%d reads %s: --brokers or KAFKA_BROKERS is required to check its lag", errUsage, name, version, v.Source)
+			}
+			st, err := back.Status(ctx, name)
+			if err != nil {
+				return unknown(err)
+			}
+			if err := topicLag(ctx, back, seeds, name, st); err != nil {
+				return fmt.Errorf("lag of %s: %w", v.Source, err)
+			}
+			for _, sh := range st {
+				if sh.Version == version && (sh.LagEvents < 0 || sh.LagEvents > maxLag) {
+					return fmt.Errorf("projections: %s v%d shard %d is %d events behind (--max-lag %d): %w", name, version, sh.Shard, sh.LagEvents, maxLag, projections.ErrLagging)
+				}
 			}
 		}
 		if err := back.Cutover(ctx, name, version, maxLag); err != nil {

@@ -220,4 +220,16 @@ func TestProjectionsTopicLagIntegration(t *testing.T) {
 	if err := json.Unmarshal([]byte(out), &st); err != nil || len(st) != 2 || st[0].LagEvents != 5 || st[1].LagEvents != 0 || st[0].Applied != 4 || st[1].Applied != 3 {
 		t.Fatalf("status: %+v, %v: want lag 5 on partition 0, 0 on 1", st, err)
 	}
+	// A new version of a topic projection: cut-over checks its lag at the
+	// brokers (none running: it is the whole topic).
+	db := []string{"--database-url", testenv.DatabaseURL(t), "--schema", schema}
+	if code, out, errs := run(t, append([]string{"projections", "rebuild", "topical"}, db...)...); code != 0 {
+		t.Fatalf("rebuild: %d %s %s", code, out, errs)
+	}
+	if code, _, errs := run(t, append([]string{"projections", "cutover", "topical", "--brokers", ""}, db...)...); code != 2 || !strings.Contains(errs, "--brokers") {
+		t.Fatalf("cutover without brokers: %d %s", code, errs)
+	}
+	if code, _, errs := run(t, append([]string{"projections", "cutover", "topical", "--brokers", strings.Join(seeds, ",")}, db...)...); code != 1 || !strings.Contains(errs, "events behind") {
+		t.Fatalf("cutover of a lagging topic version: %d %s", code, errs)
+	}
 }
