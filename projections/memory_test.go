@@ -203,6 +203,9 @@ func TestPoisonMemory(t *testing.T) {
 				if table["a"].(streamRow).Count != 3 || table["c"] != nil {
 					t.Fatalf("table %v: want a applied, c not", table)
 				}
+				if ss := r.Stats(); len(ss) != 1 || !errors.Is(ss[0].Stopped, projections.ErrPoison) || !ss[0].Leading || ss[0].Applied != 3 {
+					t.Fatalf("stats %+v: want leading, stopped on the poison event, 3 applied", ss)
+				}
 			case projections.Park:
 				if err != nil {
 					t.Fatal(err)
@@ -215,6 +218,9 @@ func TestPoisonMemory(t *testing.T) {
 				}
 				if table["a"].(streamRow).Count != 3 || table["c"].(streamRow).Count != 2 {
 					t.Fatalf("table %v: want a and c applied", table)
+				}
+				if ss := r.Stats(); len(ss) != 1 || ss[0].Stopped != nil || ss[0].Parked != 1 || ss[0].Applied != 5 || !ss[0].CaughtUp || ss[0].LagSeconds != 0 {
+					t.Fatalf("stats %+v: want 5 applied, 1 parked, caught up", ss)
 				}
 			}
 		})

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"time"
 
@@ -34,12 +35,69 @@ type Runner[T any] struct {
 	versions map[int][]shardState
 }
 
-// shardState is what WaitForNonStale watches.
+// shardState is what WaitForNonStale watches and Stats reports.
 type shardState struct {
 	// caughtUp is the mark (Source.mark) of the last read that found the
 	// shard at the end of its source.
 	caughtUp uint64
 	err      error // a stopped shard's poison error
+	// atEnd: the last read found the end (caughtUp is its mark).
+	atEnd           bool
+	leading         bool
+	applied, parked uint64
+	lastCommit      time.Time
+	lastEvent       time.Time // of the last event applied
+}
+
+// ShardStats is one shard as this process sees it (Runner.Stats), for
+// metrics and health checks; the database's view of every process is
+// Postgres.Status.
+type ShardStats struct {
+	Version, Shard int
+	// Leading reports whether this process owns the shard now.
+	Leading bool
+	// Applied and Parked count the events this process applied and
+	// parked since Run started.
+	Applied, Parked uint64
+	// Stopped is the poison error a stopped shard waits on, else nil.
+	Stopped error
+	// LastCommit is when this process last committed for the shard (its
+	// heartbeat: a leading shard whose LastCommit grows old is stuck).
+	LastCommit time.Time
+	// CaughtUp reports whether the last read found the end of the source;
+	// LagSeconds is 0 then, else the age (by Event.Time) of the last
+	// event applied.
+	CaughtUp   bool
+	LagSeconds float64
+}
+
+// Stats returns the state of every shard of every version this runner
+// builds, sorted by version and shard. It is safe to call at any time.
+func (r *Runner[T]) Stats() []ShardStats {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []ShardStats
+	for v, shards := range r.versions {
+		for i, st := range shards {
+			s := ShardStats{Version: v, Shard: i, Leading: st.leading, Applied: st.applied, Parked: st.parked,
+				Stopped: st.err, LastCommit: st.lastCommit, CaughtUp: st.atEnd}
+			if !st.atEnd && !st.lastEvent.IsZero() {
+				s.LagSeconds = max(time.Since(st.lastEvent).Seconds(), 0)
+			}
+			out = append(out, s)
+		}
+	}
+	slices.SortFunc(out, func(a, b ShardStats) int { return (a.Version-b.Version)*4096 + a.Shard - b.Shard })
+	return out
+}
+
+// update changes a shard's state under the lock.
+func (r *Runner[T]) update(k key, fn func(*shardState)) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if shards := r.versions[k.version]; k.shard < len(shards) {
+		fn(&shards[k.shard])
+	}
 }
 
 // New returns a runner of projection name on backend, reading source
@@ -191,7 +249,10 @@ func (r *Runner[T]) runShard(ctx context.Context, version, shards, shard int) er
 			return fmt.Errorf("projections: %s v%d shard %d: campaign: %w", r.name, version, shard, err)
 		}
 		log.Info("leading shard")
-		err = r.lead(ctx, term, key{r.name, version, shard}, shards, log)
+		k := key{r.name, version, shard}
+		r.update(k, func(st *shardState) { st.leading = true })
+		err = r.lead(ctx, term, k, shards, log)
+		r.update(k, func(st *shardState) { st.leading = false })
 		term.Release()
 		if ctx.Err() != nil {
 			return nil
@@ -326,6 +387,7 @@ func (r *Runner[T]) setState(k key, caughtUp uint64, poison *PoisonError) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	st := &r.versions[k.version][k.shard]
+	st.atEnd = caughtUp > 0
 	if caughtUp > 0 {
 		st.caughtUp = caughtUp
 	}
@@ -426,6 +488,13 @@ func (s *shardRun[T]) commit(ctx context.Context, events []orchestrix.Event, p p
 		return err
 	}
 	s.cursor = p.cursor
+	s.r.update(s.k, func(st *shardState) {
+		st.applied += uint64(len(events))
+		st.lastCommit = time.Now()
+		if len(events) > 0 {
+			st.lastEvent = events[len(events)-1].Time
+		}
+	})
 	if s.r.cfg.onCommit != nil {
 		s.r.cfg.onCommit(Commit{Projection: s.r.name, Version: s.k.version, Shard: s.k.shard, Events: events, Cursor: p.cursor, Took: time.Since(start)})
 	}
@@ -509,6 +578,7 @@ func (s *shardRun[T]) apply(ctx context.Context, page []item) error {
 				return err
 			}
 			s.cursor = it.cursor
+			s.r.update(s.k, func(st *shardState) { st.parked++; st.lastCommit = time.Now() })
 			s.log.Warn("parked a poison event", "stream", e.StreamID, "version", e.Version, "event_type", e.Type, "err", herr)
 			continue
 		}
