@@ -198,6 +198,23 @@ func TestPoisonIntegration(t *testing.T) {
 				if len(model) != 10 {
 					t.Fatalf("model has %d streams, want the 10 before the poison event", len(model))
 				}
+				// The operator's way out without a deploy: skip (park) it.
+				if err := back.SkipStopped(ctx, "counts", 0, 0); err != nil {
+					t.Fatal(err)
+				}
+				deadline := time.Now().Add(20 * time.Second)
+				for r.WaitForNonStale(ctx) != nil {
+					if time.Now().After(deadline) {
+						t.Fatal("the shard did not go on after SkipStopped")
+					}
+					time.Sleep(50 * time.Millisecond)
+				}
+				if d := diffModels(pgOracle(t, pool, schema), pgModel(t, pool, schema, "streams_v1")); d != "" {
+					t.Fatalf("after the skip: %s", d)
+				}
+				if dls, err := back.DeadLetters(ctx, "counts", false, 10); err != nil || len(dls) != 1 || !strings.Contains(dls[0].Error, "skipped by an operator") {
+					t.Fatalf("dead letters after the skip: %+v, %v", dls, err)
+				}
 				cancel()
 				<-done
 				return

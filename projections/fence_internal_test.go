@@ -50,7 +50,7 @@ func TestFenceIntegration(t *testing.T) {
 	if err := p.park(ctx, k, old.epoch, progress{cursor: "1/1"}, DeadLetter{}); !errors.Is(err, ErrFenced) {
 		t.Fatalf("old owner's park = %v, want ErrFenced", err)
 	}
-	if err := p.stop(ctx, k, old.epoch, "x"); !errors.Is(err, ErrFenced) {
+	if _, err := p.stop(ctx, k, old.epoch, "x"); !errors.Is(err, ErrFenced) {
 		t.Fatalf("old owner's stop = %v, want ErrFenced", err)
 	}
 	if _, err := p.commit(ctx, k, cur.epoch, progress{cursor: "2/2", applied: 1}, write("new")); err != nil {

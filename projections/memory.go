@@ -270,14 +270,39 @@ func (m *Memory) park(ctx context.Context, k key, epoch int64, p progress, dl De
 	return nil
 }
 
-func (m *Memory) stop(ctx context.Context, k key, epoch int64, reason string) error {
+func (m *Memory) stop(ctx context.Context, k key, epoch int64, reason string) (bool, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	cp := m.cps[k]
 	if cp == nil || cp.OwnerEpoch != epoch {
-		return fmt.Errorf("projections: %s v%d shard %d: %w", k.projection, k.version, k.shard, ErrFenced)
+		return false, fmt.Errorf("projections: %s v%d shard %d: %w", k.projection, k.version, k.shard, ErrFenced)
 	}
-	cp.Status, cp.Error, cp.Heartbeat = "stopped", reason, time.Now()
+	if cp.Status != "skip" {
+		cp.Status = "stopped"
+	}
+	cp.Error, cp.Heartbeat = reason, time.Now()
+	return cp.Status == "skip", nil
+}
+
+func (m *Memory) shardStatus(ctx context.Context, k key) (string, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if cp := m.cps[k]; cp != nil {
+		return cp.Status, nil
+	}
+	return "", fmt.Errorf("projections: %s v%d shard %d: %w", k.projection, k.version, k.shard, ErrUnknownProjection)
+}
+
+// SkipStopped asks the owner of a stopped shard to park the event it is
+// stopped on and go on (see Postgres.SkipStopped).
+func (m *Memory) SkipStopped(ctx context.Context, name string, version, shard int) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	cp := m.cps[key{name, version, shard}]
+	if cp == nil || cp.Status != "stopped" {
+		return fmt.Errorf("projections: %s v%d shard %d is not stopped: %w", name, version, shard, ErrUnknownProjection)
+	}
+	cp.Status = "skip"
 	return nil
 }
 

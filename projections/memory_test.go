@@ -244,3 +244,46 @@ func TestNewValidates(t *testing.T) {
 		t.Fatalf("setup of the wrong type: err = %v", err)
 	}
 }
+
+// TestSkipStoppedMemory: an operator's SkipStopped makes a stopped shard
+// park the event it is stopped on and go on, within a second.
+func TestSkipStoppedMemory(t *testing.T) {
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	store := memory.New()
+	appendEvents(t, store, "a", 2, "Counted")
+	appendEvents(t, store, "b", 1, "Poison")
+	appendEvents(t, store, "c", 2, "Counted")
+	back := projections.NewMemory()
+	r, err := projections.New("p", back, projections.FromStore(store), memHandler(nil), projections.Attempts(1),
+		projections.PollInterval(time.Millisecond), projections.RetryStopped(time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = r.Run(ctx) }()
+	if err := r.WaitForNonStale(ctx); !errors.Is(err, projections.ErrPoison) {
+		t.Fatalf("WaitForNonStale = %v, want ErrPoison", err)
+	}
+	if err := back.SkipStopped(ctx, "p", 1, 0); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if err := r.WaitForNonStale(ctx); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the shard did not go on after SkipStopped")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if table := back.Table("streams_v1"); table["c"].(streamRow).Count != 2 {
+		t.Fatalf("table %v: want c applied after the skip", table)
+	}
+	if dl := back.DeadLetters(ctx, "p"); len(dl) != 1 || dl[0].Event.StreamID != "b" || !strings.Contains(dl[0].Error, "skipped by an operator") {
+		t.Fatalf("dead letters %+v", dl)
+	}
+	if err := back.SkipStopped(ctx, "p", 1, 0); !errors.Is(err, projections.ErrUnknownProjection) {
+		t.Fatalf("skip of a running shard = %v", err)
+	}
+}

@@ -184,14 +184,41 @@ func (p *Postgres) park(ctx context.Context, k key, epoch int64, pr progress, dl
 	})
 }
 
-func (p *Postgres) stop(ctx context.Context, k key, epoch int64, reason string) error {
-	tag, err := p.pool.Exec(ctx, "UPDATE "+p.t("projection_checkpoints")+` SET status = 'stopped', error = $5, heartbeat_at = now()
-		WHERE projection = $1 AND version = $2 AND shard = $3 AND owner_epoch = $4`, k.projection, k.version, k.shard, epoch, reason)
+func (p *Postgres) stop(ctx context.Context, k key, epoch int64, reason string) (bool, error) {
+	var status string
+	err := p.pool.QueryRow(ctx, "UPDATE "+p.t("projection_checkpoints")+` SET status = CASE WHEN status = 'skip' THEN 'skip' ELSE 'stopped' END, error = $5, heartbeat_at = now()
+		WHERE projection = $1 AND version = $2 AND shard = $3 AND owner_epoch = $4 RETURNING status`, k.projection, k.version, k.shard, epoch, reason).Scan(&status)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return false, fmt.Errorf("projections: %s v%d shard %d: %w", k.projection, k.version, k.shard, ErrFenced)
+	}
 	if err != nil {
-		return fmt.Errorf("projections: %s shard %d: record stop: %w", k.projection, k.shard, err)
+		return false, fmt.Errorf("projections: %s shard %d: record stop: %w", k.projection, k.shard, err)
+	}
+	return status == "skip", nil
+}
+
+func (p *Postgres) shardStatus(ctx context.Context, k key) (string, error) {
+	var status string
+	err := p.pool.QueryRow(ctx, "SELECT status FROM "+p.t("projection_checkpoints")+" WHERE projection = $1 AND version = $2 AND shard = $3",
+		k.projection, k.version, k.shard).Scan(&status)
+	return status, err
+}
+
+// SkipStopped asks the owner of a stopped shard to park the event it is
+// stopped on (with its error, in the dead-letter table, where `parked
+// retry` can apply it later) and go on; the owner notices within a second.
+// version 0 means the active version. It fails with ErrUnknownProjection
+// when no such shard is stopped.
+func (p *Postgres) SkipStopped(ctx context.Context, name string, version, shard int) error {
+	tag, err := p.pool.Exec(ctx, "UPDATE "+p.t("projection_checkpoints")+` c SET status = 'skip'
+		WHERE c.projection = $1 AND c.shard = $3 AND c.status = 'stopped'
+		AND c.version = CASE WHEN $2 > 0 THEN $2 ELSE (SELECT version FROM `+p.t("projection_versions")+` WHERE projection = $1 AND status = 'active') END`,
+		name, version, shard)
+	if err != nil {
+		return fmt.Errorf("projections: skip on %s shard %d: %w", name, shard, err)
 	}
 	if tag.RowsAffected() == 0 {
-		return fmt.Errorf("projections: %s v%d shard %d: %w", k.projection, k.version, k.shard, ErrFenced)
+		return fmt.Errorf("projections: %s v%d shard %d is not stopped: %w", name, version, shard, ErrUnknownProjection)
 	}
 	return nil
 }

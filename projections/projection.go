@@ -328,8 +328,13 @@ type Backend[T any] interface {
 	commit(ctx context.Context, k key, epoch int64, p progress, apply func(ctx context.Context, tx T, status string) error) (string, error)
 	// park commits p and the dead letter together.
 	park(ctx context.Context, k key, epoch int64, p progress, dl DeadLetter) error
-	// stop records a stopped shard's error.
-	stop(ctx context.Context, k key, epoch int64, reason string) error
+	// stop records a stopped shard's error; it reports skip when an
+	// operator asked to skip the event the shard is stopped on (SkipStopped):
+	// the runner parks it then.
+	stop(ctx context.Context, k key, epoch int64, reason string) (skip bool, err error)
+	// shardStatus returns the checkpoint's status ("running", "stopped",
+	// "skip").
+	shardStatus(ctx context.Context, k key) (string, error)
 	// retries returns parked events an operator asked to retry.
 	retries(ctx context.Context, k key) ([]DeadLetter, error)
 	// resolve commits the outcome of a retried dead letter with apply.

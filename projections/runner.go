@@ -338,8 +338,14 @@ func (r *Runner[T]) lead(ctx context.Context, term stores.Term, k key, shards in
 				}
 				r.setState(k, 0, pe)
 				log.Error("shard stopped on a poison event", "err", err)
-				if !sleep(ctx, r.cfg.retryStopped) {
-					return ctx.Err()
+				// Wait RetryStopped, or less if an operator asks to skip.
+				for waited := time.Duration(0); waited < r.cfg.retryStopped; waited += time.Second {
+					if !sleep(ctx, min(time.Second, r.cfg.retryStopped-waited)) {
+						return ctx.Err()
+					}
+					if st, err := r.backend.shardStatus(ctx, k); err == nil && st == "skip" {
+						break
+					}
 				}
 				if err := rd.rewind(s.cursor); err != nil {
 					return err
@@ -582,10 +588,21 @@ func (s *shardRun[T]) apply(ctx context.Context, page []item) error {
 			s.log.Warn("parked a poison event", "stream", e.StreamID, "version", e.Version, "event_type", e.Type, "err", herr)
 			continue
 		}
-		if err := s.r.backend.stop(ctx, s.k, s.epoch, truncate(pe.Error())); err != nil {
+		skip, err := s.r.backend.stop(ctx, s.k, s.epoch, truncate(pe.Error()))
+		if err != nil {
 			return err
 		}
-		return pe
+		if !skip {
+			return pe
+		}
+		// An operator asked to skip it (SkipStopped): park it and go on.
+		dl := DeadLetter{Projection: s.r.name, Version: s.k.version, Shard: s.k.shard, Event: e, Error: truncate("skipped by an operator: " + herr.Error()), Attempts: s.r.cfg.attempts}
+		if err := s.r.backend.park(ctx, s.k, s.epoch, progressAt(it, 0), dl); err != nil {
+			return err
+		}
+		s.cursor = it.cursor
+		s.r.update(s.k, func(st *shardState) { st.parked++; st.lastCommit = time.Now() })
+		s.log.Warn("parked the event the shard was stopped on, as an operator asked", "stream", e.StreamID, "version", e.Version, "event_type", e.Type)
 	}
 	// Entries of other shards after this shard's last event.
 	if s.cursor == last.cursor {

@@ -17,7 +17,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 )
 
-const projectionsUsage = "projections list | status NAME | rebuild NAME [--shards N] | cutover NAME [--version V] [--max-lag N] | rollback NAME | parked list|retry|skip NAME [--id 1,2 | --all]"
+const projectionsUsage = "projections list | status NAME | rebuild NAME [--shards N] | cutover NAME [--version V] [--max-lag N] | rollback NAME | skip NAME --shard S [--version V] | parked list|retry|skip NAME [--id 1,2 | --all]"
 
 func runProjections(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
@@ -26,7 +26,7 @@ func runProjections(ctx context.Context, args []string, stdout, stderr io.Writer
 	sub := args[0]
 	rest := args[1:]
 	switch sub {
-	case "list", "status", "rebuild", "cutover", "rollback":
+	case "list", "status", "rebuild", "cutover", "rollback", "skip":
 	case "parked":
 		if len(rest) == 0 || (rest[0] != "list" && rest[0] != "retry" && rest[0] != "skip") {
 			return fmt.Errorf("%w: projections parked list|retry|skip NAME", errUsage)
@@ -53,6 +53,7 @@ func runProjections(ctx context.Context, args []string, stdout, stderr io.Writer
 	}
 	var (
 		shards, version int
+		shard           int
 		maxLag          int64
 		blueGreen       bool
 		from            string
@@ -65,6 +66,9 @@ func runProjections(ctx context.Context, args []string, stdout, stderr io.Writer
 		fs.IntVar(&shards, "shards", 0, "shards of the new version (0: the active version's)")
 		fs.BoolVar(&blueGreen, "blue-green", true, "build the new version beside the active one (the only mode: an in-place rebuild would serve a partial model)")
 		fs.StringVar(&from, "from", "", "store or topic: must be the projection's source (a runner's source is set in its code)")
+	case "skip":
+		fs.IntVar(&version, "version", 0, "version of the stopped shard (default: the active one)")
+		fs.IntVar(&shard, "shard", -1, "the stopped shard (required)")
 	case "cutover":
 		fs.IntVar(&version, "version", 0, "version to make active (default: the newest building one)")
 		fs.Int64Var(&maxLag, "max-lag", 0, "refuse unless every shard of the version is at most this many events behind")
@@ -117,6 +121,9 @@ func runProjections(ctx context.Context, args []string, stdout, stderr io.Writer
 	errs = append(errs, intIn("shards", shards, 0, 1024), intIn("version", version, 0, unbounded), intIn("limit", limit, 0, 100_000))
 	if maxLag < 0 {
 		errs = append(errs, fmt.Errorf("--max-lag %d must be at least 0", maxLag))
+	}
+	if sub == "skip" {
+		errs = append(errs, intIn("shard", shard, 0, 1023))
 	}
 	if err := checkFlags(errs...); err != nil {
 		return fmt.Errorf("%w (usage: orchestrix %s)", err, projectionsUsage)
@@ -249,6 +256,13 @@ func runProjections(ctx context.Context, args []string, stdout, stderr io.Writer
 		}
 		return emit(map[string]any{"projection": name, "active": version}, func() {
 			fmt.Fprintf(stdout, "%s: v%d is active; the previous version is retired and kept for `orchestrix projections rollback %s`\n", name, version, name)
+		})
+	case "skip":
+		if err := back.SkipStopped(ctx, name, version, shard); err != nil {
+			return unknown(err)
+		}
+		return emit(map[string]any{"projection": name, "shard": shard, "skip": true}, func() {
+			fmt.Fprintf(stdout, "%s shard %d: its owner parks the event it is stopped on within a second and goes on (`orchestrix projections parked list %s` shows it)\n", name, shard, name)
 		})
 	case "rollback":
 		v, err := back.Rollback(ctx, name)

@@ -37,6 +37,7 @@ func TestProjectionsUsage(t *testing.T) {
 		{"in place", append([]string{"projections", "rebuild", "p", "--blue-green=false"}, db...), "in-place rebuild"},
 		{"bad from", append([]string{"projections", "rebuild", "p", "--from", "kafka"}, db...), `--from "kafka"`},
 		{"bad max lag", append([]string{"projections", "cutover", "p", "--max-lag", "-1"}, db...), "--max-lag -1"},
+		{"skip without shard", append([]string{"projections", "skip", "p"}, db...), "--shard -1 is out of range"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			code, _, stderr := run(t, tc.args...)
@@ -162,6 +163,9 @@ func TestProjectionsIntegration(t *testing.T) {
 	}
 	if out := cli(0, "projections", "rollback", "counts"); !strings.Contains(out, "v1 is active") {
 		t.Fatalf("rollback: %s", out)
+	}
+	if out := cli(2, "projections", "skip", "counts", "--shard", "0"); !strings.Contains(out, "is not stopped") {
+		t.Fatalf("skip of a running shard: %s", out)
 	}
 	if out := cli(2, "projections", "status", "nosuch"); !strings.Contains(out, "unknown projection") {
 		t.Fatalf("unknown: %s", out)
