@@ -31,9 +31,10 @@
 // a time, each retried a few times ([Attempts]). An event that still fails
 // stops the shard (the default, [Stop]: a read model that silently skips
 // is wrong) with the status "stopped" and the error in the checkpoint row,
-// retried every [RetryStopped]; or, with [Park], is written with its error
-// to the dead-letter table and the shard goes on. Both are visible in
-// [Postgres.Status] and `orchestrix projections status`.
+// retried every [RetryStopped] until it applies or an operator skips it
+// ([Postgres.SkipStopped]); or, with [Park], is written with its error to
+// the dead-letter table and the shard goes on. Both are visible in
+// [Postgres.Status], `orchestrix projections status` and [Runner.Stats].
 //
 // Versions and blue/green rebuilds: the first version of a projection is
 // active at once. A later version registers as "building": it fills its
