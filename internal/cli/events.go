@@ -11,6 +11,7 @@ import (
 	"io"
 	"math"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
@@ -137,6 +138,7 @@ func runEvents(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		fs.StringVar(&file, "file", "", "NDJSON file to import (default stdin)")
 		fs.BoolVar(&execute, "execute", false, "produce the events (without it, every line is validated and counted, nothing written)")
 	}
+	sec := kafkaFlags(fs)
 	if err := parse(fs, args[1:]); err != nil {
 		return err
 	}
@@ -178,6 +180,17 @@ func runEvents(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err := checkFlags(errs...); err != nil {
 		return fmt.Errorf("%w (usage: orchestrix %s)", err, eventsUsage)
 	}
+	var kopts []kgo.Opt
+	if needBrokers {
+		var err error
+		if kopts, err = sec.options(); err != nil {
+			return err
+		}
+		if err := sec.check(ctx, seeds); err != nil {
+			return err
+		}
+		kopts = append(kopts, kgo.SeedBrokers(seeds...))
+	}
 	w := bufio.NewWriter(stdout)
 	defer w.Flush()
 	emit := func(e orchestrix.Event, extra map[string]any) error {
@@ -200,11 +213,11 @@ func runEvents(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	}
 	switch {
 	case sub == "import":
-		return importEvents(ctx, seeds, *topic, file, execute, stdout, stderr)
+		return importEvents(ctx, kopts, *topic, file, execute, stdout, stderr)
 	case from == "store":
 		return exportStore(ctx, *url, *schema, cursor, sub == "tail" && after == "", follow, limit, emit, stderr)
 	default:
-		return exportTopic(ctx, seeds, *topic, sub == "tail", follow, limit, emit)
+		return exportTopic(ctx, kopts, *topic, sub == "tail", follow, limit, emit)
 	}
 }
 
@@ -294,12 +307,12 @@ func exportStore(ctx context.Context, url, schema string, cursor stores.Cursor, 
 // from the start (export) or the end (tail); a record that is not a valid
 // CloudEvent is reported on the output as {"error", "partition",
 // "offset"} and skipped.
-func exportTopic(ctx context.Context, seeds []string, topic string, tail, follow bool, limit int, emit func(orchestrix.Event, map[string]any) error) error {
+func exportTopic(ctx context.Context, kopts []kgo.Opt, topic string, tail, follow bool, limit int, emit func(orchestrix.Event, map[string]any) error) error {
 	start := kgo.NewOffset().AtStart()
 	if tail {
 		start = kgo.NewOffset().AtEnd()
 	}
-	cl, err := kgo.NewClient(kgo.SeedBrokers(seeds...), kgo.ConsumeTopics(topic), kgo.ConsumeResetOffset(start), kgo.FetchIsolationLevel(kgo.ReadCommitted()))
+	cl, err := kgo.NewClient(append(slices.Clone(kopts), kgo.ConsumeTopics(topic), kgo.ConsumeResetOffset(start), kgo.FetchIsolationLevel(kgo.ReadCommitted()))...)
 	if err != nil {
 		return err
 	}
@@ -345,7 +358,7 @@ func exportTopic(ctx context.Context, seeds []string, topic string, tail, follow
 // importEvents validates every NDJSON line as a CloudEvent of this
 // package's shape and, with execute, produces them to topic keyed by
 // aggregate ID (idempotent producer: a rerun produces them again).
-func importEvents(ctx context.Context, seeds []string, topic, file string, execute bool, stdout, stderr io.Writer) error {
+func importEvents(ctx context.Context, kopts []kgo.Opt, topic, file string, execute bool, stdout, stderr io.Writer) error {
 	in := eventsStdin
 	if file != "" {
 		f, err := os.Open(file)
@@ -387,7 +400,7 @@ func importEvents(ctx context.Context, seeds []string, topic, file string, execu
 		fmt.Fprintf(stdout, "%d valid events; nothing written (--execute produces them to %s)\n", len(recs), topic)
 		return nil
 	}
-	cl, err := kgo.NewClient(kgo.SeedBrokers(seeds...))
+	cl, err := kgo.NewClient(kopts...)
 	if err != nil {
 		return err
 	}

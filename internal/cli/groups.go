@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 )
 
@@ -81,6 +82,7 @@ func runGroups(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		fs.BoolVar(&toLatest, "to-latest", false, "reset to the end of each partition")
 		fs.BoolVar(&execute, "execute", false, "commit the new offsets (without it, only the plan is printed)")
 	}
+	sec := kafkaFlags(fs)
 	if err := parse(fs, args[1:]); err != nil {
 		return err
 	}
@@ -151,19 +153,45 @@ func runGroups(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err := checkFlags(errs...); err != nil {
 		return fmt.Errorf("%w (usage: orchestrix %s)", err, groupsUsage)
 	}
-	cl, err := kgo.NewClient(kgo.SeedBrokers(seeds...))
+	kopts, err := sec.options()
+	if err != nil {
+		return err
+	}
+	if err := sec.check(ctx, seeds); err != nil {
+		return err
+	}
+	cl, err := kgo.NewClient(append(kopts, kgo.SeedBrokers(seeds...))...)
 	if err != nil {
 		return fmt.Errorf("kafka client: %w", err)
 	}
 	defer cl.Close()
 	adm := kadm.NewClient(cl)
-	dg, err := adm.DescribeGroups(ctx, *group)
-	if err != nil {
-		return fmt.Errorf("describe group %s: %w", *group, err)
-	}
-	desc := dg[*group]
-	if desc.Err != nil {
-		return fmt.Errorf("describe group %s: %w", *group, desc.Err)
+	// A coordinator that is loading or moving answers with a retriable
+	// error (a fresh cluster creates __consumer_offsets on first use): try
+	// again for a while before giving up.
+	var desc kadm.DescribedGroup
+	for deadline := time.Now().Add(15 * time.Second); ; {
+		dg, err := adm.DescribeGroups(ctx, *group)
+		if err == nil {
+			desc = dg[*group]
+			err = desc.Err
+		}
+		if errors.Is(err, kerr.GroupIDNotFound) {
+			// Kafka 4 says so for a group that has never committed: like
+			// kafka-consumer-groups, a reset may create it.
+			desc, err = kadm.DescribedGroup{Group: *group, State: "Dead"}, nil
+		}
+		if err == nil {
+			break
+		}
+		if !kerr.IsRetriable(err) && !errors.Is(err, kerr.CoordinatorNotAvailable) || time.Now().After(deadline) {
+			return fmt.Errorf("describe group %s: %w", *group, err)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(250 * time.Millisecond):
+		}
 	}
 	rows, err := groupRows(ctx, adm, *group, scope)
 	if err != nil {
@@ -279,6 +307,9 @@ func groupRows(ctx context.Context, adm *kadm.Client, group string, scope map[st
 	committed, err := adm.FetchOffsets(ctx, group)
 	if err == nil {
 		err = committed.Error()
+	}
+	if errors.Is(err, kerr.GroupIDNotFound) {
+		committed, err = kadm.OffsetResponses{}, nil
 	}
 	if err != nil {
 		return nil, fmt.Errorf("fetch offsets of %s: %w", group, err)

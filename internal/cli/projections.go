@@ -48,8 +48,10 @@ func runProjections(ctx context.Context, args []string, stdout, stderr io.Writer
 	schema := fs.String("schema", env("ORCHESTRIX_SCHEMA", postgres.DefaultSchema), "schema holding the projection tables (env ORCHESTRIX_SCHEMA)")
 	out := fs.String("o", "text", "output: text or json")
 	brokers := new(string)
+	var sec *kafkaSecurity
 	if sub == "status" || sub == "cutover" {
 		brokers = fs.String("brokers", env("KAFKA_BROKERS", ""), "seed brokers, to count the lag of a topic source (env KAFKA_BROKERS)")
+		sec = kafkaFlags(fs)
 	}
 	var (
 		shards, version int
@@ -173,7 +175,7 @@ func runProjections(ctx context.Context, args []string, stdout, stderr io.Writer
 			return unknown(err)
 		}
 		if seeds := splitBrokers(*brokers); len(seeds) > 0 {
-			if err := topicLag(ctx, back, seeds, name, st); err != nil {
+			if err := topicLag(ctx, back, sec, seeds, name, st); err != nil {
 				fmt.Fprintf(stderr, "warning: lag of the topic source unknown: %v\n", err)
 			}
 		}
@@ -242,7 +244,7 @@ func runProjections(ctx context.Context, args []string, stdout, stderr io.Writer
 			if err != nil {
 				return unknown(err)
 			}
-			if err := topicLag(ctx, back, seeds, name, st); err != nil {
+			if err := topicLag(ctx, back, sec, seeds, name, st); err != nil {
 				return fmt.Errorf("lag of %s: %w", v.Source, err)
 			}
 			for _, sh := range st {
@@ -306,7 +308,7 @@ func runProjections(ctx context.Context, args []string, stdout, stderr io.Writer
 // topicLag fills in the lag in events of the shards of versions that read
 // a topic: the partition's last stable offset less the checkpoint's next
 // offset (the log start when the shard has none).
-func topicLag(ctx context.Context, back *projections.Postgres, seeds []string, name string, st []projections.ShardStatus) error {
+func topicLag(ctx context.Context, back *projections.Postgres, sec *kafkaSecurity, seeds []string, name string, st []projections.ShardStatus) error {
 	vs, err := back.List(ctx)
 	if err != nil {
 		return err
@@ -320,7 +322,11 @@ func topicLag(ctx context.Context, back *projections.Postgres, seeds []string, n
 	if len(topics) == 0 {
 		return nil
 	}
-	cl, err := kgo.NewClient(kgo.SeedBrokers(seeds...))
+	kopts, err := sec.options()
+	if err != nil {
+		return err
+	}
+	cl, err := kgo.NewClient(append(kopts, kgo.SeedBrokers(seeds...))...)
 	if err != nil {
 		return err
 	}

@@ -57,6 +57,8 @@ type replayConfig struct {
 	batch              int
 	checkpointTopic    string
 	transactionTimeout time.Duration
+	sec                *kafkaSecurity
+	kafka              []kgo.Opt // TLS and SASL
 }
 
 // replayPlan is what a replay copies: per partition [Start, End), and
@@ -89,7 +91,10 @@ func runReplay(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err != nil {
 		return err
 	}
-	cl, err := kgo.NewClient(kgo.SeedBrokers(c.seeds...))
+	if err := c.sec.check(ctx, c.seeds); err != nil {
+		return err
+	}
+	cl, err := kgo.NewClient(c.opts()...)
 	if err != nil {
 		return fmt.Errorf("kafka client: %w", err)
 	}
@@ -138,6 +143,7 @@ func parseReplay(args []string, stderr io.Writer) (replayConfig, error) {
 	fs.IntVar(&c.maxHops, "max-hops", 3, "loop guard: refuse records already replayed this many times")
 	fs.IntVar(&c.batch, "batch", 5000, "at most this many records per Kafka transaction (one poll)")
 	fs.StringVar(&c.checkpointTopic, "checkpoint-topic", replayCheckpointTopic, "compacted topic holding replay progress")
+	c.sec = kafkaFlags(fs)
 	if err := parse(fs, args); err != nil {
 		return c, err
 	}
@@ -209,7 +215,15 @@ func parseReplay(args []string, stderr io.Writer) (replayConfig, error) {
 		c.id = "replay-" + hex.EncodeToString(h.Sum(nil))[:16]
 	}
 	c.transactionTimeout = time.Minute
+	if c.kafka, err = c.sec.options(); err != nil {
+		return c, err
+	}
 	return c, nil
+}
+
+// opts returns the client options: seeds, TLS and SASL, then more.
+func (c replayConfig) opts(more ...kgo.Opt) []kgo.Opt {
+	return slices.Concat(c.kafka, []kgo.Opt{kgo.SeedBrokers(c.seeds...)}, more)
 }
 
 func sortedHeaders(m map[string]string) []string {
@@ -407,8 +421,8 @@ func scanReplay(ctx context.Context, c replayConfig, plan *replayPlan, fn func(r
 	if len(offs) == 0 {
 		return nil
 	}
-	cl, err := kgo.NewClient(kgo.SeedBrokers(c.seeds...), kgo.FetchIsolationLevel(kgo.ReadCommitted()), kgo.KeepControlRecords(),
-		kgo.ConsumePartitions(map[string]map[int32]kgo.Offset{c.from: offs}))
+	cl, err := kgo.NewClient(c.opts(kgo.FetchIsolationLevel(kgo.ReadCommitted()), kgo.KeepControlRecords(),
+		kgo.ConsumePartitions(map[string]map[int32]kgo.Offset{c.from: offs}))...)
 	if err != nil {
 		return fmt.Errorf("kafka client: %w", err)
 	}
@@ -545,8 +559,8 @@ func replayExecute(ctx context.Context, adm *kadm.Client, c replayConfig, plan *
 	if err != nil && !errors.Is(err, kerr.TopicAlreadyExists) {
 		return fmt.Errorf("create checkpoint topic %s: %w", c.checkpointTopic, err)
 	}
-	p, err := kgo.NewClient(kgo.SeedBrokers(c.seeds...), kgo.TransactionalID(c.id), kgo.TransactionTimeout(c.transactionTimeout),
-		kgo.RecordPartitioner(kgo.StickyKeyPartitioner(nil)))
+	p, err := kgo.NewClient(c.opts(kgo.TransactionalID(c.id), kgo.TransactionTimeout(c.transactionTimeout),
+		kgo.RecordPartitioner(kgo.StickyKeyPartitioner(nil)))...)
 	if err != nil {
 		return fmt.Errorf("transactional producer: %w", err)
 	}
@@ -708,8 +722,8 @@ func replayRecover(ctx context.Context, p *kgo.Client, c replayConfig) (*replayP
 	if err := p.EndTransaction(ctx, kgo.TryCommit); err != nil {
 		return nil, fmt.Errorf("commit session record: %w", err)
 	}
-	cl, err := kgo.NewClient(kgo.SeedBrokers(c.seeds...), kgo.FetchIsolationLevel(kgo.ReadCommitted()),
-		kgo.ConsumePartitions(map[string]map[int32]kgo.Offset{c.checkpointTopic: {0: kgo.NewOffset().AtStart()}}))
+	cl, err := kgo.NewClient(c.opts(kgo.FetchIsolationLevel(kgo.ReadCommitted()),
+		kgo.ConsumePartitions(map[string]map[int32]kgo.Offset{c.checkpointTopic: {0: kgo.NewOffset().AtStart()}}))...)
 	if err != nil {
 		return nil, err
 	}
