@@ -2,10 +2,12 @@ package consumers
 
 import (
 	"errors"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 )
 
@@ -65,6 +67,13 @@ const (
 	// HeaderStack is the stack of a handler's panic (reason "panic"),
 	// truncated to MaxStackLength.
 	HeaderStack = HeaderPrefix + "stack"
+	// HeaderValueDropped is set on a dead letter whose value was left
+	// out because the record with its dead-letter headers was larger
+	// than the producer or the dead-letter topic takes: it holds the
+	// value's size in bytes. The origin coordinates (HeaderTopic,
+	// HeaderPartition, HeaderOffset) locate the full record while the
+	// origin topic retains it.
+	HeaderValueDropped = HeaderPrefix + "value-dropped"
 )
 
 // Marker kinds (HeaderMarker).
@@ -261,6 +270,22 @@ func (g *Group) derived(r *kgo.Record, m meta, dest string, cause error, level i
 		w.str(HeaderDeadKey, "true")
 	}
 	return &kgo.Record{Topic: dest, Key: r.Key, Value: r.Value, Headers: w.hs, Partition: r.Partition}
+}
+
+// withoutValue returns the dead letter dl without its value, marked with
+// HeaderValueDropped: a dead letter must never fail for its size, or the
+// group would stop at the record for good.
+func withoutValue(dl *kgo.Record) *kgo.Record {
+	out := *dl
+	out.Headers = append(slices.Clip(dl.Headers), kgo.RecordHeader{Key: HeaderValueDropped, Value: []byte(strconv.Itoa(len(dl.Value)))})
+	out.Value = nil
+	return &out
+}
+
+// tooLarge reports an error of a record larger than the producer or the
+// topic takes.
+func tooLarge(err error) bool {
+	return errors.Is(err, kerr.MessageTooLarge) || errors.Is(err, kerr.RecordListTooLarge)
 }
 
 // headerBuf appends headers whose values share one buffer. Values are

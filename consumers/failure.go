@@ -281,7 +281,12 @@ func (g *Group) toDLQ(ctx context.Context, pos chainPos, r *kgo.Record, m meta, 
 			markers = append(markers, g.marker(r.Key, m, l, r.Partition, kind, deadThrough))
 		}
 		pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
-		perr := g.cl.ProduceSync(pctx, g.derived(r, m, DeadLetterTopic(m.topic, g.group), err, 0)).FirstErr()
+		dl := g.derived(r, m, DeadLetterTopic(m.topic, g.group), err, 0)
+		perr := g.cl.ProduceSync(pctx, dl).FirstErr()
+		if perr != nil && tooLarge(perr) {
+			g.log.Warn("dead letter too large; dropping its value", "topic", m.topic, "partition", m.partition, "offset", m.offset, "size", len(dl.Value))
+			perr = g.cl.ProduceSync(pctx, withoutValue(dl)).FirstErr()
+		}
 		if perr == nil {
 			perr = g.cl.ProduceSync(pctx, markers...).FirstErr()
 		}

@@ -215,17 +215,43 @@ func (g *Group) forward(ctx context.Context, r *kgo.Record, m meta, cause error,
 	out := g.derived(r, m, dest, cause, to)
 	if f, ok := ctx.Value(flightKey{}).(*flight); ok {
 		f.add()
-		g.cl.Produce(context.WithoutCancel(ctx), out, func(_ *kgo.Record, err error) {
+		var done func(*kgo.Record, error)
+		done = func(rec *kgo.Record, err error) {
+			if err != nil && to > 0 && tooLarge(err) && !g.cfg.policy.ordered() && rec.Topic != DeadLetterTopic(m.topic, g.group) {
+				// Too large for the retry topic: it cannot be retried
+				// later, so it is dead-lettered now (without its value).
+				g.log.Warn("record too large for its retry topic; dead-lettering it", "topic", m.topic, "partition", m.partition, "offset", m.offset, "size", len(rec.Value))
+				why := fmt.Errorf("too large for retry topic %s: %w", dest, err)
+				if cause != nil {
+					why = fmt.Errorf("%w (after: %w)", why, cause)
+				}
+				dl := g.derived(r, m, DeadLetterTopic(m.topic, g.group), why, 0)
+				g.cl.Produce(context.WithoutCancel(ctx), withoutValue(dl), done)
+				return
+			}
+			if err != nil && tooLarge(err) && rec.Value != nil && rec.Topic == DeadLetterTopic(m.topic, g.group) {
+				// Too large with its dead-letter headers: dead-letter it
+				// without its value rather than stop at it.
+				g.log.Warn("dead letter too large; dropping its value", "topic", m.topic, "partition", m.partition, "offset", m.offset, "size", len(rec.Value))
+				g.cl.Produce(context.WithoutCancel(ctx), withoutValue(rec), done)
+				return
+			}
 			if err != nil {
 				err = fmt.Errorf("consumers: produce %s/%d@%d to %s: %w", m.topic, m.partition, m.offset, dest, err)
 			}
 			f.done(err)
-		})
+		}
+		g.cl.Produce(context.WithoutCancel(ctx), out, done)
 		return nil
 	}
 	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 	defer cancel()
-	if err := g.cl.ProduceSync(pctx, out).FirstErr(); err != nil {
+	err := g.cl.ProduceSync(pctx, out).FirstErr()
+	if err != nil && to == 0 && tooLarge(err) {
+		g.log.Warn("dead letter too large; dropping its value", "topic", m.topic, "partition", m.partition, "offset", m.offset, "size", len(out.Value))
+		err = g.cl.ProduceSync(pctx, withoutValue(out)).FirstErr()
+	}
+	if err != nil {
 		return fmt.Errorf("produce to %s: %w", dest, err)
 	}
 	return nil
