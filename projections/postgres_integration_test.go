@@ -34,6 +34,10 @@ const (
 	childStopEnv = "ORCHESTRIX_PROJECTION_CHILD_STOP_AT"
 	// childTopicEnv makes the child read this topic instead of the store.
 	childTopicEnv = "ORCHESTRIX_PROJECTION_CHILD_TOPIC"
+	// childBatchEnv sets the child's BatchSize (default 700): the kill
+	// tests use small batches so that a catch-up lasts long enough to be
+	// killed midway however quiet the machine is.
+	childBatchEnv = "ORCHESTRIX_PROJECTION_CHILD_BATCH"
 	childLease    = 2 * time.Second
 )
 
@@ -65,7 +69,11 @@ func projectionChild() int {
 	if err != nil {
 		return fail(err)
 	}
-	opts := []projections.Option{projections.Shards(2), projections.Lease(childLease), projections.BatchSize(700), projections.WithLogger(log),
+	batch, err := strconv.Atoi(os.Getenv(childBatchEnv))
+	if err != nil {
+		batch = 700
+	}
+	opts := []projections.Option{projections.Shards(2), projections.Lease(childLease), projections.BatchSize(batch), projections.WithLogger(log),
 		projections.Instance(strconv.Itoa(os.Getpid())), projections.Setup(pgSetup(schema))}
 	if n, err := strconv.Atoi(os.Getenv(childStopEnv)); err == nil {
 		batches := 0
@@ -410,7 +418,7 @@ func TestCatchUpKillNineIntegration(t *testing.T) {
 	kills, midway := 0, 0
 	var progress []int64
 	for kills < 40 && (kills < 8 || len(progress) == 0 || progress[len(progress)-1] < int64(n)) {
-		c := startChild(t, schema)
+		c := startChild(t, schema, childBatchEnv+"=150")
 		time.Sleep(time.Duration(100+rand.IntN(400)) * time.Millisecond)
 		c.kill()
 		kills++

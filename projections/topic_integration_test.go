@@ -113,7 +113,7 @@ type pgxTx = pgx.Tx
 
 // TestTopicKillNineIntegration: a projection process reading a 4-partition
 // events topic (offsets only in its checkpoint rows) is killed -9 at
-// random points while it catches up 50k events, and restarted each time:
+// random points while it catches up 100k events, and restarted each time:
 // the final model equals the store-side oracle of the same events, each
 // applied once.
 func TestTopicKillNineIntegration(t *testing.T) {
@@ -121,8 +121,8 @@ func TestTopicKillNineIntegration(t *testing.T) {
 	seeds := testenv.Brokers(t)
 	store := pgtest.Store(t, pool)
 	schema := store.Schema()
-	n := 50_000
-	seed(t, store, "s", n, 500)
+	n := 100_000
+	seed(t, store, "s", n, 1000)
 	waitHorizon(t, pool)
 	topic := testenv.Topic(t, seeds, 4, nil)
 	cl := testenv.Client(t, seeds, kgo.DefaultProduceTopic(topic), kgo.ProducerLinger(5*time.Millisecond))
@@ -154,8 +154,8 @@ func TestTopicKillNineIntegration(t *testing.T) {
 	kills, midway := 0, 0
 	var progress []int64
 	for kills < 40 && (kills < 6 || applied() < int64(n)) {
-		c := startChild(t, rschema, childTopicEnv+"="+topic)
-		time.Sleep(time.Duration(200+rand.IntN(500)) * time.Millisecond)
+		c := startChild(t, rschema, childTopicEnv+"="+topic, childBatchEnv+"=100")
+		time.Sleep(time.Duration(150+rand.IntN(400)) * time.Millisecond)
 		c.kill()
 		kills++
 		a := applied()
