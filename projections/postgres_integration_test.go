@@ -418,12 +418,22 @@ func TestCatchUpKillNineIntegration(t *testing.T) {
 	kills, midway := 0, 0
 	var progress []int64
 	for kills < 40 && (kills < 8 || len(progress) == 0 || progress[len(progress)-1] < int64(n)) {
+		sum := func() int64 {
+			var a int64
+			_ = pool.QueryRow(t.Context(), "SELECT COALESCE(sum(applied), 0) FROM "+pgx.Identifier{schema}.Sanitize()+".projection_checkpoints").Scan(&a)
+			return a
+		}
+		before := sum()
 		c := startChild(t, schema, childBatchEnv+"=150")
-		time.Sleep(time.Duration(100+rand.IntN(400)) * time.Millisecond)
+		// Kill at a random point of the catch-up, not of a slow start-up
+		// on a loaded machine (see TestTopicKillNineIntegration).
+		for wait := time.Now().Add(20 * time.Second); sum() == before && before < int64(n) && time.Now().Before(wait); {
+			time.Sleep(10 * time.Millisecond)
+		}
+		time.Sleep(time.Duration(50+rand.IntN(400)) * time.Millisecond)
 		c.kill()
 		kills++
-		var applied int64
-		_ = pool.QueryRow(t.Context(), "SELECT COALESCE(sum(applied), 0) FROM "+pgx.Identifier{schema}.Sanitize()+".projection_checkpoints").Scan(&applied)
+		applied := sum()
 		progress = append(progress, applied)
 		if applied > 0 && applied < int64(n) {
 			midway++

@@ -154,8 +154,16 @@ func TestTopicKillNineIntegration(t *testing.T) {
 	kills, midway := 0, 0
 	var progress []int64
 	for kills < 40 && (kills < 6 || applied() < int64(n)) {
+		before := applied()
 		c := startChild(t, rschema, childTopicEnv+"="+topic, childBatchEnv+"=100")
-		time.Sleep(time.Duration(150+rand.IntN(400)) * time.Millisecond)
+		// Kill at a random point of the catch-up, not of the start-up: on
+		// a loaded machine (CI runs packages in parallel) a child can take
+		// longer than the random delay to commit its first batch, and
+		// every kill then hit the start-up (0 of 40 midway, seen in CI).
+		for wait := time.Now().Add(20 * time.Second); applied() == before && before < int64(n) && time.Now().Before(wait); {
+			time.Sleep(10 * time.Millisecond)
+		}
+		time.Sleep(time.Duration(50+rand.IntN(400)) * time.Millisecond)
 		c.kill()
 		kills++
 		a := applied()
