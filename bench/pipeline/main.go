@@ -34,6 +34,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+	ox "github.com/orchestrix/orchestrix"
 	"github.com/orchestrix/orchestrix/aggregates"
 	"github.com/orchestrix/orchestrix/codec"
 	"github.com/orchestrix/orchestrix/consumers"
@@ -62,6 +63,9 @@ type config struct {
 	// relay runs the outbox relay in the process too, publishing the
 	// stored events to <context>.events.
 	relay bool
+	// cold opens the accounts in the store, not through the processor:
+	// the measured run starts with a cold cache.
+	cold bool
 	// pollLinger and relayLinger are the processor group's and the
 	// relay's waits after a small batch (consumers.PollLinger,
 	// outbox.Linger).
@@ -81,6 +85,7 @@ func main() {
 	flag.IntVar(&c.partitions, "partitions", 6, "partitions of the command topic")
 	flag.DurationVar(&c.pollLinger, "poll-linger", consumers.DefaultPollLinger, "the processor group's wait after a small poll (consumers.PollLinger; 0: off)")
 	flag.DurationVar(&c.relayLinger, "relay-linger", outbox.DefaultLinger, "the relay's wait after a small batch (outbox.Linger; 0: off)")
+	flag.BoolVar(&c.cold, "cold", false, "open the accounts in the store directly, so the processor starts with a cold cache (a member that just got its partitions); PIPELINE_DEBUG=1 shows each second's latency")
 	flag.BoolVar(&c.relay, "relay", true, "run the outbox relay too (publishes the events to <context>.events), as a deployment would")
 	dups := flag.Float64("duplicates", 0.01, "share of commands sent twice (same ID, back to back) in an extra burst run (0: skip)")
 	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
@@ -404,11 +409,29 @@ func orchestrix(ctx context.Context, c config, seeds []string, pool *pgxpool.Poo
 		}
 		return err
 	}
-	// Open every account first (not measured).
-	for a := range c.aggregates {
-		cmd, _ := sender.Command(fmt.Sprintf("acct-%05d", a), banking.OpenAccount{Owner: "bench"})
+	// Open every account first (not measured). With --cold the accounts
+	// are opened in the store directly, and one other account through
+	// the pipeline (the group joins): the processor starts with none of
+	// the measured accounts cached, as a member that just got its
+	// partitions does.
+	warm := c.aggregates
+	if c.cold {
+		for a := range c.aggregates {
+			cmd := ox.Command{Metadata: ox.Metadata{ID: fmt.Sprintf("open-%05d", a), Source: "/bench"}, AggregateID: fmt.Sprintf("acct-%05d", a), Payload: banking.OpenAccount{Owner: "bench"}}
+			if _, err := repo.Handle(ctx, cmd); err != nil {
+				return result{}, fmt.Errorf("open accounts: %w", err)
+			}
+		}
+		warm = 1
+	}
+	for a := range warm {
+		id := fmt.Sprintf("acct-%05d", a)
+		if c.cold {
+			id = "warm-up"
+		}
+		cmd, _ := sender.Command(id, banking.OpenAccount{Owner: "bench"})
 		sender.SendAsync(ctx, cmd, func(error) {})
-		if a == c.aggregates-1 {
+		if a == warm-1 {
 			wctx, wcancel := context.WithTimeout(ctx, 2*time.Minute)
 			_, err := aw.Wait(wctx, cmd.ID)
 			wcancel()
