@@ -19,10 +19,16 @@ func progress(w io.Writer, unit string, total int64, done *atomic.Int64, start t
 		rate := float64(n) / max(time.Since(start).Seconds(), 1e-3)
 		fmt.Fprintf(w, "\r[%s%s] %d/%d %s %6.0f/s", strings.Repeat("#", fill), strings.Repeat(".", width-fill), n, total, unit, rate)
 	}
+	return redraw(w, 200*time.Millisecond, draw)
+}
+
+// redraw calls draw on w every interval until the returned stop is
+// called, which draws once more and ends the line.
+func redraw(w io.Writer, every time.Duration, draw func()) func() {
 	quit, finished := make(chan struct{}), make(chan struct{})
 	go func() {
 		defer close(finished)
-		t := time.NewTicker(200 * time.Millisecond)
+		t := time.NewTicker(every)
 		defer t.Stop()
 		for {
 			select {

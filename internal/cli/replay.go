@@ -524,23 +524,7 @@ func replayProgress(w io.Writer, total int64, done *atomic.Int64, quiet bool) fu
 		}
 		fmt.Fprintf(w, "\r%d/%d records read, %.0f/s, ETA %s   ", n, total, rate, eta)
 	}
-	quit, finished := make(chan struct{}), make(chan struct{})
-	go func() {
-		defer close(finished)
-		t := time.NewTicker(500 * time.Millisecond)
-		defer t.Stop()
-		for {
-			select {
-			case <-quit:
-				draw()
-				fmt.Fprintln(w)
-				return
-			case <-t.C:
-				draw()
-			}
-		}
-	}()
-	return func() { close(quit); <-finished }
+	return redraw(w, 500*time.Millisecond, draw)
 }
 
 // replayExecute copies with a transactional producer whose transactional
