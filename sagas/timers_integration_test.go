@@ -26,29 +26,7 @@ func TestTimeoutAfterRestartIntegration(t *testing.T) {
 	rt := e.runtime(t, d)
 	p := e.start(t, rt, nil)
 	ctx := t.Context()
-	var setup []orchestrix.Command
-	for _, a := range []string{"a", "b", "fee"} {
-		setup = append(setup, open(a, 100)...)
-	}
-	e.send(t, setup...)
-	e.waitBalance(t, map[string]int64{"a": 100, "b": 100, "fee": 100}, 30*time.Second)
-	if err := rt.Start(ctx, "late", Transfer{From: "a", To: "b", Fee: "fee", UndoFrom: "b", Amount: 10, CreditTopic: e.bc + ".nowhere"}); err != nil {
-		t.Fatal(err)
-	}
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		ts, err := rt.Store().Timers(ctx, rt.Type(), 10)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if len(ts) == 1 && ts[0].Fired.Step == 1 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no credit timer: %+v", ts)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	startLateTransfer(t, e, rt)
 	p.stop()
 	p.check(t)
 	stopped := time.Now()
@@ -111,29 +89,7 @@ func TestTimeoutAfterKillNineIntegration(t *testing.T) {
 		return c
 	}
 	c := child()
-	var setup []orchestrix.Command
-	for _, a := range []string{"a", "b", "fee"} {
-		setup = append(setup, open(a, 100)...)
-	}
-	e.send(t, setup...)
-	e.waitBalance(t, map[string]int64{"a": 100, "b": 100, "fee": 100}, 30*time.Second)
-	if err := rt.Start(ctx, "late", Transfer{From: "a", To: "b", Fee: "fee", UndoFrom: "b", Amount: 10, CreditTopic: e.bc + ".nowhere"}); err != nil {
-		t.Fatal(err)
-	}
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		ts, err := rt.Store().Timers(ctx, rt.Type(), 10)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if len(ts) == 1 && ts[0].Fired.Step == 1 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no credit timer: %+v", ts)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	startLateTransfer(t, e, rt)
 	if err := c.Process.Kill(); err != nil {
 		t.Fatal(err)
 	}
@@ -268,4 +224,35 @@ func (e *env) readAll(t *testing.T, topic string, n int) []*kgo.Record {
 		t.Fatalf("%d records in %s, want %d", len(out), topic, n)
 	}
 	return out
+}
+
+// startLateTransfer opens the accounts and starts the saga "late", whose
+// credit goes to a topic nobody reads, and returns once its credit step's
+// timer is stored.
+func startLateTransfer(t *testing.T, e *env, rt *sagas.Runtime) {
+	t.Helper()
+	ctx := t.Context()
+	var setup []orchestrix.Command
+	for _, a := range []string{"a", "b", "fee"} {
+		setup = append(setup, open(a, 100)...)
+	}
+	e.send(t, setup...)
+	e.waitBalance(t, map[string]int64{"a": 100, "b": 100, "fee": 100}, 30*time.Second)
+	if err := rt.Start(ctx, "late", Transfer{From: "a", To: "b", Fee: "fee", UndoFrom: "b", Amount: 10, CreditTopic: e.bc + ".nowhere"}); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		ts, err := rt.Store().Timers(ctx, rt.Type(), 10)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(ts) == 1 && ts[0].Fired.Step == 1 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no credit timer: %+v", ts)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
