@@ -108,7 +108,7 @@ func testOrderedCrash(t *testing.T, seeds []string) {
 	const partitions, keys, perKey = 4, 40, 150
 	// The killed member, the kill's moment and the new member draw from
 	// one seed.
-	seed := testSeed(t)
+	seed := testenv.Seed(t)
 	rng := seeded(seed + 1)
 	topic := testenv.Topic(t, seeds, partitions, nil)
 	group := testenv.Name("g")

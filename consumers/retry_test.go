@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
-	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -111,23 +110,6 @@ type loadCase struct {
 	twoMembers bool // a second member joins midway, then the first leaves
 }
 
-// testSeed returns the seed of a test's random failures: from
-// ORCHESTRIX_TEST_SEED when set (to replay a failure), else from the
-// clock. It logs the seed.
-func testSeed(t testing.TB) uint64 {
-	t.Helper()
-	seed := uint64(time.Now().UnixNano())
-	if v := os.Getenv("ORCHESTRIX_TEST_SEED"); v != "" {
-		n, err := strconv.ParseUint(v, 10, 64)
-		if err != nil {
-			t.Fatalf("ORCHESTRIX_TEST_SEED=%q: %v", v, err)
-		}
-		seed = n
-	}
-	t.Logf("random failures: seed %d (replay with ORCHESTRIX_TEST_SEED=%d)", seed, seed)
-	return seed
-}
-
 // seeded returns a random source for seed (not safe for concurrent use).
 func seeded(seed uint64) *rand.Rand { return rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15)) }
 
@@ -154,7 +136,7 @@ func runLoad(t *testing.T, seeds []string, c loadCase) {
 
 	var (
 		mu       sync.Mutex
-		rng      = seeded(testSeed(t)) // under mu
+		rng      = seeded(testenv.Seed(t)) // under mu
 		calls    = map[string]int{}
 		failed   = map[string]int{} // failed calls per record
 		handled  = map[string]bool{}

@@ -351,7 +351,7 @@ func load(ctx context.Context, t testing.TB, e *env, prefix string, writers, str
 	var wg sync.WaitGroup
 	var seq atomic.Int64
 	start := time.Now()
-	seed := testSeed(t)
+	seed := testenv.Seed(t)
 	for w := range writers {
 		wg.Go(func() {
 			rng := rand.New(rand.NewPCG(uint64(w), seed))
@@ -399,23 +399,6 @@ func load(ctx context.Context, t testing.TB, e *env, prefix string, writers, str
 }
 
 var errRollback = errors.New("rollback on purpose")
-
-// testSeed returns the seed of a test's random choices: from
-// ORCHESTRIX_TEST_SEED when set (to replay a run), else from the clock.
-// It logs the seed.
-func testSeed(t testing.TB) uint64 {
-	t.Helper()
-	seed := uint64(time.Now().UnixNano())
-	if v := os.Getenv("ORCHESTRIX_TEST_SEED"); v != "" {
-		n, err := strconv.ParseUint(v, 10, 64)
-		if err != nil {
-			t.Fatalf("ORCHESTRIX_TEST_SEED=%q: %v", v, err)
-		}
-		seed = n
-	}
-	t.Logf("random choices: seed %d (replay with ORCHESTRIX_TEST_SEED=%d)", seed, seed)
-	return seed
-}
 
 // TestReverseCommitIntegration opens several transactions at once,
 // commits them in reverse (or random) order, rolls some back, 1000 times,
@@ -657,7 +640,7 @@ func TestKillNineIntegration(t *testing.T) {
 	loadDone := make(chan struct{})
 	go func() { waitLoad(); close(loadDone) }()
 
-	rng := rand.New(rand.NewPCG(1, testSeed(t)))
+	rng := rand.New(rand.NewPCG(1, testenv.Seed(t)))
 	kills := 0
 	for done := false; !done || kills < 20; kills++ {
 		c := startChild(t, e.schema, e.topic, fmt.Sprintf("k%02d", kills), 2*time.Second)
