@@ -234,11 +234,13 @@ start_postgres() {
   pg_wait_ready
 
   # Role and database, idempotently. The role owns the database, so the tests
-  # may create schemas in it; CREATEDB lets them create scratch databases.
+  # may create schemas in it; CREATEDB lets them create scratch databases;
+  # CREATEROLE lets deploy/check create the least-privilege roles of
+  # docs/deployment.md and run the runtimes as them.
   psql_admin >&2 <<SQL
-SELECT format('CREATE ROLE %I LOGIN CREATEDB', '$PG_USER')
+SELECT format('CREATE ROLE %I LOGIN CREATEDB CREATEROLE', '$PG_USER')
 WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '$PG_USER') \gexec
-ALTER ROLE "$PG_USER" LOGIN CREATEDB PASSWORD '$PG_PASSWORD';
+ALTER ROLE "$PG_USER" LOGIN CREATEDB CREATEROLE PASSWORD '$PG_PASSWORD';
 SELECT format('CREATE DATABASE %I OWNER %I', '$PG_DB', '$PG_USER')
 WHERE NOT EXISTS (SELECT 1 FROM pg_database WHERE datname = '$PG_DB') \gexec
 ALTER DATABASE "$PG_DB" OWNER TO "$PG_USER";
