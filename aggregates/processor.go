@@ -47,6 +47,7 @@ type Processor[S any] struct {
 	topic    string
 	log      *slog.Logger
 	maxCache int
+	onAppend func(Append)
 
 	mu    sync.Mutex
 	cache map[int32]map[string]Root[S]
@@ -64,6 +65,7 @@ type processorConfig struct {
 	topic    string
 	log      *slog.Logger
 	maxCache int
+	onAppend func(Append)
 }
 
 // WithOutcomes publishes every command's Outcome to topic with client.
@@ -79,6 +81,31 @@ func WithOutcomes(client *kgo.Client, topic string) ProcessorOption {
 func WithProcessorLogger(l *slog.Logger) ProcessorOption {
 	return func(c *processorConfig) { c.log = l }
 }
+
+// Append describes one store write of a Processor to an OnAppend hook:
+// the transaction of a poll's round (HandleBatch), or a record handled
+// alone (Handle).
+type Append struct {
+	// Events are the events written, of every aggregate of the write, with
+	// their versions and the TraceParent of the command that caused each
+	// (see Repository.NewEvents). Valid only during the call: do not keep
+	// or modify them.
+	Events []orchestrix.Event
+	// Rejected counts the rejections recorded in the same transaction.
+	Rejected int
+	// Took is how long the write took; for a record handled alone, its
+	// load, decide and append together.
+	Took time.Duration
+	// Err is the write's error; nil: it committed.
+	Err error
+}
+
+// OnAppend calls f after every store write of the processor, committed or
+// not, from the handling goroutine: keep it short (tracing adapters make
+// an append span here; see tracing/otel). A write that stores nothing
+// (every command of the round a duplicate, rejected without a recorder, or
+// deciding no events) is not reported.
+func OnAppend(f func(Append)) ProcessorOption { return func(c *processorConfig) { c.onAppend = f } }
 
 // CacheSize bounds the cached aggregates per partition (default 10000; 0
 // disables the cache).
@@ -99,7 +126,7 @@ func NewProcessor[S any](repo *Repository[S], opts ...ProcessorOption) (*Process
 	if c.log == nil {
 		c.log = slog.New(slog.DiscardHandler)
 	}
-	return &Processor[S]{repo: repo, outcomes: c.outcomes, topic: c.topic, log: c.log, maxCache: c.maxCache, cache: map[int32]map[string]Root[S]{}}, nil
+	return &Processor[S]{repo: repo, outcomes: c.outcomes, topic: c.topic, log: c.log, maxCache: c.maxCache, onAppend: c.onAppend, cache: map[int32]map[string]Root[S]{}}, nil
 }
 
 // PartitionsRevoked drops the cached states of the partitions.
@@ -164,10 +191,14 @@ func (p *Processor[S]) Handle(ctx context.Context, r *kgo.Record) error {
 			return err
 		}
 		if ok {
-			return p.publish(ctx, []orchestrix.Outcome{answered(cmd, prev)})
+			return p.publish(ctx, []orchestrix.Outcome{answered(cmd, prev)}, traceOf(cmd))
 		}
 	}
+	start := time.Now()
 	res, err := p.repo.Handle(ctx, cmd)
+	if p.onAppend != nil && (len(res.Events) > 0 || err != nil && !errors.Is(err, orchestrix.ErrRejected)) {
+		p.onAppend(Append{Events: res.Events, Took: time.Since(start), Err: err})
+	}
 	out, err := outcome(cmd, res, err)
 	if err != nil {
 		return err
@@ -179,7 +210,15 @@ func (p *Processor[S]) Handle(ctx context.Context, r *kgo.Record) error {
 			return err
 		}
 	}
-	return p.publish(ctx, []orchestrix.Outcome{out})
+	return p.publish(ctx, []orchestrix.Outcome{out}, traceOf(cmd))
+}
+
+// traceOf maps cmd's ID to its TraceParent for publish (nil without one).
+func traceOf(cmd orchestrix.Command) map[string]string {
+	if cmd.TraceParent == "" {
+		return nil
+	}
+	return map[string]string{cmd.ID: cmd.TraceParent}
 }
 
 // store appends reqs and records rejected, in one transaction when the
@@ -254,7 +293,10 @@ func outcome(cmd orchestrix.Command, res Result, err error) (orchestrix.Outcome,
 	return o, nil
 }
 
-func (p *Processor[S]) publish(ctx context.Context, outs []orchestrix.Outcome) error {
+// publish produces outs; traces maps a command ID to the TraceParent of
+// its command, which its outcome carries in the ce_traceparent header
+// (a saga waiting for the outcome continues that trace).
+func (p *Processor[S]) publish(ctx context.Context, outs []orchestrix.Outcome, traces map[string]string) error {
 	if p.outcomes == nil || len(outs) == 0 {
 		return nil
 	}
@@ -264,8 +306,11 @@ func (p *Processor[S]) publish(ctx context.Context, outs []orchestrix.Outcome) e
 		if err != nil {
 			return err
 		}
-		recs[i] = &kgo.Record{Topic: p.topic, Key: []byte(o.CommandID), Value: b,
-			Headers: []kgo.RecordHeader{{Key: "content-type", Value: []byte("application/json")}}}
+		hs := []kgo.RecordHeader{{Key: "content-type", Value: []byte("application/json")}}
+		if tp := traces[o.CommandID]; tp != "" {
+			hs = append(hs, kgo.RecordHeader{Key: codec.HeaderPrefix + "traceparent", Value: []byte(tp)})
+		}
+		recs[i] = &kgo.Record{Topic: p.topic, Key: []byte(o.CommandID), Value: b, Headers: hs}
 	}
 	if err := p.outcomes.ProduceSync(ctx, recs...).FirstErr(); err != nil {
 		return fmt.Errorf("aggregates: publish %d outcomes: %w", len(outs), err)
@@ -445,7 +490,9 @@ func (p *Processor[S]) round(ctx context.Context, jobs []*job[S]) {
 	}
 	// 3. One transaction for every partition.
 	if len(d.reqs) > 0 || len(d.rejected) > 0 {
+		start := time.Now()
 		results, err := p.store(ctx, d.reqs, d.rejected)
+		p.appended(d, time.Since(start), err)
 		if err != nil {
 			for _, j := range jobs {
 				for _, id := range j.order {
@@ -476,7 +523,7 @@ func (p *Processor[S]) round(ctx context.Context, jobs []*job[S]) {
 			}
 		}
 	}
-	if err := p.publish(ctx, d.outs); err != nil {
+	if err := p.publish(ctx, d.outs, traces(jobs)); err != nil {
 		for _, j := range jobs {
 			fill(j.errs, err)
 		}
@@ -492,6 +539,41 @@ func (p *Processor[S]) round(ctx context.Context, jobs []*job[S]) {
 			}
 		}
 	}
+}
+
+// appended reports a round's write to the OnAppend hook.
+func (p *Processor[S]) appended(d *decisions[S], took time.Duration, err error) {
+	if p.onAppend == nil {
+		return
+	}
+	n := 0
+	for _, r := range d.reqs {
+		n += len(r.Events)
+	}
+	evs := make([]orchestrix.Event, 0, n)
+	for _, r := range d.reqs {
+		evs = append(evs, r.Events...)
+	}
+	p.onAppend(Append{Events: evs, Rejected: len(d.rejected), Took: took, Err: err})
+}
+
+// traces maps the command IDs of jobs to their TraceParents for publish
+// (nil when none carries one).
+func traces[S any](jobs []*job[S]) map[string]string {
+	var m map[string]string
+	for _, j := range jobs {
+		for _, pcs := range j.byAgg {
+			for _, pc := range pcs {
+				if pc.cmd.TraceParent != "" && pc.cmd.ID != "" {
+					if m == nil {
+						m = map[string]string{}
+					}
+					m[pc.cmd.ID] = pc.cmd.TraceParent
+				}
+			}
+		}
+	}
+	return m
 }
 
 // loadCold loads the aggregates of jobs that are not cached, together
