@@ -102,7 +102,7 @@ func (f *Forwarder) Handle(ctx context.Context, rec *kgo.Record) error {
 			return nil
 		}
 		m := InboxMessage(topic, id, KindOutcome, "outcome:"+o.CommandID, rec.Value)
-		out = &kgo.Record{Topic: m.Topic, Key: m.Key, Value: m.Value, Headers: m.Headers}
+		out = &kgo.Record{Topic: m.Topic, Key: m.Key, Value: m.Value, Headers: withTrace(m.Headers, rec)}
 	case f.events:
 		e, err := codec.RecordToEvent(rec)
 		if err != nil {
@@ -115,7 +115,7 @@ func (f *Forwarder) Handle(ctx context.Context, rec *kgo.Record) error {
 				return consumers.Permanent(fmt.Errorf("sagas: event at %s/%d/%d: %w", rec.Topic, rec.Partition, rec.Offset, err))
 			}
 			if ok {
-				outs = append(outs, &kgo.Record{Topic: m.Topic, Key: m.Key, Value: m.Value, Headers: m.Headers})
+				outs = append(outs, &kgo.Record{Topic: m.Topic, Key: m.Key, Value: m.Value, Headers: withTrace(m.Headers, rec)})
 			}
 		}
 		typ, id, ok := ParseCorrelation(e.CorrelationID)
@@ -137,4 +137,14 @@ func (f *Forwarder) Handle(ctx context.Context, rec *kgo.Record) error {
 		return fmt.Errorf("sagas: forward to %s: %w", out.Topic, err)
 	}
 	return nil
+}
+
+// withTrace returns hs with rec's ce_traceparent header, if it has one:
+// an inbox record continues the trace of the record it was forwarded
+// from (an event's copy carries all of the event's headers anyway).
+func withTrace(hs []kgo.RecordHeader, rec *kgo.Record) []kgo.RecordHeader {
+	if tp := traceParentOf(rec); tp != "" {
+		return append(hs, kgo.RecordHeader{Key: headerTraceParent, Value: []byte(tp)})
+	}
+	return hs
 }

@@ -86,6 +86,7 @@ type Runtime struct {
 	batch    int
 	elector  stores.Elector
 	onChange func(Transition)
+	onTraced func(Transition, string)
 }
 
 // RuntimeOption configures a Runtime.
@@ -118,6 +119,16 @@ func WithElector(e stores.Elector) RuntimeOption { return func(r *Runtime) { r.e
 // OnTransition calls f after each committed transition (metrics, tests).
 // It must not block.
 func OnTransition(f func(Transition)) RuntimeOption { return func(r *Runtime) { r.onChange = f } }
+
+// OnTransitionTraced calls f after each committed transition with the
+// W3C traceparent of the input that caused it (its ce_traceparent header;
+// "" when it had none, or when Start, Retry or Resolve applied it):
+// tracing adapters make a span per transition here (see tracing/otel).
+// It must not block. The commands a transition writes carry the same
+// traceparent, unless a step set one of its own.
+func OnTransitionTraced(f func(tr Transition, traceParent string)) RuntimeOption {
+	return func(r *Runtime) { r.onTraced = f }
+}
 
 // NewRuntime returns a runtime for defs, versions of one saga type; new
 // instances start with the highest version, running ones keep theirs.
@@ -186,7 +197,7 @@ func (r *Runtime) Start(ctx context.Context, sagaID string, state any) error {
 	if err != nil {
 		return fmt.Errorf("sagas: start %s/%s: %w: %w", r.typ, sagaID, orchestrix.ErrInvalid, err)
 	}
-	err = r.apply(ctx, Input{SagaID: sagaID, ID: startID(sagaID), Kind: KindStart, State: b})
+	err = r.apply(ctx, Input{SagaID: sagaID, ID: startID(sagaID), Kind: KindStart, State: b}, "")
 	if errors.Is(err, ErrDuplicateInput) {
 		return nil
 	}
@@ -227,29 +238,31 @@ func OperatorMessage(typ, sagaID string, kind InputKind, opID, note string) outb
 // StatusCompensationFailed: its failed compensation is tried again (a new
 // attempt). Other statuses fail with ErrNotAllowed.
 func (r *Runtime) Retry(ctx context.Context, sagaID, opID, note string) error {
-	return r.apply(ctx, Input{SagaID: sagaID, ID: "op:" + opID, Kind: KindRetry, Note: note})
+	return r.apply(ctx, Input{SagaID: sagaID, ID: "op:" + opID, Kind: KindRetry, Note: note}, "")
 }
 
 // Resolve applies an operator's resolution to an instance in
 // StatusCompensationFailed: the operator undid the failed step by hand;
 // compensation goes on with the steps before it.
 func (r *Runtime) Resolve(ctx context.Context, sagaID, opID, note string) error {
-	return r.apply(ctx, Input{SagaID: sagaID, ID: "op:" + opID, Kind: KindResolve, Note: note})
+	return r.apply(ctx, Input{SagaID: sagaID, ID: "op:" + opID, Kind: KindResolve, Note: note}, "")
 }
 
 // apply runs one input in one store transaction.
-func (r *Runtime) apply(ctx context.Context, in Input) error {
+func (r *Runtime) apply(ctx context.Context, in Input, traceParent string) error {
 	var tr Transition
-	if err := r.store.Apply(ctx, r.typ, in.SagaID, in.ID, r.decide(in, &tr)); err != nil {
+	if err := r.store.Apply(ctx, r.typ, in.SagaID, in.ID, r.decide(in, traceParent, &tr)); err != nil {
 		return err
 	}
-	r.committed(tr)
+	r.committed(tr, traceParent)
 	return nil
 }
 
 // decide returns the function that decides in against the stored
 // instance; it fills tr with the transition it decided (Version 0: none).
-func (r *Runtime) decide(in Input, tr *Transition) func(cur *Instance) (*Change, error) {
+// The commands carry traceParent (the input's trace context) unless they
+// have one.
+func (r *Runtime) decide(in Input, traceParent string, tr *Transition) func(cur *Instance) (*Change, error) {
 	return func(cur *Instance) (*Change, error) {
 		*tr = Transition{}
 		def := r.latest
@@ -271,6 +284,9 @@ func (r *Runtime) decide(in Input, tr *Transition) func(cur *Instance) (*Change,
 		for _, o := range dec.Commands {
 			c := o.Command
 			c.Source = r.source
+			if c.TraceParent == "" {
+				c.TraceParent = traceParent
+			}
 			if err := r.reg.EncodeCommand(&c); err != nil {
 				return nil, fmt.Errorf("sagas: %s/%s: encode command: %w", r.typ, in.SagaID, err)
 			}
@@ -291,7 +307,7 @@ func (r *Runtime) decide(in Input, tr *Transition) func(cur *Instance) (*Change,
 }
 
 // committed reports a committed transition.
-func (r *Runtime) committed(tr Transition) {
+func (r *Runtime) committed(tr Transition, traceParent string) {
 	if tr.Version == 0 {
 		return
 	}
@@ -301,6 +317,9 @@ func (r *Runtime) committed(tr Transition) {
 	}
 	if r.onChange != nil {
 		r.onChange(tr)
+	}
+	if r.onTraced != nil {
+		r.onTraced(tr, traceParent)
 	}
 }
 
@@ -327,9 +346,11 @@ func (r *Runtime) HandleBatch(ctx context.Context, recs []*kgo.Record) []error {
 	items := make([]Item, 0, len(recs))
 	idx := make([]int, 0, len(recs))
 	trs := make([]Transition, len(recs))
+	tps := make([]string, len(recs))
 	failed := map[string]bool{}
 	for i, rec := range recs {
 		in, err := r.decode(rec)
+		tps[i] = traceParentOf(rec)
 		switch {
 		case failed[string(rec.Key)]:
 			errs[i] = consumers.ErrBlocked
@@ -337,7 +358,7 @@ func (r *Runtime) HandleBatch(ctx context.Context, recs []*kgo.Record) []error {
 			errs[i] = r.classify(rec, err)
 			failed[string(rec.Key)] = true
 		default:
-			items = append(items, Item{SagaID: in.SagaID, InputID: in.ID, Decide: r.decide(in, &trs[i])})
+			items = append(items, Item{SagaID: in.SagaID, InputID: in.ID, Decide: r.decide(in, tps[i], &trs[i])})
 			idx = append(idx, i)
 		}
 	}
@@ -348,7 +369,7 @@ func (r *Runtime) HandleBatch(ctx context.Context, recs []*kgo.Record) []error {
 	for k, i := range idx {
 		errs[i] = r.classify(recs[i], res[k])
 		if res[k] == nil {
-			r.committed(trs[i])
+			r.committed(trs[i], tps[i])
 		}
 	}
 	return errs
@@ -364,10 +385,24 @@ func (r *Runtime) HandleBatch(ctx context.Context, recs []*kgo.Record) []error {
 func (r *Runtime) Handle(ctx context.Context, rec *kgo.Record) error {
 	in, err := r.decode(rec)
 	if err == nil {
-		err = r.apply(ctx, in)
+		err = r.apply(ctx, in, traceParentOf(rec))
 	}
 	return r.classify(rec, err)
 }
+
+// traceParentOf returns rec's ce_traceparent header ("" without one).
+func traceParentOf(rec *kgo.Record) string {
+	for _, h := range rec.Headers {
+		if h.Key == headerTraceParent {
+			return string(h.Value)
+		}
+	}
+	return ""
+}
+
+// headerTraceParent carries a record's W3C trace context (CloudEvents
+// binary mode).
+const headerTraceParent = codec.HeaderPrefix + "traceparent"
 
 // decode reads an inbox record.
 func (r *Runtime) decode(rec *kgo.Record) (Input, error) {
