@@ -341,7 +341,9 @@ func projectAsApp(ctx context.Context, t *testing.T, app *pgxpool.Pool, schema s
 	if err != nil {
 		t.Fatal(err)
 	}
-	table := func(b int) string { return pgx.Identifier{schema, projections.VersionTable("event_counts", b)}.Sanitize() }
+	table := func(b int) string {
+		return pgx.Identifier{schema, projections.VersionTable("event_counts", b)}.Sanitize()
+	}
 	setup := projections.Setup(func(ctx context.Context, tx pgx.Tx, version int) error {
 		_, err := tx.Exec(ctx, "CREATE TABLE IF NOT EXISTS "+table(version)+" (stream text PRIMARY KEY, n bigint NOT NULL)")
 		return err
