@@ -1,0 +1,164 @@
+package check
+
+import (
+	"context"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/orchestrix/orchestrix"
+	"github.com/orchestrix/orchestrix/outbox"
+	"github.com/orchestrix/orchestrix/stores"
+	"github.com/orchestrix/orchestrix/stores/postgres"
+	"github.com/orchestrix/orchestrix/topics"
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kgo"
+)
+
+// TestRestoreReseedIntegration checks what docs/deployment.md says about
+// a logical restore (pg_dump, pg_restore into another cluster): the
+// events keep the tx_id of the cluster that wrote them, the new cluster
+// counts its transaction IDs from wherever it stands. Restored events
+// with a tx_id above the new cluster's horizon are not published at all
+// while new events are; the guide's re-seed (one UPDATE giving every
+// restored row the ID of the fixing transaction, then a relay on a new
+// events topic) publishes everything once, in position order, with new
+// events after.
+func TestRestoreReseedIntegration(t *testing.T) {
+	dsn := service(t, "DATABASE_URL")
+	seeds := strings.Split(service(t, "KAFKA_BROKERS"), ",")
+	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
+	defer cancel()
+	pool := openPool(t, dsn)
+	schema := "orx_restore_" + suffix()
+	t.Cleanup(func() {
+		_, _ = pool.Exec(context.Background(), "DROP SCHEMA IF EXISTS "+pgx.Identifier{schema}.Sanitize()+" CASCADE")
+	})
+	if _, err := postgres.Migrate(ctx, pool, schema); err != nil {
+		t.Fatal(err)
+	}
+	store, err := postgres.New(ctx, pool, postgres.WithSchema(schema))
+	if err != nil {
+		t.Fatal(err)
+	}
+	const restored = 40
+	for i := range restored {
+		if _, err := store.Append(ctx, "acc-"+strconv.Itoa(i%4), stores.Any, []orchestrix.Event{event("Deposited", i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The restore: these rows come from a cluster 1,000,000 transactions
+	// ahead of this one.
+	events := pgx.Identifier{schema, "events"}.Sanitize()
+	if _, err := pool.Exec(ctx, "UPDATE "+events+" SET tx_id = (pg_current_xact_id()::text::bigint + 1000000)::text::xid8"); err != nil {
+		t.Fatal(err)
+	}
+
+	cl, err := kgo.NewClient(kgo.SeedBrokers(seeds...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	adm := kadm.NewClient(cl)
+	sfx := suffix()
+	before, after := "orx."+sfx+".events", "orx."+sfx+".events-restored"
+	if _, err := topics.Ensure(ctx, adm, topics.Spec{Name: before, Partitions: 1, ReplicationFactor: 1},
+		topics.Spec{Name: after, Partitions: 1, ReplicationFactor: 1}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_, _ = adm.DeleteTopics(context.Background(), before, after, before+outbox.CheckpointSuffix, after+outbox.CheckpointSuffix)
+	})
+	appendNew := func(n int) {
+		for i := range n {
+			if _, err := store.Append(ctx, "new-"+strconv.Itoa(i), stores.Any, []orchestrix.Event{event("Opened", i)}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+
+	// Without the re-seed: a relay from an empty checkpoint publishes
+	// the new events and none of the restored ones.
+	appendNew(3)
+	got := relayUntil(ctx, t, store, seeds, before, 3, 3*time.Second)
+	if len(got) != 3 || !strings.HasPrefix(got[0], "new-") {
+		t.Fatalf("without the re-seed the relay published %v, want the 3 new events only", got)
+	}
+	t.Logf("without the re-seed: %d of %d restored events published, the %d new ones were", 0, restored, len(got))
+
+	// The re-seed, as the guide gives it (no writer running).
+	for _, table := range []string{"events", "outbox"} {
+		if _, err := pool.Exec(ctx, "UPDATE "+pgx.Identifier{schema, table}.Sanitize()+" SET tx_id = pg_current_xact_id()"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	appendNew(2)
+	got = relayUntil(ctx, t, store, seeds, after, restored+5, time.Minute)
+	if len(got) != restored+5 {
+		t.Fatalf("after the re-seed the relay published %d events, want %d", len(got), restored+5)
+	}
+	// Position order: the restored events, the 3 appended before the
+	// fix, then the 2 after.
+	var positions []int
+	for _, p := range got {
+		n, _ := strconv.Atoi(strings.SplitN(p, "@", 2)[1])
+		positions = append(positions, n)
+	}
+	for i := 1; i < len(positions); i++ {
+		if positions[i] <= positions[i-1] {
+			t.Fatalf("not in position order at %d: %v", i, got)
+		}
+	}
+	t.Logf("after the re-seed: all %d events published once, in position order", len(got))
+}
+
+// relayUntil runs a relay to topic until it holds want records or wait
+// passed, and returns "stream@position" of each record.
+func relayUntil(ctx context.Context, t *testing.T, store *postgres.Store, seeds []string, topic string, want int, wait time.Duration) []string {
+	t.Helper()
+	relay, err := outbox.NewRelay(store, seeds, outbox.ToTopic(topic), outbox.PollInterval(5*time.Millisecond, 50*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rctx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- relay.Run(rctx) }()
+	defer func() {
+		stop()
+		if err := <-done; err != nil {
+			t.Errorf("relay: %v", err)
+		}
+	}()
+	cons, err := kgo.NewClient(kgo.SeedBrokers(seeds...), kgo.ConsumeTopics(topic),
+		kgo.FetchIsolationLevel(kgo.ReadCommitted()), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cons.Close()
+	var got []string
+	deadline, cancel := context.WithTimeout(ctx, wait)
+	defer cancel()
+	for {
+		fs := cons.PollFetches(deadline)
+		fs.EachRecord(func(r *kgo.Record) {
+			pos := ""
+			for _, h := range r.Headers {
+				if h.Key == "ce_position" {
+					pos = string(h.Value)
+				}
+			}
+			got = append(got, string(r.Key)+"@"+pos)
+		})
+		if deadline.Err() != nil || len(got) >= want {
+			// Wait a moment more for records beyond want.
+			if len(got) >= want && deadline.Err() == nil {
+				extra, c := context.WithTimeout(ctx, 500*time.Millisecond)
+				cons.PollFetches(extra).EachRecord(func(r *kgo.Record) { got = append(got, string(r.Key)+"@?") })
+				c()
+			}
+			return got
+		}
+	}
+}
