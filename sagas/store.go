@@ -41,6 +41,11 @@ type Store interface {
 	// Timers returns pending timers (of typ, or all when empty), the
 	// earliest first, at most limit.
 	Timers(ctx context.Context, typ string, limit int) ([]Timer, error)
+	// PruneInbox deletes the inbox rows of up to limit instances of typ
+	// that ended (completed or compensated) and have not changed since
+	// endedBefore, and returns how many instances and rows it pruned. An
+	// instance is pruned once; see Runtime.PruneInbox.
+	PruneInbox(ctx context.Context, typ string, endedBefore time.Time, limit int) (instances, rows int, err error)
 }
 
 // Item is one input of an ApplyBatch.
