@@ -50,7 +50,7 @@ func TestRelay(t *testing.T) {
 		t.Fatal(err)
 	}
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(prom.Relay(r))
+	reg.MustRegister(prom.Relay(r, nil))
 	ctx, cancel := context.WithCancel(t.Context())
 	done := make(chan error, 1)
 	go func() { done <- r.Run(ctx) }()
@@ -78,7 +78,7 @@ orchestrix_relay_dead_letters_total{instance="r1",topic="m.events"} 0
 	names := []string{"orchestrix_relay_leader", "orchestrix_relay_published_events_total", "orchestrix_relay_published_messages_total",
 		"orchestrix_relay_transactions_total", "orchestrix_relay_dead_letters_total", "orchestrix_relay_errors_total",
 		"orchestrix_relay_lag_events", "orchestrix_relay_lag_seconds"}
-	if got := testutil.CollectAndCount(prom.Relay(r)); got != len(names) {
+	if got := testutil.CollectAndCount(prom.Relay(r, nil)); got != len(names) {
 		t.Fatalf("%d relay series, want %d: %v", got, len(names), names)
 	}
 	cancel()
@@ -102,17 +102,49 @@ func TestConsumer(t *testing.T) {
 orchestrix_consumer_records_total{group="billing",outcome="dead_lettered",topic="b.events"} 1
 orchestrix_consumer_records_total{group="billing",outcome="failed",topic="b.events"} 2
 orchestrix_consumer_records_total{group="billing",outcome="ok",topic="b.events"} 13
-# HELP orchestrix_consumer_lag_records Records behind the partition's high watermark, as of the last fetch.
+# HELP orchestrix_consumer_lag_records Records behind the partition's high watermark, as of this member's last fetch.
 # TYPE orchestrix_consumer_lag_records gauge
 orchestrix_consumer_lag_records{group="billing",partition="3",topic="b.events"} 0
 `
 	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "orchestrix_consumer_records_total", "orchestrix_consumer_lag_records"); err != nil {
 		t.Fatal(err)
 	}
-	if n := testutil.CollectAndCount(reg, "orchestrix_consumer_batch_seconds"); n != 1 {
+	if n := gatherCount(t, reg, "orchestrix_consumer_batch_seconds"); n != 1 {
 		t.Fatalf("batch_seconds series = %d, want 1", n)
 	}
 	if _, err := prom.NewConsumer(reg, "billing"); err == nil {
 		t.Fatal("registering the same group twice succeeded")
+	}
+	if _, err := prom.NewConsumer(reg, "shipping"); err != nil {
+		t.Fatalf("a second group on one registry: %v", err)
+	}
+}
+
+// TestConsumerRetryLevels: records read from the group's retry topics
+// count under their origin topic with their level; dead letters carry the
+// level they failed at.
+func TestConsumerRetryLevels(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	c, err := prom.NewConsumer(reg, "billing")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Observe(consumers.Stats{Topic: "b.events", Partition: 0, Records: 4, Failed: 1, DeadLettered: 1})
+	c.Observe(consumers.Stats{Topic: consumers.RetryTopic("b.events", "billing", 1), Records: 3, Failed: 1})
+	c.Observe(consumers.Stats{Topic: consumers.RetryTopic("b.events", "billing", 2), Records: 2, Failed: 2, DeadLettered: 2})
+	c.Observe(consumers.Stats{Topic: "other.retry.x.billing.retry.1", Records: 1}) // a topic whose name looks like a retry topic
+	want := `
+# HELP orchestrix_consumer_retries_total Records handled again from retry topic level n, by origin topic.
+# TYPE orchestrix_consumer_retries_total counter
+orchestrix_consumer_retries_total{group="billing",level="1",topic="b.events"} 3
+orchestrix_consumer_retries_total{group="billing",level="1",topic="other.retry.x"} 1
+orchestrix_consumer_retries_total{group="billing",level="2",topic="b.events"} 2
+# HELP orchestrix_consumer_dead_letters_total Records dead-lettered, by origin topic and the level they failed at (0: the topic itself).
+# TYPE orchestrix_consumer_dead_letters_total counter
+orchestrix_consumer_dead_letters_total{group="billing",level="0",topic="b.events"} 1
+orchestrix_consumer_dead_letters_total{group="billing",level="2",topic="b.events"} 2
+`
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "orchestrix_consumer_retries_total", "orchestrix_consumer_dead_letters_total"); err != nil {
+		t.Fatal(err)
 	}
 }
