@@ -45,7 +45,7 @@ type pipeline struct {
 	bc     string
 	cl     *kgo.Client
 	sender *producers.Sender
-	sagaSt *sagas.MemoryStore
+	sagaSt sagas.Store
 	sagaRT *sagas.Runtime
 	tracer *orxotel.Tracer
 }
@@ -55,10 +55,23 @@ type transfer struct {
 	Amount   int64
 }
 
-// startPipeline runs the pipeline on seeds and store until the test
-// ends. back and apply build the projection (nil: memory, counting).
-func startPipeline[T any](t *testing.T, seeds []string, bc string, store stores.EventStore, tr *orxotel.Tracer, back projections.Backend[T], apply projections.Handler[T], withSaga bool) *pipeline {
+// env is what a pipeline runs on.
+type env[T any] struct {
+	seeds []string
+	store stores.EventStore
+	// The projection's backend and handler.
+	back  projections.Backend[T]
+	apply projections.Handler[T]
+	// sagas, if not nil, runs the transfer saga on it; publish, if not
+	// nil, publishes its outbox (otherwise the relay does).
+	sagas   sagas.Store
+	publish func(context.Context, *kgo.Client) error
+}
+
+// startPipeline runs the pipeline on e until the test ends.
+func startPipeline[T any](t *testing.T, e env[T], bc string, tr *orxotel.Tracer) *pipeline {
 	t.Helper()
+	seeds, store := e.seeds, e.store
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	t.Cleanup(func() { cancel(); wg.Wait() })
@@ -135,14 +148,14 @@ func startPipeline[T any](t *testing.T, seeds []string, bc string, store stores.
 	}
 	run("audit", audit.Run)
 
-	runner, err := projections.New("balances", back, projections.FromStore(store), apply, projections.OnCommit(tr.Projection),
+	runner, err := projections.New("balances", e.back, projections.FromStore(store), e.apply, projections.OnCommit(tr.Projection),
 		projections.PollInterval(5*time.Millisecond))
 	if err != nil {
 		t.Fatal(err)
 	}
 	run("projection", runner.Run)
 
-	if withSaga {
+	if e.sagas != nil {
 		on := func(id string, c any) sagas.Command {
 			return sagas.Command{Topic: topics.Commands(bc), AggregateID: id, Payload: c}
 		}
@@ -156,7 +169,7 @@ func startPipeline[T any](t *testing.T, seeds []string, bc string, store stores.
 		if err != nil {
 			t.Fatal(err)
 		}
-		p.sagaSt = sagas.NewMemoryStore()
+		p.sagaSt = e.sagas
 		p.sagaRT, err = sagas.NewRuntime(p.sagaSt, reg, []sagas.Saga{def}, sagas.OnTransitionTraced(tr.Saga))
 		if err != nil {
 			t.Fatal(err)
@@ -175,7 +188,9 @@ func startPipeline[T any](t *testing.T, seeds []string, bc string, store stores.
 		}
 		run("forwarder", forwarder.Run)
 		run("inbox", inbox.Run)
-		run("saga outbox", func(ctx context.Context) error { return p.sagaSt.Publish(ctx, cl) })
+		if e.publish != nil {
+			run("saga outbox", func(ctx context.Context) error { return e.publish(ctx, cl) })
+		}
 	}
 
 	p.sender, err = producers.NewSender(cl, reg, topics.Commands(bc), "/test")
@@ -296,8 +311,12 @@ func checkCommandTrace(t *testing.T, p *pipeline, rec *tracetest.SpanRecorder, i
 // projection batch, on kfake and the memory store.
 func TestCommandToProjection(t *testing.T) {
 	tr, rec, tt := recorder(t)
-	store := memory.New()
-	p := startPipeline(t, testenv.FakeBrokers(t), "tr", store, tr, projections.NewMemory("balances"), countEvents, false)
+	p := startPipeline(t, env[*projections.MemTx]{seeds: testenv.FakeBrokers(t), store: memory.New(), back: projections.NewMemory("balances"), apply: countEvents}, "tr", tr)
+	commandTraces(t, p, rec, tt)
+}
+
+// commandTraces sends two commands and checks each one's trace.
+func commandTraces(t *testing.T, p *pipeline, rec *tracetest.SpanRecorder, tt trace.Tracer) {
 	for i, c := range []any{banking.OpenAccount{Owner: "alice"}, banking.Deposit{Amount: 10}} {
 		id := p.send(t, tt, "alice", c)
 		t.Run(fmt.Sprint("command", i), func(t *testing.T) { checkCommandTrace(t, p, rec, id) })
@@ -319,8 +338,14 @@ func countEvents(_ context.Context, tx *projections.MemTx, b projections.Batch) 
 // batch.
 func TestSagaTrace(t *testing.T) {
 	tr, rec, tt := recorder(t)
-	store := memory.New()
-	p := startPipeline(t, testenv.FakeBrokers(t), "ts", store, tr, projections.NewMemory("balances"), countEvents, true)
+	ss := sagas.NewMemoryStore()
+	p := startPipeline(t, env[*projections.MemTx]{seeds: testenv.FakeBrokers(t), store: memory.New(), back: projections.NewMemory("balances"), apply: countEvents,
+		sagas: ss, publish: ss.Publish}, "ts", tr)
+	sagaTrace(t, p, rec, tt)
+}
+
+// sagaTrace runs a transfer and checks its trace.
+func sagaTrace(t *testing.T, p *pipeline, rec *tracetest.SpanRecorder, tt trace.Tracer) {
 	for _, c := range []struct {
 		id string
 		c  any
