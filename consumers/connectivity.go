@@ -23,6 +23,7 @@ func (g *Group) connect(ctx context.Context) error {
 	defer cancel()
 	var err error
 	for wait := 100 * time.Millisecond; ; wait = min(2*wait, 2*time.Second) {
+		g.stamp()
 		if err = g.cl.Ping(cctx); err == nil {
 			return nil
 		}

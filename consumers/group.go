@@ -26,6 +26,9 @@ type Group struct {
 	chain map[string]chainPos
 	// assignErr is an Assignable handler's failure, which stops Run.
 	assignErr atomic.Pointer[assignError]
+	// beat is when the poll loop last went round, in Unix nanoseconds
+	// (see Heartbeat).
+	beat atomic.Int64
 
 	mu sync.Mutex
 	// states holds the parking state per origin partition (ordered modes).
@@ -130,8 +133,26 @@ func New(seeds []string, group string, topics []string, h Handler, opts ...Optio
 		return nil, fmt.Errorf("consumers: new client: %w", err)
 	}
 	g.cl = cl
+	g.stamp()
 	return g, nil
 }
+
+// HeartbeatInterval bounds a group's idle wait for records: a loop that
+// finds nothing to do still goes round, and so beats, this often.
+const HeartbeatInterval = time.Second
+
+// Heartbeat returns when the group's poll loop last went round: a poll
+// returned (with records or not) and its records were handled and
+// committed, or the connect loop at start tried once more. An idle group
+// beats at least every HeartbeatInterval, also while its brokers are
+// unreachable (it keeps polling and probing them); a group whose handler
+// is stuck (a call that never returns, a drain that never ends) stops
+// beating. It makes the group a service.Heartbeater, so /livez sees a
+// stuck loop, not a broker outage. Before Run it is the time of New.
+func (g *Group) Heartbeat() time.Time { return time.Unix(0, g.beat.Load()) }
+
+// stamp records a heartbeat now.
+func (g *Group) stamp() { g.beat.Store(time.Now().UnixNano()) }
 
 // Client returns the group's franz-go client (for producing dead letters
 // or inspecting; do not poll it). Its producer lingers 20ms (see New)
@@ -222,7 +243,7 @@ func (g *Group) Run(ctx context.Context) error {
 		return err
 	}
 	for {
-		pctx, cancel := ctx, context.CancelFunc(func() {})
+		g.stamp()
 		due, ok := g.nextDue()
 		if g.hasPending() && (!ok || time.Until(due) > 10*time.Millisecond) {
 			// Come back soon to commit progress waiting for acks.
@@ -232,10 +253,12 @@ func (g *Group) Run(ctx context.Context) error {
 			// Check every second whether the brokers are back.
 			due, ok = time.Now().Add(time.Second), true
 		}
-		if ok {
-			// Wake up when the first held retry record is due.
-			pctx, cancel = context.WithDeadline(ctx, due)
+		if beat := time.Now().Add(HeartbeatInterval); !ok || due.After(beat) {
+			// A bounded wait: an idle loop still beats.
+			due = beat
 		}
+		// Wake up when the first held retry record is due.
+		pctx, cancel := context.WithDeadline(ctx, due)
 		fetches := g.cl.PollRecords(pctx, g.cfg.maxPoll)
 		cancel()
 		if fetches.IsClientClosed() || ctx.Err() != nil {

@@ -66,6 +66,7 @@ func (g *Group) checkTopics(ctx context.Context) error {
 	defer cancel()
 	settle := time.Now().Add(topicsSettle)
 	for {
+		g.stamp()
 		err := g.checkTopicsOnce(cctx, all)
 		var missing *MissingTopicsError
 		if !errors.As(err, &missing) || time.Now().After(settle) {
