@@ -17,6 +17,9 @@ import (
 // that scripts/benchcheck.sh can be seen to fail. Never set it otherwise.
 const slowEnv = "ORCHESTRIX_BENCH_SLOW"
 
+// debugEnv, when set, logs each block's times (go test -v shows them).
+const debugEnv = "ORCHESTRIX_BENCH_DEBUG"
+
 // slowed reports whether b's measured side must be slowed (slowEnv).
 func slowed(b *testing.B) bool {
 	pat := os.Getenv(slowEnv)
@@ -71,6 +74,9 @@ func pair(b *testing.B, perOp int, unit string, base, sys func(i int)) {
 			db = run(base, lo, hi)
 		}
 		tBase += db
+		if os.Getenv(debugEnv) != "" {
+			b.Logf("block %d: base %v sys %v", j, db, ds)
+		}
 		tSys += ds
 		if ds > 0 && db > 0 {
 			ratios = append(ratios, float64(db)/float64(ds))
