@@ -339,16 +339,15 @@ const (
 // ratio is the bus's messages/s over the raw loop's.
 //
 //   - messages=1, 100, 1000: one handler, small payloads, one publisher;
-//
 //   - handlers=5, 10: 100 messages spread over 5 or 10 types, each with its
 //     handler on one router;
-//
 //   - payload=small, medium, large: 100 messages of 100 B, 10 KiB, 100 KiB;
-//
 //   - publishers=10, 100: 1,000 messages from 10 or 100 goroutines, each
 //     sending one message at a time and waiting for its acknowledgement.
 //
-//     eval "$(scripts/services.sh start)"; go test -run '^$' -bench Bus -benchtime 20x ./bench/suite/
+// Run it with:
+//
+//	eval "$(scripts/services.sh start)"; go test -run '^$' -bench Bus -benchtime 20x ./bench/suite/
 func BenchmarkBus(b *testing.B) {
 	type busCase struct {
 		name                            string
