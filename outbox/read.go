@@ -69,6 +69,7 @@ func (r *Relay) read(ctx context.Context, cp Checkpoint, out chan<- *batch, dema
 	onDemand := false
 	wait := r.cfg.pollMin
 	for {
+		r.stampOne(beatRead)
 		if onDemand {
 			if !r.sleep(ctx, wait, nil, nil) {
 				return ctx.Err()
@@ -101,7 +102,7 @@ func (r *Relay) read(ctx context.Context, cp Checkpoint, out chan<- *batch, dema
 			r.recycle(b)
 			r.st.caughtUp.Store(true)
 			onDemand = false
-			if !r.sleep(ctx, r.idleWait(time.Since(lastWork)), r.wake, appended) {
+			if !r.idle(ctx, r.idleWait(time.Since(lastWork)), r.wake, appended) {
 				return ctx.Err()
 			}
 			continue
@@ -188,7 +189,11 @@ func (r *Relay) follow(ctx context.Context, obs Observer, cp Checkpoint, out cha
 	r.log.Debug("observing", "checkpoint", cp.Events.String())
 
 	interval := r.cfg.pollMin
+	// idle bounds the wait for the first entry, so an idle reader beats.
+	idle := time.NewTimer(HeartbeatInterval)
+	defer idle.Stop()
 	for {
+		r.stampOne(beatRead)
 		b := &batch{cp: cp}
 		var (
 			poll  *time.Timer
@@ -202,14 +207,21 @@ func (r *Relay) follow(ctx context.Context, obs Observer, cp Checkpoint, out cha
 		r.st.caughtUp.Store(len(entries) == 0)
 		// Block for the first entry (or, with an outbox table, its poll).
 		var err error
-		select {
-		case it := <-entries:
-			b.add(it)
-		case err = <-obsErr:
-		case <-ctx.Done():
-			err = ctx.Err()
-		case <-pollC:
-		case <-wake:
+		for waiting := true; waiting; {
+			waiting = false
+			idle.Reset(HeartbeatInterval)
+			select {
+			case <-idle.C:
+				r.stampOne(beatRead)
+				waiting = true
+			case it := <-entries:
+				b.add(it)
+			case err = <-obsErr:
+			case <-ctx.Done():
+				err = ctx.Err()
+			case <-pollC:
+			case <-wake:
+			}
 		}
 		if poll != nil {
 			poll.Stop()
@@ -282,6 +294,31 @@ func (r *Relay) sleep(ctx context.Context, d time.Duration, wake <-chan struct{}
 	case <-appended:
 	}
 	return true
+}
+
+// idle is sleep for the reader's idle wait, which may be longer than
+// HeartbeatInterval (PollMax): it beats meanwhile.
+func (r *Relay) idle(ctx context.Context, d time.Duration, wake <-chan struct{}, appended <-chan struct{}) bool {
+	if d <= HeartbeatInterval {
+		return r.sleep(ctx, d, wake, appended)
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	beat := time.NewTicker(HeartbeatInterval)
+	defer beat.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return false
+		case <-beat.C:
+			r.stampOne(beatRead)
+			continue
+		case <-t.C:
+		case <-wake:
+		case <-appended:
+		}
+		return true
+	}
 }
 
 // fetch reads one batch after cp.

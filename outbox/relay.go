@@ -35,6 +35,9 @@ type Relay struct {
 	// next reads of a batchAppender source to fill.
 	spare   chan []stores.Entry
 	running atomic.Bool
+	// beats are when the reader (beatRead) and the committer (beatCommit)
+	// last went round, in Unix nanoseconds (see Heartbeat).
+	beats [2]atomic.Int64
 	// checked is set once a term found every configured topic: after
 	// that, a topic that looks missing (a restarting broker) is retried.
 	checked atomic.Bool
@@ -82,6 +85,7 @@ func NewRelay(src Source, seeds []string, opts ...Option) (*Relay, error) {
 	if cfg.instance != "" {
 		r.instHdr = []byte(cfg.instance)
 	}
+	r.stamp()
 	if !cfg.noElection {
 		r.election = cfg.elector
 		if le, ok := src.(stores.Leaser); ok && r.election == nil {
@@ -104,6 +108,60 @@ func NewRelay(src Source, seeds []string, opts ...Option) (*Relay, error) {
 		}
 	}
 	return r, nil
+}
+
+// HeartbeatInterval bounds a relay's idle waits: a relay with nothing to
+// publish, or waiting as a standby for leadership, still beats this
+// often.
+const HeartbeatInterval = time.Second
+
+// Heartbeat returns when the relay's loops last went round: the older of
+// the reader's (a read returned, an idle wait ended) and the committer's
+// (a transaction committed, an idle wait ended). A relay that is idle, a
+// standby, or waiting out a broker or database outage (its calls fail and
+// are retried with backoff) beats at least every HeartbeatInterval plus
+// the backoff; one stuck in a call that never returns — a read, a
+// transaction — stops beating. It makes the relay a service.Heartbeater,
+// so /livez sees a stuck loop, not an outage. Before Run it is the time
+// of NewRelay.
+func (r *Relay) Heartbeat() time.Time {
+	return time.Unix(0, min(r.beats[beatRead].Load(), r.beats[beatCommit].Load()))
+}
+
+// Indexes of Relay.beats.
+const (
+	beatRead = iota
+	beatCommit
+)
+
+// stamp records a heartbeat of both loops now.
+func (r *Relay) stamp() {
+	now := time.Now().UnixNano()
+	r.beats[beatRead].Store(now)
+	r.beats[beatCommit].Store(now)
+}
+
+// stampOne records a heartbeat of one loop now.
+func (r *Relay) stampOne(loop int) { r.beats[loop].Store(time.Now().UnixNano()) }
+
+// campaign waits for leadership, beating while it waits: a standby is
+// idle, not stuck.
+func (r *Relay) campaign(ctx context.Context) (stores.Term, error) {
+	done := make(chan struct{})
+	defer close(done)
+	go func() {
+		t := time.NewTicker(HeartbeatInterval)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+				r.stamp()
+			}
+		}
+	}()
+	return r.election.Campaign(ctx)
 }
 
 // Wake makes an idle relay read its source now instead of at its next
@@ -136,17 +194,19 @@ func (r *Relay) Run(ctx context.Context) error {
 
 	backoff := 100 * time.Millisecond
 	for {
+		r.stamp()
 		if ctx.Err() != nil {
 			return nil
 		}
 		var term stores.Term = always{}
 		if r.election != nil {
-			t, err := r.election.Campaign(ctx)
+			t, err := r.campaign(ctx)
 			if err != nil {
 				return nil // only ctx ends a campaign
 			}
 			term = t
 		}
+		r.stamp()
 		r.log.Info("leading")
 		r.st.leader.Store(true)
 		published, err := r.lead(ctx, term)
@@ -229,6 +289,7 @@ func (r *Relay) lead(ctx context.Context, term stores.Term) (published bool, err
 	defer cl.Close()
 	adm := kadm.NewClient(cl)
 
+	r.stamp()
 	if err := r.ensureTopics(sctx, adm); err != nil {
 		return fail(err)
 	}
@@ -243,6 +304,7 @@ func (r *Relay) lead(ctx context.Context, term stores.Term) (published bool, err
 		return fail(err)
 	}
 	r.checkLimits(dest)
+	r.stamp()
 	eventsMax, _ := r.limits.get(r.cfg.topic)
 	pt := &termState{adm: adm, eventsMax: eventsMax}
 	if err := r.checkOutboxTable(sctx); err != nil {
@@ -250,10 +312,12 @@ func (r *Relay) lead(ctx context.Context, term stores.Term) (published bool, err
 	}
 	// Initialising the producer ID fences every earlier instance with this
 	// transactional ID and makes the broker abort its open transaction.
+	r.stamp()
 	id, epoch, err := cl.ProducerID(sctx)
 	if err != nil {
 		return fail(fmt.Errorf("outbox: init producer %q: %w", r.cfg.txnID, err))
 	}
+	r.stamp()
 	cp, err := r.recoverCheckpoint(sctx, cl, adm)
 	if err != nil {
 		return fail(err)
@@ -271,9 +335,14 @@ func (r *Relay) lead(ctx context.Context, term stores.Term) (published bool, err
 	settling := true          // until describing the transaction fails
 	var spacing time.Duration // the least time from ended to the next transaction
 	var wg sync.WaitGroup
+	r.stamp()
 	wg.Go(func() { readErr <- r.read(sctx, cp, batches, demand) })
 	defer func() { cancel(nil); wg.Wait() }()
+	// idle bounds the wait for a batch, so an idle committer beats.
+	idle := time.NewTimer(HeartbeatInterval)
+	defer idle.Stop()
 	for {
+		r.stampOne(beatCommit)
 		// Space transactions by the size of the last one (see
 		// txnSpacing), then, unless a batch is already queued, ask for
 		// the next one: it is read now, not while this one waited, so
@@ -287,7 +356,9 @@ func (r *Relay) lead(ctx context.Context, term stores.Term) (published bool, err
 			default:
 			}
 		}
+		idle.Reset(HeartbeatInterval)
 		select {
+		case <-idle.C:
 		case <-sctx.Done():
 			if errors.Is(context.Cause(sctx), ErrLostLeadership) {
 				return published, ErrLostLeadership
