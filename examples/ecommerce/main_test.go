@@ -1,0 +1,277 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/orchestrix/orchestrix/internal/testenv"
+	"github.com/twmb/franz-go/pkg/kadm"
+)
+
+// mainEnv makes the test binary run main (serve, drive) instead of the
+// tests: the serve tests start it as a child and stop it with SIGTERM.
+const mainEnv = "ECOMMERCE_TEST_MAIN"
+
+func TestMain(m *testing.M) {
+	if os.Getenv(mainEnv) == "1" {
+		main()
+		return
+	}
+	os.Exit(m.Run())
+}
+
+// syncBuffer is an io.Writer safe for the run's concurrent writers.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func testConfig(t *testing.T, scenario string) config {
+	seed := testenv.Seed(t)
+	return config{scenario: scenario, orders: 12, seed: seed, partitions: 2, timeout: time.Minute, watch: true,
+		context: testenv.Name("ecommerce-t"),
+		timing:  Timing{Step: time.Second, Compensation: 2 * time.Second, Backoff: 200 * time.Millisecond}}
+}
+
+func runCheck(t *testing.T, c config) string {
+	t.Helper()
+	var out syncBuffer
+	c.stdout, c.stderr = &out, &out
+	err := run(t.Context(), c)
+	if err != nil || !strings.Contains(out.String(), "invariants hold") {
+		t.Fatalf("scenario %s (seed %d): %v\n%s", c.scenario, c.seed, err, out.String())
+	}
+	return out.String()
+}
+
+// Every scenario on the embedded default: kfake and the memory stores.
+func TestScenarios(t *testing.T) {
+	for _, s := range scenarioNames {
+		t.Run(s, func(t *testing.T) {
+			out := runCheck(t, testConfig(t, s))
+			for _, want := range map[string][]string{
+				"happy":            {"12 completed", "1 Rejected"},
+				"payment-declined": {"card_declined", "compensated"},
+				"out-of-stock":     {"out_of_stock", "6 confirmed for a stock of 6", "RefundPayment"},
+				"payment-timeout":  {"timer: running", "RefundPayment", "6 Confirmed, 6 Cancelled"},
+				"refund-down":      {"compensation_failed", "gateway_down", "6 sagas in compensation_failed retried", "OrderFailed", "retry: compensation_failed → compensating"},
+			}[s] {
+				if !strings.Contains(out, want) {
+					t.Errorf("scenario %s: output lacks %q\n%s", s, want, out)
+				}
+			}
+		})
+	}
+}
+
+// The default and refund-down scenarios against real Kafka and
+// PostgreSQL (refund-down through `orchestrix sagas retry`'s code path).
+func TestScenariosIntegration(t *testing.T) {
+	seeds := testenv.Brokers(t)
+	url := testenv.DatabaseURL(t)
+	pool := testenv.Pool(t)
+	for _, s := range []string{"happy", "refund-down"} {
+		t.Run(s, func(t *testing.T) {
+			c := testConfig(t, s)
+			c.brokers, c.databaseURL, c.schema = seeds, url, testenv.Schema(t, pool)
+			deleteTopics(t, seeds, c.context)
+			out := runCheck(t, c)
+			if s == "refund-down" && !strings.Contains(out, "6 sagas in compensation_failed retried") {
+				t.Errorf("refund-down: no retry\n%s", out)
+			}
+		})
+	}
+}
+
+// deleteTopics deletes the context's topics when the test ends.
+func deleteTopics(t *testing.T, seeds []string, context string) {
+	t.Cleanup(func() {
+		adm := kadm.NewClient(testenv.Client(t, seeds))
+		ctx, cancel := contextWithTimeout(30 * time.Second)
+		defer cancel()
+		list, err := adm.ListTopics(ctx)
+		if err != nil {
+			return
+		}
+		var names []string
+		for _, n := range list.Names() {
+			if strings.HasPrefix(n, context+".") || strings.HasPrefix(n, "__orchestrix") && strings.Contains(n, context) {
+				names = append(names, n)
+			}
+		}
+		_, _ = adm.DeleteTopics(ctx, names...)
+	})
+}
+
+func contextWithTimeout(d time.Duration) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.Background(), d)
+}
+
+func TestBadFlags(t *testing.T) {
+	t.Setenv("KAFKA_BROKERS", "")
+	t.Setenv("DATABASE_URL", "")
+	for _, args := range [][]string{
+		{"--scenario", "nope"},
+		{"--orders", "0"},
+		{"--partitions", "-1"},
+		{"--step-timeout", "1ms"},
+		{"--no-such-flag"},
+		{"extra"},
+		{"serve", "--partitions", "0"},
+		{"serve", "--listen", ""},
+		{"serve", "--step-timeout", "-1s"},
+		{"serve", "--bogus"},
+		{"drive"}, // no brokers
+		{"drive", "--brokers", "127.0.0.1:1", "--rate", "0"},
+		{"drive", "--brokers", "127.0.0.1:1", "--count", "-3"},
+		{"drive", "--brokers", "127.0.0.1:1", "--declined", "2"},
+	} {
+		var out, errOut strings.Builder
+		if code := realMain(t.Context(), args, &out, &errOut); code != 2 {
+			t.Errorf("%q: exit %d, want 2\n%s%s", args, code, out.String(), errOut.String())
+		} else if errOut.Len() == 0 {
+			t.Errorf("%q: exit 2 without saying why", args)
+		}
+	}
+}
+
+// child is a `serve` running as a child process.
+type child struct {
+	cmd     *exec.Cmd
+	lines   chan string
+	out     *syncBuffer
+	done    chan error
+	brokers string
+	listen  string
+}
+
+// startServe runs `serve args...` as a child process (the test binary
+// re-executed) and waits until it listens.
+func startServe(t *testing.T, args ...string) *child {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], append([]string{"serve", "--listen", "127.0.0.1:0", "--step-timeout", "2s"}, args...)...)
+	cmd.Env = append(os.Environ(), mainEnv+"=1")
+	pr, pw := io.Pipe()
+	c := &child{cmd: cmd, lines: make(chan string, 100), out: &syncBuffer{}, done: make(chan error, 1)}
+	cmd.Stdout, cmd.Stderr = io.MultiWriter(pw, c.out), c.out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		sc := bufio.NewScanner(pr)
+		for sc.Scan() {
+			select {
+			case c.lines <- sc.Text():
+			default:
+			}
+		}
+	}()
+	go func() { c.done <- cmd.Wait(); pw.Close() }()
+	t.Cleanup(func() {
+		if cmd.ProcessState == nil {
+			_ = cmd.Process.Kill()
+			<-c.done
+		}
+	})
+	timeout := time.After(90 * time.Second)
+	for c.listen == "" {
+		select {
+		case l := <-c.lines:
+			if b, ok := strings.CutPrefix(l, "embedded Kafka at "); ok {
+				c.brokers, _, _ = strings.Cut(b, " ")
+			}
+			if a, ok := strings.CutPrefix(l, "listening on "); ok {
+				c.listen, _, _ = strings.Cut(a, " ")
+			}
+		case err := <-c.done:
+			t.Fatalf("serve exited: %v\n%s", err, c.out.String())
+		case <-timeout:
+			t.Fatalf("serve did not listen\n%s", c.out.String())
+		}
+	}
+	return c
+}
+
+// serveAndDrive starts serve, waits until it is ready, drives orders at
+// it, stops it with SIGTERM and checks every order was confirmed and the
+// stop was clean.
+func serveAndDrive(t *testing.T, brokers string, serveArgs, driveArgs []string) {
+	c := startServe(t, serveArgs...)
+	if brokers == "" {
+		brokers = c.brokers
+	}
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		resp, err := http.Get("http://" + c.listen + "/readyz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("never ready: %v\n%s", err, c.out.String())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	const n = 30
+	var out, errOut syncBuffer
+	code := realMain(t.Context(), append([]string{"drive", "--brokers", brokers, "--count", fmt.Sprint(n), "--rate", "50", "--timeout", "90s"}, driveArgs...), &out, &errOut)
+	if code != 0 || !strings.Contains(out.String(), fmt.Sprintf("%d orders: %d Confirmed;", n, n)) {
+		t.Fatalf("drive exit %d\n%s%s\nserve:\n%s", code, out.String(), errOut.String(), c.out.String())
+	}
+	t.Log(strings.TrimSpace(out.String()[strings.LastIndex(strings.TrimSpace(out.String()), "\n")+1:]))
+	if err := c.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-c.done:
+		if err != nil || !strings.Contains(c.out.String(), "stopped cleanly") {
+			t.Fatalf("serve after SIGTERM: %v\n%s", err, c.out.String())
+		}
+	case <-time.After(45 * time.Second):
+		t.Fatalf("serve did not stop within 45s of SIGTERM\n%s", c.out.String())
+	}
+}
+
+// serve on the embedded broker and memory stores; drive from this
+// process.
+func TestServeDrive(t *testing.T) {
+	t.Setenv("KAFKA_BROKERS", "")
+	t.Setenv("DATABASE_URL", "")
+	serveAndDrive(t, "", nil, nil)
+}
+
+// serve --init against real Kafka and PostgreSQL; drive; SIGTERM.
+func TestServeDriveIntegration(t *testing.T) {
+	seeds := testenv.Brokers(t)
+	url := testenv.DatabaseURL(t)
+	schema := testenv.Schema(t, testenv.Pool(t))
+	name := testenv.Name("ecommerce-s")
+	deleteTopics(t, seeds, name)
+	b := strings.Join(seeds, ",")
+	serveAndDrive(t, b, []string{"--init", "--brokers", b, "--database-url", url, "--schema", schema, "--context", name, "--partitions", "2"},
+		[]string{"--context", name})
+}
