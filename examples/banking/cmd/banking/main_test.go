@@ -1,0 +1,333 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"os/signal"
+	"regexp"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/orchestrix/orchestrix/internal/testenv"
+	"github.com/twmb/franz-go/pkg/kadm"
+)
+
+// serveEnv carries the serve arguments (JSON) of a child test process.
+const serveEnv = "BANKING_SERVE_ARGS"
+
+func TestMain(m *testing.M) {
+	if args := os.Getenv(serveEnv); args != "" {
+		var a []string
+		if err := json.Unmarshal([]byte(args), &a); err != nil {
+			os.Exit(3)
+		}
+		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+		code := realMain(ctx, append([]string{"serve"}, a...), os.Stdout, os.Stderr)
+		stop()
+		os.Exit(code)
+	}
+	os.Exit(m.Run())
+}
+
+// syncBuffer is a strings.Builder safe for the run's goroutines.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func testConfig(t *testing.T, scenario string) (checkConfig, *syncBuffer) {
+	out := &syncBuffer{}
+	ctxName := strings.ReplaceAll(testenv.Name("banking"), "_", "-")
+	return checkConfig{
+		context: ctxName, schema: strings.ReplaceAll(ctxName, "-", "_"), scenario: scenario, seed: testenv.Seed(t),
+		accounts: 8, transfers: 120, rate: 150, timeout: time.Minute, watch: true, stdout: out, stderr: out,
+	}, out
+}
+
+// TestScenariosEmbedded runs every scenario on kfake and the memory
+// stores: each ends with its verdict holding.
+func TestScenariosEmbedded(t *testing.T) {
+	for _, sc := range []string{"happy", "credit-fails", "bluegreen"} {
+		t.Run(sc, func(t *testing.T) {
+			c, out := testConfig(t, sc)
+			if err := run(t.Context(), c); err != nil {
+				t.Fatalf("%v\n%s", err, out)
+			}
+			s := out.String()
+			if strings.Contains(s, "FAIL") || !strings.Contains(s, "verdict:") {
+				t.Fatalf("verdict failed:\n%s", s)
+			}
+			switch sc {
+			case "credit-fails":
+				if !strings.Contains(s, "compensating → compensated") || !strings.Contains(s, "retry after") {
+					t.Fatalf("no refund or credit retry in the timeline:\n%s", s)
+				}
+			case "bluegreen":
+				if !strings.Contains(s, "cutover statements → v2") || !strings.Contains(s, "readers saw nothing change") {
+					t.Fatalf("no cut-over:\n%s", s)
+				}
+			}
+		})
+	}
+}
+
+// TestSelfCheckIntegration runs the default self-check (every scenario at
+// once: credit failures and a blue/green rebuild while transfers run)
+// against the real broker and PostgreSQL.
+func TestSelfCheckIntegration(t *testing.T) {
+	seeds := testenv.Brokers(t)
+	c, out := testConfig(t, "all")
+	c.brokers, c.databaseURL = seeds, testenv.DatabaseURL(t)
+	c.transfers, c.rate = 200, 100
+	t.Cleanup(func() { deleteTopics(t, seeds, c.context) })
+	if err := run(t.Context(), c); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	if s := out.String(); strings.Contains(s, "FAIL") || !strings.Contains(s, "v2 equals v1") {
+		t.Fatalf("verdict failed:\n%s", s)
+	}
+}
+
+// deleteTopics deletes every topic of a context.
+func deleteTopics(t *testing.T, seeds []string, context string) {
+	adm := kadm.NewClient(testenv.Client(t, seeds))
+	ctx, cancel := contextTimeout(30 * time.Second)
+	defer cancel()
+	td, err := adm.ListTopics(ctx)
+	if err != nil {
+		return
+	}
+	var mine []string
+	for _, name := range td.Names() {
+		if strings.HasPrefix(name, context+".") {
+			mine = append(mine, name)
+		}
+	}
+	_, _ = adm.DeleteTopics(ctx, mine...)
+}
+
+func contextTimeout(d time.Duration) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.Background(), d)
+}
+
+// server is a `banking serve` child process.
+type server struct {
+	cmd     *exec.Cmd
+	brokers string // the embedded broker's address, if it printed one
+	health  string // http://host:port
+	stderr  *syncBuffer
+	exited  chan error
+}
+
+// startServe runs `banking serve args...` in a child process (the test
+// binary) and waits until its health endpoint answers.
+func startServe(t *testing.T, args ...string) *server {
+	t.Helper()
+	b, _ := json.Marshal(args)
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), serveEnv+"="+string(b))
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &server{cmd: cmd, stderr: &syncBuffer{}, exited: make(chan error, 1)}
+	cmd.Stderr = s.stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		<-s.exited
+	})
+	lines := make(chan string, 16)
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			lines <- sc.Text()
+		}
+		close(lines)
+		_, _ = io.Copy(io.Discard, stdout)
+		s.exited <- cmd.Wait()
+	}()
+	brokerRe := regexp.MustCompile(`^embedded Kafka \(kfake\) at (\S+);`)
+	healthRe := regexp.MustCompile(`^health on (http://\S+)/livez`)
+	deadline := time.After(time.Minute)
+	for s.health == "" {
+		select {
+		case l, ok := <-lines:
+			if !ok {
+				t.Fatalf("serve exited before it listened:\n%s", s.stderr)
+			}
+			if m := brokerRe.FindStringSubmatch(l); m != nil {
+				s.brokers = m[1]
+			}
+			if m := healthRe.FindStringSubmatch(l); m != nil {
+				s.health = m[1]
+			}
+		case <-deadline:
+			t.Fatalf("serve did not listen within a minute:\n%s", s.stderr)
+		}
+	}
+	go func() {
+		for range lines {
+		}
+	}()
+	return s
+}
+
+// waitReady waits until /readyz answers 200.
+func (s *server) waitReady(t *testing.T) {
+	t.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for {
+		resp, err := http.Get(s.health + "/readyz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("/readyz not ready after a minute (%v):\n%s", err, s.stderr)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// stop sends SIGTERM and checks a clean exit within the bound.
+func (s *server) stop(t *testing.T, within time.Duration) {
+	t.Helper()
+	if err := s.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-s.exited:
+		s.exited <- err // for the cleanup
+		if err != nil {
+			t.Fatalf("serve exited with %v after SIGTERM:\n%s", err, s.stderr)
+		}
+	case <-time.After(within):
+		t.Fatalf("serve still running %s after SIGTERM:\n%s", within, s.stderr)
+	}
+}
+
+// driveOnce runs `banking drive` in process and returns its output.
+func driveOnce(t *testing.T, args ...string) string {
+	t.Helper()
+	var out, errOut syncBuffer
+	if code := realMain(t.Context(), append([]string{"drive"}, args...), &out, &errOut); code != 0 {
+		t.Fatalf("drive exit %d:\n%s\n%s", code, out.String(), errOut.String())
+	}
+	return out.String()
+}
+
+// checkDriven checks drive's summary: every transfer had a final outcome,
+// some completed, and the ones sent to missing accounts were refunded.
+func checkDriven(t *testing.T, out string, count int) {
+	t.Helper()
+	m := regexp.MustCompile(`outcomes: (\d+) completed, (\d+) declined \(funds\), (\d+) refunded .*, (\d+) without`).FindStringSubmatch(out)
+	if m == nil || m[4] != "0" || m[1] == "0" || m[3] == "0" {
+		t.Fatalf("drive's outcomes (want all %d final, some completed, some refunded):\n%s", count, out)
+	}
+}
+
+// TestServeDrive runs `serve` on its embedded broker and memory stores in
+// a child process, drives it twice (the second run finds the accounts
+// open), and stops it with SIGTERM: it exits 0 within the bound.
+func TestServeDrive(t *testing.T) {
+	s := startServe(t, "--listen", "127.0.0.1:0", "--context", "bank", "--shutdown-timeout", "20s")
+	if s.brokers == "" {
+		t.Fatal("serve printed no embedded broker address")
+	}
+	s.waitReady(t)
+	for range 2 {
+		out := driveOnce(t, "--brokers", s.brokers, "--context", "bank", "--count", "60", "--rate", "200", "--missing", "0.2", "--seed", "7")
+		checkDriven(t, out, 60)
+	}
+	s.stop(t, 30*time.Second)
+}
+
+// TestServeDriveIntegration: the same against the real broker and
+// PostgreSQL, with --init migrating a fresh schema and creating the
+// context's topics.
+func TestServeDriveIntegration(t *testing.T) {
+	seeds := testenv.Brokers(t)
+	pool := testenv.Pool(t)
+	schema := testenv.Schema(t, pool)
+	bc := strings.ReplaceAll(testenv.Name("bank"), "_", "-")
+	t.Cleanup(func() { deleteTopics(t, seeds, bc) })
+	s := startServe(t, "--brokers", strings.Join(seeds, ","), "--database-url", testenv.DatabaseURL(t), "--schema", schema,
+		"--context", bc, "--init", "--listen", "127.0.0.1:0", "--shutdown-timeout", "20s")
+	s.waitReady(t)
+	out := driveOnce(t, "--brokers", strings.Join(seeds, ","), "--context", bc, "--count", "60", "--rate", "100", "--missing", "0.2", "--seed", "7")
+	checkDriven(t, out, 60)
+	s.stop(t, 30*time.Second)
+
+	// A second service on the same schema and topics, without --init,
+	// picks up where the first left off.
+	s = startServe(t, "--brokers", strings.Join(seeds, ","), "--database-url", testenv.DatabaseURL(t), "--schema", schema,
+		"--context", bc, "--listen", "127.0.0.1:0")
+	s.waitReady(t)
+	out = driveOnce(t, "--brokers", strings.Join(seeds, ","), "--context", bc, "--count", "30", "--rate", "100", "--missing", "0.2", "--seed", "8")
+	checkDriven(t, out, 30)
+	if !strings.Contains(out, "0 opened now") {
+		t.Fatalf("the accounts of the first run were not found open:\n%s", out)
+	}
+	s.stop(t, 30*time.Second)
+}
+
+// TestBadFlags: bad flags are usage errors (exit 2) and name the flag.
+func TestBadFlags(t *testing.T) {
+	for _, args := range [][]string{
+		{"--scenario", "nope"},
+		{"--accounts", "1"},
+		{"--transfers", "0"},
+		{"--rate", "0"},
+		{"--timeout", "-1s"},
+		{"--context", "Has Spaces"},
+		{"--unknown"},
+		{"extra"},
+		{"serve", "--partitions", "0"},
+		{"serve", "--replication", "0"},
+		{"serve", "--log-level", "loud"},
+		{"serve", "--context", ""},
+		{"serve", "--shutdown-timeout", "0s"},
+		{"drive"}, // no brokers
+		{"drive", "--brokers", "127.0.0.1:1", "--count", "0"},
+		{"drive", "--brokers", "127.0.0.1:1", "--missing", "1.5"},
+		{"drive", "--brokers", "127.0.0.1:1", "--rate", "-3"},
+	} {
+		t.Run(strings.Join(args, " "), func(t *testing.T) {
+			if args[0] == "drive" && len(args) == 1 {
+				t.Setenv("KAFKA_BROKERS", "")
+			}
+			var out, errOut syncBuffer
+			if code := realMain(t.Context(), args, &out, &errOut); code != 2 {
+				t.Errorf("exit %d, want 2\n%s%s", code, out.String(), errOut.String())
+			}
+			if errOut.String() == "" {
+				t.Error("no message on stderr")
+			}
+		})
+	}
+}

@@ -1,0 +1,131 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/orchestrix/orchestrix/service"
+	"github.com/orchestrix/orchestrix/stores/postgres"
+	"github.com/twmb/franz-go/pkg/kfake"
+)
+
+// envOr returns the environment variable key, or def when it is empty.
+func envOr(key, def string) string {
+	if v := os.Getenv(key); v != "" {
+		return v
+	}
+	return def
+}
+
+// runServe runs the banking service until SIGTERM: the account processor,
+// the outbox relay, the transfer saga (forwarder, inbox, timers) and the
+// statement projection, under service.Run.
+func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("banking serve", flag.ContinueOnError)
+	var cf connFlags
+	addConnFlags(fs, &cf, envOr("ORCHESTRIX_CONTEXT", "banking"), "bounded context: topics <context>.*, groups <context>-* (env ORCHESTRIX_CONTEXT)", true)
+	schema := fs.String("schema", envOr("ORCHESTRIX_SCHEMA", postgres.DefaultSchema), "PostgreSQL schema of the store, sagas and statements (env ORCHESTRIX_SCHEMA)")
+	listen := fs.String("listen", envOr("ORCHESTRIX_LISTEN", ":8080"), "address of /livez and /readyz (env ORCHESTRIX_LISTEN; empty: none)")
+	initFirst := fs.Bool("init", false, "migrate the schema and create the topics first (in production, Jobs: `orchestrix migrate`, `orchestrix topics create`)")
+	partitions := fs.Int("partitions", 4, "with --init: partitions of the topics")
+	replication := fs.Int("replication", 1, "with --init: replication factor of the topics")
+	embeddedPort := fs.Int("embedded-port", 0, "without --brokers: the embedded broker's port (0: any free port)")
+	shutdown := fs.Duration("shutdown-timeout", 25*time.Second, "bound on the drain after SIGTERM (keep it below the orchestrator's grace period)")
+	level := fs.String("log-level", envOr("ORCHESTRIX_LOG_LEVEL", "warn"), "debug, info, warn or error (env ORCHESTRIX_LOG_LEVEL)")
+	if err := parse(fs, args, stderr); err != nil {
+		return err
+	}
+	var errs []error
+	if err := checkContext(cf.context); err != nil {
+		errs = append(errs, err)
+	}
+	if *partitions < 1 || *partitions > 1000 {
+		errs = append(errs, usagef("--partitions %d: want 1 to 1000", *partitions))
+	}
+	if *replication < 1 || *replication > 32 {
+		errs = append(errs, usagef("--replication %d: want 1 to 32", *replication))
+	}
+	if *embeddedPort < 0 || *embeddedPort > 65535 {
+		errs = append(errs, usagef("--embedded-port %d: want 0 to 65535", *embeddedPort))
+	}
+	if *shutdown <= 0 {
+		errs = append(errs, usagef("--shutdown-timeout %s: want a positive duration", *shutdown))
+	}
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(*level)); err != nil {
+		errs = append(errs, usagef("--log-level %q: want debug, info, warn or error", *level))
+	}
+	if *schema == "" {
+		errs = append(errs, usagef("--schema: want a name"))
+	}
+	if len(errs) > 0 {
+		return usagef("%s", joinUsage(errs))
+	}
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: lvl}))
+
+	c := appConfig{seeds: cf.seeds(), context: cf.context, log: log}
+	create := *initFirst
+	if len(c.seeds) == 0 {
+		opts := []kfake.Opt{kfake.NumBrokers(1)}
+		if *embeddedPort > 0 {
+			opts = append(opts, kfake.Ports(*embeddedPort))
+		}
+		fake, err := kfake.NewCluster(opts...)
+		if err != nil {
+			return fmt.Errorf("start the embedded broker: %w", err)
+		}
+		defer fake.Close()
+		c.seeds, create = fake.ListenAddrs(), true
+		fmt.Fprintf(stdout, "embedded Kafka (kfake) at %s; nothing is kept after exit. Drive it with:\n  go run ./examples/banking/cmd/banking drive --brokers %s --context %s\n",
+			strings.Join(c.seeds, ","), strings.Join(c.seeds, ","), c.context)
+	} else {
+		var err error
+		if c.kafka, err = kafkaOpts(); err != nil {
+			return err
+		}
+	}
+	if cf.databaseURL != "" {
+		pool, err := pgxpool.New(ctx, cf.databaseURL)
+		if err != nil {
+			return fmt.Errorf("database: %w", err)
+		}
+		defer pool.Close()
+		if *initFirst {
+			if err := migrate(ctx, pool, *schema); err != nil {
+				return err
+			}
+		}
+		c.pool, c.schema = pool, *schema
+	} else {
+		log.Warn("no --database-url: accounts, sagas and statements live in memory and are lost at exit")
+	}
+	if create {
+		if err := createTopics(ctx, c, int32(*partitions), int16(*replication)); err != nil {
+			return err
+		}
+	}
+	a, err := newApp(ctx, c)
+	if err != nil {
+		return err
+	}
+	defer a.close()
+	store := "PostgreSQL schema " + c.schema
+	if c.pool == nil {
+		store = "memory"
+	}
+	fmt.Fprintf(stdout, "serving context %s on %s and %s: %d workers (processor, relay, saga forwarder, inbox and timers, statements); SIGTERM stops it\n",
+		c.context, strings.Join(c.seeds, ","), store, len(a.workers))
+	return service.Run(ctx, service.Options{
+		ShutdownTimeout: *shutdown,
+		Addr:            *listen,
+		Ready:           a.readiness(),
+		OnListen:        func(addr string) { fmt.Fprintf(stdout, "health on http://%s/livez and /readyz\n", addr) },
+	}, a.workers...)
+}
