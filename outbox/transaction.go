@@ -160,6 +160,53 @@ func (r *Relay) settle(ctx context.Context, adm *kadm.Client, ended time.Time) b
 	return true
 }
 
+// txn is one Kafka transaction being filled.
+type txn struct {
+	cl *kgo.Client
+	pt *termState
+	// keep says the records are kept for OnCommit. Without it, franz-go
+	// lets go of each as soon as it is acknowledged, and a large
+	// transaction holds no more than the client's buffer.
+	keep bool
+	all  published
+	// full is whether the last batch added was full (a backlog).
+	full bool
+	// promise is the produce callback: it keeps the first failure.
+	promise func(*kgo.Record, error)
+	mu      sync.Mutex
+	perr    error
+}
+
+func newTxn(cl *kgo.Client, pt *termState, keep bool) *txn {
+	x := &txn{cl: cl, pt: pt, keep: keep}
+	x.promise = func(rec *kgo.Record, err error) {
+		if err == nil {
+			return
+		}
+		x.mu.Lock()
+		if x.perr == nil {
+			x.perr = fmt.Errorf("outbox: publish to %s (key %q): %w", rec.Topic, rec.Key, err)
+		}
+		x.mu.Unlock()
+	}
+	return x
+}
+
+// produce adds rec to the transaction.
+func (x *txn) produce(ctx context.Context, rec *kgo.Record) {
+	x.cl.Produce(ctx, rec, x.promise)
+	if x.keep {
+		x.all.recs = append(x.all.recs, rec)
+	}
+}
+
+// err returns the first produce failure.
+func (x *txn) err() error {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	return x.perr
+}
+
 // commit publishes first, and the batches that follow it at once when
 // reads come back full, in one Kafka transaction together with the
 // checkpoint of the last. Any error leaves the transaction for the next
@@ -173,150 +220,149 @@ func (r *Relay) commit(ctx context.Context, cl *kgo.Client, pt *termState, first
 	if err := cl.BeginTransaction(); err != nil {
 		return 0, false, fmt.Errorf("outbox: begin transaction: %w", err)
 	}
-	var (
-		mu   sync.Mutex
-		perr error
-	)
-	promise := func(rec *kgo.Record, err error) {
-		if err == nil {
-			return
-		}
-		mu.Lock()
-		if perr == nil {
-			perr = fmt.Errorf("outbox: publish to %s (key %q): %w", rec.Topic, rec.Key, err)
-		}
-		mu.Unlock()
+	x := newTxn(cl, pt, r.cfg.onCommit != nil)
+	if x.keep {
+		x.all.recs = make([]*kgo.Record, 0, len(first.entries)+len(first.msgs)+len(more)*r.cfg.batchSize)
 	}
-	// The records are kept for OnCommit only: without it, franz-go lets
-	// go of each as soon as it is acknowledged, and a large transaction
-	// holds no more than the client's buffer.
-	keep := r.cfg.onCommit != nil
-	all := &published{}
-	if keep {
-		all.recs = make([]*kgo.Record, 0, len(first.entries)+len(first.msgs)+len(more)*r.cfg.batchSize)
+	err = r.add(tctx, x, first)
+	if err == nil {
+		err = r.gather(ctx, tctx, x, more)
 	}
-	full := false
-	dead := func(d *deadLetter) error {
-		if err := r.produceDeadLetter(tctx, pt.adm, cl, d, promise); err != nil {
-			return err
-		}
-		all.dead++
-		return nil
+	var d time.Duration
+	if err == nil {
+		d, err = r.end(tctx, x, start)
 	}
-	add := func(b *batch) error {
-		for _, e := range b.entries {
-			rec, d, err := r.encode(tctx, pt, e)
-			if err != nil {
-				return err
-			}
-			all.maxPosition = max(all.maxPosition, e.Position)
-			if d != nil {
-				if err := dead(d); err != nil {
-					return err
-				}
-				continue
-			}
-			if rec == nil {
-				continue
-			}
-			cl.Produce(tctx, rec, promise)
-			if keep {
-				all.recs = append(all.recs, rec)
-			}
-			all.events++
-			all.lastEventTime = e.Time
-		}
-		r.recycle(b)
-		for _, it := range b.bad {
-			d := &deadLetter{origin: originEvent, reason: ReasonUnreadable, err: it.bad, entry: it.e, cursor: it.e.Cursor, size: len(it.e.Data)}
-			if err := dead(d); err != nil {
-				return err
-			}
-			all.maxPosition = max(all.maxPosition, it.e.Position)
-		}
-		for _, m := range b.msgs {
-			limit, err := r.topicLimit(tctx, pt.adm, m.rec.Topic)
-			if err != nil {
-				return err
-			}
-			if d := refuse(m.rec, limit); d != nil {
-				d.origin, d.cursor = originOutbox, m.cursor
-				if err := dead(d); err != nil {
-					return err
-				}
-				continue
-			}
-			cl.Produce(tctx, m.rec, promise)
-			if keep {
-				all.recs = append(all.recs, m.rec)
-			}
-			all.msgs++
-		}
-		all.cp, full = b.cp, b.full
-		return nil
+	if err != nil {
+		r.abort(cl)
+		return 0, false, err
 	}
-	// More batches join the transaction: those already read (queued
-	// while the previous transaction committed, however small), and,
-	// when reads come back full (a backlog), each next one that comes
-	// within txnLinger; in all, at most txnBatches full batches.
-	err = add(first)
+	all := &x.all
+	r.st.committed(all, d)
+	if r.cfg.onCommit != nil {
+		r.cfg.onCommit(Commit{Records: all.recs, Events: all.events, Messages: all.msgs, DeadLetters: all.dead, Checkpoint: all.cp, Duration: d})
+	}
+	return all.events + all.msgs, x.full, nil
+}
+
+// gather adds more batches to the transaction: those already read
+// (queued while the previous transaction committed, however small), and,
+// when reads come back full (a backlog), each next one that comes within
+// txnLinger; in all, at most txnBatches full batches. It stops waiting
+// when ctx ends; the batches are produced under tctx.
+func (r *Relay) gather(ctx, tctx context.Context, x *txn, more <-chan *batch) error {
 	t := time.NewTimer(txnLinger)
+	defer t.Stop()
 	t.Stop()
 	limit := txnBatches * r.cfg.batchSize
-gather:
-	for err == nil && all.events+all.msgs < limit {
-		if !full {
+	for x.all.events+x.all.msgs < limit {
+		if !x.full {
 			select {
 			case b := <-more:
-				err = add(b)
+				if err := r.add(tctx, x, b); err != nil {
+					return err
+				}
 				continue
 			default:
-				break gather
+				return nil
 			}
 		}
 		t.Reset(txnLinger)
 		select {
 		case b := <-more:
-			err = add(b)
+			if err := r.add(tctx, x, b); err != nil {
+				return err
+			}
 		case <-t.C:
-			break gather
+			return nil
 		case <-ctx.Done():
-			break gather
+			return nil
 		}
 	}
-	t.Stop()
-	if err != nil {
-		r.abort(cl)
-		return 0, false, err
-	}
-	cl.Produce(tctx, &kgo.Record{Topic: r.cfg.checkpointTopic, Key: []byte(keyEvents), Value: []byte(all.cp.Events.String())}, promise)
+	return nil
+}
+
+// end produces the checkpoint records, flushes and commits the
+// transaction, and returns how long it took from start.
+func (r *Relay) end(ctx context.Context, x *txn, start time.Time) (time.Duration, error) {
+	all, cl := &x.all, x.cl
+	cl.Produce(ctx, &kgo.Record{Topic: r.cfg.checkpointTopic, Key: []byte(keyEvents), Value: []byte(all.cp.Events.String())}, x.promise)
 	if r.outbox != nil {
-		cl.Produce(tctx, &kgo.Record{Topic: r.cfg.checkpointTopic, Key: []byte(keyOutbox), Value: []byte(all.cp.Outbox.String())}, promise)
+		cl.Produce(ctx, &kgo.Record{Topic: r.cfg.checkpointTopic, Key: []byte(keyOutbox), Value: []byte(all.cp.Outbox.String())}, x.promise)
 	}
 	gathered := time.Now()
-	if err := cl.Flush(tctx); err != nil {
-		r.abort(cl)
-		return 0, false, fmt.Errorf("outbox: flush transaction: %w", err)
+	if err := cl.Flush(ctx); err != nil {
+		return 0, fmt.Errorf("outbox: flush transaction: %w", err)
 	}
 	flushed := time.Now()
-	mu.Lock()
-	err = perr
-	mu.Unlock()
-	if err != nil {
-		r.abort(cl)
-		return 0, false, err
+	if err := x.err(); err != nil {
+		return 0, err
 	}
-	if err := cl.EndTransaction(tctx, kgo.TryCommit); err != nil {
-		r.abort(cl)
-		return 0, false, fmt.Errorf("outbox: commit transaction: %w", err)
+	if err := cl.EndTransaction(ctx, kgo.TryCommit); err != nil {
+		return 0, fmt.Errorf("outbox: commit transaction: %w", err)
 	}
 	d := time.Since(start)
 	r.log.Debug("committed", "events", all.events, "messages", all.msgs, "dead_letters", all.dead, "duration", d, "gather", gathered.Sub(start), "flush", flushed.Sub(gathered), "end", time.Since(flushed), "checkpoint", all.cp.Events.String())
-	r.st.committed(all, d)
-	if r.cfg.onCommit != nil {
-		r.cfg.onCommit(Commit{Records: all.recs, Events: all.events, Messages: all.msgs, DeadLetters: all.dead, Checkpoint: all.cp, Duration: d})
+	return d, nil
+}
+
+// add adds a batch to the transaction: its events, the entries the
+// source could not read (dead-lettered) and its outbox messages, and
+// moves the transaction's checkpoint past it.
+func (r *Relay) add(ctx context.Context, x *txn, b *batch) error {
+	all := &x.all
+	for _, e := range b.entries {
+		rec, d, err := r.encode(ctx, x.pt, e)
+		if err != nil {
+			return err
+		}
+		all.maxPosition = max(all.maxPosition, e.Position)
+		if d != nil {
+			if err := r.dead(ctx, x, d); err != nil {
+				return err
+			}
+			continue
+		}
+		if rec == nil {
+			continue
+		}
+		x.produce(ctx, rec)
+		all.events++
+		all.lastEventTime = e.Time
 	}
-	return all.events + all.msgs, full, nil
+	r.recycle(b)
+	for _, it := range b.bad {
+		d := &deadLetter{origin: originEvent, reason: ReasonUnreadable, err: it.bad, entry: it.e, cursor: it.e.Cursor, size: len(it.e.Data)}
+		if err := r.dead(ctx, x, d); err != nil {
+			return err
+		}
+		all.maxPosition = max(all.maxPosition, it.e.Position)
+	}
+	for _, m := range b.msgs {
+		limit, err := r.topicLimit(ctx, x.pt.adm, m.rec.Topic)
+		if err != nil {
+			return err
+		}
+		if d := refuse(m.rec, limit); d != nil {
+			d.origin, d.cursor = originOutbox, m.cursor
+			if err := r.dead(ctx, x, d); err != nil {
+				return err
+			}
+			continue
+		}
+		x.produce(ctx, m.rec)
+		all.msgs++
+	}
+	all.cp, x.full = b.cp, b.full
+	return nil
+}
+
+// dead writes d to the dead-letter topic in the transaction.
+func (r *Relay) dead(ctx context.Context, x *txn, d *deadLetter) error {
+	if err := r.produceDeadLetter(ctx, x.pt.adm, x.cl, d, x.promise); err != nil {
+		return err
+	}
+	x.all.dead++
+	return nil
 }
 
 // abort ends a failed transaction, best effort: the client is discarded
