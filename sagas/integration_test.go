@@ -176,7 +176,7 @@ type process struct {
 func (e *env) start(t *testing.T, rt *sagas.Runtime, dup func() int) *process {
 	t.Helper()
 	p := e.startInfra(t)
-	if err := startSaga(p, e.seeds, e.bc, rt, dup, testLogger(t)); err != nil {
+	if err := startSaga(p, e.seeds, e.bc, rt, dup, nil, testLogger(t)); err != nil {
 		t.Fatal(err)
 	}
 	return p
@@ -244,8 +244,11 @@ func startInfra(p *process, seeds []string, bc string, store *postgres.Store, re
 var fast = consumers.WithClientOpts(kgo.SessionTimeout(6*time.Second), kgo.HeartbeatInterval(500*time.Millisecond), kgo.FetchMaxWait(50*time.Millisecond))
 
 // startSaga runs what a saga service runs: the forwarder, the inbox
-// group and the timer poller.
-func startSaga(p *process, seeds []string, bc string, rt *sagas.Runtime, dup func() int, log *slog.Logger) error {
+// group and the timer poller. dup, if set, says how many times the
+// forwarder forwards each record; forwarded, if set, is called after
+// each record is forwarded (acknowledged by Kafka), before the
+// forwarder group commits its offset.
+func startSaga(p *process, seeds []string, bc string, rt *sagas.Runtime, dup func() int, forwarded func(), log *slog.Logger) error {
 	fcl, err := producers.NewClient(seeds)
 	if err != nil {
 		return err
@@ -255,12 +258,19 @@ func startSaga(p *process, seeds []string, bc string, rt *sagas.Runtime, dup fun
 		return err
 	}
 	var h consumers.Handler = fwd
-	if dup != nil {
+	if dup != nil || forwarded != nil {
 		h = consumers.HandlerFunc(func(ctx context.Context, r *kgo.Record) error {
-			for range dup() {
+			n := 1
+			if dup != nil {
+				n = dup()
+			}
+			for range n {
 				if err := fwd.Handle(ctx, r); err != nil {
 					return err
 				}
+			}
+			if forwarded != nil {
+				forwarded()
 			}
 			return nil
 		})

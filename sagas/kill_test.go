@@ -3,13 +3,16 @@ package sagas_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
 	"os"
 	"os/exec"
 	"os/signal"
+	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -56,10 +59,24 @@ func runChild() int {
 		log.Error("definition", "err", err)
 		return 1
 	}
-	rt, err := newRuntime(pool, os.Getenv("SAGAS_SCHEMA"), reg, d, log)
+	// SAGAS_KILL_AT names a commit point; the child SIGKILLs itself the
+	// SAGAS_KILL_AFTER-th time it gets there (TestCommitPointKillsIntegration).
+	killAt := os.Getenv("SAGAS_KILL_AT")
+	killAfter, _ := strconv.ParseInt(os.Getenv("SAGAS_KILL_AFTER"), 10, 64)
+	var hits atomic.Int64
+	hit := func(point string) {
+		if point == killAt && hits.Add(1) == killAfter {
+			_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)
+			time.Sleep(time.Hour)
+		}
+	}
+	rt, err := newRuntime(pool, os.Getenv("SAGAS_SCHEMA"), reg, d, log, sagas.OnTransition(func(sagas.Transition) { hit("committed") }))
 	if err != nil {
 		log.Error("runtime", "err", err)
 		return 1
+	}
+	if pg, ok := rt.Store().(*sagas.PostgresStore); ok {
+		sagas.SetCrashAt(pg, func(point string) error { hit(point); return nil })
 	}
 	p := newProcess()
 	seeds := strings.Split(os.Getenv("KAFKA_BROKERS"), ",")
@@ -73,7 +90,7 @@ func runChild() int {
 			return 1
 		}
 	}
-	if err := startSaga(p, seeds, bc, rt, nil, log); err != nil {
+	if err := startSaga(p, seeds, bc, rt, nil, func() { hit("forwarded") }, log); err != nil {
 		log.Error("start", "err", err)
 		return 1
 	}
@@ -109,6 +126,70 @@ func TestKillNineIntegration(t *testing.T) {
 		c = h.child()
 	}
 	h.stopAtEnd(c)
+	h.verify()
+}
+
+// commitPoints are the points TestCommitPointKillsIntegration kills the
+// saga process at:
+//
+//   - read: an input's transaction has inserted its inbox row and read
+//     the instance, nothing else;
+//   - written: the instance, timer, history and outbox rows are written,
+//     not committed;
+//   - committed: the transaction committed, the inbox group has not
+//     committed the input's offset;
+//   - forwarded: the forwarder's copy of an outcome is acknowledged by
+//     Kafka, its source offset not committed;
+//   - timer-written: the timer poller wrote the TimerFired rows to the
+//     outbox and deleted the timers, not committed;
+//   - timer-committed: that transaction committed.
+var commitPoints = []string{"read", "written", "committed", "forwarded", "timer-written", "timer-committed"}
+
+// TestCommitPointKillsIntegration: transfers start at 20/s (a fifth with
+// a missing fee account: rejected, retried after a timer, compensated)
+// while the saga process, a re-executed test binary, SIGKILLs itself at
+// each commit point in turn, the 1st to 5th time it gets there; a new
+// process is started after each death. Every death must be that SIGKILL
+// (the point was reached). Then, as in TestKillNineIntegration: every
+// saga ends as expected, histories are gapless, the outbox holds exactly
+// the commands the histories sent, and the money adds up (each command's
+// effect once).
+func TestCommitPointKillsIntegration(t *testing.T) {
+	if testing.Short() {
+		t.Skip("kill -9 test")
+	}
+	h := newChaos(t)
+	for _, point := range commitPoints {
+		n := 1 + rand.IntN(5)
+		c := h.child("SAGAS_KILL_AT="+point, "SAGAS_KILL_AFTER="+strconv.Itoa(n))
+		exited := make(chan error, 1)
+		go func() { exited <- c.Wait() }()
+		deadline := time.Now().Add(90 * time.Second)
+		var err error
+	load:
+		for {
+			select {
+			case err = <-exited:
+				break load
+			default:
+			}
+			if time.Now().After(deadline) {
+				_ = c.Process.Kill()
+				<-exited
+				t.Fatalf("the saga process did not reach %s %d times in 90s", point, n)
+			}
+			h.startOne()
+			time.Sleep(50 * time.Millisecond)
+		}
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) || ee.Sys().(syscall.WaitStatus).Signal() != syscall.SIGKILL {
+			t.Fatalf("the saga process killed at %s ended with %v, want SIGKILL", point, err)
+		}
+		t.Logf("killed at %s (its %d. time): %d transitions, %d sagas started", point, n, h.transitions(), h.n)
+	}
+	c := h.child()
+	h.stopAtEnd(c)
+	h.loadFor(time.Second)
 	h.verify()
 }
 
@@ -171,9 +252,10 @@ func newChaos(t *testing.T) *chaos {
 	return h
 }
 
-func (h *chaos) child() *exec.Cmd {
+// child starts a saga process with env added to its environment.
+func (h *chaos) child(env ...string) *exec.Cmd {
 	c := exec.Command(os.Args[0], "-test.run=^$")
-	c.Env = append(os.Environ(), "SAGAS_CHILD=1", "SAGAS_BC="+h.e.bc, "SAGAS_TYPE="+h.e.typ, "SAGAS_SCHEMA="+h.e.store.Schema())
+	c.Env = append(append(os.Environ(), "SAGAS_CHILD=1", "SAGAS_BC="+h.e.bc, "SAGAS_TYPE="+h.e.typ, "SAGAS_SCHEMA="+h.e.store.Schema()), env...)
 	c.Stderr = os.Stderr
 	if err := c.Start(); err != nil {
 		h.t.Fatal(err)

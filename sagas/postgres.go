@@ -29,7 +29,9 @@ type PostgresStore struct {
 	t      map[string]string // table name -> quoted
 	// crashAt, set by tests, fails Apply at a point of its transaction
 	// ("read": after the inbox insert and the read; "written": after
-	// every write, before the commit).
+	// every write, before the commit) and FireTimers at one of its
+	// ("timer-written": the outbox rows written and the timers deleted,
+	// before the commit; "timer-committed": after it).
 	crashAt func(point string) error
 }
 
@@ -234,8 +236,11 @@ func (s *PostgresStore) FireTimers(ctx context.Context, typ string, now time.Tim
 			return err
 		}
 		n = len(timers)
-		return nil
+		return s.crash("timer-written")
 	})
+	if err == nil && n > 0 {
+		err = s.crash("timer-committed")
+	}
 	if err != nil {
 		return 0, fmt.Errorf("sagas: fire %s timers: %w", typ, err)
 	}
