@@ -316,17 +316,38 @@ type work struct {
 // below its first failure or first record not yet due, and pauses retry
 // partitions until their next record is due.
 func (g *Group) process(ctx context.Context, fetches kgo.Fetches) error {
-	// Handlers get a context that survives ctx by DrainTimeout.
-	hctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	hctx, cancel := g.handlerContext(ctx)
 	defer cancel()
+	parts, need := g.gather(fetches)
+	if err := g.loadStates(hctx, need); err != nil {
+		// Nothing was processed or committed: stopping loses nothing.
+		return err
+	}
+	out := pollResult{pause: map[string][]int32{}, resume: map[string][]int32{}}
+	var wg sync.WaitGroup
+	for _, p := range parts {
+		wg.Go(func() { g.runPartition(hctx, p, &out) })
+	}
+	wg.Wait()
+	return g.finishPoll(ctx, &out)
+}
+
+// handlerContext returns the context handlers get: it survives ctx by
+// DrainTimeout.
+func (g *Group) handlerContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	hctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	stop := context.AfterFunc(ctx, func() {
 		t := time.AfterFunc(g.cfg.drainTimeout, cancel)
 		context.AfterFunc(hctx, func() { t.Stop() })
 	})
-	defer stop()
+	return hctx, func() { stop(); cancel() }
+}
 
-	var parts []work
-	var need []tp
+// gather returns a poll's work: the fetched partitions' records and the
+// held retry records now due (records fetched for a partition still held
+// queue behind its held records), and, in ordered modes, the origin
+// partitions whose chain state must be loaded first.
+func (g *Group) gather(fetches kgo.Fetches) (parts []work, need []tp) {
 	seen := map[tp]bool{}
 	add := func(w work) {
 		parts = append(parts, w)
@@ -339,6 +360,7 @@ func (g *Group) process(ctx context.Context, fetches kgo.Fetches) error {
 		}
 	}
 	g.mu.Lock()
+	defer g.mu.Unlock()
 	now := time.Now()
 	due := map[tp]*heldRecs{}
 	for k, h := range g.held {
@@ -370,78 +392,84 @@ func (g *Group) process(ctx context.Context, fetches kgo.Fetches) error {
 	for k, h := range due {
 		add(work{k.topic, k.partition, h.recs, h.hwm, h.skip})
 	}
-	g.mu.Unlock()
-	if err := g.loadStates(hctx, need); err != nil {
-		// Nothing was processed or committed: stopping loses nothing.
-		return err
-	}
+	return parts, need
+}
 
-	var (
-		wg     sync.WaitGroup
-		mu     sync.Mutex
-		commit []*kgo.Record
-		errs   []error
-		pause  = map[string][]int32{}
-		resume = map[string][]int32{}
-	)
-	for _, p := range parts {
-		wg.Go(func() {
-			start := time.Now()
-			done, held, st, fl, err := g.partition(hctx, p.topic, p.partition, p.recs, p.skip)
-			if err != nil {
-				// The group stops: let what can be committed land.
-				_ = fl.wait()
-			}
-			done = g.enqueueCommit(tp{p.topic, p.partition}, done, fl)
-			st.Topic, st.Partition, st.Duration = p.topic, p.partition, time.Since(start)
-			st.Lag = p.hwm - (p.recs[len(p.recs)-1].Offset + 1)
-			if g.cfg.onStats != nil {
-				g.callback("WithStats", func() { g.cfg.onStats(st) })
-			}
-			mu.Lock()
-			defer mu.Unlock()
-			if last := p.recs[len(p.recs)-1]; err == nil {
-				next := last.Offset + 1
-				if held != nil {
-					next = held.recs[0].Offset
-				}
-				g.mu.Lock()
-				g.processed[tp{p.topic, p.partition}] = max(g.processed[tp{p.topic, p.partition}], next)
-				if s := g.states[tp{p.topic, p.partition}]; s != nil && g.chain[p.topic].level == 0 {
-					s.originNext = max(s.originNext, next)
-					s.sweep(s.originNext)
-				}
-				g.mu.Unlock()
-			}
-			if done != nil {
-				commit = append(commit, done)
-			}
-			if held != nil {
-				held.hwm = p.hwm
-				g.mu.Lock()
-				g.held[tp{p.topic, p.partition}] = held
-				g.mu.Unlock()
-				pause[p.topic] = append(pause[p.topic], p.partition)
-			} else if g.chain[p.topic].level > 0 {
-				resume[p.topic] = append(resume[p.topic], p.partition)
-			}
-			if err != nil {
-				errs = append(errs, err)
-			}
-		})
+// pollResult gathers what a poll's partitions leave to do once all are
+// processed.
+type pollResult struct {
+	mu     sync.Mutex
+	commit []*kgo.Record
+	errs   []error
+	pause  map[string][]int32
+	resume map[string][]int32
+}
+
+// runPartition processes p, reports its stats, and records in out what
+// it leaves to commit, pause or resume, and the error that stops the
+// group.
+func (g *Group) runPartition(ctx context.Context, p work, out *pollResult) {
+	start := time.Now()
+	k := tp{p.topic, p.partition}
+	res := g.partition(ctx, p)
+	if res.err != nil {
+		// The group stops: let what can be committed land.
+		_ = res.fl.wait()
 	}
-	wg.Wait()
-	if len(pause) > 0 {
-		g.cl.PauseFetchPartitions(pause)
+	done := g.enqueueCommit(k, res.done, res.fl)
+	st := res.st
+	st.Topic, st.Partition, st.Duration = p.topic, p.partition, time.Since(start)
+	st.Lag = p.hwm - (p.recs[len(p.recs)-1].Offset + 1)
+	if g.cfg.onStats != nil {
+		g.callback("WithStats", func() { g.cfg.onStats(st) })
 	}
-	if len(resume) > 0 {
-		g.cl.ResumeFetchPartitions(resume)
+	out.mu.Lock()
+	defer out.mu.Unlock()
+	if res.err == nil {
+		next := p.recs[len(p.recs)-1].Offset + 1
+		if res.held != nil {
+			next = res.held.recs[0].Offset
+		}
+		g.mu.Lock()
+		g.processed[k] = max(g.processed[k], next)
+		if s := g.states[k]; s != nil && g.chain[p.topic].level == 0 {
+			s.originNext = max(s.originNext, next)
+			s.sweep(s.originNext)
+		}
+		g.mu.Unlock()
 	}
+	if done != nil {
+		out.commit = append(out.commit, done)
+	}
+	if res.held != nil {
+		res.held.hwm = p.hwm
+		g.mu.Lock()
+		g.held[k] = res.held
+		g.mu.Unlock()
+		out.pause[p.topic] = append(out.pause[p.topic], p.partition)
+	} else if g.chain[p.topic].level > 0 {
+		out.resume[p.topic] = append(out.resume[p.topic], p.partition)
+	}
+	if res.err != nil {
+		out.errs = append(out.errs, res.err)
+	}
+}
+
+// finishPoll pauses and resumes the retry partitions out names and
+// commits the poll's progress with what became ready meanwhile.
+func (g *Group) finishPoll(ctx context.Context, out *pollResult) error {
+	if len(out.pause) > 0 {
+		g.cl.PauseFetchPartitions(out.pause)
+	}
+	if len(out.resume) > 0 {
+		g.cl.ResumeFetchPartitions(out.resume)
+	}
+	errs := out.errs
 	ready, err := g.readyCommits(len(errs) > 0)
 	if err != nil {
 		errs = append(errs, err)
 	}
-	commit = append(commit, ready...)
+	commit := append(out.commit, ready...)
 	if err := g.commit(ctx, commit, len(errs) > 0); err != nil {
 		errs = append(errs, err)
 	}

@@ -55,19 +55,20 @@ func (g *Group) nextDue() (time.Time, bool) {
 	return first, !first.IsZero()
 }
 
-// park forwards r, unhandled, to the retry level where the oldest record
-// of its key is, behind it.
-func (g *Group) park(ctx context.Context, pos chainPos, r *kgo.Record, m meta, s *chainState) error {
+// park forwards rc's record, unhandled, to the retry level where the
+// oldest record of its key is, behind it.
+func (g *Group) park(ctx context.Context, rc *rec) error {
+	r, m := rc.r, rc.m
 	g.mu.Lock()
-	to := s.headLevel(string(r.Key))
+	to := rc.s.headLevel(string(r.Key))
 	g.mu.Unlock()
-	m.retries, m.hop = m.rung(pos.level), m.hopAt(pos.level)
+	m.retries, m.hop = m.rung(rc.pos.level), m.hopAt(rc.pos.level)
 	m.parked, m.due = true, time.Now()
 	if err := g.forward(ctx, r, m, nil, to); err != nil {
 		return fmt.Errorf("consumers: %s/%d@%d: park: %w", r.Topic, r.Partition, r.Offset, err)
 	}
 	g.mu.Lock()
-	s.enter(string(r.Key), m.offset, to)
+	rc.s.enter(string(r.Key), m.offset, to)
 	g.mu.Unlock()
 	return nil
 }

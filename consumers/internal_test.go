@@ -115,7 +115,8 @@ func TestRetryPartitionWaitsForDue(t *testing.T) {
 			retryRecord(2, "c", now.Add(time.Second), false),
 			retryRecord(3, "d", now, true),
 		}
-		done, wait, st, _, err := g.partition(t.Context(), RetryTopic("t", "g", 1), 0, recs, nil)
+		res := g.partition(t.Context(), work{topic: RetryTopic("t", "g", 1), recs: recs})
+		done, wait, st, err := res.done, res.held, res.st, res.err
 		if err != nil {
 			t.Fatal(err)
 		}

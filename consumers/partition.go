@@ -11,54 +11,78 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 )
 
-// partition processes one partition's records and returns the last record
-// that may be committed (nil for none), the records a retry partition
-// must hold until they are due, and the error that stops the group.
-func (g *Group) partition(ctx context.Context, topic string, part int32, recs []*kgo.Record, skip map[int64]bool) (*kgo.Record, *heldRecs, Stats, *flight, error) {
-	st := Stats{Records: len(recs)}
-	pos := g.chain[topic]
-	var wait *heldRecs
+// partResult is what processing one partition's records gave.
+type partResult struct {
+	// done is the last record that may be committed (nil for none).
+	done *kgo.Record
+	// held are the records a retry partition must hold until they are
+	// due (nil for none).
+	held *heldRecs
+	st   Stats
+	// fl tracks the retry records and dead letters the processing
+	// produced, which the commit waits for.
+	fl *flight
+	// err stops the group.
+	err error
+}
+
+// partition processes one partition's records.
+func (g *Group) partition(ctx context.Context, w work) partResult {
+	res := partResult{st: Stats{Records: len(w.recs)}, fl: &flight{}}
+	pos := g.chain[w.topic]
+	recs := w.recs
 	if pos.level > 0 {
-		now := time.Now()
-		for i, r := range recs {
-			if skip[r.Offset] {
-				continue
-			}
-			m := g.metaOf(pos, r)
-			if m.marker != "" && g.cfg.policy.ordered() && !g.markerReady(pos, r, m) {
-				// Not yet: older copies of its record may still be
-				// uncommitted. Look again shortly.
-				wait = &heldRecs{recs: recs[i:], due: now.Add(20 * time.Millisecond), skip: skip}
-				recs = recs[:i]
-				break
-			}
-			if !m.parked && m.marker == "" && m.due.After(now) {
-				wait = &heldRecs{recs: recs[i:], due: m.due, skip: skip}
-				recs = recs[:i]
-				break
-			}
-		}
-		st.Records = len(recs)
+		recs, res.held = g.dueRecords(pos, recs, w.skip)
+		res.st.Records = len(recs)
 	}
-	fl := &flight{}
 	if len(recs) == 0 {
-		return nil, wait, st, fl, nil
+		return res
 	}
 	results := make([]error, len(recs))
-	ctx = context.WithValue(ctx, flightKey{}, fl)
+	ctx = context.WithValue(ctx, flightKey{}, res.fl)
 	if bh, ok := g.h.(BatchHandler); ok && pos.level == 0 {
 		sctx, retire := g.withSlot(ctx)
-		err := g.batch(sctx, bh, pos, recs, results, &st)
+		res.err = g.batch(sctx, bh, pos, recs, results, &res.st)
 		retire()
-		if err != nil {
-			return nil, wait, st, fl, err
+		if res.err != nil {
+			return res
 		}
 	} else {
-		g.lanes(ctx, pos, recs, results, skip, &st)
+		g.lanes(ctx, pos, recs, results, w.skip, &res.st)
 	}
-	// Commit up to the first record that still failed, or that is
-	// retried in place (the partition is then held from it on; what other
-	// lanes settled after it is skipped when it resumes).
+	res.done, res.held, res.err = commitPoint(recs, results, res.held)
+	return res
+}
+
+// dueRecords splits a retry partition's records at the first one to
+// wait for: not yet due, or a dead-letter marker not yet ready. It
+// returns the records to process now and the rest to hold (nil: none).
+func (g *Group) dueRecords(pos chainPos, recs []*kgo.Record, skip map[int64]bool) ([]*kgo.Record, *heldRecs) {
+	now := time.Now()
+	for i, r := range recs {
+		if skip[r.Offset] {
+			continue
+		}
+		m := g.metaOf(pos, r)
+		if m.marker != "" && g.cfg.policy.ordered() && !g.markerReady(pos, r, m) {
+			// Not yet: older copies of its record may still be
+			// uncommitted. Look again shortly.
+			return recs[:i], &heldRecs{recs: recs[i:], due: now.Add(20 * time.Millisecond), skip: skip}
+		}
+		if !m.parked && m.marker == "" && m.due.After(now) {
+			return recs[:i], &heldRecs{recs: recs[i:], due: m.due, skip: skip}
+		}
+	}
+	return recs, nil
+}
+
+// commitPoint returns, for records processed with results, the last
+// record that may be committed: up to the first record that still failed,
+// or that is retried in place (the partition is then held from it on,
+// with wait behind it; what other lanes settled after it is skipped when
+// it resumes). It returns the records to hold (wait when nothing is
+// retried in place) and the error that stops the group.
+func commitPoint(recs []*kgo.Record, results []error, wait *heldRecs) (*kgo.Record, *heldRecs, error) {
 	var last *kgo.Record
 	for i, r := range recs {
 		if results[i] == nil {
@@ -66,7 +90,7 @@ func (g *Group) partition(ctx context.Context, topic string, part int32, recs []
 			continue
 		}
 		if !isHold(results[i]) {
-			return last, nil, st, fl, results[i]
+			return last, nil, results[i]
 		}
 		hold := &heldRecs{recs: recs[i:], skip: map[int64]bool{}}
 		for j := i; j < len(recs); j++ {
@@ -79,7 +103,7 @@ func (g *Group) partition(ctx context.Context, topic string, part int32, recs []
 					hold.due = h.due
 				}
 			case !isHold(results[j]):
-				return last, nil, st, fl, results[j]
+				return last, nil, results[j]
 			}
 		}
 		if wait != nil {
@@ -91,9 +115,9 @@ func (g *Group) partition(ctx context.Context, topic string, part int32, recs []
 		if hold.due.IsZero() {
 			hold.due = time.Now()
 		}
-		return last, hold, st, fl, nil
+		return last, hold, nil
 	}
-	return last, wait, st, fl, nil
+	return last, wait, nil
 }
 
 // metaOf returns r's history: its headers, or what an in-place retry
