@@ -16,6 +16,7 @@ import (
 
 	"github.com/orchestrix/orchestrix/internal/testenv"
 	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kgo"
 )
 
 // mainEnv makes the test binary run main (serve, drive) instead of the
@@ -243,6 +244,7 @@ func serveAndDrive(t *testing.T, brokers string, serveArgs, driveArgs []string) 
 		t.Fatalf("drive exit %d\n%s%s\nserve:\n%s", code, out.String(), errOut.String(), c.out.String())
 	}
 	t.Log(strings.TrimSpace(out.String()[strings.LastIndex(strings.TrimSpace(out.String()), "\n")+1:]))
+	pokeByHand(t, brokers, driveArgs)
 	if err := c.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
@@ -254,6 +256,55 @@ func serveAndDrive(t *testing.T, brokers string, serveArgs, driveArgs []string) 
 	case <-time.After(45 * time.Second):
 		t.Fatalf("serve did not stop within 45s of SIGTERM\n%s", c.out.String())
 	}
+}
+
+// pokeByHand sends what the README's kcat lines send — records with
+// hand-written CloudEvents headers — and waits for the order's
+// OrderConfirmed on the events topic.
+func pokeByHand(t *testing.T, brokers string, driveArgs []string) {
+	t.Helper()
+	name := "ecommerce"
+	if len(driveArgs) == 2 && driveArgs[0] == "--context" {
+		name = driveArgs[1]
+	}
+	tp := NewTopics(name)
+	cl := testenv.Client(t, strings.Split(brokers, ","))
+	ends, err := kadm.NewClient(cl).ListEndOffsets(t.Context(), tp.Events)
+	if err != nil {
+		t.Fatal(err)
+	}
+	from := map[string]map[int32]kgo.Offset{tp.Events: {}}
+	ends.Each(func(o kadm.ListedOffset) { from[o.Topic][o.Partition] = kgo.NewOffset().At(o.Offset) })
+	events := testenv.Client(t, strings.Split(brokers, ","), kgo.ConsumePartitions(from))
+	id := testenv.Name("order-kcat")
+	raw := func(topic, key, typ, value string) *kgo.Record {
+		h := func(k, v string) kgo.RecordHeader { return kgo.RecordHeader{Key: k, Value: []byte(v)} }
+		return &kgo.Record{Topic: topic, Key: []byte(key), Value: []byte(value), Headers: []kgo.RecordHeader{
+			h("ce_specversion", "1.0"), h("ce_id", testenv.Name("id")), h("ce_source", "/kcat"), h("ce_type", typ),
+			h("ce_time", time.Now().UTC().Format("2006-01-02T15:04:05Z")), h("ce_aggregateid", key), h("content-type", "application/json")}}
+	}
+	if err := cl.ProduceSync(t.Context(), raw(tp.Inventory, "sku-kcat", "ecommerce.AddStock", `{"quantity":1}`),
+		raw(tp.Orders, id, "ecommerce.PlaceOrder", `{"customer":"ann","sku":"kcat","quantity":1,"amount":1999,"card":"4242-4242-4242-4242"}`)).FirstErr(); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(60 * time.Second)
+	for time.Now().Before(deadline) {
+		ctx, cancel := context.WithTimeout(t.Context(), time.Second)
+		fs := events.PollFetches(ctx)
+		cancel()
+		found := false
+		fs.EachRecord(func(r *kgo.Record) {
+			for _, h := range r.Headers {
+				if string(r.Key) == id && h.Key == "ce_type" && string(h.Value) == TypeOrderConfirmed {
+					found = true
+				}
+			}
+		})
+		if found {
+			return
+		}
+	}
+	t.Fatalf("the order placed by hand (%s) was not confirmed", id)
 }
 
 // serve on the embedded broker and memory stores; drive from this

@@ -115,6 +115,9 @@ func run(ctx context.Context, c config) error {
 	}
 	fmt.Fprintf(c.stdout, "ecommerce: scenario %q — %s\n  %d orders, seed %d, %s, %s, context %s\n",
 		c.scenario, scenarios[c.scenario], c.orders, c.seed, where, storeName, c.context)
+	if pool != nil {
+		tl.note("schema %s migrated", c.schema)
+	}
 
 	t := NewTopics(c.context)
 	adminCl, err := kgo.NewClient(append([]kgo.Opt{kgo.SeedBrokers(seeds...)}, c.kafka...)...)
@@ -125,6 +128,7 @@ func run(ctx context.Context, c config) error {
 	if err := ensureTopics(ctx, adminCl, t, int32(c.partitions), 1); err != nil {
 		return err
 	}
+	tl.note("%d topics ready", len(topicSpecs(t, 1, 1)))
 	plan, stock := planOrders(c)
 	paymentsAfter := time.Duration(0)
 	if c.scenario == "payment-timeout" {
