@@ -19,7 +19,9 @@ import (
 // The wrapped handler gets a shallow copy of the record whose
 // ce_traceparent is the handling span's context, so that what it derives
 // from the record (a processor's events, a forwarder's copies) continues
-// the trace. A handler that is a consumers.BatchHandler stays one: each
+// the trace. A span that is not recorded under a valid traceparent (a
+// sampler that drops) hands on the record as it is: same trace ID, same
+// decision, no copy. A handler that is a consumers.BatchHandler stays one: each
 // record of a batch gets its own span, all ended with the record's result
 // when the batch returns; the batch's context carries the span of its
 // record when the batch holds one record, the caller's context otherwise.
@@ -43,7 +45,12 @@ type handler struct {
 
 // Handle implements consumers.Handler.
 func (w *handler) Handle(ctx context.Context, r *kgo.Record) (err error) {
-	ctx, span, c := w.start(ctx, r)
+	ctx, span, parented := w.start(ctx, r)
+	c := r
+	if sc := span.SpanContext(); handOn(span, parented) {
+		c = &kgo.Record{}
+		withTraceParent(c, r, make([]kgo.RecordHeader, 0, len(r.Headers)+1), formatTo(make([]byte, 0, traceParentLen), sc))
+	}
 	defer func() {
 		if v := recover(); v != nil {
 			fail(span, fmt.Errorf("panic: %v", v))
@@ -83,18 +90,23 @@ func (w *handler) name(topic string) string {
 	return n
 }
 
-// start starts r's span and returns the record the wrapped handler sees.
-func (w *handler) start(ctx context.Context, r *kgo.Record) (context.Context, trace.Span, *kgo.Record) {
+// consumerKind is the option of every record span (made once: options
+// are values that escape).
+var consumerKind = trace.WithSpanKind(trace.SpanKindConsumer)
+
+// start starts r's span; parented says r had a valid traceparent.
+func (w *handler) start(ctx context.Context, r *kgo.Record) (_ context.Context, _ trace.Span, parented bool) {
 	parent := ctx
 	for _, h := range r.Headers {
 		if h.Key == HeaderTraceParent {
-			if sc, ok := parse(h.Value); ok {
+			var sc trace.SpanContext
+			if sc, parented = parse(h.Value); parented {
 				parent = trace.ContextWithRemoteSpanContext(ctx, sc)
 			}
 			break
 		}
 	}
-	ctx, span := w.t.tr.Start(parent, w.name(r.Topic), trace.WithSpanKind(trace.SpanKindConsumer))
+	ctx, span := w.t.tr.Start(parent, w.name(r.Topic), consumerKind)
 	if span.IsRecording() {
 		span.SetAttributes(attrSystem.String("kafka"), attrOperation.String("process"), attrDestination.String(r.Topic),
 			attrPartition.Int64(int64(r.Partition)), attrOffset.Int64(r.Offset), attrGroup.String(w.group))
@@ -107,31 +119,38 @@ func (w *handler) start(ctx context.Context, r *kgo.Record) (context.Context, tr
 			}
 		}
 	}
-	sc := span.SpanContext()
-	if !sc.IsValid() {
-		return ctx, span, r
-	}
-	return ctx, span, withTraceParent(r, Format(sc))
+	return ctx, span, parented
 }
 
-// withTraceParent returns a shallow copy of r whose ce_traceparent is tp.
-func withTraceParent(r *kgo.Record, tp string) *kgo.Record {
-	c := *r
-	c.Headers = make([]kgo.RecordHeader, 0, len(r.Headers)+1)
+// handOn says whether the wrapped handler gets a copy of the record with
+// span's traceparent: when span is recorded (what the handler derives is
+// its child), or when the record carried no valid trace context (the
+// span's trace ID, and the sampling decision, go on). A span not recorded
+// under a valid parent hands on the record as it is: the trace ID and the
+// decision are the same, and no backend sees either span (this saves a
+// copy per record with a sampler that drops).
+func handOn(span trace.Span, parented bool) bool {
+	return span.SpanContext().IsValid() && (span.IsRecording() || !parented)
+}
+
+// withTraceParent makes c a shallow copy of r whose ce_traceparent is tp;
+// hs (empty, with room for r's headers and one more) becomes its headers.
+func withTraceParent(c, r *kgo.Record, hs []kgo.RecordHeader, tp []byte) {
+	*c = *r
 	set := false
 	for _, h := range r.Headers {
 		if h.Key == HeaderTraceParent {
 			if set {
 				continue
 			}
-			h.Value, set = []byte(tp), true
+			h.Value, set = tp, true
 		}
-		c.Headers = append(c.Headers, h)
+		hs = append(hs, h)
 	}
 	if !set {
-		c.Headers = append(c.Headers, kgo.RecordHeader{Key: HeaderTraceParent, Value: []byte(tp)})
+		hs = append(hs, kgo.RecordHeader{Key: HeaderTraceParent, Value: tp})
 	}
-	return &c
+	c.Headers = hs
 }
 
 type batchHandler struct {
@@ -139,16 +158,40 @@ type batchHandler struct {
 	bh consumers.BatchHandler
 }
 
-// HandleBatch implements consumers.BatchHandler.
+// HandleBatch implements consumers.BatchHandler. The copies of a batch's
+// records share three allocations (records, headers, traceparents).
 func (w *batchHandler) HandleBatch(ctx context.Context, recs []*kgo.Record) (errs []error) {
 	spans := make([]trace.Span, len(recs))
 	copies := make([]*kgo.Record, len(recs))
+	var slab []kgo.Record
+	var hs []kgo.RecordHeader
+	var tps []byte
+	alloc := func() {
+		slab = make([]kgo.Record, len(recs))
+		nh := 0
+		for _, r := range recs {
+			nh += len(r.Headers) + 1
+		}
+		hs = make([]kgo.RecordHeader, 0, nh)
+		tps = make([]byte, 0, traceParentLen*len(recs))
+	}
 	bctx := ctx
 	for i, r := range recs {
-		var sctx context.Context
-		sctx, spans[i], copies[i] = w.start(ctx, r)
+		sctx, span, parented := w.start(ctx, r)
+		spans[i] = span
 		if len(recs) == 1 {
 			bctx = sctx
+		}
+		copies[i] = r
+		if sc := span.SpanContext(); handOn(span, parented) {
+			if slab == nil {
+				alloc()
+			}
+			tps = formatTo(tps, sc)
+			n := len(hs)
+			withTraceParent(&slab[i], r, hs[n:n:n+len(r.Headers)+1], tps[len(tps)-traceParentLen:len(tps):len(tps)])
+			hs = hs[:n+len(slab[i].Headers)]
+			copies[i] = &slab[i]
 		}
 	}
 	defer func() {

@@ -103,19 +103,26 @@ func Extract(ctx context.Context, traceParent string) context.Context {
 	return ctx
 }
 
+// traceParentLen is the length of a version 00 traceparent.
+const traceParentLen = 55
+
 // Format renders sc as a W3C traceparent (version 00).
 func Format(sc trace.SpanContext) string {
-	var b [55]byte
-	b[0], b[1], b[2] = '0', '0', '-'
-	tid, sid := sc.TraceID(), sc.SpanID()
-	hex.Encode(b[3:35], tid[:])
-	b[35] = '-'
-	hex.Encode(b[36:52], sid[:])
-	b[52] = '-'
-	f := [1]byte{byte(sc.TraceFlags())}
-	hex.Encode(b[53:55], f[:])
-	return string(b[:])
+	var b [traceParentLen]byte
+	return string(formatTo(b[:0], sc))
 }
+
+// formatTo appends sc's traceparent to dst.
+func formatTo(dst []byte, sc trace.SpanContext) []byte {
+	tid, sid := sc.TraceID(), sc.SpanID()
+	dst = append(dst, '0', '0', '-')
+	dst = hex.AppendEncode(dst, tid[:])
+	dst = append(dst, '-')
+	dst = hex.AppendEncode(dst, sid[:])
+	return append(dst, '-', hexDigits[sc.TraceFlags()>>4], hexDigits[sc.TraceFlags()&0xf])
+}
+
+const hexDigits = "0123456789abcdef"
 
 // Parse reads a W3C traceparent: version 00 exactly, a later version by
 // its first four fields. A malformed value, the invalid version ff, or an

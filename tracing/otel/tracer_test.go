@@ -269,6 +269,16 @@ func TestDroppingSampler(t *testing.T) {
 	if !ok || sc.IsSampled() {
 		t.Fatalf("handed on %q: want a valid, unsampled context", traceParentOf(p.got[0]))
 	}
+	// A record with an unsampled trace context is handed on as it is.
+	unsampled := record("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00")
+	f := &fakeHandler{}
+	consumers.Chain(f, tr.Middleware("g")).(consumers.BatchHandler).HandleBatch(t.Context(), []*kgo.Record{unsampled})
+	if err := consumers.Chain(p, tr.Middleware("g")).Handle(t.Context(), unsampled); err != nil {
+		t.Fatal(err)
+	}
+	if p.got[1] != unsampled || f.got[0] != unsampled {
+		t.Error("a record whose trace is not sampled was copied")
+	}
 }
 
 // TestBatchSpans: a batch of one trace is a child in it; a batch that
