@@ -1,7 +1,6 @@
 package banking
 
 import (
-	"errors"
 	"time"
 
 	"github.com/orchestrix/orchestrix"
@@ -18,13 +17,16 @@ type Transfer struct {
 	Debited bool   `json:"debited,omitempty"`
 }
 
-// Validate checks the accounts and the amount.
+// Validate checks the accounts and the amount; the error matches
+// orchestrix.ErrRejected and lists every problem.
 func (t Transfer) Validate() error {
 	var v orchestrix.Validation
 	v.Check(t.From != "", "from", "required", "from is required")
 	v.Check(t.To != "", "to", "required", "to is required")
 	v.Check(t.From != t.To, "to", "distinct", "to must differ from from")
-	return errors.Join(v.Err(), checkAmount(t.Amount))
+	v.Check(t.Amount > 0, "amount", "min", "amount must be positive")
+	v.Check(t.Amount <= 1_000_000_000, "amount", "max", "amount must be at most 1e9")
+	return v.Err()
 }
 
 // Transfer saga defaults, visible to users of NewTransferSaga.
