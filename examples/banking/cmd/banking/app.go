@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"time"
 
@@ -38,6 +39,7 @@ type appConfig struct {
 	// onTransition and onEvents feed the timeline (--watch); nil: none.
 	onTransition func(sagas.Transition)
 	onEvents     func(projections.Commit)
+	onStats      func(group string, s consumers.Stats)
 	// fast shortens the polls and scans for the self-check.
 	fast bool
 }
@@ -224,7 +226,13 @@ func newApp(ctx context.Context, c appConfig) (*app, error) {
 	if c.fast {
 		groupOpts = append(groupOpts, consumers.WithClientOpts(kgo.FetchMaxWait(50*time.Millisecond)))
 	}
-	processor, err := consumers.New(c.seeds, c.aggregatesGroup(), []string{topics.Commands(c.context)}, proc, groupOpts...)
+	withStats := func(group string) []consumers.Option {
+		if c.onStats == nil {
+			return slices.Clip(groupOpts)
+		}
+		return append(slices.Clip(groupOpts), consumers.WithStats(func(s consumers.Stats) { c.onStats(group, s) }))
+	}
+	processor, err := consumers.New(c.seeds, c.aggregatesGroup(), []string{topics.Commands(c.context)}, proc, withStats(c.aggregatesGroup())...)
 	if err != nil {
 		return nil, err
 	}
@@ -252,12 +260,12 @@ func newApp(ctx context.Context, c appConfig) (*app, error) {
 	if err != nil {
 		return nil, err
 	}
-	forwarder, err := consumers.New(c.seeds, c.forwarderGroup(), fwd.Topics(), fwd, groupOpts...)
+	forwarder, err := consumers.New(c.seeds, c.forwarderGroup(), fwd.Topics(), fwd, withStats(c.forwarderGroup())...)
 	if err != nil {
 		return nil, err
 	}
 	inbox, err := consumers.New(c.seeds, c.sagasGroup(), []string{a.rt.Inbox()}, a.rt,
-		append(groupOpts, consumers.WithFailurePolicy(sagas.InboxFailurePolicy()))...)
+		append(withStats(c.sagasGroup()), consumers.WithFailurePolicy(sagas.InboxFailurePolicy()))...)
 	if err != nil {
 		return nil, err
 	}

@@ -167,7 +167,7 @@ func runCheck(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.IntVar(&c.transfers, "transfers", 300, "transfers started")
 	fs.IntVar(&c.rate, "rate", 100, "transfers started per second")
 	fs.DurationVar(&c.timeout, "timeout", time.Minute, "give up when the transfers have not all ended this long after the last start")
-	fs.BoolVar(&c.watch, "watch", false, "print a live timeline: commands, events, saga transitions (retries, refunds), the rebuild and cut-over")
+	fs.BoolVar(&c.watch, "watch", false, "print a live timeline: commands, events, saga transitions (retries, refunds), failed and dead-lettered records, the rebuild and cut-over")
 	fs.BoolVar(&c.keep, "keep", false, "keep the run's PostgreSQL schema and Kafka topics (default: dropped at the end)")
 	if err := parse(fs, args, stderr); err != nil {
 		return err

@@ -16,6 +16,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/orchestrix/orchestrix"
+	"github.com/orchestrix/orchestrix/consumers"
 	"github.com/orchestrix/orchestrix/examples/banking"
 	"github.com/orchestrix/orchestrix/producers"
 	"github.com/orchestrix/orchestrix/projections"
@@ -174,6 +175,11 @@ func run(parent context.Context, c checkConfig) error {
 	if c.watch {
 		ac.onTransition = func(tr sagas.Transition) {
 			tl.logf("saga   %-12s %s → %s  step %d  %s", tr.SagaID, tr.From, tr.To, tr.Step, tr.Note)
+		}
+	}
+	ac.onStats = func(group string, s consumers.Stats) {
+		if s.Failed > 0 || s.DeadLettered > 0 {
+			tl.logf("fail   %s %s[%d]: %d records failed, %d of them dead-lettered (the rest to the retry topics)", group, s.Topic, s.Partition, s.Failed, s.DeadLettered)
 		}
 	}
 	var liveVersion atomic.Int64 // the version whose commits the timeline shows
