@@ -42,6 +42,8 @@ type appConfig struct {
 	onStats      func(group string, s consumers.Stats)
 	// fast shortens the polls and scans for the self-check.
 	fast bool
+	// sessionTimeout, if set, is the consumer groups' session timeout.
+	sessionTimeout time.Duration
 }
 
 // statementRunner is the statement projection's runner on either backend.
@@ -225,6 +227,9 @@ func newApp(ctx context.Context, c appConfig) (*app, error) {
 	groupOpts := []consumers.Option{consumers.WithLogger(c.log), consumers.WithClientOpts(c.kafka...)}
 	if c.fast {
 		groupOpts = append(groupOpts, consumers.WithClientOpts(kgo.FetchMaxWait(50*time.Millisecond)))
+	}
+	if c.sessionTimeout > 0 {
+		groupOpts = append(groupOpts, consumers.WithClientOpts(kgo.SessionTimeout(c.sessionTimeout), kgo.HeartbeatInterval(c.sessionTimeout/10)))
 	}
 	withStats := func(group string) []consumers.Option {
 		if c.onStats == nil {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"io"
+	"log/slog"
 	"net/http"
 	"os"
 	"os/exec"
@@ -331,3 +332,5 @@ func TestBadFlags(t *testing.T) {
 		})
 	}
 }
+
+func quietLog() *slog.Logger { return slog.New(slog.DiscardHandler) }

@@ -38,6 +38,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	replication := fs.Int("replication", 1, "with --init: replication factor of the topics")
 	embeddedPort := fs.Int("embedded-port", 0, "without --brokers: the embedded broker's port (0: any free port)")
 	shutdown := fs.Duration("shutdown-timeout", 25*time.Second, "bound on the drain after SIGTERM (keep it below the orchestrator's grace period)")
+	session := fs.Duration("session-timeout", 0, "the consumer groups' session timeout: how soon a member that died without leaving loses its partitions (0: franz-go's 45s; the broker bounds it)")
 	level := fs.String("log-level", envOr("ORCHESTRIX_LOG_LEVEL", "warn"), "debug, info, warn or error (env ORCHESTRIX_LOG_LEVEL)")
 	if err := parse(fs, args, stderr); err != nil {
 		return err
@@ -55,6 +56,9 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if *embeddedPort < 0 || *embeddedPort > 65535 {
 		errs = append(errs, usagef("--embedded-port %d: want 0 to 65535", *embeddedPort))
 	}
+	if *session != 0 && (*session < time.Second || *session > 10*time.Minute) {
+		errs = append(errs, usagef("--session-timeout %s: want 1s to 10m", *session))
+	}
 	if *shutdown <= 0 {
 		errs = append(errs, usagef("--shutdown-timeout %s: want a positive duration", *shutdown))
 	}
@@ -70,7 +74,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: lvl}))
 
-	c := appConfig{seeds: cf.seeds(), context: cf.context, log: log}
+	c := appConfig{seeds: cf.seeds(), context: cf.context, log: log, sessionTimeout: *session}
 	create := *initFirst
 	if len(c.seeds) == 0 {
 		opts := []kfake.Opt{kfake.NumBrokers(1)}

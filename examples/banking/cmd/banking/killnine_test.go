@@ -1,0 +1,143 @@
+package main
+
+import (
+	"fmt"
+	"reflect"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/orchestrix/orchestrix"
+	"github.com/orchestrix/orchestrix/examples/banking"
+	"github.com/orchestrix/orchestrix/internal/testenv"
+	"github.com/orchestrix/orchestrix/sagas"
+)
+
+// TestServeKillNineIntegration: the service is killed with SIGKILL while
+// a driver's transfers run, and a new one is started on the same schema
+// and topics. Every transfer still ends (completed, declined or
+// refunded, none twice), money is conserved, and every statement equals
+// its account's events.
+func TestServeKillNineIntegration(t *testing.T) {
+	seeds := testenv.Brokers(t)
+	pool := testenv.Pool(t)
+	schema := testenv.Schema(t, pool)
+	bc := strings.ReplaceAll(testenv.Name("bank"), "_", "-")
+	t.Cleanup(func() { deleteTopics(t, seeds, bc) })
+	brokers := strings.Join(seeds, ",")
+	args := []string{"--brokers", brokers, "--database-url", testenv.DatabaseURL(t), "--schema", schema,
+		"--context", bc, "--listen", "127.0.0.1:0", "--session-timeout", "6s"}
+	s := startServe(t, append(args, "--init")...)
+	s.waitReady(t)
+
+	const count = 150
+	var out string
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		var o, e syncBuffer
+		code := realMain(t.Context(), []string{"drive", "--brokers", brokers, "--context", bc, "--count", fmt.Sprint(count), "--rate", "50",
+			"--missing", "0.2", "--seed", "11", "--timeout", "2m"}, &o, &e)
+		out = fmt.Sprintf("exit %d\n%s%s", code, o.String(), e.String())
+	})
+	time.Sleep(1500 * time.Millisecond) // a quarter of the transfers under way
+	if err := s.cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	<-s.exited
+	s.exited <- nil
+	t.Log("killed serve with SIGKILL; starting a new one")
+	s = startServe(t, args...)
+	wg.Wait()
+	if !strings.HasPrefix(out, "exit 0") {
+		t.Fatalf("drive:\n%s\nserve:\n%s", out, s.stderr)
+	}
+	checkDriven(t, out, count)
+
+	// The state, read back from the schema.
+	a, err := newApp(t.Context(), appConfig{seeds: seeds, pool: pool, schema: schema, context: bc, log: quietLog()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.close()
+	// Drive saw each transfer's last outcome; the saga records it a moment
+	// later.
+	var results map[string]int
+	deadline := time.Now().Add(time.Minute)
+	for {
+		insts, err := a.rt.Store().List(t.Context(), sagas.Filter{Type: a.rt.Type(), Limit: 10 * count})
+		if err != nil {
+			t.Fatal(err)
+		}
+		results = map[string]int{}
+		for _, i := range insts {
+			var tr banking.Transfer
+			if err := jsonUnmarshal(i.State, &tr); err != nil {
+				t.Fatal(err)
+			}
+			results[banking.TransferResult(i.Status, tr)]++
+		}
+		if len(insts) == count && results[banking.ResultRunning] == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d instances, results %v", len(insts), results)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if results[banking.ResultCompensationFailed] > 0 {
+		t.Fatalf("results %v", results)
+	}
+	var total int64
+	for i := range 10 {
+		root, err := a.repo.Load(t.Context(), fmt.Sprintf("acct-%03d", i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		total += root.State.Balance
+	}
+	if total != 10*initialBalance {
+		t.Fatalf("balances sum to %d, want %d (results %v)", total, 10*initialBalance, results)
+	}
+	// The new service's projection catches up with every account.
+	deadline = time.Now().Add(time.Minute)
+	for {
+		bad := statementsOff(t, a)
+		if bad == "" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal(bad)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	s.stop(t, 30*time.Second)
+	t.Logf("results %v", results)
+}
+
+// statementsOff returns how a statement differs from its account's
+// events, or "".
+func statementsOff(t *testing.T, a *app) string {
+	st, err := a.statements(t.Context(), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 10 {
+		acc := fmt.Sprintf("acct-%03d", i)
+		var evs []orchestrix.Event
+		for e, err := range a.store.ReadStream(t.Context(), acc, 0) {
+			if err != nil {
+				t.Fatal(err)
+			}
+			evs = append(evs, e)
+		}
+		want, err := banking.Statement(evs)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !reflect.DeepEqual(st[acc], want) {
+			return fmt.Sprintf("%s: %d lines, want %d", acc, len(st[acc]), len(want))
+		}
+	}
+	return ""
+}
