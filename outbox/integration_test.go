@@ -100,7 +100,7 @@ func relayChild() int {
 	}
 	r, err := outbox.NewRelay(store, strings.Split(os.Getenv("KAFKA_BROKERS"), ","),
 		outbox.ToTopic(os.Getenv(childTopicEnv)), outbox.Instance(os.Getenv(childInstanceEnv)),
-		outbox.Lease(lease), outbox.WithLogger(log), outbox.StatsInterval(every), outbox.WithClientOpts(benchClientOpts()...))
+		outbox.Lease(lease), outbox.WithLogger(log), outbox.ReportStats(every, nil), outbox.WithClientOpts(benchClientOpts()...))
 	if err != nil {
 		return fail(err)
 	}

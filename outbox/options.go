@@ -100,6 +100,7 @@ type config struct {
 	outboxPool   *pgxpool.Pool
 	outboxSchema string
 	noOutbox     bool
+	outboxReader OutboxReader
 }
 
 // Option configures a Relay.
@@ -221,6 +222,10 @@ func OutboxTable(pool *pgxpool.Pool, schema string) Option {
 	return func(c *config) { c.outboxPool, c.outboxSchema = pool, schema }
 }
 
+// DrainOutbox drains rd besides the events, in the same transactions,
+// instead of the outbox table OutboxTable or a Pooled source would give.
+func DrainOutbox(rd OutboxReader) Option { return func(c *config) { c.outboxReader = rd } }
+
 // NoOutboxTable turns draining the outbox table off.
 func NoOutboxTable() Option { return func(c *config) { c.noOutbox = true } }
 
@@ -235,9 +240,17 @@ func WithClientOpts(opts ...kgo.Opt) Option {
 // warnings and above.
 func WithLogger(l *slog.Logger) Option { return func(c *config) { c.logger = l } }
 
-// WithStats calls f every interval (default DefaultStatsInterval when
-// interval ≤ 0) with the relay's counters and lag; the same figures are
-// logged at info level. f must not block.
+// ReportStats logs the relay's counters and lag at info level every
+// interval (default DefaultStatsInterval; it must be positive) and, when f
+// is not nil, calls f with them, from the reporting goroutine: f must not
+// block.
+func ReportStats(interval time.Duration, f func(Stats)) Option {
+	return func(c *config) { c.statsInterval, c.onStats = interval, f }
+}
+
+// WithStats is ReportStats, with the default interval when interval ≤ 0.
+//
+// Deprecated: use ReportStats.
 func WithStats(interval time.Duration, f func(Stats)) Option {
 	return func(c *config) {
 		if interval > 0 {
@@ -247,8 +260,9 @@ func WithStats(interval time.Duration, f func(Stats)) Option {
 	}
 }
 
-// StatsInterval sets how often stats are logged (default
-// DefaultStatsInterval).
+// StatsInterval sets how often stats are logged.
+//
+// Deprecated: use ReportStats(d, nil).
 func StatsInterval(d time.Duration) Option { return func(c *config) { c.statsInterval = d } }
 
 // OnCommit calls f after every committed Kafka transaction, from the
@@ -305,13 +319,13 @@ func newConfig(src Source, opts []Option) config {
 	if cfg.dlqTopic == "" && cfg.topic != "" && checkTopic(cfg.topic) == nil {
 		cfg.dlqTopic = cfg.topic + DeadLetterSuffix
 	}
-	if sz, ok := src.(sizer); ok && cfg.maxEventSize == 0 {
+	if sz, ok := src.(Sizer); ok && cfg.maxEventSize == 0 {
 		cfg.maxEventSize = sz.MaxEventSize()
 	}
 	if cfg.maxEventSize == 0 {
 		cfg.maxEventSize = stores.DefaultMaxEventSize
 	}
-	if pg, ok := src.(pooled); ok && !cfg.noOutbox && cfg.outboxPool == nil {
+	if pg, ok := src.(Pooled); ok && !cfg.noOutbox && cfg.outboxPool == nil && cfg.outboxReader == nil {
 		cfg.outboxPool, cfg.outboxSchema = pg.Pool(), pg.Schema()
 	}
 

@@ -21,7 +21,7 @@ type batch struct {
 	cp      Checkpoint
 	full    bool
 	// ownEntries is set when entries is the relay's own slice (filled by
-	// a batchAppender), which recycle may clear and reuse.
+	// a BatchAppender), which recycle may clear and reuse.
 	ownEntries bool
 }
 
@@ -64,7 +64,7 @@ func (r *Relay) read(ctx context.Context, cp Checkpoint, out chan<- *batch, dema
 	if obs, ok := r.src.(Observer); ok {
 		return r.follow(ctx, obs, cp, out)
 	}
-	note, _ := r.src.(notifier)
+	note, _ := r.src.(Notifier)
 	lastWork := time.Now()
 	onDemand := false
 	wait := r.cfg.pollMin
@@ -324,7 +324,7 @@ func (r *Relay) idle(ctx context.Context, d time.Duration, wake <-chan struct{},
 // fetch reads one batch after cp.
 func (r *Relay) fetch(ctx context.Context, cp Checkpoint) (*batch, error) {
 	b := &batch{cp: cp}
-	if ba, ok := r.src.(batchAppender); ok {
+	if ba, ok := r.src.(BatchAppender); ok {
 		var dst []stores.Entry
 		select {
 		case dst = <-r.spare:
@@ -338,7 +338,7 @@ func (r *Relay) fetch(ctx context.Context, cp Checkpoint) (*batch, error) {
 			r.recycle(b)
 			return nil, fmt.Errorf("outbox: read events after %s: %w", cp.Events, err)
 		}
-	} else if br, ok := r.src.(batchReader); ok {
+	} else if br, ok := r.src.(BatchReader); ok {
 		// The store's slice as it is: no copy of every entry.
 		entries, err := br.ReadLogBatch(ctx, cp.Events, r.cfg.batchSize)
 		if err != nil {
@@ -396,7 +396,7 @@ func (r *Relay) recycle(b *batch) {
 // readOutbox adds one batch of the outbox table's messages after cursor
 // after to b, and moves b's outbox checkpoint and fullness on.
 func (r *Relay) readOutbox(ctx context.Context, b *batch, after stores.Cursor) error {
-	msgs, err := r.outbox.readBatch(ctx, after, r.cfg.batchSize)
+	msgs, err := readMessages(ctx, r.outbox, after, r.cfg.batchSize)
 	if err != nil {
 		return err
 	}

@@ -12,6 +12,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/orchestrix/orchestrix"
 	"github.com/orchestrix/orchestrix/stores"
+	"github.com/orchestrix/orchestrix/stores/postgres"
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/plugin/kslog"
@@ -27,12 +28,12 @@ type Relay struct {
 	seeds    []string
 	log      *slog.Logger
 	election stores.Elector
-	outbox   *table
+	outbox   OutboxReader
 	head     func(context.Context) (uint64, error)
 	instHdr  []byte
 	wake     chan struct{}
 	// spare holds entry slices of batches already published, for the
-	// next reads of a batchAppender source to fill.
+	// next reads of a BatchAppender source to fill.
 	spare   chan []stores.Entry
 	running atomic.Bool
 	// beats are when the reader (beatRead) and the committer (beatCommit)
@@ -70,7 +71,7 @@ func NewRelay(src Source, seeds []string, opts ...Option) (*Relay, error) {
 	if err := cfg.validate(errs...); err != nil {
 		return nil, err
 	}
-	pg, isPG := src.(pooled)
+	pg, isPG := src.(Pooled)
 
 	log := cfg.logger
 	if log == nil {
@@ -96,8 +97,12 @@ func NewRelay(src Source, seeds []string, opts ...Option) (*Relay, error) {
 			r.election = e
 		}
 	}
-	if cfg.outboxPool != nil && !cfg.noOutbox {
-		r.outbox = newTable(cfg.outboxPool, cfg.outboxSchema)
+	switch {
+	case cfg.noOutbox:
+	case cfg.outboxReader != nil:
+		r.outbox = cfg.outboxReader
+	case cfg.outboxPool != nil:
+		r.outbox = postgres.NewOutboxTable(cfg.outboxPool, cfg.outboxSchema)
 	}
 	if isPG {
 		q := `SELECT coalesce(max(position), 0) FROM ` + pgx.Identifier{pg.Schema(), "events"}.Sanitize()
@@ -394,12 +399,8 @@ func (r *Relay) checkOutboxTable(ctx context.Context) error {
 	if r.outbox == nil {
 		return nil
 	}
-	var ok bool
-	if err := r.outbox.pool.QueryRow(ctx, "SELECT to_regclass($1) IS NOT NULL", pgx.Identifier{r.cfg.outboxSchema, "outbox"}.Sanitize()).Scan(&ok); err != nil {
-		return fmt.Errorf("outbox: check outbox table: %w", err)
-	}
-	if !ok {
-		return fmt.Errorf("outbox: schema %q has no outbox table (run `orchestrix migrate`): %w", r.cfg.outboxSchema, stores.ErrNotMigrated)
+	if err := r.outbox.CheckOutbox(ctx); err != nil {
+		return fmt.Errorf("outbox: %w", err)
 	}
 	return nil
 }

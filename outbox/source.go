@@ -29,34 +29,43 @@ type Observer interface {
 	Observe(ctx context.Context, after stores.Cursor) iter.Seq2[stores.Entry, error]
 }
 
-// Optional capabilities of a Source, found by type assertion.
-type (
-	// pooled is a PostgreSQL-backed source (stores/postgres.Store): its
-	// schema's outbox table is drained. (Leader election comes from
-	// stores.Leaser.)
-	pooled interface {
-		Pool() *pgxpool.Pool
-		Schema() string
-	}
-	// notifier closes the returned channel at the next append
-	// (stores/memory.Store), so the relay need not wait for its poll.
-	notifier interface {
-		Appended() <-chan struct{}
-	}
-	// batchReader reads one batch of the log in one query
-	// (stores/postgres.Store); preferred to ReadAll.
-	batchReader interface {
-		ReadLogBatch(ctx context.Context, after stores.Cursor, limit int) ([]stores.Entry, error)
-	}
-	// batchAppender is a batchReader that appends to a slice it is
-	// given (see postgres.Store.AppendLogBatch), so the relay reuses the
-	// slices of the batches it published.
-	batchAppender interface {
-		AppendLogBatch(ctx context.Context, dst []stores.Entry, after stores.Cursor, limit int) ([]stores.Entry, error)
-	}
-	// sizer reports the limit on event Data its store enforces on
-	// appends (stores/esdb.Store): the default of MaxEventSize.
-	sizer interface {
-		MaxEventSize() int
-	}
-)
+// Optional capabilities of a Source, found by type assertion (the way
+// pgx finds a tracer): a source has the ones it can offer, and the relay
+// uses each it finds.
+
+// Pooled is a PostgreSQL-backed source (a stores/postgres Store): the
+// relay drains its schema's outbox table (see [OutboxTable] and
+// [NoOutboxTable]) and reads its head position for the lag. Leader
+// election comes from [stores.Leaser].
+type Pooled interface {
+	Pool() *pgxpool.Pool
+	Schema() string
+}
+
+// Notifier is a source that can wake an idle relay: Appended returns a
+// channel closed at the next append (a stores/memory Store), so the relay
+// need not wait for its next poll.
+type Notifier interface {
+	Appended() <-chan struct{}
+}
+
+// BatchReader is a source that reads one batch of its log in one query
+// (a stores/postgres Store), with the contract of ReadAll; the relay
+// prefers it to ReadAll.
+type BatchReader interface {
+	ReadLogBatch(ctx context.Context, after stores.Cursor, limit int) ([]stores.Entry, error)
+}
+
+// BatchAppender is a BatchReader that appends to a slice it is given
+// (a stores/postgres Store, see its AppendLogBatch), so the relay reuses
+// the slices of the batches it published; preferred to BatchReader.
+type BatchAppender interface {
+	AppendLogBatch(ctx context.Context, dst []stores.Entry, after stores.Cursor, limit int) ([]stores.Entry, error)
+}
+
+// Sizer is a source whose store limits the size of event Data on
+// appends (a stores/esdb Store): MaxEventSize is the default of
+// [MaxEventSize].
+type Sizer interface {
+	MaxEventSize() int
+}

@@ -7,7 +7,7 @@ import (
 	"time"
 )
 
-// Stats are a relay's counters and lag (see WithStats and Relay.Stats).
+// Stats are a relay's counters and lag (see ReportStats and Relay.Stats).
 type Stats struct {
 	// Leader reports whether this instance is publishing.
 	Leader bool

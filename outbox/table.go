@@ -3,81 +3,48 @@ package outbox
 import (
 	"context"
 	"fmt"
-	"strconv"
-	"time"
 
-	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/orchestrix/orchestrix/stores"
+	"github.com/orchestrix/orchestrix/stores/postgres"
 	"github.com/twmb/franz-go/pkg/kgo"
 )
 
-// table reads the outbox table the way stores/postgres reads its events:
-// only rows whose transaction is older than the oldest transaction still
-// running, in (tx_id, position) order, so a row committed late by a slow
-// transaction is never skipped and a rolled-back row is never read.
-type table struct {
-	pool *pgxpool.Pool
-	read string
-	head string
-}
-
-func newTable(pool *pgxpool.Pool, schema string) *table {
-	q := pgx.Identifier{schema, "outbox"}.Sanitize()
-	return &table{
-		pool: pool,
-		// Order by the xid8 column (o.tx_id), not by the text output
-		// column of the same name: text order is not numeric order.
-		read: `SELECT o.tx_id::text, o.position, o.topic, o.key, o.value, o.headers, o.created_at FROM ` + q + ` AS o
-	WHERE (o.tx_id, o.position) > ($1::text::xid8, $2) AND o.tx_id < pg_snapshot_xmin(pg_current_snapshot())
-	ORDER BY o.tx_id, o.position LIMIT $3`,
-		head: `SELECT coalesce(max(position), 0) FROM ` + q,
-	}
+// OutboxReader is an outbox table the relay drains besides the events,
+// in the same transactions: the rows a [Writer] inserted, read in a
+// gap-safe log order (a row committed late by a slower transaction is
+// never skipped, a rolled-back row never read). [postgres.OutboxTable] is
+// one; the relay uses it for [OutboxTable] and for a source that is
+// [Pooled] (a stores/postgres Store), and any other given with
+// [DrainOutbox].
+type OutboxReader interface {
+	// ReadOutbox reads at most limit committed rows after the cursor,
+	// in log order.
+	ReadOutbox(ctx context.Context, after stores.Cursor, limit int) ([]postgres.OutboxRow, error)
+	// CheckOutbox returns an error matching stores.ErrNotMigrated when
+	// the table does not exist; the relay calls it at the start of each
+	// term.
+	CheckOutbox(ctx context.Context) error
 }
 
 // message is one outbox row as a record, with the cursor just after it.
 type message struct {
 	rec    *kgo.Record
 	cursor stores.Cursor
-	at     time.Time
 }
 
-func (t *table) readBatch(ctx context.Context, after stores.Cursor, limit int) ([]message, error) {
-	rows, err := t.pool.Query(ctx, t.read, strconv.FormatUint(after.Tx, 10), int64(after.Position), limit)
+// readMessages reads one batch of rd's rows as records.
+func readMessages(ctx context.Context, rd OutboxReader, after stores.Cursor, limit int) ([]message, error) {
+	rows, err := rd.ReadOutbox(ctx, after, limit)
 	if err != nil {
-		return nil, fmt.Errorf("outbox: read outbox table after %s: %w", after, err)
+		return nil, fmt.Errorf("outbox: %w", err)
 	}
-	defer rows.Close()
-	out := make([]message, 0, min(limit, 256))
-	for rows.Next() {
-		var (
-			txText  string
-			pos     int64
-			m       message
-			headers []byte
-		)
-		m.rec = &kgo.Record{}
-		if err := rows.Scan(&txText, &pos, &m.rec.Topic, &m.rec.Key, &m.rec.Value, &headers, &m.at); err != nil {
-			return nil, fmt.Errorf("outbox: read outbox table: %w", err)
-		}
-		tx, err := strconv.ParseUint(txText, 10, 64)
+	out := make([]message, 0, len(rows))
+	for _, row := range rows {
+		hs, err := decodeHeaders(row.Headers)
 		if err != nil {
-			return nil, fmt.Errorf("outbox: outbox row %d: tx id %q: %w", pos, txText, err)
+			return nil, fmt.Errorf("outbox: outbox row %d: headers: %w", row.Cursor.Position, err)
 		}
-		if m.rec.Headers, err = decodeHeaders(headers); err != nil {
-			return nil, fmt.Errorf("outbox: outbox row %d: headers: %w", pos, err)
-		}
-		m.cursor = stores.Cursor{Tx: tx, Position: uint64(pos)}
-		out = append(out, m)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("outbox: read outbox table: %w", err)
+		out = append(out, message{rec: &kgo.Record{Topic: row.Topic, Key: row.Key, Value: row.Value, Headers: hs}, cursor: row.Cursor})
 	}
 	return out, nil
-}
-
-func (t *table) headPosition(ctx context.Context) (uint64, error) {
-	var n int64
-	err := t.pool.QueryRow(ctx, t.head).Scan(&n)
-	return uint64(n), err
 }

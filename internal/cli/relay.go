@@ -112,7 +112,7 @@ func runRelay(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		outbox.PollInterval(*pollMin, *pollMax),
 		outbox.Linger(*linger),
 		outbox.Lease(*lease),
-		outbox.StatsInterval(*statsEvery),
+		outbox.ReportStats(*statsEvery, nil),
 		outbox.MaxEventSize(maxEventSize),
 	}
 	if *dlqTopic != "" {
