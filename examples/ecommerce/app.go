@@ -79,14 +79,24 @@ func topicSpecs(t Topics, partitions int32, rf int16) []topics.Spec {
 	spec := func(name string, n int32) topics.Spec {
 		return topics.Spec{Name: name, Partitions: n, ReplicationFactor: rf}
 	}
-	specs := []topics.Spec{spec(t.Orders, partitions), spec(t.Payments, partitions), spec(t.Inventory, partitions),
-		spec(t.Events, partitions), spec(t.Outcomes, partitions), spec(sagas.InboxTopic(t.SagaType), partitions),
+	// The commands, events and outcomes topics get the configs of
+	// topics.ForContext (max.message.bytes that fits the stores' largest
+	// event with its headers; outcomes kept a day).
+	ctxSpecs := topics.ForContext(t.Context, partitions, rf)
+	big := ctxSpecs[0].Configs
+	specs := []topics.Spec{ctxSpecs[1], ctxSpecs[2], spec(sagas.InboxTopic(t.SagaType), partitions)}
+	for _, name := range []string{t.Orders, t.Payments, t.Inventory} {
+		s := spec(name, partitions)
+		s.Configs = big
+		specs = append(specs, s)
+	}
+	specs = append(specs,
 		spec(consumers.DeadLetterTopic(t.Orders, groupOf(t, "orders")), 1),
 		spec(consumers.DeadLetterTopic(t.Payments, groupOf(t, "payments")), 1),
 		spec(consumers.DeadLetterTopic(t.Inventory, groupOf(t, "inventory")), 1),
 		spec(consumers.DeadLetterTopic(t.Outcomes, groupOf(t, "saga-forwarder")), 1),
 		spec(consumers.DeadLetterTopic(t.Events, groupOf(t, "saga-forwarder")), 1),
-	}
+	)
 	for _, name := range sagas.InboxFailurePolicy().Topics(sagas.InboxTopic(t.SagaType), groupOf(t, "order-sagas")) {
 		specs = append(specs, spec(name, partitions))
 	}

@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/orchestrix/orchestrix/codec"
@@ -141,6 +142,7 @@ func drive(ctx context.Context, c driveConfig, stdout io.Writer) (driveResult, e
 		sent time.Time
 	}
 	placed := map[string]*order{}
+	var sentMu sync.Mutex // guards order.sent
 	ids := make([]string, c.count)
 	total := 0
 	for i := range c.count {
@@ -178,7 +180,9 @@ func drive(ctx context.Context, c driveConfig, stdout io.Writer) (driveResult, e
 			}
 			cmd, err := orders.Command(id, placed[id].cmd)
 			if err == nil {
-				placed[id].sent = time.Now() // read after the result arrives, which follows the send
+				sentMu.Lock()
+				placed[id].sent = time.Now()
+				sentMu.Unlock()
 				err = orders.Send(ctx, cmd)
 			}
 			if err != nil {
@@ -218,12 +222,15 @@ func drive(ctx context.Context, c driveConfig, stdout io.Writer) (driveResult, e
 			if prev, seen := got[string(r.Key)]; seen && prev != StateFailed {
 				return
 			}
+			sentMu.Lock()
+			took := time.Since(o.sent)
+			sentMu.Unlock()
 			if _, seen := got[string(r.Key)]; !seen {
-				lat = append(lat, time.Since(o.sent))
+				lat = append(lat, took)
 			}
 			got[string(r.Key)] = st
 			if !c.quiet {
-				fmt.Fprintf(stdout, "%s  %-9s after %s\n", r.Key, st, time.Since(o.sent).Round(time.Millisecond))
+				fmt.Fprintf(stdout, "%s  %-9s after %s\n", r.Key, st, took.Round(time.Millisecond))
 			}
 		})
 		if !sent {

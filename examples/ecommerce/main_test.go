@@ -118,7 +118,7 @@ func deleteTopics(t *testing.T, seeds []string, context string) {
 		}
 		var names []string
 		for _, n := range list.Names() {
-			if strings.HasPrefix(n, context+".") || strings.HasPrefix(n, "__orchestrix") && strings.Contains(n, context) {
+			if strings.HasPrefix(n, context+".") {
 				names = append(names, n)
 			}
 		}
