@@ -39,15 +39,11 @@ func TestHeartbeatStuckHandler(t *testing.T) {
 		t.Fatal(err)
 	}
 	const liveTimeout = 1500 * time.Millisecond
-	get := testenv.Livez(t, g, liveTimeout)
+	probe := testenv.Livez(t, g, liveTimeout)
 	defer close(release)
 
 	// Idle for twice the live timeout: still live.
-	for end := time.Now().Add(2 * liveTimeout); time.Now().Before(end); time.Sleep(100 * time.Millisecond) {
-		if code, body := get(); code != http.StatusOK {
-			t.Fatalf("idle group: /livez = %d %s, want 200", code, body)
-		}
-	}
+	probe.Holds(http.StatusOK, 2*liveTimeout, "idle group")
 	if age := time.Since(g.Heartbeat()); age > consumers.HeartbeatInterval+500*time.Millisecond {
 		t.Fatalf("idle group: heartbeat %s old, want at most HeartbeatInterval", age)
 	}
@@ -65,24 +61,13 @@ func TestHeartbeatStuckHandler(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("handler not called")
 	}
-	stuckAt := time.Now()
-	deadline := stuckAt.Add(liveTimeout + 3*time.Second)
-	for {
-		code, body := get()
-		if code == http.StatusServiceUnavailable {
-			t.Logf("stuck reported %s after the handler blocked: %s", time.Since(stuckAt).Round(time.Millisecond), body)
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("handler blocked for %s: /livez = %d %s, want 503", time.Since(stuckAt), code, body)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	took, body := probe.Await(http.StatusServiceUnavailable, liveTimeout+3*time.Second, "handler blocked")
+	t.Logf("stuck reported %s after the handler blocked: %s", took.Round(time.Millisecond), body)
 	if age := time.Since(g.Heartbeat()); age < liveTimeout {
 		t.Fatalf("stuck group: heartbeat only %s old", age)
 	}
 	release <- struct{}{}
-	waitUntil(t, 5*time.Second, func() bool { code, _ := get(); return code == http.StatusOK })
+	probe.Await(http.StatusOK, 5*time.Second, "handler returned")
 }
 
 // TestHeartbeatBrokerDown: an idle group whose broker goes away keeps
@@ -106,7 +91,7 @@ func TestHeartbeatBrokerDown(t *testing.T) {
 		t.Fatal(err)
 	}
 	const liveTimeout = 4 * time.Second
-	get := testenv.Livez(t, g, liveTimeout)
+	probe := testenv.Livez(t, g, liveTimeout)
 	cl, err := kgo.NewClient(kgo.SeedBrokers(seeds...))
 	if err != nil {
 		t.Fatal(err)
@@ -122,12 +107,5 @@ func TestHeartbeatBrokerDown(t *testing.T) {
 		t.Fatal("handler not called")
 	}
 	c.Close()
-	var oldest time.Duration
-	for end := time.Now().Add(2 * liveTimeout); time.Now().Before(end); time.Sleep(200 * time.Millisecond) {
-		if code, body := get(); code != http.StatusOK {
-			t.Fatalf("broker down: /livez = %d %s, want 200", code, body)
-		}
-		oldest = max(oldest, time.Since(g.Heartbeat()))
-	}
-	t.Logf("broker down for %s: oldest heartbeat seen %s", 2*liveTimeout, oldest.Round(time.Millisecond))
+	probe.Holds(http.StatusOK, 2*liveTimeout, "broker down")
 }

@@ -11,9 +11,9 @@ import (
 )
 
 // Livez runs w under service.Run with /livez served at liveTimeout until
-// the test ends, and returns a function that GETs /livez (status, body).
-// It is how a test checks a worker's heartbeat the way a probe does.
-func Livez(t testing.TB, w service.Worker, liveTimeout time.Duration) func() (int, string) {
+// the test ends, and returns a probe of its /livez: how a test checks a
+// worker's heartbeat the way an orchestrator does.
+func Livez(t testing.TB, w service.Worker, liveTimeout time.Duration) *Probe {
 	t.Helper()
 	ctx, cancel := context.WithCancel(t.Context())
 	addrC := make(chan string, 1)
@@ -28,20 +28,57 @@ func Livez(t testing.TB, w service.Worker, liveTimeout time.Duration) func() (in
 			t.Errorf("service.Run: %v", err)
 		}
 	})
-	var addr string
 	select {
-	case addr = <-addrC:
+	case addr := <-addrC:
+		return &Probe{t: t, url: "http://" + addr + "/livez"}
 	case err := <-done:
 		t.Fatalf("service.Run returned at once: %v", err)
+		return nil
 	}
-	return func() (int, string) {
-		t.Helper()
-		resp, err := http.Get("http://" + addr + "/livez")
-		if err != nil {
-			t.Fatal(err)
+}
+
+// Probe GETs a worker's /livez (see Livez).
+type Probe struct {
+	t   testing.TB
+	url string
+}
+
+// Get returns /livez's status code and body.
+func (p *Probe) Get() (int, string) {
+	p.t.Helper()
+	resp, err := http.Get(p.url)
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+// Holds fails the test unless /livez answers code throughout d (asked
+// every 100ms).
+func (p *Probe) Holds(code int, d time.Duration, what string) {
+	p.t.Helper()
+	for end := time.Now().Add(d); time.Now().Before(end); time.Sleep(100 * time.Millisecond) {
+		if got, body := p.Get(); got != code {
+			p.t.Fatalf("%s: /livez = %d %s, want %d throughout %s", what, got, body, code, d)
 		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		return resp.StatusCode, string(b)
+	}
+}
+
+// Await fails the test unless /livez answers code within d, and returns
+// how long that took and the body.
+func (p *Probe) Await(code int, d time.Duration, what string) (time.Duration, string) {
+	p.t.Helper()
+	start := time.Now()
+	for {
+		got, body := p.Get()
+		if got == code {
+			return time.Since(start), body
+		}
+		if time.Since(start) > d {
+			p.t.Fatalf("%s: /livez = %d %s after %s, want %d", what, got, body, d, code)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }
