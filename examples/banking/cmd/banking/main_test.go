@@ -146,7 +146,9 @@ func startServe(t *testing.T, args ...string) *server {
 	t.Helper()
 	b, _ := json.Marshal(args)
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), serveEnv+"="+string(b))
+	// Only the flags choose the services: an embedded serve must not find
+	// the real ones in the environment.
+	cmd.Env = append(os.Environ(), serveEnv+"="+string(b), "KAFKA_BROKERS=", "DATABASE_URL=")
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
