@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"slices"
 	"strings"
 	"time"
@@ -169,7 +170,7 @@ func newApp(ctx context.Context, c appConfig) (*app, error) {
 	var sagaStore sagas.Store
 	rtOpts := []sagas.RuntimeOption{sagas.WithLogger(c.log), sagas.WithSource("/" + c.context)}
 	projOpts := []projections.Option{projections.Shards(2), projections.PollInterval(poll), projections.VersionScan(scan),
-		projections.WithLogger(c.log), projections.Instance("banking")}
+		projections.WithLogger(c.log), projections.Instance(instanceName())}
 	if c.onTransition != nil {
 		rtOpts = append(rtOpts, sagas.OnTransition(c.onTransition))
 	}
@@ -291,6 +292,13 @@ func newApp(ctx context.Context, c appConfig) (*app, error) {
 	}
 	ok = true
 	return a, nil
+}
+
+// instanceName names this process in the projection's checkpoints and
+// sessions: host and process ID.
+func instanceName() string {
+	host, _ := os.Hostname()
+	return fmt.Sprintf("banking-%s-%d", host, os.Getpid())
 }
 
 // readiness returns the service's readiness checks: the brokers answer,
