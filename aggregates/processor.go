@@ -86,11 +86,11 @@ func WithProcessorLogger(l *slog.Logger) ProcessorOption {
 // the transaction of a poll's round (HandleBatch), or a record handled
 // alone (Handle).
 type Append struct {
-	// Events are the events written, of every aggregate of the write, with
-	// their versions and the TraceParent of the command that caused each
-	// (see Repository.NewEvents). Valid only during the call: do not keep
-	// or modify them.
-	Events []orchestrix.Event
+	// Requests are the appends of the write, one per aggregate and
+	// command, their events with versions and the TraceParent of the
+	// command that caused them (see Repository.NewEvents). Valid only
+	// during the call: do not keep or modify them.
+	Requests []stores.AppendRequest
 	// Rejected counts the rejections recorded in the same transaction.
 	Rejected int
 	// Took is how long the write took; for a record handled alone, its
@@ -197,7 +197,11 @@ func (p *Processor[S]) Handle(ctx context.Context, r *kgo.Record) error {
 	start := time.Now()
 	res, err := p.repo.Handle(ctx, cmd)
 	if p.onAppend != nil && (len(res.Events) > 0 || err != nil && !errors.Is(err, orchestrix.ErrRejected)) {
-		p.onAppend(Append{Events: res.Events, Took: time.Since(start), Err: err})
+		var reqs []stores.AppendRequest
+		if len(res.Events) > 0 {
+			reqs = []stores.AppendRequest{{StreamID: cmd.AggregateID, Events: res.Events}}
+		}
+		p.onAppend(Append{Requests: reqs, Took: time.Since(start), Err: err})
 	}
 	out, err := outcome(cmd, res, err)
 	if err != nil {
@@ -543,18 +547,9 @@ func (p *Processor[S]) round(ctx context.Context, jobs []*job[S]) {
 
 // appended reports a round's write to the OnAppend hook.
 func (p *Processor[S]) appended(d *decisions[S], took time.Duration, err error) {
-	if p.onAppend == nil {
-		return
+	if p.onAppend != nil {
+		p.onAppend(Append{Requests: d.reqs, Rejected: len(d.rejected), Took: took, Err: err})
 	}
-	n := 0
-	for _, r := range d.reqs {
-		n += len(r.Events)
-	}
-	evs := make([]orchestrix.Event, 0, n)
-	for _, r := range d.reqs {
-		evs = append(evs, r.Events...)
-	}
-	p.onAppend(Append{Events: evs, Rejected: len(d.rejected), Took: took, Err: err})
 }
 
 // traces maps the command IDs of jobs to their TraceParents for publish
