@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/orchestrix/orchestrix/aggregates"
 	"github.com/orchestrix/orchestrix/codec"
 	"github.com/orchestrix/orchestrix/consumers"
@@ -22,7 +24,9 @@ import (
 	"github.com/orchestrix/orchestrix/outbox"
 	"github.com/orchestrix/orchestrix/producers"
 	"github.com/orchestrix/orchestrix/projections"
+	"github.com/orchestrix/orchestrix/stores"
 	"github.com/orchestrix/orchestrix/stores/memory"
+	"github.com/orchestrix/orchestrix/stores/postgres/pgtest"
 	"github.com/orchestrix/orchestrix/topics"
 	orxotel "github.com/orchestrix/orchestrix/tracing/otel"
 	"github.com/twmb/franz-go/pkg/kadm"
@@ -51,14 +55,23 @@ type benchMode struct {
 // SDK's batch span processor). Each round preloads TRACE_BENCH_COMMANDS
 // commands (default 20,000, over 1,000 accounts) and times the pipeline
 // from the projection's first commit until the relay published and the
-// projection applied every event; modes are interleaved, TRACE_BENCH_ROUNDS rounds (default 3),
-// and the medians compared:
+// projection applied every event. After a warm-up round, the modes are
+// interleaved, TRACE_BENCH_ROUNDS rounds (default 3), and the medians
+// compared:
 //
 //	go test -run '^$' -bench PipelineTracing -benchtime 1x ./tracing/otel/
+//
+// With TRACE_BENCH_REAL=1 it runs on the real broker and PostgreSQL
+// (event store and projection backend; a fresh schema per round).
 func BenchmarkPipelineTracing(b *testing.B) {
 	n := envInt("TRACE_BENCH_COMMANDS", 20000)
 	rounds := envInt("TRACE_BENCH_ROUNDS", 3)
 	seeds := testenv.FakeBrokers(b)
+	real := os.Getenv("TRACE_BENCH_REAL") == "1"
+	var pool *pgxpool.Pool
+	if real {
+		seeds, pool = testenv.Brokers(b), testenv.Pool(b)
+	}
 	modes := []benchMode{
 		{name: "off"},
 		{name: "drop", sampler: sdktrace.ParentBased(sdktrace.NeverSample())},
@@ -69,10 +82,14 @@ func BenchmarkPipelineTracing(b *testing.B) {
 	}
 	rates, cpus := map[string][]float64{}, map[string][]float64{}
 	for range b.N {
+		// A warm-up round, not counted: the first round pays for
+		// connections, caches and the broker's first topics.
+		res := pipelineRate(b, seeds, pool, modes[0], n)
+		b.Logf("warm-up %-6s %8.0f commands/s", modes[0].name, res.rate)
 		for r := range rounds {
 			for i := range modes {
 				m := modes[(i+r)%len(modes)] // rotate: no mode always runs first
-				res := pipelineRate(b, seeds, m, n)
+				res := pipelineRate(b, seeds, pool, m, n)
 				rates[m.name] = append(rates[m.name], res.rate)
 				cpus[m.name] = append(cpus[m.name], res.cpu)
 				b.Logf("round %d %-6s %8.0f commands/s %6.1f µs CPU per command", r, m.name, res.rate, res.cpu)
@@ -129,7 +146,9 @@ func processCPU() time.Duration {
 
 // pipelineRate preloads n commands, runs the pipeline in mode m until
 // every event is published and projected, and returns its figures.
-func pipelineRate(b *testing.B, seeds []string, m benchMode, n int) result {
+// With pool, the store and the projection are PostgreSQL's (a fresh
+// schema per round); without, the memory ones.
+func pipelineRate(b *testing.B, seeds []string, pool *pgxpool.Pool, m benchMode, n int) result {
 	b.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
@@ -193,7 +212,27 @@ func pipelineRate(b *testing.B, seeds []string, m benchMode, n int) result {
 			ropts = append(ropts, outbox.OnCommit(tr.Relay))
 		}
 	}
-	store := memory.New()
+	var store interface {
+		stores.EventStore
+		outbox.Source
+	} = memory.New()
+	var runner interface {
+		Run(context.Context) error
+		WaitForNonStale(context.Context) error
+	}
+	if pool != nil {
+		pg := pgtest.Store(b, pool)
+		back, err := projections.NewPostgres(pool, pg.Schema())
+		if err != nil {
+			b.Fatal(err)
+		}
+		store = pg
+		if runner, err = projections.New("bench", back, projections.FromStore(store), func(context.Context, pgx.Tx, projections.Batch) error { return nil }, jopts...); err != nil {
+			b.Fatal(err)
+		}
+	} else if runner, err = projections.New("bench", projections.NewMemory(), projections.FromStore(store), countEvents, jopts...); err != nil {
+		b.Fatal(err)
+	}
 	agg, err := banking.NewAggregate()
 	if err != nil {
 		b.Fatal(err)
@@ -215,10 +254,6 @@ func pipelineRate(b *testing.B, seeds []string, m benchMode, n int) result {
 		b.Fatal(err)
 	}
 	relay, err := outbox.NewRelay(store, seeds, ropts...)
-	if err != nil {
-		b.Fatal(err)
-	}
-	runner, err := projections.New("bench", projections.NewMemory(), projections.FromStore(store), countEvents, jopts...)
 	if err != nil {
 		b.Fatal(err)
 	}

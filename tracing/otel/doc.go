@@ -20,21 +20,25 @@
 //	projection    Tracer.Projection (projections.OnCommit): one span per batch
 //
 // Batches (a store transaction, a relay transaction, a projection batch)
-// get a span with a link to every message's span context they cover; when
-// every message of the batch belongs to one trace, the span is also a child
-// in that trace (the last message's span is its parent), so a single
-// command's trace reaches its projection batch under one trace ID. A batch
-// that mixes traces starts a trace of its own and is found from each
-// message's trace through its links.
+// get a span with a link to each message's span context they cover (up to
+// 128, the SDK's default limit); when every message of the batch belongs
+// to one trace, the span is also a child in that trace (the last
+// message's span is its parent), so a single command's trace reaches its
+// projection batch under one trace ID. A batch that mixes traces starts a
+// trace of its own and is found from each message's trace through its
+// links.
 //
 // Wiring, with a TracerProvider from the OpenTelemetry SDK:
 //
 //	t := otel.New(otel.WithTracerProvider(tp))
-//	err := t.Send(ctx, sender, cmd)                                   // client side
-//	group, _ := consumers.New(seeds, "bank-aggregates", topics, consumers.Chain(processor, t.Middleware("bank-aggregates")))
+//	err := t.Send(ctx, sender, cmd) // client side
 //	processor, _ := aggregates.NewProcessor(repo, aggregates.OnAppend(t.Append))
+//	group, _ := consumers.New(seeds, "bank-aggregates", []string{"bank.commands"},
+//		consumers.Chain(processor, t.Middleware("bank-aggregates")))
 //	relay, _ := outbox.NewRelay(store, seeds, outbox.ToTopic("bank.events"), outbox.OnCommit(t.Relay))
-//	runtime, _ := sagas.NewRuntime(store, reg, defs, sagas.OnTransitionTraced(t.Saga))
+//	runtime, _ := sagas.NewRuntime(sagaStore, reg, defs, sagas.OnTransitionTraced(t.Saga))
+//	inbox, _ := consumers.New(seeds, "transfer-sagas", []string{runtime.Inbox()},
+//		consumers.Chain(runtime, t.Middleware("transfer-sagas")))
 //	runner, _ := projections.New("balances", back, src, apply, projections.OnCommit(t.Projection))
 //
 // The middleware keeps a batch handler a batch handler (the command

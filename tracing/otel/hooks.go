@@ -114,12 +114,18 @@ func (t *Tracer) Projection(c projections.Commit) {
 // hands the processor records that carry them).
 func (t *Tracer) Append(a aggregates.Append) {
 	end := time.Now()
-	b := newBatch(len(a.Events))
-	for i := range a.Events {
-		b.add(parse(a.Events[i].TraceParent))
+	n := 0
+	for _, r := range a.Requests {
+		n += len(r.Events)
+	}
+	b := newBatch(len(a.Requests))
+	for _, r := range a.Requests {
+		for i := range r.Events {
+			b.add(parse(r.Events[i].TraceParent))
+		}
 	}
 	t.span("append", trace.SpanKindInternal, end.Add(-a.Took), end, b, a.Err,
-		attribute.Int("orchestrix.append.events", len(a.Events)), attribute.Int("orchestrix.append.rejected", a.Rejected))
+		attribute.Int("orchestrix.append.events", n), attribute.Int("orchestrix.append.rejected", a.Rejected))
 }
 
 // Saga is a sagas.OnTransitionTraced hook: a span "saga <type>" per

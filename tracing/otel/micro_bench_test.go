@@ -10,6 +10,7 @@ import (
 	"github.com/orchestrix/orchestrix/consumers"
 	"github.com/orchestrix/orchestrix/outbox"
 	"github.com/orchestrix/orchestrix/projections"
+	"github.com/orchestrix/orchestrix/stores"
 	orxotel "github.com/orchestrix/orchestrix/tracing/otel"
 	"github.com/twmb/franz-go/pkg/kgo"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
@@ -78,6 +79,10 @@ func BenchmarkHooks(b *testing.B) {
 		for i, r := range recs {
 			events[i].TraceParent = string(r.Headers[len(r.Headers)-1].Value)
 		}
+		reqs := make([]stores.AppendRequest, n)
+		for i := range reqs {
+			reqs[i] = stores.AppendRequest{StreamID: "s", Events: events[i : i+1]}
+		}
 		tr := microTracer(b, m.sampler)
 		for _, h := range []struct {
 			name string
@@ -85,7 +90,7 @@ func BenchmarkHooks(b *testing.B) {
 		}{
 			{"relay", func() { tr.Relay(outbox.Commit{Records: recs, Events: n, Duration: time.Millisecond}) }},
 			{"projection", func() { tr.Projection(projections.Commit{Projection: "p", Events: events, Took: time.Millisecond}) }},
-			{"append", func() { tr.Append(aggregates.Append{Events: events, Took: time.Millisecond}) }},
+			{"append", func() { tr.Append(aggregates.Append{Requests: reqs, Took: time.Millisecond}) }},
 		} {
 			b.Run(h.name+"/"+m.name, func(b *testing.B) {
 				b.ReportAllocs()
