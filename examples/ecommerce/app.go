@@ -45,6 +45,10 @@ type appConfig struct {
 	// replication is the replication factor of the topics the relay
 	// creates (its checkpoint).
 	replication int16
+	// sessionTimeout is the consumer groups' session timeout (0: the
+	// franz-go default, 45s): how long a member that died without leaving
+	// holds its partitions.
+	sessionTimeout time.Duration
 	// fetchWait bounds a consumer's fetch wait (latency of the example's
 	// hops on a quiet topic).
 	fetchWait time.Duration
@@ -155,7 +159,11 @@ func (a *app) close() {
 
 func (a *app) build(ctx context.Context) error {
 	cfg, t := a.cfg, a.cfg.topics
-	copts := []consumers.Option{consumers.WithLogger(cfg.log), consumers.WithClientOpts(append(append([]kgo.Opt(nil), cfg.kafka...), kgo.FetchMaxWait(cfg.fetchWait))...)}
+	kopts := append(append([]kgo.Opt(nil), cfg.kafka...), kgo.FetchMaxWait(cfg.fetchWait))
+	if cfg.sessionTimeout > 0 {
+		kopts = append(kopts, kgo.SessionTimeout(cfg.sessionTimeout), kgo.HeartbeatInterval(min(3*time.Second, cfg.sessionTimeout/3)))
+	}
+	copts := []consumers.Option{consumers.WithLogger(cfg.log), consumers.WithClientOpts(kopts...)}
 	// Stores: memory, or PostgreSQL (the events, the outbox of the saga's
 	// commands, the saga instances, inbox, timers and history).
 	var timerOpts []sagas.RuntimeOption

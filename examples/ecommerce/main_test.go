@@ -144,6 +144,7 @@ func TestBadFlags(t *testing.T) {
 		{"serve", "--listen", ""},
 		{"serve", "--step-timeout", "-1s"},
 		{"serve", "--bogus"},
+		{"serve", "--session-timeout", "10ms"},
 		{"drive"}, // no brokers
 		{"drive", "--brokers", "127.0.0.1:1", "--rate", "0"},
 		{"drive", "--brokers", "127.0.0.1:1", "--count", "-3"},
@@ -325,4 +326,54 @@ func TestServeDriveIntegration(t *testing.T) {
 	b := strings.Join(seeds, ",")
 	serveAndDrive(t, b, []string{"--init", "--brokers", b, "--database-url", url, "--schema", schema, "--context", name, "--partitions", "2"},
 		[]string{"--context", name})
+}
+
+// kill -9 of serve while orders are in flight (real Kafka and
+// PostgreSQL): a new serve takes over (its consumer groups once the dead
+// member's session ends, its relay and timer poller once their leases
+// do) and every order is confirmed.
+func TestServeKillNineIntegration(t *testing.T) {
+	seeds := testenv.Brokers(t)
+	url := testenv.DatabaseURL(t)
+	schema := testenv.Schema(t, testenv.Pool(t))
+	name := testenv.Name("ecommerce-k")
+	deleteTopics(t, seeds, name)
+	b := strings.Join(seeds, ",")
+	args := []string{"--brokers", b, "--database-url", url, "--schema", schema, "--context", name, "--partitions", "2", "--session-timeout", "6s"}
+	first := startServe(t, append([]string{"--init"}, args...)...)
+	const n = 80
+	var out, errOut syncBuffer
+	code := make(chan int, 1)
+	go func() {
+		code <- realMain(t.Context(), []string{"drive", "--brokers", b, "--context", name, "--count", fmt.Sprint(n), "--rate", "20", "--timeout", "2m"}, &out, &errOut)
+	}()
+	// Kill once some orders are through and more are in flight.
+	deadline := time.Now().Add(60 * time.Second)
+	for strings.Count(out.String(), "Confirmed") < 10 {
+		if time.Now().After(deadline) {
+			t.Fatalf("no orders confirmed\n%s%s\n%s", out.String(), errOut.String(), first.out.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if err := first.cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	<-first.done
+	before := strings.Count(out.String(), "Confirmed")
+	second := startServe(t, args...)
+	select {
+	case c := <-code:
+		if c != 0 || !strings.Contains(out.String(), fmt.Sprintf("%d orders: %d Confirmed;", n, n)) {
+			t.Fatalf("drive exit %d\n%s%s\nafter the kill:\n%s", c, out.String(), errOut.String(), second.out.String())
+		}
+	case <-time.After(3 * time.Minute):
+		t.Fatalf("drive did not end\n%s", out.String())
+	}
+	t.Logf("killed with %d of %d confirmed; after the restart all %d", before, n, n)
+	if err := second.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-second.done; err != nil || !strings.Contains(second.out.String(), "stopped cleanly") {
+		t.Fatalf("serve after SIGTERM: %v\n%s", err, second.out.String())
+	}
 }

@@ -205,6 +205,12 @@ func run(ctx context.Context, c config) error {
 	if err := place(0); err != nil {
 		return err
 	}
+	// Bad input: a record that is not a CloudEvent. The orders group
+	// dead-letters it with the reason and goes on.
+	if err := a.client.ProduceSync(ctx, &kgo.Record{Topic: t.Orders, Key: []byte("poison"), Value: []byte("{not a command")}).FirstErr(); err != nil {
+		return err
+	}
+	tl.note("sent a record that is not a CloudEvent to %s", t.Orders)
 	deadline := time.Now().Add(c.timeout)
 	settled := func(batch int, retried bool) (bool, error) {
 		for _, p := range plan {
@@ -566,11 +572,18 @@ func verdict(ctx context.Context, a *app, c config, plan []planned, stock map[st
 			detail: fmt.Sprintf("%d sagas in compensation_failed retried", retries)})
 	}
 	// Dead letters: none expected.
-	dl, err := countRecords(ctx, a.client, deadLetterTopics(a.cfg.topics))
+	// Dead letters: exactly the poison record, in the orders group's.
+	dlqs := deadLetterTopics(a.cfg.topics)
+	poison, err := countRecords(ctx, a.client, dlqs[:1])
 	if err != nil {
 		return nil, err
 	}
-	rows = append(rows, verdictRow{name: "no dead letters", ok: dl == 0, detail: fmt.Sprintf("%d records in the groups' dead-letter topics", dl)})
+	others, err := countRecords(ctx, a.client, dlqs[1:])
+	if err != nil {
+		return nil, err
+	}
+	rows = append(rows, verdictRow{name: "only the bad record dead-lettered", ok: poison == 1 && others == 0,
+		detail: fmt.Sprintf("%d in %s (want 1), %d in the other dead-letter topics", poison, dlqs[0], others)})
 	return rows, nil
 }
 

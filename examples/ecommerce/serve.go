@@ -40,6 +40,7 @@ func serveMain(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	replication := fs.Int("replication", 1, "replication factor of the topics --init and the relay create")
 	step := fs.Duration("step-timeout", 5*time.Second, "how long a saga step waits for its outcome")
 	shutdown := fs.Duration("shutdown-timeout", 30*time.Second, "bound on the graceful stop after SIGTERM")
+	session := fs.Duration("session-timeout", 45*time.Second, "consumer groups' session timeout: how long a member killed without leaving holds its partitions")
 	verbose := fs.Bool("v", false, "log at info level (default: warnings)")
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -56,6 +57,9 @@ func serveMain(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	}
 	if *step < 100*time.Millisecond || *step > 10*time.Minute {
 		errs = append(errs, fmt.Sprintf("--step-timeout %s: want 100ms to 10m", *step))
+	}
+	if *session < time.Second || *session > 30*time.Minute {
+		errs = append(errs, fmt.Sprintf("--session-timeout %s: want 1s to 30m", *session))
 	}
 	if *shutdown <= 0 {
 		errs = append(errs, "--shutdown-timeout: want a positive duration")
@@ -83,7 +87,7 @@ func serveMain(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
 	if err := serve(ctx, serveConfig{seeds: seeds, kafka: kopts, databaseURL: *dbURL, schema: *schema, listen: *listen, context: *name,
-		init: *initFlag, partitions: int32(*partitions), replication: int16(*replication), step: *step, shutdown: *shutdown, log: log}, stdout); err != nil {
+		init: *initFlag, partitions: int32(*partitions), replication: int16(*replication), step: *step, shutdown: *shutdown, session: *session, log: log}, stdout); err != nil {
 		fmt.Fprintln(stderr, "ecommerce serve:", redact.Text(err.Error()))
 		return 1
 	}
@@ -102,6 +106,7 @@ type serveConfig struct {
 	replication int16
 	step        time.Duration
 	shutdown    time.Duration
+	session     time.Duration
 	log         *slog.Logger
 }
 
@@ -146,7 +151,7 @@ func serve(ctx context.Context, c serveConfig, stdout io.Writer) error {
 	}
 	a, err := newApp(ctx, appConfig{seeds: c.seeds, kafka: c.kafka, pool: pool, schema: c.schema, topics: t,
 		timing: Timing{Step: c.step, Compensation: 2 * c.step, Backoff: c.step / 5}, partitions: c.partitions, replication: c.replication,
-		log: c.log, fetchWait: 500 * time.Millisecond})
+		log: c.log, fetchWait: 500 * time.Millisecond, sessionTimeout: c.session})
 	if err != nil {
 		return err
 	}

@@ -68,6 +68,9 @@ func (t *timeline) tap(ctx context.Context, seeds []string, kafka []kgo.Opt, tp 
 				h[x.Key] = string(x.Value)
 			}
 			short := strings.TrimPrefix(h["ce_type"], "ecommerce.")
+			if short == "" {
+				short = "(not a CloudEvent)"
+			}
 			switch {
 			case isDLQ[r.Topic]:
 				t.printf("DEAD LETTER", "%s key %s: %s (%s)", r.Topic, r.Key, h[consumers.HeaderReason], h[consumers.HeaderError])
