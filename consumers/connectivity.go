@@ -2,13 +2,10 @@ package consumers
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"io"
-	"net"
-	"syscall"
 	"time"
 
+	"github.com/orchestrix/orchestrix/internal/kafkaerr"
 	"github.com/orchestrix/orchestrix/kafkaconn"
 )
 
@@ -41,9 +38,7 @@ func (g *Group) connect(ctx context.Context) error {
 
 // isConnError reports whether err says a broker could not be reached.
 func isConnError(err error) bool {
-	var op *net.OpError
-	return errors.As(err, &op) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
-		errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET)
+	return kafkaerr.Is(err, kafkaerr.Disconnected)
 }
 
 func (g *Group) isDown() bool {

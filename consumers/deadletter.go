@@ -7,7 +7,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/orchestrix/orchestrix/internal/kafkaerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 )
 
@@ -285,7 +285,7 @@ func withoutValue(dl *kgo.Record) *kgo.Record {
 // tooLarge reports an error of a record larger than the producer or the
 // topic takes.
 func tooLarge(err error) bool {
-	return errors.Is(err, kerr.MessageTooLarge) || errors.Is(err, kerr.RecordListTooLarge)
+	return kafkaerr.Is(err, kafkaerr.TooLarge)
 }
 
 // headerBuf appends headers whose values share one buffer. Values are

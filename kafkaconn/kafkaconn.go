@@ -31,7 +31,7 @@ import (
 	"time"
 
 	"github.com/orchestrix/orchestrix"
-	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/orchestrix/orchestrix/internal/kafkaerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/sasl"
 	"github.com/twmb/franz-go/pkg/sasl/oauth"
@@ -289,21 +289,18 @@ func (h *dialHook) err() error {
 
 func classify(c Config, seeds []string, err error) error {
 	where := strings.Join(seeds, ",")
-	var uae x509.UnknownAuthorityError
-	var hne x509.HostnameError
-	var rhe tls.RecordHeaderError
 	switch {
-	case errors.Is(err, kerr.SaslAuthenticationFailed) || errors.Is(err, kerr.IllegalSaslState) || errors.Is(err, kerr.UnsupportedSaslMechanism):
+	case kafkaerr.Is(err, kafkaerr.Authentication):
 		return fmt.Errorf("%w at %s (%s): %v", ErrAuthentication, where, c, err)
-	case errors.As(err, &uae):
+	case kafkaerr.Is(err, kafkaerr.TLSUnknownCA):
 		return fmt.Errorf("%w at %s: the broker's certificate is not signed by a trusted CA (set the CA file): %v", ErrTLS, where, err)
-	case errors.As(err, &hne):
+	case kafkaerr.Is(err, kafkaerr.TLSHostname):
 		return fmt.Errorf("%w at %s: the broker's certificate is not for this name (set the server name): %v", ErrTLS, where, err)
-	case errors.As(err, &rhe):
+	case kafkaerr.Is(err, kafkaerr.TLSPlaintextPeer):
 		return fmt.Errorf("%w at %s: the broker did not answer in TLS (is this a plaintext listener?)", ErrTLS, where)
-	case strings.Contains(err.Error(), "speaking to a tls endpoint"):
+	case kafkaerr.Is(err, kafkaerr.TLSRequired):
 		return fmt.Errorf("%w at %s: the listener speaks TLS and the client does not (set TLS and, for a private CA, the CA file)", ErrTLS, where)
-	case strings.Contains(err.Error(), "tls: bad certificate") || strings.Contains(err.Error(), "tls: certificate required"):
+	case kafkaerr.Is(err, kafkaerr.TLSClientCert):
 		return fmt.Errorf("%w at %s: the broker refused the client certificate, or wants one (set the cert and key files): %v", ErrTLS, where, err)
 	case c.usesTLS() && (errors.Is(err, io.EOF) || strings.Contains(err.Error(), "handshake")):
 		return fmt.Errorf("%w at %s: %v", ErrTLS, where, err)

@@ -5,9 +5,9 @@ import (
 	"fmt"
 
 	"github.com/orchestrix/orchestrix"
+	"github.com/orchestrix/orchestrix/internal/kafkaerr"
 	"github.com/orchestrix/orchestrix/stores"
 	"github.com/orchestrix/orchestrix/topics"
-	"github.com/twmb/franz-go/pkg/kerr"
 )
 
 // Errors a caller can match with errors.Is.
@@ -42,9 +42,7 @@ func isPermanent(err error) bool {
 		errors.Is(err, ErrTopicMissing),
 		errors.Is(err, stores.ErrNotMigrated),
 		errors.Is(err, stores.ErrSchemaTooNew),
-		errors.Is(err, kerr.TopicAuthorizationFailed),
-		errors.Is(err, kerr.TransactionalIDAuthorizationFailed),
-		errors.Is(err, kerr.ClusterAuthorizationFailed):
+		kafkaerr.Is(err, kafkaerr.Unauthorized):
 		// Not kerr.MessageTooLarge: every term reads the topics'
 		// max.message.bytes afresh and dead-letters a record that is
 		// larger, so the next term gets past it.
@@ -55,7 +53,7 @@ func isPermanent(err error) bool {
 
 // classify marks fencing errors with ErrFenced.
 func classify(err error) error {
-	if errors.Is(err, kerr.ProducerFenced) || errors.Is(err, kerr.InvalidProducerEpoch) || errors.Is(err, kerr.TransactionalIDNotFound) {
+	if kafkaerr.Is(err, kafkaerr.Fenced) {
 		return fmt.Errorf("%w: %w", ErrFenced, err)
 	}
 	return err

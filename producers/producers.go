@@ -25,9 +25,9 @@ import (
 	"github.com/google/uuid"
 	"github.com/orchestrix/orchestrix"
 	"github.com/orchestrix/orchestrix/codec"
+	"github.com/orchestrix/orchestrix/internal/kafkaerr"
 	"github.com/orchestrix/orchestrix/kafkaconn"
 	"github.com/orchestrix/orchestrix/topics"
-	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 )
 
@@ -72,11 +72,11 @@ func Classify(err error) error {
 	switch {
 	case err == nil:
 		return nil
-	case errors.Is(err, kerr.UnknownTopicOrPartition):
+	case kafkaerr.Is(err, kafkaerr.TopicMissing):
 		return fmt.Errorf("%w: %w", ErrUnknownTopic, err)
-	case errors.Is(err, kerr.MessageTooLarge), errors.Is(err, kerr.RecordListTooLarge):
+	case kafkaerr.Is(err, kafkaerr.TooLarge):
 		return fmt.Errorf("%w: %w", ErrTooLarge, err)
-	case errors.Is(err, kgo.ErrRecordTimeout), errors.Is(err, context.DeadlineExceeded):
+	case kafkaerr.Is(err, kafkaerr.TimedOut):
 		return fmt.Errorf("%w: %w", ErrUnreachable, err)
 	}
 	return err
