@@ -4,20 +4,26 @@
 //	func decide(s Account, c orchestrix.Command) ([]any, error) // events, or a rejection
 //	func evolve(s Account, e orchestrix.Event) Account         // folds one event
 //
-// and a Repository loads the state (latest snapshot plus the events after
+// and a [Repository] loads the state (latest snapshot plus the events after
 // it), calls decide and appends the resulting events with the version it
 // loaded, so a concurrent writer makes the append fail instead of being
-// overwritten. Handle retries such a conflict on fresh state (bounded).
+// overwritten. [Repository.Handle] retries such a conflict on fresh state (bounded).
 //
 // decide returns payload values; the repository encodes them with a
-// codec.Registry and fills the metadata (subject, correlation and causation
+// [codec.Registry] and fills the metadata (subject, correlation and causation
 // from the command, the command ID for deduplication). evolve receives
 // events whose Payload is decoded, so it switches on e.Payload.(type).
 //
 // Commands are validated before the state is loaded: a payload with a
 // Validate() error method is checked, and an error that matches
-// orchestrix.ErrRejected (a *orchestrix.ValidationError with field errors,
-// or a *orchestrix.Rejection from decide) is an outcome, never retried.
+// [orchestrix.ErrRejected] (a *[orchestrix.ValidationError] with field errors,
+// or a *[orchestrix.Rejection] from decide) is an outcome, never retried.
+//
+// [New] defines an aggregate type (options such as [SnapshotEvery] and
+// [ConflictRetries]); [NewRepository] handles its commands one at a time;
+// [NewProcessor] returns the handler of a consumers.Group reading a topic of
+// commands: [Processor.HandleBatch] handles a partition's records of one
+// poll in one store transaction.
 package aggregates
 
 import (

@@ -1,11 +1,11 @@
 // Package consumers is the consumer-group runtime every Orchestrix
 // processor runs on (aggregate processors, projections, sagas).
 //
-// A Group reads one or more topics as a Kafka consumer group with
-// read_committed isolation and hands records to a Handler:
+// A [Group] reads one or more topics as a Kafka consumer group with
+// read_committed isolation and hands records to a [Handler]:
 //
 //   - Partitions are processed concurrently, each in offset order. With
-//     KeyConcurrency(n) the records of one partition are spread over n
+//     [KeyConcurrency](n) the records of one partition are spread over n
 //     lanes by key, so different keys of one partition run in parallel
 //     while each key keeps its order.
 //   - Offsets are committed only after the handler returned for every
@@ -14,26 +14,26 @@
 //     committed, and a partition's commit never passes its first failed
 //     record), and after every retry record or dead letter produced for
 //     them was acknowledged by the broker.
-//   - Rebalances wait for the batch in flight (kgo.BlockRebalanceOnPoll),
+//   - Rebalances wait for the batch in flight ([kgo.BlockRebalanceOnPoll]),
 //     so a revoked partition is never processed by two members at once and
-//     never has unprocessed work committed. PartitionAware handlers are told
-//     about revoked and lost partitions to drop cached state; Assignable
+//     never has unprocessed work committed. [PartitionAware] handlers are told
+//     about revoked and lost partitions to drop cached state; [Assignable]
 //     handlers (a projection keeping its offsets with its read model) say
 //     where newly assigned partitions start.
-//   - When Run's context ends, the batch in flight gets DrainTimeout to
+//   - When [Group.Run]'s context ends, the batch in flight gets [DrainTimeout] to
 //     finish, what finished is committed, the member leaves the group and
 //     Run returns nil.
 //
 // # Unreachable brokers
 //
-// At start, Run waits up to ConnectTimeout (15s by default) for a seed
-// broker to answer and otherwise returns an error matching ErrUnreachable
+// At start, Run waits up to [ConnectTimeout] (15s by default) for a seed
+// broker to answer and otherwise returns an error matching [ErrUnreachable]
 // that names the seeds and the last dial error: a misconfigured address
 // fails fast instead of waiting silently. Once running, Run does not stop
 // when the brokers go away: franz-go reconnects with backoff, the group
 // logs one error when the outage starts ("brokers unreachable", repeated
 // every 30s while it lasts) and one line when they answer again, and
-// OnConnectivity tells a readiness probe. Records already fetched are
+// [OnConnectivity] tells a readiness probe. Records already fetched are
 // still handled; commits that fail are kept and retried with the next
 // commit; retry records and dead letters wait in the producer until
 // acknowledged. A member that loses its session during the outage rejoins
@@ -42,27 +42,33 @@
 // rebalance, retry records not acknowledged within DrainTimeout leave
 // their progress uncommitted instead of blocking.
 //
+// [Group.Heartbeat] is when the poll loop last went round: it beats at
+// least every [HeartbeatInterval] while idle and through an outage, and
+// stops while a handler call or a drain never returns, so a group run by
+// package service (a service.Heartbeater) fails /livez when it is stuck,
+// not when the brokers are down.
+//
 // # Failures
 //
-// A handler error goes to the FailurePolicy:
+// A handler error goes to the [FailurePolicy]:
 //
-//  1. Permanent errors, orchestrix.ErrInvalid and orchestrix.ErrUnknownType
+//  1. [Permanent] errors, [orchestrix.ErrInvalid] and [orchestrix.ErrUnknownType]
 //     (which include the codec's PoisonError and DecodeError) go straight
 //     to the dead-letter topic "<topic>.<group>.dlq".
 //  2. Others are retried in place Retries times with exponential backoff
 //     and jitter. An in-place retry holds up the whole poll, so
-//     RetryTopics uses none by default.
+//     [RetryTopics] uses none by default.
 //  3. With retry topics (RetryTopics(delays...)), a record that still
 //     fails goes to "<topic>.<group>.retry.1" with a due time (now plus
 //     the level's delay) and its partition moves on. The group consumes
 //     its retry topics too: a retry partition whose next record is not due
-//     is paused (kgo.PauseFetchPartitions) and its fetched records are
+//     is paused ([kgo.Client.PauseFetchPartitions]) and its fetched records are
 //     held in memory until due, while every other partition flows. A
 //     record failing at level n goes to level n+1; after the last level,
-//     to the dead-letter topic (ThenDLQ) or Run stops with the error.
-//     Each handler call has a deadline (AttemptTimeout, 10s by default,
-//     WithAttemptTimeout); a call that fails after it is not retried in
-//     place (ErrAttemptTimeout), so a handler that hangs until its context
+//     to the dead-letter topic ([FailurePolicy.ThenDLQ]) or Run stops with the error.
+//     Each handler call has a deadline ([FailurePolicy.AttemptTimeout], 10s by default,
+//     [FailurePolicy.WithAttemptTimeout]); a call that fails after it is not retried in
+//     place ([ErrAttemptTimeout]), so a handler that hangs until its context
 //     ends holds up the member's other partitions for at most that long. A
 //     handler that ignores its context cannot be stopped: the group logs
 //     it at error level until it returns.
@@ -71,16 +77,16 @@
 //
 // A panic in Handle, HandleBatch or PartitionsRevoked (so also in
 // decide, evolve or a codec they call) is recovered: the call fails with
-// a PanicError, which is permanent, and the record is dead-lettered with
-// reason "panic", the panic value and the stack (header HeaderStack, at
-// most MaxStackLength bytes). A batch that panicked is handled again one
+// a [PanicError], which is permanent, and the record is dead-lettered with
+// reason "panic", the panic value and the stack (header [HeaderStack], at
+// most [MaxStackLength] bytes). A batch that panicked is handled again one
 // record at a time, so only the record that panicked is dead-lettered.
 // A panic in a goroutine the handler started itself cannot be recovered.
 //
 // Retry records and dead letters keep the original key, value and
-// headers and add headers under HeaderPrefix: origin topic, partition,
+// headers and add headers under [HeaderPrefix]: origin topic, partition,
 // offset and timestamp, group, attempts, first and last failure, error
-// class, reason and message (truncated to MaxErrorLength), and for retry
+// class, reason and message (truncated to [FailurePolicy.MaxErrorLength]), and for retry
 // records the level and due time. A handler sees a retry record with its
 // origin topic, partition, offset and timestamp.
 //
@@ -92,14 +98,14 @@
 //
 // Run checks before consuming that every topic the policy writes to
 // exists, the default policy's dead-letter topic included, and otherwise
-// returns a *MissingTopicsError naming them and the command that creates
+// returns a *[MissingTopicsError] naming them and the command that creates
 // them.
 //
 // # Per-key order with retry topics
 //
-// With Unordered (the default), later records of a key overtake a record
-// waiting in the retry topics. KeepKeyOrder(OrderedDeadLetterRest) or
-// KeepKeyOrder(OrderedResume) keep each key's order instead: once a
+// With [Unordered] (the default), later records of a key overtake a record
+// waiting in the retry topics. [FailurePolicy.KeepKeyOrder]([OrderedDeadLetterRest]) or
+// KeepKeyOrder([OrderedResume]) keep each key's order instead: once a
 // record of a key is in the retry chain, later records of that key are
 // parked behind it while other keys flow.
 //

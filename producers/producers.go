@@ -1,19 +1,19 @@
 // Package producers sends commands to Kafka and builds the producing
 // client every Orchestrix publisher uses.
 //
-// A Sender turns a payload into a CloudEvent (codec) on the context's
+// A [Sender] turns a payload into a CloudEvent ([codec]) on the context's
 // command topic, keyed by aggregate ID so one aggregate's commands stay in
-// one partition, in order. Send waits for the broker's acknowledgement;
-// SendAsync calls back. The client is idempotent (franz-go's default:
+// one partition, in order. [Sender.Send] waits for the broker's acknowledgement;
+// [Sender.SendAsync] calls back. The client is idempotent (franz-go's default:
 // retries never duplicate or reorder within a partition) and lingers
-// DefaultLinger, low for request paths; raise it with kgo.ProducerLinger
+// [DefaultLinger], low for request paths; raise it with [kgo.ProducerLinger]
 // for throughput.
 //
-// Errors a caller can branch on: ErrUnknownTopic (the topic does not
-// exist: topics are created explicitly), ErrTooLarge (the record exceeds
-// the producer's or broker's limit), ErrUnreachable (no broker answered
+// Errors a caller can branch on: [ErrUnknownTopic] (the topic does not
+// exist: topics are created explicitly), [ErrTooLarge] (the record exceeds
+// the producer's or broker's limit), [ErrUnreachable] (no broker answered
 // within the delivery timeout). A sender that must know what became of its
-// command waits for the outcome with an Awaiter.
+// command waits for the outcome with an [Awaiter].
 package producers
 
 import (
