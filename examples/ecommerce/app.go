@@ -39,9 +39,10 @@ type appConfig struct {
 	sagaLog *slog.Logger
 	// onTransition sees every committed saga transition (the timeline).
 	onTransition func(sagas.Transition)
-	// paymentsAfter delays the payment processor's start (the
+	// paymentsGate, when set, holds the payment processor's start until
+	// it is closed (the
 	// payment-timeout scenario: the payment service is down at first).
-	paymentsAfter time.Duration
+	paymentsGate <-chan struct{}
 	// replication is the replication factor of the topics the relay
 	// creates (its checkpoint).
 	replication int16
@@ -233,19 +234,19 @@ func (a *app) build(ctx context.Context) error {
 	for _, p := range []struct {
 		name, topic string
 		h           consumers.Handler
-		after       time.Duration
-	}{{"orders", t.Orders, orderProc, 0}, {"payments", t.Payments, payProc, cfg.paymentsAfter}, {"inventory", t.Inventory, stockProc, 0}} {
+		gate        <-chan struct{}
+	}{{"orders", t.Orders, orderProc, nil}, {"payments", t.Payments, payProc, cfg.paymentsGate}, {"inventory", t.Inventory, stockProc, nil}} {
 		g, err := consumers.New(cfg.seeds, groupOf(t, p.name), []string{p.topic}, p.h, copts...)
 		if err != nil {
 			return err
 		}
-		after := p.after
+		gate := p.gate
 		add(p.name+" processor", func(ctx context.Context) error {
-			if after > 0 {
+			if gate != nil {
 				select {
 				case <-ctx.Done():
 					return nil
-				case <-time.After(after):
+				case <-gate:
 				}
 			}
 			return g.Run(ctx)

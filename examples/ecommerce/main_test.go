@@ -76,7 +76,7 @@ func TestScenarios(t *testing.T) {
 				"happy":            {"12 completed", "1 Rejected"},
 				"payment-declined": {"card_declined", "compensated"},
 				"out-of-stock":     {"out_of_stock", "6 confirmed for a stock of 6", "RefundPayment"},
-				"payment-timeout":  {"timer: running", "RefundPayment", "6 Confirmed, 6 Cancelled"},
+				"payment-timeout":  {"timer: running", "duplicate CapturePayment", "12 captured, 6 refunded", "6 Confirmed, 6 Cancelled"},
 				"refund-down":      {"compensation_failed", "gateway_down", "6 sagas in compensation_failed retried", "OrderFailed", "retry: compensation_failed → compensating"},
 			}[s] {
 				if !strings.Contains(out, want) {

@@ -12,7 +12,7 @@ var scenarios = map[string]string{
 	"happy":            "every order is paid, reserved and confirmed (and one order over the quantity limit is placed as Rejected: no saga)",
 	"payment-declined": "a third of the cards are declined: those orders are cancelled, nothing to refund",
 	"out-of-stock":     "the SKU has stock for half the orders: the others are refunded and cancelled",
-	"payment-timeout":  "the payment service is down for the first orders: their durable timeouts fire, the late captures are refunded and the orders cancelled; orders placed once it is back are confirmed",
+	"payment-timeout":  "the payment service is down while the first orders wait for it: their durable timeouts fire, the late captures are refunded and the orders cancelled; orders placed once it is back are confirmed",
 	"refund-down":      "out of stock for half the orders while the gateway refuses refunds: those sagas end compensation_failed (orders Failed); the gateway comes back, an operator retry (the code of `orchestrix sagas retry`) finishes them",
 }
 

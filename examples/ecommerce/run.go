@@ -90,13 +90,13 @@ func run(ctx context.Context, c config) error {
 	}
 	tl.note("%d topics ready", len(topicSpecs(t, 1, 1)))
 	plan, stock := planOrders(c)
-	paymentsAfter := time.Duration(0)
+	var paymentsGate chan struct{}
 	if c.scenario == "payment-timeout" {
-		paymentsAfter = 3 * c.timing.Step
+		paymentsGate = make(chan struct{})
 	}
 	logger := slog.New(slog.NewTextHandler(c.stderr, &slog.HandlerOptions{Level: slog.LevelError}))
 	a, err := newApp(ctx, appConfig{seeds: seeds, kafka: c.kafka, pool: pool, schema: c.schema, topics: t, timing: c.timing,
-		partitions: int32(c.partitions), replication: 1, log: logger, sagaLog: slog.New(slog.DiscardHandler), onTransition: tl.transition, paymentsAfter: paymentsAfter, fetchWait: 100 * time.Millisecond})
+		partitions: int32(c.partitions), replication: 1, log: logger, sagaLog: slog.New(slog.DiscardHandler), onTransition: tl.transition, paymentsGate: paymentsGate, fetchWait: 100 * time.Millisecond})
 	if err != nil {
 		return err
 	}
@@ -105,8 +105,8 @@ func run(ctx context.Context, c config) error {
 		a.gateway.SetRefundsDown(true)
 		tl.note("the payment gateway refuses refunds")
 	}
-	if paymentsAfter > 0 {
-		tl.note("the payment service is down for %s", paymentsAfter)
+	if paymentsGate != nil {
+		tl.note("the payment service is down until every saga of the first batch timed out waiting for it")
 	}
 
 	// Everything runs under service.Run, as in `serve`.
@@ -172,6 +172,18 @@ func run(ctx context.Context, c config) error {
 	}
 	tl.note("sent a record that is not a CloudEvent to %s", t.Orders)
 	deadline := time.Now().Add(c.timeout)
+	if paymentsGate != nil {
+		go func() {
+			defer close(paymentsGate)
+			for ctx.Err() == nil && time.Now().Before(deadline) {
+				if timedOut(ctx, a, plan) {
+					tl.note("every saga of the first batch timed out and compensates; the payment service is back")
+					return
+				}
+				time.Sleep(50 * time.Millisecond)
+			}
+		}()
+	}
 	settled := func(batch int, retried bool) (bool, error) {
 		for _, p := range plan {
 			if p.batch > batch {
@@ -229,7 +241,7 @@ func run(ctx context.Context, c config) error {
 		if err := place(1); err != nil {
 			return err
 		}
-		tl.note("second batch placed, the payment service is back")
+		tl.note("second batch placed")
 		if err := wait("every order of the second batch settled", 1, false); err != nil {
 			return err
 		}
@@ -264,6 +276,21 @@ func run(ctx context.Context, c config) error {
 	}
 	tapWG.Wait()
 	return printVerdict(c.stdout, rows, elapsed)
+}
+
+// timedOut reports whether every saga of the first batch compensates
+// (its payment timed out).
+func timedOut(ctx context.Context, a *app, plan []planned) bool {
+	for _, p := range plan {
+		if p.batch != 0 || len(p.expect.saga) == 0 {
+			continue
+		}
+		i, err := a.sagaStore.Get(ctx, a.cfg.topics.SagaType, p.id)
+		if err != nil || i.Status != sagas.StatusCompensating {
+			return false
+		}
+	}
+	return true
 }
 
 // retry runs an operator's retry of a compensation_failed saga: with
