@@ -1,5 +1,5 @@
 // Command image builds the Orchestrix OCI image without Docker: it
-// compiles the CLI and the examples as static binaries, puts them in one
+// compiles the CLI, the examples and the exporter as static binaries, puts them in one
 // layer with a non-root user, the CA certificates of the build machine and
 // nothing else, and writes an OCI image tarball (docker load, podman load,
 // crane push, kind load image-archive all take it).
@@ -36,11 +36,16 @@ import (
 // The image's user: an unprivileged ID, as distroless' nonroot.
 const uid = 65532
 
-// binaries are the programs in the image: package path (from the
-// repository's root) and the name in /usr/local/bin.
-var binaries = [][2]string{
-	{"./cmd/orchestrix", "orchestrix"},
-	{"./examples/notifications", "orchestrix-notifications"},
+// binaries are the programs in the image: the module directory to build
+// in (from the repository's root), the package there, and the name in
+// /usr/local/bin. The exporter is a module of its own (it imports
+// client_golang, which the core must not).
+var binaries = [][3]string{
+	{".", "./cmd/orchestrix", "orchestrix"},
+	{".", "./examples/notifications", "orchestrix-notifications"},
+	{".", "./examples/banking/cmd/banking", "orchestrix-banking"},
+	{".", "./examples/ecommerce", "orchestrix-ecommerce"},
+	{"deploy/exporter", ".", "orchestrix-exporter"},
 }
 
 func main() {
@@ -73,19 +78,19 @@ func build(root, out, tag string) error {
 	defer os.RemoveAll(tmp)
 	files := map[string][]byte{}
 	for _, b := range binaries {
-		bin := filepath.Join(tmp, b[1])
-		cmd := exec.Command("go", "build", "-trimpath", "-ldflags=-s -w", "-o", bin, b[0])
-		cmd.Dir = root
+		bin := filepath.Join(tmp, b[2])
+		cmd := exec.Command("go", "build", "-trimpath", "-ldflags=-s -w", "-o", bin, b[1])
+		cmd.Dir = filepath.Join(root, b[0])
 		cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH="+runtime.GOARCH)
 		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 		if err := cmd.Run(); err != nil {
-			return fmt.Errorf("build %s: %w", b[0], err)
+			return fmt.Errorf("build %s: %w", filepath.Join(b[0], b[1]), err)
 		}
 		data, err := os.ReadFile(bin)
 		if err != nil {
 			return err
 		}
-		files["usr/local/bin/"+b[1]] = data
+		files["usr/local/bin/"+b[2]] = data
 	}
 	if ca, err := os.ReadFile("/etc/ssl/certs/ca-certificates.crt"); err == nil {
 		files["etc/ssl/certs/ca-certificates.crt"] = ca
@@ -213,13 +218,22 @@ func checkImage(path string) error {
 	if !strings.Contains(string(out), "orchestrix") || !strings.Contains(string(out), "relay") {
 		return fmt.Errorf("the image's entrypoint did not start: %s", out)
 	}
+	// Every program of the image starts and prints its usage.
+	for _, b := range binaries {
+		cmd := exec.Command(filepath.Join(dir, "usr/local/bin", b[2]), "-h")
+		cmd.Env = cfg.Config.Env
+		out, _ := cmd.CombinedOutput()
+		if !strings.Contains(string(out), "Usage") && !strings.Contains(string(out), "usage") {
+			return fmt.Errorf("%s in the image did not start: %s", b[2], out)
+		}
+	}
 	ls, _ := img.Layers()
 	size := int64(0)
 	for _, l := range ls {
 		s, _ := l.Size()
 		size += s
 	}
-	fmt.Printf("ok: %s runs as %s, entrypoint %v starts, %d layer(s), %.1f MB compressed\n", path, cfg.Config.User, cfg.Config.Entrypoint, len(ls), float64(size)/1e6)
+	fmt.Printf("ok: %s runs as %s, entrypoint %v and %d programs start, %d layer(s), %.1f MB compressed\n", path, cfg.Config.User, cfg.Config.Entrypoint, len(binaries), len(ls), float64(size)/1e6)
 	return nil
 }
 
