@@ -1,8 +1,10 @@
 package prom
 
 import (
+	"context"
 	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/orchestrix/orchestrix/consumers"
 	"github.com/prometheus/client_golang/prometheus"
@@ -18,6 +20,8 @@ import (
 //	orchestrix_consumer_retries_total{group,topic,level}      records handled again from retry level n
 //	orchestrix_consumer_dead_letters_total{group,topic,level} records dead-lettered from level n (0: the topic itself)
 //	orchestrix_consumer_rebalances_total{group}              group generations this member joined
+//	orchestrix_consumer_handler_errors_total{group,topic,class,reason} handler failures (Middleware)
+//	orchestrix_consumer_redriven_records_total{group,topic}  redriven dead letters seen again (Middleware)
 //
 // Records read from a retry topic ("<topic>.<group>.retry.<n>") are
 // counted under their origin topic with level n, so topic stays one label
@@ -30,7 +34,10 @@ type Consumer struct {
 	retries     *prometheus.CounterVec
 	dead        *prometheus.CounterVec
 	rebalances  prometheus.Counter
+	handlerErrs *prometheus.CounterVec
+	redriven    *prometheus.CounterVec
 	retryMarker string
+	topics      sync.Map // consumed topic -> *topicSeries
 }
 
 // NewConsumer registers the metrics of group with reg. Several groups may
@@ -50,8 +57,12 @@ func NewConsumer(reg prometheus.Registerer, group string) (*Consumer, error) {
 			Help: "Records dead-lettered, by origin topic and the level they failed at (0: the topic itself)."}, []string{"topic", "level"}),
 		rebalances: prometheus.NewCounter(prometheus.CounterOpts{Name: "orchestrix_consumer_rebalances_total", ConstLabels: gl,
 			Help: "Group generations this member joined (SyncGroup requests answered): one per rebalance it took part in."}),
+		handlerErrs: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "orchestrix_consumer_handler_errors_total", ConstLabels: gl,
+			Help: "Handler calls that failed, by origin topic, error class (permanent, transient) and reason (consumers.ErrorReason)."}, []string{"topic", "class", "reason"}),
+		redriven: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "orchestrix_consumer_redriven_records_total", ConstLabels: gl,
+			Help: "Records handled that carry the redrive header: dead letters sent back by orchestrix dlq redrive."}, []string{"topic"}),
 	}
-	if err := register(reg, c.records, c.seconds, c.lag, c.retries, c.dead, c.rebalances); err != nil {
+	if err := register(reg, c.records, c.seconds, c.lag, c.retries, c.dead, c.rebalances, c.handlerErrs, c.redriven); err != nil {
 		return nil, err
 	}
 	return c, nil
@@ -60,21 +71,58 @@ func NewConsumer(reg prometheus.Registerer, group string) (*Consumer, error) {
 // Observe records one partition's share of a poll; give it to
 // consumers.WithStats. It does not block.
 func (c *Consumer) Observe(st consumers.Stats) {
-	topic, level := c.origin(st.Topic)
-	ok := st.Records - st.Failed
-	c.records.WithLabelValues(topic, "ok").Add(float64(max(ok, 0)))
+	ts := c.topicSeries(st.Topic)
+	if ok := st.Records - st.Failed; ok > 0 {
+		ts.ok.Add(float64(ok))
+	}
 	if st.Failed > 0 {
-		c.records.WithLabelValues(topic, "failed").Add(float64(st.Failed))
+		ts.failed.Add(float64(st.Failed))
 	}
 	if st.DeadLettered > 0 {
-		c.records.WithLabelValues(topic, "dead_lettered").Add(float64(st.DeadLettered))
-		c.dead.WithLabelValues(topic, c.level(level)).Add(float64(st.DeadLettered))
+		ts.deadRecords.Add(float64(st.DeadLettered))
+		ts.dead.Add(float64(st.DeadLettered))
 	}
-	if level > 0 && st.Records > 0 {
-		c.retries.WithLabelValues(topic, c.level(level)).Add(float64(st.Records))
+	if ts.retries != nil && st.Records > 0 {
+		ts.retries.Add(float64(st.Records))
 	}
-	c.seconds.WithLabelValues(topic).Observe(st.Duration.Seconds())
-	c.lag.WithLabelValues(st.Topic, strconv.Itoa(int(st.Partition))).Set(float64(st.Lag))
+	ts.seconds.Observe(st.Duration.Seconds())
+	ts.lagOf(c, st.Topic, st.Partition).Set(float64(st.Lag))
+}
+
+// topicSeries are the series Observe moves for one consumed topic,
+// looked up once: Observe runs after every partition's share of a poll.
+type topicSeries struct {
+	ok, failed, deadRecords, dead prometheus.Counter
+	retries                       prometheus.Counter // nil at level 0
+	seconds                       prometheus.Observer
+	lag                           sync.Map // int32 -> prometheus.Gauge
+}
+
+func (c *Consumer) topicSeries(topic string) *topicSeries {
+	if v, ok := c.topics.Load(topic); ok {
+		return v.(*topicSeries)
+	}
+	origin, level := c.origin(topic)
+	ts := &topicSeries{
+		ok:          c.records.WithLabelValues(origin, "ok"),
+		failed:      c.records.WithLabelValues(origin, "failed"),
+		deadRecords: c.records.WithLabelValues(origin, "dead_lettered"),
+		dead:        c.dead.WithLabelValues(origin, c.level(level)),
+		seconds:     c.seconds.WithLabelValues(origin),
+	}
+	if level > 0 {
+		ts.retries = c.retries.WithLabelValues(origin, c.level(level))
+	}
+	v, _ := c.topics.LoadOrStore(topic, ts)
+	return v.(*topicSeries)
+}
+
+func (ts *topicSeries) lagOf(c *Consumer, topic string, p int32) prometheus.Gauge {
+	if g, ok := ts.lag.Load(p); ok {
+		return g.(prometheus.Gauge)
+	}
+	g, _ := ts.lag.LoadOrStore(p, c.lag.WithLabelValues(topic, strconv.Itoa(int(p))))
+	return g.(prometheus.Gauge)
 }
 
 // origin splits a retry topic of the group into its origin topic and
@@ -121,3 +169,31 @@ func (h rebalanceHook) OnBrokerE2E(_ kgo.BrokerMetadata, key int16, e2e kgo.Brok
 }
 
 var _ kgo.HookBrokerE2E = rebalanceHook{}
+
+// Middleware returns a consumers.Middleware that counts, per record, the
+// handler's failures by error class and reason (the values the dead
+// letters' headers carry: consumers.ErrorClass and ErrorReason, a bounded
+// set) and the redriven dead letters it sees again. Put it outermost in
+// consumers.Chain. A BatchHandler wrapped by a middleware is called record
+// by record, so give it to per-record handlers only; batch handlers (the
+// aggregate processor) get the per-level counts from Observe.
+func (c *Consumer) Middleware() consumers.Middleware {
+	return func(next consumers.Handler) consumers.Handler {
+		return consumers.HandlerFunc(func(ctx context.Context, r *kgo.Record) error {
+			topic, _ := c.origin(r.Topic)
+			for _, h := range r.Headers {
+				if h.Key == consumers.HeaderRedrives {
+					if n, err := strconv.Atoi(string(h.Value)); err == nil && n > 0 {
+						c.redriven.WithLabelValues(topic).Inc()
+					}
+					break
+				}
+			}
+			err := next.Handle(ctx, r)
+			if err != nil {
+				c.handlerErrs.WithLabelValues(topic, consumers.ErrorClass(err), consumers.ErrorReason(err)).Inc()
+			}
+			return err
+		})
+	}
+}

@@ -34,9 +34,11 @@ var golden = []string{
 	"orchestrix_consumer_committed_lag_records{group,partition,topic}",
 	"orchestrix_consumer_dead_letters_total{group,level,topic}",
 	"orchestrix_consumer_dlq_records{group,topic}",
+	"orchestrix_consumer_handler_errors_total{class,group,reason,topic}",
 	"orchestrix_consumer_lag_records{group,partition,topic}",
 	"orchestrix_consumer_rebalances_total{group}",
 	"orchestrix_consumer_records_total{group,outcome,topic}",
+	"orchestrix_consumer_redriven_records_total{group,topic}",
 	"orchestrix_consumer_retries_total{group,level,topic}",
 	"orchestrix_pg_queries_total{op,outcome}",
 	"orchestrix_pg_query_seconds{op,outcome}",
@@ -138,6 +140,8 @@ func TestGolden(t *testing.T) {
 	cm.Observe(consumers.Stats{Topic: "g.events", Records: 2, Failed: 1, DeadLettered: 1, Duration: time.Millisecond, Lag: 3})
 	cm.Observe(consumers.Stats{Topic: consumers.RetryTopic("g.events", "golden", 1), Records: 1, DeadLettered: 1})
 	reg.MustRegister(prom.GroupLag(adm, "golden", "g.events"))
+	failing := consumers.Chain(consumers.HandlerFunc(func(context.Context, *kgo.Record) error { return errors.New("down") }), cm.Middleware())
+	_ = failing.Handle(ctx, &kgo.Record{Topic: "g.events", Headers: []kgo.RecordHeader{{Key: consumers.HeaderRedrives, Value: []byte("1")}}})
 	recs := []*kgo.Record{{Topic: "g.events", Value: []byte("a")}, {Topic: "g.events.golden.dlq", Value: []byte("b")}}
 	if err := cl.ProduceSync(ctx, recs...).FirstErr(); err != nil {
 		t.Fatal(err)

@@ -3,6 +3,7 @@ package prom
 import (
 	"context"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -24,6 +25,32 @@ import (
 type QueryTracer struct {
 	seconds *prometheus.HistogramVec
 	queries *prometheus.CounterVec
+	series  sync.Map // opOutcome -> *opSeries
+}
+
+// opOutcome keys the series of one operation and outcome.
+type opOutcome struct {
+	op string
+	ok bool
+}
+
+// opSeries are the series of one operation and outcome, looked up once.
+type opSeries struct {
+	seconds prometheus.Observer
+	queries prometheus.Counter
+}
+
+func (t *QueryTracer) seriesOf(op string, err error) *opSeries {
+	k := opOutcome{op, err == nil}
+	if s, ok := t.series.Load(k); ok {
+		return s.(*opSeries)
+	}
+	outcome := "ok"
+	if err != nil {
+		outcome = "error"
+	}
+	s, _ := t.series.LoadOrStore(k, &opSeries{seconds: t.seconds.WithLabelValues(op, outcome), queries: t.queries.WithLabelValues(op, outcome)})
+	return s.(*opSeries)
 }
 
 // NewQueryTracer registers the PostgreSQL series with reg.
@@ -54,15 +81,12 @@ func withStart(ctx context.Context, sql string) context.Context {
 }
 
 func (t *QueryTracer) end(ctx context.Context, op string, err error, statements int) {
-	outcome := "ok"
-	if err != nil {
-		outcome = "error"
-	}
+	s := t.seriesOf(op, err)
 	if start, ok := ctx.Value(traceKey{}).(traceStart); ok {
-		t.seconds.WithLabelValues(op, outcome).Observe(time.Since(start.at).Seconds())
+		s.seconds.Observe(time.Since(start.at).Seconds())
 	}
 	if statements > 0 {
-		t.queries.WithLabelValues(op, outcome).Add(float64(statements))
+		s.queries.Add(float64(statements))
 	}
 }
 
@@ -97,11 +121,7 @@ func (t *QueryTracer) TraceBatchStart(ctx context.Context, _ *pgx.Conn, _ pgx.Tr
 
 // TraceBatchQuery implements pgx.BatchTracer: it counts the statement.
 func (t *QueryTracer) TraceBatchQuery(_ context.Context, _ *pgx.Conn, data pgx.TraceBatchQueryData) {
-	outcome := "ok"
-	if data.Err != nil {
-		outcome = "error"
-	}
-	t.queries.WithLabelValues(Operation(data.SQL), outcome).Inc()
+	t.seriesOf(Operation(data.SQL), data.Err).queries.Inc()
 }
 
 // TraceBatchEnd implements pgx.BatchTracer.
@@ -125,20 +145,29 @@ var (
 	_ pgx.CopyFromTracer = (*QueryTracer)(nil)
 )
 
-// operations are the first keywords Operation keeps; any other is "other".
-var operations = map[string]bool{
-	"select": true, "insert": true, "update": true, "delete": true, "with": true, "merge": true,
-	"begin": true, "commit": true, "rollback": true, "savepoint": true, "release": true,
-	"copy": true, "lock": true, "set": true, "show": true, "listen": true, "notify": true, "unlisten": true,
-	"create": true, "drop": true, "alter": true, "truncate": true, "declare": true, "fetch": true, "close": true,
-}
+// operations are the first keywords Operation keeps (mapped to
+// themselves, so the label is a constant string); any other is "other".
+var operations = func() map[string]string {
+	m := map[string]string{}
+	for _, k := range []string{"select", "insert", "update", "delete", "with", "merge",
+		"begin", "commit", "rollback", "savepoint", "release",
+		"copy", "lock", "set", "show", "listen", "notify", "unlisten",
+		"create", "drop", "alter", "truncate", "declare", "fetch", "close"} {
+		m[k] = k
+	}
+	return m
+}()
 
 // Operation returns the operation label of a statement or command tag:
 // its first keyword in lower case if it is a known one, else "other".
 // Leading white space and SQL comments are skipped.
 func Operation(sql string) string {
 	for {
-		sql = strings.TrimLeft(sql, " \t\r\n(")
+		i := 0
+		for i < len(sql) && (sql[i] == ' ' || sql[i] == '\t' || sql[i] == '\r' || sql[i] == '\n' || sql[i] == '(') {
+			i++
+		}
+		sql = sql[i:]
 		switch {
 		case strings.HasPrefix(sql, "--"):
 			i := strings.IndexByte(sql, '\n')
@@ -161,9 +190,13 @@ func Operation(sql string) string {
 	for end < len(sql) && end < 12 && (sql[end]|0x20 >= 'a' && sql[end]|0x20 <= 'z') {
 		end++
 	}
-	w := strings.ToLower(sql[:end])
-	if operations[w] {
-		return w
+	var buf [12]byte
+	w := buf[:end]
+	for i := range end {
+		w[i] = sql[i] | 0x20
+	}
+	if op, ok := operations[string(w)]; ok { // no allocation: the map key conversion is optimised
+		return op
 	}
 	return "other"
 }

@@ -6,22 +6,28 @@
 // sits on a hot path beyond a counter increment:
 //
 //	reg := prometheus.NewRegistry()
-//	// consumer groups: per-poll stats, rebalances, and broker-side lag and DLQ depth
-//	cm, _ := prom.NewConsumer(reg, "billing")
-//	group, _ := consumers.New(seeds, "billing", topics, h, consumers.WithStats(cm.Observe),
-//		consumers.WithClientOpts(kgo.WithHooks(cm.Hook(), prom.NewKafkaClient(reg, "billing"))))
+//	// consumer groups: per-poll stats, rebalances, client metrics; broker-side lag and DLQ depth
+//	cm, err := prom.NewConsumer(reg, "billing")
+//	kc, err := prom.NewKafkaClient(reg, "billing")
+//	group, err := consumers.New(seeds, "billing", topics, consumers.Chain(h, cm.Middleware()),
+//		consumers.WithStats(cm.Observe), consumers.WithClientOpts(kgo.WithHooks(cm.Hook(), kc)))
 //	reg.MustRegister(prom.GroupLag(kadm.NewClient(cl), "billing", topics...))
-//	// the relay: counters at scrape, lag from its periodic report, transaction times
-//	rm := prom.NewRelayReports()
-//	relay, _ := outbox.NewRelay(store, seeds, outbox.WithStats(5*time.Second, rm.Observe), outbox.OnCommit(rm.Commit))
-//	reg.MustRegister(prom.Relay(relay, rm))
-//	// the store, PostgreSQL, sagas, projections
-//	store = prom.Store(store, prom.NewStoreMetrics(reg))
-//	poolCfg.ConnConfig.Tracer = prom.NewQueryTracer(reg)
-//	sm, _ := prom.NewSagas(reg)   // sagas.OnTransition(sm.Observe); sm.Store(store) counts commands and timer lateness
+//	// the relay: counters at scrape, lag from its periodic report, transaction times, backlog
+//	rep := prom.NewRelayReports()
+//	relay, err := outbox.NewRelay(store, seeds, outbox.ToTopic("billing.events"),
+//		outbox.WithStats(5*time.Second, rep.Observe), outbox.OnCommit(rep.Commit))
+//	reg.MustRegister(prom.Relay(relay, rep), prom.RelayBacklog(store, "billing.events", seeds))
+//	// the store (for the aggregates processor), PostgreSQL, sagas, projections
+//	sm, err := prom.NewStoreMetrics(reg)
+//	processor := aggregates.NewProcessor(accounts, prom.Store(store, sm))
+//	poolCfg.ConnConfig.Tracer, err = prom.NewQueryTracer(reg)
+//	sg, err := prom.NewSagas(reg)
+//	rt, err := sagas.NewRuntime(sg.Store(sagaStore), codecs, defs, sagas.OnTransition(sg.Observe))
 //	reg.MustRegister(prom.SagaInstances(sagaStore, "transfer"))
-//	pm, _ := prom.NewProjectionCommits(reg) // projections.OnCommit(pm.Observe)
+//	pc, err := prom.NewProjectionCommits(reg)
+//	runner, err := projections.New("balances", backend, source, apply, projections.OnCommit(pc.Observe))
 //	reg.MustRegister(prom.Projection("balances", runner))
+//	// one address for /metrics, /livez and /readyz
 //	service.Run(ctx, service.Options{Addr: ":8080", Metrics: promhttp.HandlerFor(reg, promhttp.HandlerOpts{})}, ...)
 //
 // Label sets stay small and bounded: group, topic, partition (lag only),

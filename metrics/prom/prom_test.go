@@ -2,6 +2,8 @@ package prom_test
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -142,9 +144,47 @@ orchestrix_consumer_retries_total{group="billing",level="2",topic="b.events"} 2
 # HELP orchestrix_consumer_dead_letters_total Records dead-lettered, by origin topic and the level they failed at (0: the topic itself).
 # TYPE orchestrix_consumer_dead_letters_total counter
 orchestrix_consumer_dead_letters_total{group="billing",level="0",topic="b.events"} 1
+orchestrix_consumer_dead_letters_total{group="billing",level="1",topic="b.events"} 0
+orchestrix_consumer_dead_letters_total{group="billing",level="1",topic="other.retry.x"} 0
 orchestrix_consumer_dead_letters_total{group="billing",level="2",topic="b.events"} 2
 `
 	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "orchestrix_consumer_retries_total", "orchestrix_consumer_dead_letters_total"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestConsumerMiddleware: handler failures by class and reason under the
+// origin topic, and redriven records.
+func TestConsumerMiddleware(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	c, err := prom.NewConsumer(reg, "billing")
+	if err != nil {
+		t.Fatal(err)
+	}
+	results := []error{nil, errors.New("db down"), consumers.Permanent(errors.New("bad")), fmt.Errorf("decode: %w", orchestrix.ErrInvalid), errors.New("db down")}
+	i := 0
+	h := consumers.Chain(consumers.HandlerFunc(func(context.Context, *kgo.Record) error { i++; return results[i-1] }), c.Middleware())
+	redriven := []kgo.RecordHeader{{Key: "x", Value: []byte("y")}, {Key: consumers.HeaderRedrives, Value: []byte("2")}}
+	for n := range results {
+		r := &kgo.Record{Topic: "b.events"}
+		if n == 4 {
+			r.Topic, r.Headers = consumers.RetryTopic("b.events", "billing", 1), redriven
+		}
+		if got := h.Handle(t.Context(), r); got != results[n] {
+			t.Fatalf("record %d: the middleware returned %v, want the handler's %v", n, got, results[n])
+		}
+	}
+	want := `
+# HELP orchestrix_consumer_handler_errors_total Handler calls that failed, by origin topic, error class (permanent, transient) and reason (consumers.ErrorReason).
+# TYPE orchestrix_consumer_handler_errors_total counter
+orchestrix_consumer_handler_errors_total{class="permanent",group="billing",reason="invalid",topic="b.events"} 1
+orchestrix_consumer_handler_errors_total{class="permanent",group="billing",reason="permanent",topic="b.events"} 1
+orchestrix_consumer_handler_errors_total{class="transient",group="billing",reason="retries-exhausted",topic="b.events"} 2
+# HELP orchestrix_consumer_redriven_records_total Records handled that carry the redrive header: dead letters sent back by orchestrix dlq redrive.
+# TYPE orchestrix_consumer_redriven_records_total counter
+orchestrix_consumer_redriven_records_total{group="billing",topic="b.events"} 1
+`
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "orchestrix_consumer_handler_errors_total", "orchestrix_consumer_redriven_records_total"); err != nil {
 		t.Fatal(err)
 	}
 }
