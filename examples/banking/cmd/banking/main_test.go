@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/orchestrix/orchestrix/internal/cli"
 	"github.com/orchestrix/orchestrix/internal/testenv"
 	"github.com/twmb/franz-go/pkg/kadm"
 )
@@ -271,27 +272,39 @@ func TestServeDrive(t *testing.T) {
 }
 
 // TestServeDriveIntegration: the same against the real broker and
-// PostgreSQL, with --init migrating a fresh schema and creating the
-// context's topics.
+// PostgreSQL, set up as in production (the README's recipe): `orchestrix
+// migrate` and three `orchestrix topics create` make exactly what serve
+// needs, and serve runs without --init. A second service on the same
+// schema and topics picks up where the first left off.
 func TestServeDriveIntegration(t *testing.T) {
 	seeds := testenv.Brokers(t)
 	pool := testenv.Pool(t)
 	schema := testenv.Schema(t, pool)
 	bc := strings.ReplaceAll(testenv.Name("bank"), "_", "-")
+	brokers := strings.Join(seeds, ",")
 	t.Cleanup(func() { deleteTopics(t, seeds, bc) })
-	s := startServe(t, "--brokers", strings.Join(seeds, ","), "--database-url", testenv.DatabaseURL(t), "--schema", schema,
-		"--context", bc, "--init", "--listen", "127.0.0.1:0", "--shutdown-timeout", "20s")
+	for _, args := range [][]string{
+		{"migrate", "--database-url", testenv.DatabaseURL(t), "--schema", schema},
+		{"topics", "create", "--brokers", brokers, "--partitions", "4", "--context", bc, "--group", bc + "-aggregates"},
+		{"topics", "create", "--brokers", brokers, "--partitions", "4", "--topics", bc + ".outcomes," + bc + ".events", "--group", bc + "-saga-fwd"},
+		{"topics", "create", "--brokers", brokers, "--partitions", "4", "--topics", bc + ".transfer.saga-inbox", "--group", bc + "-sagas", "--retry-levels", "3"},
+	} {
+		var out syncBuffer
+		if code := cli.Run(t.Context(), args, &out, &out); code != 0 {
+			t.Fatalf("orchestrix %v: exit %d\n%s", args, code, out.String())
+		}
+	}
+	serveArgs := []string{"--brokers", brokers, "--database-url", testenv.DatabaseURL(t), "--schema", schema, "--context", bc,
+		"--listen", "127.0.0.1:0", "--shutdown-timeout", "20s"}
+	s := startServe(t, serveArgs...)
 	s.waitReady(t)
-	out := driveOnce(t, "--brokers", strings.Join(seeds, ","), "--context", bc, "--count", "60", "--rate", "100", "--missing", "0.2", "--seed", "7")
+	out := driveOnce(t, "--brokers", brokers, "--context", bc, "--count", "60", "--rate", "100", "--missing", "0.2", "--seed", "7")
 	checkDriven(t, out, 60)
 	s.stop(t, 30*time.Second)
 
-	// A second service on the same schema and topics, without --init,
-	// picks up where the first left off.
-	s = startServe(t, "--brokers", strings.Join(seeds, ","), "--database-url", testenv.DatabaseURL(t), "--schema", schema,
-		"--context", bc, "--listen", "127.0.0.1:0")
+	s = startServe(t, serveArgs...)
 	s.waitReady(t)
-	out = driveOnce(t, "--brokers", strings.Join(seeds, ","), "--context", bc, "--count", "30", "--rate", "100", "--missing", "0.2", "--seed", "8")
+	out = driveOnce(t, "--brokers", brokers, "--context", bc, "--count", "30", "--rate", "100", "--missing", "0.2", "--seed", "8")
 	checkDriven(t, out, 30)
 	if !strings.Contains(out, "0 opened now") {
 		t.Fatalf("the accounts of the first run were not found open:\n%s", out)
