@@ -34,6 +34,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/orchestrix/orchestrix/internal/redact"
 	"github.com/orchestrix/orchestrix/kafkaconn"
 	"github.com/twmb/franz-go/pkg/kgo"
 )
@@ -147,7 +148,7 @@ func checkMain(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	}
 	c.stdout, c.stderr = stdout, stderr
 	if err := run(ctx, c); err != nil {
-		fmt.Fprintln(stderr, "ecommerce:", err)
+		fmt.Fprintln(stderr, "ecommerce:", redact.Text(err.Error()))
 		return 1
 	}
 	return 0
