@@ -1,6 +1,13 @@
 // Package banking is the example domain used by `orchestrix demo` and the
 // pipeline tests: a bank account that can be opened, credited and debited,
 // where a withdrawal larger than the balance is rejected.
+//
+// Beside the account aggregate: the money-transfer saga over it
+// ([NewTransferSaga]: debit, credit, refund when the credit fails) and the
+// account-statement projection ([ApplyStatementMemory],
+// [ApplyStatementPostgres]). The program that runs them as one service,
+// with a self-check, `serve` and `drive`, is examples/banking/cmd/banking
+// (see README.md).
 package banking
 
 import (
