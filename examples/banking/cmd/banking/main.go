@@ -168,7 +168,7 @@ func runCheck(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.IntVar(&c.rate, "rate", 100, "transfers started per second")
 	fs.DurationVar(&c.timeout, "timeout", time.Minute, "give up when the transfers have not all ended this long after the last start")
 	fs.BoolVar(&c.watch, "watch", false, "print a live timeline: commands, events, saga transitions (retries, refunds), failed and dead-lettered records, the rebuild and cut-over")
-	fs.BoolVar(&c.keep, "keep", false, "keep the run's PostgreSQL schema and Kafka topics (default: dropped at the end)")
+	fs.BoolVar(&c.keep, "keep", false, "keep the run's PostgreSQL schema and Kafka topics (default: dropped at the end, unless --context was given)")
 	if err := parse(fs, args, stderr); err != nil {
 		return err
 	}
@@ -190,6 +190,8 @@ func runCheck(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	if cf.context == "" {
 		cf.context = "banking-" + strconv.FormatInt(time.Now().UnixMilli(), 36)
+	} else {
+		c.keep = true // a context the user named may hold more than this run: never dropped
 	}
 	if err := checkContext(cf.context); err != nil {
 		errs = append(errs, err)
