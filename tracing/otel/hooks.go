@@ -27,6 +27,10 @@ func newBatch(n int) *batch { return &batch{links: make([]trace.Link, 0, min(n, 
 // a 10,000-record relay transaction is not worth 10,000 links.
 const maxLinks = 128
 
+// done says that no further message can change the span: it has its
+// links and the messages are of several traces.
+func (b *batch) done() bool { return b.traces == 2 && len(b.links) == maxLinks }
+
 func (b *batch) add(sc trace.SpanContext, ok bool) {
 	if !ok {
 		return
@@ -72,6 +76,9 @@ func (t *Tracer) Relay(c outbox.Commit) {
 	end := time.Now()
 	b := newBatch(len(c.Records))
 	for _, r := range c.Records {
+		if b.done() {
+			break
+		}
 		for _, h := range r.Headers {
 			if h.Key == HeaderTraceParent {
 				b.add(parse(h.Value))
@@ -99,7 +106,7 @@ func (t *Tracer) Projection(c projections.Commit) {
 	}
 	end := time.Now()
 	b := newBatch(len(c.Events))
-	for i := range c.Events {
+	for i := 0; i < len(c.Events) && !b.done(); i++ {
 		b.add(parse(c.Events[i].TraceParent))
 	}
 	t.span("projection "+c.Projection, trace.SpanKindConsumer, end.Add(-c.Took), end, b, nil,
@@ -120,7 +127,7 @@ func (t *Tracer) Append(a aggregates.Append) {
 	}
 	b := newBatch(len(a.Requests))
 	for _, r := range a.Requests {
-		for i := range r.Events {
+		for i := 0; i < len(r.Events) && !b.done(); i++ {
 			b.add(parse(r.Events[i].TraceParent))
 		}
 	}

@@ -160,20 +160,20 @@ func parse[T string | []byte](s T) (trace.SpanContext, bool) {
 // hexByte decodes two lower-case hex digits (the W3C format forbids upper
 // case).
 func hexByte(a, b byte) (byte, bool) {
-	x, ok1 := nibble(a)
-	y, ok2 := nibble(b)
-	return x<<4 | y, ok1 && ok2
+	x, y := hexValue[a], hexValue[b]
+	return x<<4 | y&0xf, x|y < 0x10
 }
 
-func nibble(c byte) (byte, bool) {
-	switch {
-	case '0' <= c && c <= '9':
-		return c - '0', true
-	case 'a' <= c && c <= 'f':
-		return c - 'a' + 10, true
+// hexValue maps a lower-case hex digit to its value, anything else to 0xff.
+var hexValue = func() (t [256]byte) {
+	for i := range t {
+		t[i] = 0xff
 	}
-	return 0, false
-}
+	for i, c := range hexDigits {
+		t[c] = byte(i)
+	}
+	return t
+}()
 
 // fail marks span as failed with err, if err is not nil.
 func fail(span trace.Span, err error) {
