@@ -69,6 +69,7 @@ processors:
 	"examples": `
 context: ecommerce
 migrations: {grants: false}
+exporter: {enabled: false}
 topics: {enabled: false}
 processors:
   - name: ecommerce
@@ -315,6 +316,8 @@ func decodeAll(t *testing.T, file, text string) []object {
 			v = &corev1.ConfigMap{}
 		case "v1 Secret":
 			v = &corev1.Secret{}
+		case "v1 Service":
+			v = &corev1.Service{}
 		case "v1 ServiceAccount":
 			v = &corev1.ServiceAccount{}
 		case "keda.sh/v1alpha1 ScaledObject":
