@@ -26,9 +26,13 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 )
 
-// golden lists every series this package exports with its label names.
-// Dashboards and alerts are written against these: renaming a series or
-// a label must break this test first (and README.md must follow).
+// golden lists every series this package exports with its label names
+// (RelayBacklog's, which need PostgreSQL, are checked by
+// TestRelayFailoverIntegration). Dashboards and alerts are written against
+// these: renaming a series or a label must break this test first (and
+// README.md must follow). deploy/check parses this list to check that
+// deploy/grafana and deploy/prometheus name only series that exist: keep
+// its form, one "name{labels}" string per line.
 var golden = []string{
 	"orchestrix_consumer_batch_seconds{group,topic}",
 	"orchestrix_consumer_committed_lag_records{group,partition,topic}",

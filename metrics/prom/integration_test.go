@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -236,6 +237,14 @@ func relayFailover(t *testing.T, sig syscall.Signal) {
 		return gaugeValue(t, backlogReg, "orchestrix_relay_backlog_events") < 100
 	})
 	before := gaugeValue(t, backlogReg, "orchestrix_relay_backlog_events")
+	wantSeries := []string{"orchestrix_relay_backlog_events{topic}", "orchestrix_relay_backlog_oldest_seconds{topic}",
+		"orchestrix_scrape_errors_total{collector,target}"}
+	if got := seriesOf(t, backlogReg, "orchestrix_"); !slices.Equal(got, wantSeries) {
+		t.Fatalf("backlog series %v, want %v", got, wantSeries)
+	}
+	if errs := gaugeValue(t, backlogReg, "orchestrix_scrape_errors_total"); errs != 0 {
+		t.Fatalf("backlog scrape errors: %v", errs)
+	}
 
 	// Stop the leader.
 	if err := cmd.Process.Signal(sig); err != nil {
