@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/orchestrix/orchestrix"
+	"github.com/orchestrix/orchestrix/consumers"
 	"github.com/orchestrix/orchestrix/examples/banking"
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
@@ -116,12 +117,34 @@ func check(ctx context.Context, c checkConfig, a *app, seeds []string, plan []pl
 		checkBlueGreen(ctx, a, plan, rd, bg, endedAt, truth, v)
 	}
 
-	// Nothing was dead-lettered.
+	// Dead letters: exactly the bad input, each with its reason.
 	dead, err := deadLetters(ctx, seeds, c.kafka, a.cfg.deadLetterTopics())
 	if err != nil {
 		return err
 	}
-	v.check(dead == 0, "no dead letters", "%d records in the service's dead-letter topics", dead)
+	wantDead := 0
+	if sc.poison {
+		wantDead = poisonCount
+	}
+	commandsDLQ := a.cfg.deadLetterTopics()[0]
+	var deadTotal, withReason int
+	var reasons []string
+	for topic, recs := range dead {
+		deadTotal += len(recs)
+		for _, r := range recs {
+			if topic == commandsDLQ && r != "" {
+				withReason++
+				reasons = append(reasons, r)
+			}
+		}
+	}
+	if wantDead == 0 {
+		v.check(deadTotal == 0, "no dead letters", "%d records in the service's dead-letter topics", deadTotal)
+	} else {
+		v.check(deadTotal == wantDead && withReason == wantDead, "bad input dead-lettered",
+			"%d of %d bad commands in %s with their reason %q, %d records in the other dead-letter topics; their account's later commands flowed",
+			withReason, wantDead, commandsDLQ, reasons, deadTotal-withReason)
+	}
 	return nil
 }
 
@@ -177,24 +200,59 @@ func checkBlueGreen(ctx context.Context, a *app, plan []plannedTransfer, rd *rea
 		len(rd.reads), during, after, wrong, back, len(rd.errs), firstFew(first))
 }
 
-// deadLetters counts the records in topics (missing topics count none).
-func deadLetters(ctx context.Context, seeds []string, opts []kgo.Opt, names []string) (int64, error) {
+// deadLetters reads the records of topics (missing topics hold none):
+// per topic, each record's reason header.
+func deadLetters(ctx context.Context, seeds []string, opts []kgo.Opt, names []string) (map[string][]string, error) {
 	cl, err := kgo.NewClient(append([]kgo.Opt{kgo.SeedBrokers(seeds...)}, opts...)...)
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
 	defer cl.Close()
 	ends, err := kadm.NewClient(cl).ListEndOffsets(ctx, names...)
 	if err != nil {
-		return 0, fmt.Errorf("count dead letters: %w", err)
+		return nil, fmt.Errorf("count dead letters: %w", err)
 	}
-	var n int64
+	want := map[string]map[int32]kgo.Offset{}
+	left := 0
 	ends.Each(func(o kadm.ListedOffset) {
-		if o.Err == nil {
-			n += o.Offset
+		if o.Err == nil && o.Offset > 0 {
+			if want[o.Topic] == nil {
+				want[o.Topic] = map[int32]kgo.Offset{}
+			}
+			want[o.Topic][o.Partition] = kgo.NewOffset().AtStart()
+			left += int(o.Offset) // an upper bound: transaction markers count
 		}
 	})
-	return n, nil
+	out := map[string][]string{}
+	if left == 0 {
+		return out, nil
+	}
+	rd, err := kgo.NewClient(append([]kgo.Opt{kgo.SeedBrokers(seeds...), kgo.ConsumePartitions(want),
+		kgo.FetchIsolationLevel(kgo.ReadCommitted())}, opts...)...)
+	if err != nil {
+		return nil, err
+	}
+	defer rd.Close()
+	// Read until every partition's end (or a quiet second: markers).
+	for {
+		pctx, cancel := context.WithTimeout(ctx, time.Second)
+		fs := rd.PollFetches(pctx)
+		cancel()
+		n := 0
+		fs.EachRecord(func(r *kgo.Record) {
+			n++
+			reason := ""
+			for _, h := range r.Headers {
+				if h.Key == consumers.HeaderReason {
+					reason = string(h.Value)
+				}
+			}
+			out[r.Topic] = append(out[r.Topic], reason)
+		})
+		if n == 0 {
+			return out, nil
+		}
+	}
 }
 
 func firstFew(s []string) string {

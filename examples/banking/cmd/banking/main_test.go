@@ -69,7 +69,7 @@ func testConfig(t *testing.T, scenario string) (checkConfig, *syncBuffer) {
 // TestScenariosEmbedded runs every scenario on kfake and the memory
 // stores: each ends with its verdict holding.
 func TestScenariosEmbedded(t *testing.T) {
-	for _, sc := range []string{"happy", "credit-fails", "bluegreen"} {
+	for _, sc := range []string{"happy", "credit-fails", "bluegreen", "all"} {
 		t.Run(sc, func(t *testing.T) {
 			c, out := testConfig(t, sc)
 			if err := run(t.Context(), c); err != nil {
@@ -83,6 +83,10 @@ func TestScenariosEmbedded(t *testing.T) {
 			case "credit-fails":
 				if !strings.Contains(s, "compensating → compensated") || !strings.Contains(s, "retry after") {
 					t.Fatalf("no refund or credit retry in the timeline:\n%s", s)
+				}
+			case "all":
+				if !strings.Contains(s, "bad input dead-lettered") {
+					t.Fatalf("no bad input:\n%s", s)
 				}
 			case "bluegreen":
 				if !strings.Contains(s, "cutover statements → v2") || !strings.Contains(s, "readers saw nothing change") {

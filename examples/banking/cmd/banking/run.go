@@ -16,6 +16,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/orchestrix/orchestrix"
+	"github.com/orchestrix/orchestrix/codec"
 	"github.com/orchestrix/orchestrix/consumers"
 	"github.com/orchestrix/orchestrix/examples/banking"
 	"github.com/orchestrix/orchestrix/producers"
@@ -51,13 +52,15 @@ type scenarioSpec struct {
 	about     string
 	ghosts    float64 // share of transfers to accounts that were never opened
 	bluegreen bool    // rebuild the statement projection (v2) and cut over while transfers run
+	poison    bool    // send bad commands (no CloudEvent, undecodable data): dead-lettered with a reason
 }
 
 var scenarios = map[string]scenarioSpec{
 	"happy":        {about: "transfers between open accounts"},
 	"credit-fails": {about: "a quarter of the transfers go to accounts that were never opened: the credit is rejected 3 times, then the debit is refunded", ghosts: 0.25},
 	"bluegreen":    {about: "while transfers run, statement v2 is rebuilt from the log beside v1 and cut over; a reader checks the view throughout", ghosts: 0.1, bluegreen: true},
-	"all":          {about: "credit failures, and a blue/green rebuild of the statements while transfers run", ghosts: 0.25, bluegreen: true},
+	"all": {about: "credit failures, two bad commands (dead-lettered), and a blue/green rebuild of the statements while transfers run",
+		ghosts: 0.25, bluegreen: true, poison: true},
 }
 
 var scenarioNames = []string{"all", "happy", "credit-fails", "bluegreen"}
@@ -250,6 +253,12 @@ func run(parent context.Context, c checkConfig) error {
 	}
 	tl.logf("opened %d accounts with %d each", len(accounts), initialBalance)
 
+	if sc.poison {
+		if err := sendPoison(ctx, a, sender, accounts[0], tl); err != nil {
+			return err
+		}
+	}
+
 	plan := planTransfers(c, sc, accounts)
 
 	// The reader and the blue/green rebuild.
@@ -344,6 +353,33 @@ func openAccounts(ctx context.Context, s *producers.Sender, aw *producers.Awaite
 			return fmt.Errorf("open accounts: %s on %s: %s %s %s", o.CommandType, o.AggregateID, o.Status, o.Code, o.Message)
 		}
 	}
+	return nil
+}
+
+// poisonCount is how many bad commands sendPoison sends.
+const poisonCount = 2
+
+// sendPoison sends bad input to the command topic, on the key of an
+// account whose commands go on: a record that is no CloudEvent, and a
+// Deposit whose data does not decode. Both must be dead-lettered with a
+// reason, and the account's later commands must flow.
+func sendPoison(ctx context.Context, a *app, s *producers.Sender, account string, tl *timeline) error {
+	topic := topics.Commands(a.cfg.context)
+	cmd, err := s.Command(account, banking.Deposit{Amount: 1})
+	if err != nil {
+		return err
+	}
+	bad, err := codec.CommandToRecord(topic, cmd)
+	if err != nil {
+		return err
+	}
+	bad.Value = []byte(`{"amount":"one"`)
+	for _, r := range []*kgo.Record{{Topic: topic, Key: []byte(account), Value: []byte("not a CloudEvent")}, bad} {
+		if err := a.client.ProduceSync(ctx, r).FirstErr(); err != nil {
+			return fmt.Errorf("send bad input: %w", err)
+		}
+	}
+	tl.logf("poison %-12s 2 bad commands: no CloudEvent headers; a Deposit whose data does not decode", account)
 	return nil
 }
 
