@@ -161,6 +161,9 @@ func TestGolden(t *testing.T) {
 	for len(member.PollFetches(pctx).Records()) == 0 && pctx.Err() == nil {
 	}
 	cancel()
+	if n := gaugeValue(t, reg, "orchestrix_consumer_rebalances_total"); n < 1 {
+		t.Fatalf("rebalances after a member joined = %v, want at least 1", n)
+	}
 
 	// The relay with its reports.
 	store := memory.New()
@@ -169,8 +172,12 @@ func TestGolden(t *testing.T) {
 		t.Fatal(err)
 	}
 	rep := prom.NewRelayReports()
+	relayClient, err := prom.NewKafkaClient(reg, "relay") // also handed to the relay's side clients
+	if err != nil {
+		t.Fatal(err)
+	}
 	relay, err := outbox.NewRelay(store, seeds, outbox.ToTopic("g.out"), outbox.Instance("r"),
-		outbox.WithStats(50*time.Millisecond, rep.Observe), outbox.OnCommit(rep.Commit))
+		outbox.WithStats(50*time.Millisecond, rep.Observe), outbox.OnCommit(rep.Commit), outbox.WithClientOpts(kgo.WithHooks(relayClient)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -252,8 +259,12 @@ func TestGolden(t *testing.T) {
 		t.Fatalf("series differ from the golden list\n got: %s\nwant: %s\nmissing: %v\nextra: %v",
 			strings.Join(got, "\n      "), strings.Join(golden, "\n      "), minus(golden, got), minus(got, golden))
 	}
-	// kprom's client series, under their own prefix (kprom names them).
+	// kprom's client series, under their own prefix (kprom names them),
+	// for both clients.
 	kafka := seriesOf(t, reg, "orchestrix_kafka_")
+	if n := gatherCount(t, reg, "orchestrix_kafka_connects_total"); n < 2 {
+		t.Errorf("connects_total has %d series, want one per broker of each client (golden, relay)", n)
+	}
 	for _, want := range []string{"orchestrix_kafka_connects_total{client,node_id}", "orchestrix_kafka_read_bytes_total{client,node_id}",
 		"orchestrix_kafka_write_bytes_total{client,node_id}", "orchestrix_kafka_produce_bytes_total{client,node_id,topic}",
 		"orchestrix_kafka_buffered_produce_records_total{client}"} {
