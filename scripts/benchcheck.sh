@@ -79,10 +79,11 @@ sagas() {
     }' "$work/sagas"
 }
 
-# exact CASE: the -test.bench pattern that matches CASE alone.
+# exact CASE: the -test.bench pattern that matches CASE alone (the
+# top level is the function's name, Benchmark included).
 exact() {
   local IFS=/ parts out=() p
-  read -r -a parts <<<"$1"
+  read -r -a parts <<<"Benchmark$1"
   for p in "${parts[@]}"; do out+=("^${p}\$"); done
   echo "${out[*]}"
 }
