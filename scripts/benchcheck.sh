@@ -33,8 +33,8 @@ export ORCHESTRIX_REQUIRE_SERVICES=1
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-go test -c -o "$work/suite.test" ./bench/suite
-go test -c -o "$work/sagas.test" ./sagas
+go test -vet=off -c -o "$work/suite.test" ./bench/suite
+go test -vet=off -c -o "$work/sagas.test" ./sagas
 
 # The subset: "prefix regexp benchtime" per line, run by the suite's test
 # binary; a case whose name starts with prefix is rerun with its benchtime.
