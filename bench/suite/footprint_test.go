@@ -11,6 +11,14 @@ import (
 	"github.com/orchestrix/orchestrix/stores/memory"
 )
 
+// mb returns the growth from before to after in MiB (0 if it shrank).
+func mb(before, after uint64) float64 {
+	if after < before {
+		return 0
+	}
+	return float64(after-before) / (1 << 20)
+}
+
 // liveHeap returns the live heap after a full collection.
 func liveHeap() uint64 {
 	runtime.GC()
@@ -55,8 +63,8 @@ func BenchmarkMemoryFootprint(b *testing.B) {
 		d := time.Since(t0)
 		h3 := liveHeap()
 		runtime.KeepAlive(s)
-		baseMB += float64(h1-h0) / (1 << 20)
-		sysMB += float64(h3-h2) / (1 << 20)
+		baseMB += mb(h0, h1)
+		sysMB += mb(h2, h3)
 		rate += total / d.Seconds()
 	}
 	n := float64(b.N)

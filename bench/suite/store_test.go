@@ -118,7 +118,6 @@ func (sd *sides) base(b *testing.B, i int) (rawStore, int) {
 
 // storeCases runs the event store cases on the backend.
 func storeCases(b *testing.B, be backend) {
-	ctx := func(b *testing.B) context.Context { return b.Context() }
 	open := be.open
 	for _, n := range []int{1, 100, 1000, 10000} {
 		run(b, fmt.Sprintf("append=%d", n), func(b *testing.B) {
@@ -134,14 +133,14 @@ func storeCases(b *testing.B, be backend) {
 			pair(b, n*reps, "events", func(i int) {
 				raw, _ := sd.base(b, i)
 				for r := range reps {
-					if err := raw.append(ctx(b), fmt.Sprintf("r%d-%d-%d", run, i, r), 0, evs); err != nil {
+					if err := raw.append(b.Context(), fmt.Sprintf("r%d-%d-%d", run, i, r), 0, evs); err != nil {
 						b.Fatal(err)
 					}
 				}
 			}, func(i int) {
 				s, _ := sd.sys(b, i)
 				for r := range reps {
-					if _, err := s.Append(ctx(b), fmt.Sprintf("s%d-%d-%d", run, i, r), stores.NoStream, evs); err != nil {
+					if _, err := s.Append(b.Context(), fmt.Sprintf("s%d-%d-%d", run, i, r), stores.NoStream, evs); err != nil {
 						b.Fatal(err)
 					}
 				}
@@ -153,7 +152,7 @@ func storeCases(b *testing.B, be backend) {
 			s, raw := open(b)
 			fill(b, s, raw, "load", n)
 			pair(b, n, "events", func(int) {
-				if got, err := raw.read(ctx(b), "load", 0); err != nil || got != n {
+				if got, err := raw.read(b.Context(), "load", 0); err != nil || got != n {
 					b.Fatalf("raw read: %d events, %v", got, err)
 				}
 			}, func(int) {
@@ -167,7 +166,7 @@ func storeCases(b *testing.B, be backend) {
 		s, raw := open(b)
 		fill(b, s, raw, "partial", 10000)
 		pair(b, 100, "events", func(int) {
-			if got, err := raw.read(ctx(b), "partial", 9900); err != nil || got != 100 {
+			if got, err := raw.read(b.Context(), "partial", 9900); err != nil || got != 100 {
 				b.Fatalf("raw read: %d events, %v", got, err)
 			}
 		}, func(int) {
@@ -179,11 +178,11 @@ func storeCases(b *testing.B, be backend) {
 	run(b, "snapshot-save", func(b *testing.B) {
 		s, raw := open(b)
 		pair(b, 1, "snapshots", func(i int) {
-			if err := raw.saveSnapshot(ctx(b), snapshot(fmt.Sprintf("snap-%d", i%100), uint64(i))); err != nil {
+			if err := raw.saveSnapshot(b.Context(), snapshot(fmt.Sprintf("snap-%d", i%100), uint64(i))); err != nil {
 				b.Fatal(err)
 			}
 		}, func(i int) {
-			if err := s.SaveSnapshot(ctx(b), snapshot(fmt.Sprintf("snap-%d", i%100), uint64(i))); err != nil {
+			if err := s.SaveSnapshot(b.Context(), snapshot(fmt.Sprintf("snap-%d", i%100), uint64(i))); err != nil {
 				b.Fatal(err)
 			}
 		})
@@ -191,19 +190,19 @@ func storeCases(b *testing.B, be backend) {
 	run(b, "snapshot-load", func(b *testing.B) {
 		s, raw := open(b)
 		for i := range 100 {
-			if err := s.SaveSnapshot(ctx(b), snapshot(fmt.Sprintf("snap-%d", i), 7)); err != nil {
+			if err := s.SaveSnapshot(b.Context(), snapshot(fmt.Sprintf("snap-%d", i), 7)); err != nil {
 				b.Fatal(err)
 			}
-			if err := raw.saveSnapshot(ctx(b), snapshot(fmt.Sprintf("snap-%d", i), 7)); err != nil {
+			if err := raw.saveSnapshot(b.Context(), snapshot(fmt.Sprintf("snap-%d", i), 7)); err != nil {
 				b.Fatal(err)
 			}
 		}
 		pair(b, 1, "snapshots", func(i int) {
-			if snap, ok, err := raw.loadSnapshot(ctx(b), fmt.Sprintf("snap-%d", i%100)); err != nil || !ok || snap.Version != 7 {
+			if snap, ok, err := raw.loadSnapshot(b.Context(), fmt.Sprintf("snap-%d", i%100)); err != nil || !ok || snap.Version != 7 {
 				b.Fatalf("raw load snapshot: %v %v", ok, err)
 			}
 		}, func(i int) {
-			if snap, ok, err := s.LoadSnapshot(ctx(b), fmt.Sprintf("snap-%d", i%100)); err != nil || !ok || snap.Version != 7 {
+			if snap, ok, err := s.LoadSnapshot(b.Context(), fmt.Sprintf("snap-%d", i%100)); err != nil || !ok || snap.Version != 7 {
 				b.Fatalf("load snapshot: %v %v", ok, err)
 			}
 		})
@@ -216,14 +215,14 @@ func storeCases(b *testing.B, be backend) {
 		pair(b, 1000, "events", func(i int) {
 			raw, i := sd.base(b, i)
 			for k := range 100 {
-				if err := raw.append(ctx(b), fmt.Sprintf("m-%d", k), uint64(i*10), evs); err != nil {
+				if err := raw.append(b.Context(), fmt.Sprintf("m-%d", k), uint64(i*10), evs); err != nil {
 					b.Fatal(err)
 				}
 			}
 		}, func(i int) {
 			s, i := sd.sys(b, i)
 			for k := range 100 {
-				if _, err := s.Append(ctx(b), fmt.Sprintf("m-%d", k), stores.Exact(uint64(i*10)), evs); err != nil {
+				if _, err := s.Append(b.Context(), fmt.Sprintf("m-%d", k), stores.Exact(uint64(i*10)), evs); err != nil {
 					b.Fatal(err)
 				}
 			}
@@ -239,7 +238,7 @@ func storeCases(b *testing.B, be backend) {
 			raw, i := sd.base(b, i)
 			concurrently(b, writers, func(w int) error {
 				for a := range appends {
-					if err := raw.append(ctx(b), fmt.Sprintf("w%d", w), uint64((i*appends+a)*10), evs); err != nil {
+					if err := raw.append(b.Context(), fmt.Sprintf("w%d", w), uint64((i*appends+a)*10), evs); err != nil {
 						return err
 					}
 				}
@@ -249,7 +248,7 @@ func storeCases(b *testing.B, be backend) {
 			s, i := sd.sys(b, i)
 			concurrently(b, writers, func(w int) error {
 				for a := range appends {
-					if _, err := s.Append(ctx(b), fmt.Sprintf("w%d", w), stores.Exact(uint64((i*appends+a)*10)), evs); err != nil {
+					if _, err := s.Append(b.Context(), fmt.Sprintf("w%d", w), stores.Exact(uint64((i*appends+a)*10)), evs); err != nil {
 						return err
 					}
 				}
@@ -358,7 +357,8 @@ func (m *rawMem) read(_ context.Context, stream string, after uint64) (int, erro
 	defer m.mu.Unlock()
 	// Each event handed to the reader by value, as an iterator does.
 	n := 0
-	for _, e := range m.streams[stream][after:] {
+	cur := m.streams[stream]
+	for _, e := range cur[min(after, uint64(len(cur))):] {
 		sink(e)
 		n++
 	}
