@@ -40,11 +40,11 @@ go test -vet=off -c -o "$work/sagas.test" ./sagas
 # binary; a case whose name starts with prefix is rerun with its benchtime.
 # About 80 s of benchmarks on the 2-core machine.
 subset=(
-  'Store/memory/ Store/memory/^(append=100|load=1000)$ 300x'
+  'Store/memory/ Store/memory/^(append=100|load=1000)$ 1000x'
   'MemoryFootprint MemoryFootprint 2x'
   'Store/postgres/ Store/postgres/^(append=100|load=1000|snapshot-load)$ 60x'
   'Store/kafka/ Store/kafka/^(append=1000|load=1000)$ 40x'
-  'Bus/messages= Bus/^messages=100$ 60x'
+  'Bus/messages= Bus/^messages=100$ 100x'
   'Bus/publishers= Bus/^publishers=10$ 20x'
 )
 
@@ -66,17 +66,23 @@ suite() {
 }
 
 # sagas: one saga transition on PostgreSQL against one outbox row committed
-# (sagas/bench_test.go); the ratio is the baseline's p50 over the
-# transition's (higher is better, as for speeds).
+# (sagas/bench_test.go, which runs them one after the other); the ratio is
+# the baseline's p50 over the transition's (higher is better, as for
+# speeds), the median of 3 runs of the pair.
 sagas() {
-  "$work/sagas.test" -test.run '^$' -test.bench 'Transition/postgres|BaselineCommit' -test.benchtime 1000x -test.timeout 5m </dev/null >"$work/sagas" 2>&1 || {
-    cat "$work/sagas" >&2; echo "benchcheck: the saga benchmarks failed" >&2; return 1; }
-  awk '/^Benchmark/ { for (i = 2; i <= NF; i++) if ($i == "p50-us") p[$1] = $(i-1); if ($1 ~ /^BenchmarkTransition\/postgres/) for (i = 2; i <= NF; i++) if ($i == "p99-us") p99 = $(i-1) }
-    END {
-      for (k in p) { if (k ~ /^BenchmarkTransition\/postgres/) t = p[k]; if (k ~ /^BenchmarkBaselineCommit/) c = p[k] }
-      if (t > 0 && c > 0) printf "sagas/Transition/postgres-p50 %.4f\n", c / t
-      if (t > 0) printf "# saga transition p50 %.2f ms, p99 %.2f ms (target < 10 ms)\n", t / 1000, p99 / 1000 > "/dev/stderr"
-    }' "$work/sagas"
+  local r
+  : >"$work/sagas-ratios"
+  for r in 1 2 3; do
+    "$work/sagas.test" -test.run '^$' -test.bench 'Transition/postgres|BaselineCommit' -test.benchtime 500x -test.timeout 5m </dev/null >"$work/sagas" 2>&1 || {
+      cat "$work/sagas" >&2; echo "benchcheck: the saga benchmarks failed" >&2; return 1; }
+    awk '/^Benchmark/ { for (i = 2; i <= NF; i++) { if ($i == "p50-us") p50[$1] = $(i-1); if ($i == "p99-us") p99[$1] = $(i-1) } }
+      END {
+        for (k in p50) { if (k ~ /^BenchmarkTransition\/postgres/) { t = p50[k]; t99 = p99[k] } if (k ~ /^BenchmarkBaselineCommit/) c = p50[k] }
+        if (t > 0 && c > 0) printf "%.4f\n", c / t
+        if (t > 0) printf "# saga transition p50 %.2f ms, p99 %.2f ms (target < 10 ms)\n", t / 1000, t99 / 1000 > "/dev/stderr"
+      }' "$work/sagas" >>"$work/sagas-ratios"
+  done
+  sort -g "$work/sagas-ratios" | awk '{ v[NR] = $1 } END { if (NR) printf "sagas/Transition/postgres-p50 %s\n", v[int((NR + 1) / 2)] }'
 }
 
 # exact CASE: the -test.bench pattern that matches CASE alone (the

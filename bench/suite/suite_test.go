@@ -34,7 +34,7 @@ func slowed(b *testing.B) bool {
 }
 
 // pair measures a case and its baseline in the same run: b.N operations of
-// each, in up to 10 blocks per side that alternate (the order flipping
+// each, in up to 20 blocks per side that alternate (the order flipping
 // every block), so that the drift of a shared machine hits both alike; a
 // garbage collection before each block charges each side (mostly) for its
 // own garbage. Each operation handles perOp units (messages, events). It
@@ -44,7 +44,7 @@ func slowed(b *testing.B) bool {
 func pair(b *testing.B, perOp int, unit string, base, sys func(i int)) {
 	b.Helper()
 	slow := slowed(b)
-	blocks := min(b.N, 10)
+	blocks := min(b.N, 20)
 	var tBase, tSys time.Duration
 	ratios := make([]float64, 0, blocks)
 	run := func(f func(int), lo, hi int) time.Duration {
