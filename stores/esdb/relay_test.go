@@ -98,6 +98,16 @@ func TestRelayFromESDB(t *testing.T) {
 				written <- nil
 			}()
 			time.Sleep(150 * time.Millisecond)
+			if be.srv != nil {
+				// Both drops strike relay a's connections: wait for its
+				// second reconnection (on a loaded machine, 450 ms were
+				// once not enough for a to read the 37 events that take,
+				// and the second fault never struck: 1 of 20 runs).
+				deadline := time.Now().Add(30 * time.Second)
+				for reconnects.Load() < 2 && time.Now().Before(deadline) {
+					time.Sleep(10 * time.Millisecond)
+				}
+			}
 			time.Sleep(300 * time.Millisecond)
 			stopB := runRelay("b") // fences a; they take turns until a stops
 			time.Sleep(200 * time.Millisecond)
