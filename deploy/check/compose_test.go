@@ -224,6 +224,31 @@ func TestCommandLines(t *testing.T) {
 		}
 	}
 	t.Logf("%d command lines checked against %d programs' usage", len(lines), len(help))
+
+	// The guide's configuration reference names every flag of every
+	// command and program.
+	guide, err := os.ReadFile("../../docs/deployment.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	flagRe := regexp.MustCompile(`(?m)^\s+-([a-z][a-z0-9-]*)`)
+	for _, cmd := range guideCommands {
+		for _, m := range flagRe.FindAllStringSubmatch(usage(strings.Fields(cmd)), -1) {
+			if !strings.Contains(string(guide), "`--"+m[1]) && !strings.Contains(string(guide), "`-"+m[1]+"`") {
+				t.Errorf("docs/deployment.md does not name %s's flag --%s", cmd, m[1])
+			}
+		}
+	}
+}
+
+// guideCommands are the commands whose flags docs/deployment.md lists.
+var guideCommands = []string{
+	"orchestrix migrate", "orchestrix topics create", "orchestrix relay", "orchestrix dlq list", "orchestrix dlq redrive",
+	"orchestrix dlq purge", "orchestrix events export", "orchestrix events import", "orchestrix groups describe",
+	"orchestrix groups reset", "orchestrix projections status", "orchestrix projections rebuild", "orchestrix projections cutover",
+	"orchestrix projections skip", "orchestrix replay", "orchestrix sagas list", "orchestrix sagas retry", "orchestrix sagas timers",
+	"orchestrix demo", "orchestrix-banking serve", "orchestrix-banking drive", "orchestrix-ecommerce serve",
+	"orchestrix-ecommerce drive", "orchestrix-exporter",
 }
 
 func composeCommandLines(t *testing.T) []commandLine {

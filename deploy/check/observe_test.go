@@ -283,3 +283,40 @@ func TestPrometheusConfig(t *testing.T) {
 		}
 	}
 }
+
+// TestGuideNamesEveryVariable: every environment variable the CLI, the
+// examples, kafkaconn and the exporter read is in docs/deployment.md.
+func TestGuideNamesEveryVariable(t *testing.T) {
+	guide, err := os.ReadFile("../../docs/deployment.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	read := regexp.MustCompile(`(?:env|envOr|Getenv|getenv)\("([A-Z][A-Z0-9_]+)"`)
+	seen := map[string]bool{}
+	for _, dir := range []string{"../../cmd", "../../internal/cli", "../../kafkaconn", "../../examples", "../exporter"} {
+		err := filepath.WalkDir(dir, func(path string, d os.DirEntry, err error) error {
+			if err != nil || d.IsDir() || !strings.HasSuffix(path, ".go") || strings.HasSuffix(path, "_test.go") {
+				return err
+			}
+			b, err := os.ReadFile(path)
+			if err != nil {
+				return err
+			}
+			for _, m := range read.FindAllStringSubmatch(string(b), -1) {
+				seen[m[1]] = true
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if len(seen) < 15 {
+		t.Fatalf("found only %d variables", len(seen))
+	}
+	for v := range seen {
+		if !strings.Contains(string(guide), "`"+v+"`") {
+			t.Errorf("docs/deployment.md does not name the variable %s", v)
+		}
+	}
+}

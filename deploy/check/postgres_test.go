@@ -77,11 +77,15 @@ func as(t *testing.T, dsn, user, password string) string {
 	return u.String()
 }
 
-var psqlVar = regexp.MustCompile(`:"([a-z_]+)"`)
+var (
+	psqlIdent = regexp.MustCompile(`:"([a-z_]+)"`)
+	psqlValue = regexp.MustCompile(`:([a-z_]+)\b`)
+)
 
 // runSQLFile runs a psql script of deploy/postgres the way `psql -v
-// name=value -f file` would: each :"name" becomes the quoted identifier.
-// The scripts are plain statements, one per semicolon.
+// name=value -f file` would, on one connection: each :"name" becomes the
+// quoted identifier, each :name the value as it is. The scripts are plain
+// statements, one per semicolon.
 func runSQLFile(ctx context.Context, t *testing.T, db *pgxpool.Pool, path string, vars map[string]string) {
 	t.Helper()
 	b, err := os.ReadFile(path)
@@ -94,18 +98,28 @@ func runSQLFile(ctx context.Context, t *testing.T, db *pgxpool.Pool, path string
 			lines = append(lines, l)
 		}
 	}
-	sql := psqlVar.ReplaceAllStringFunc(strings.Join(lines, "\n"), func(m string) string {
-		v, ok := vars[psqlVar.FindStringSubmatch(m)[1]]
+	value := func(re *regexp.Regexp, m string) string {
+		v, ok := vars[re.FindStringSubmatch(m)[1]]
 		if !ok {
 			t.Fatalf("%s: no value for %s", path, m)
 		}
-		return pgx.Identifier{v}.Sanitize()
+		return v
+	}
+	sql := psqlIdent.ReplaceAllStringFunc(strings.Join(lines, "\n"), func(m string) string {
+		return pgx.Identifier{value(psqlIdent, m)}.Sanitize()
 	})
+	sql = psqlValue.ReplaceAllStringFunc(sql, func(m string) string { return value(psqlValue, m) })
+	conn, err := db.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Release()
 	for _, stmt := range strings.Split(sql, ";") {
 		if strings.TrimSpace(stmt) == "" {
 			continue
 		}
-		if _, err := db.Exec(ctx, stmt); err != nil {
+		if _, err := conn.Exec(ctx, stmt); err != nil {
+			_, _ = conn.Exec(ctx, "ROLLBACK")
 			t.Fatalf("%s: %s: %v", path, strings.TrimSpace(stmt), err)
 		}
 	}

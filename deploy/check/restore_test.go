@@ -88,19 +88,16 @@ func TestRestoreReseedIntegration(t *testing.T) {
 	}
 	t.Logf("without the re-seed: %d of %d restored events published, the %d new ones were", 0, restored, len(got))
 
-	// The re-seed, as the guide gives it (no writer running).
-	for _, table := range []string{"events", "outbox"} {
-		if _, err := pool.Exec(ctx, "UPDATE "+pgx.Identifier{schema, table}.Sanitize()+" SET tx_id = pg_current_xact_id()"); err != nil {
-			t.Fatal(err)
-		}
-	}
+	// The re-seed: deploy/postgres/reseed.sql, as the guide runs it (no
+	// writer running), with new positions from 1000.
+	runSQLFile(ctx, t, pool, "../postgres/reseed.sql", map[string]string{"schema": schema, "next_position": "1000"})
 	appendNew(2)
 	got = relayUntil(ctx, t, store, seeds, after, restored+5, time.Minute)
 	if len(got) != restored+5 {
 		t.Fatalf("after the re-seed the relay published %d events, want %d", len(got), restored+5)
 	}
 	// Position order: the restored events, the 3 appended before the
-	// fix, then the 2 after.
+	// fix, then the 2 after, from position 1000.
 	var positions []int
 	for _, p := range got {
 		n, _ := strconv.Atoi(strings.SplitN(p, "@", 2)[1])
@@ -110,6 +107,9 @@ func TestRestoreReseedIntegration(t *testing.T) {
 		if positions[i] <= positions[i-1] {
 			t.Fatalf("not in position order at %d: %v", i, got)
 		}
+	}
+	if positions[len(positions)-1] < 1000 {
+		t.Fatalf("the events after the re-seed did not get positions from 1000: %v", got)
 	}
 	t.Logf("after the re-seed: all %d events published once, in position order", len(got))
 }
