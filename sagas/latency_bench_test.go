@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -62,6 +63,9 @@ var stepConfigs = map[string]stepConfig{
 //   - relay (the baseline, same run): the transition's commit → that ack,
 //     the relay's own commit→ack latency;
 //   - saga: Start → completed, for the whole 3-step saga;
+//   - cpu-us/step: this process's CPU time (the relay, the inbox
+//     group, the runtime and the benchmark's own replies; not the broker's
+//     or PostgreSQL's) per step;
 //   - the step broken down (means, ms): consume (reply produced → the
 //     inbox handler has it: fetch, the group's poll linger, the poll
 //     before it), txn (→ the transition committed), relay-wait (→ the
@@ -113,7 +117,7 @@ func BenchmarkStepLatency(b *testing.B) {
 
 // stepMetrics are the figures benchSteps reports, in this order.
 var stepMetrics = []string{"step-p50-ms", "step-p99-ms", "relay-p50-ms", "relay-p99-ms", "saga-p50-ms", "saga-p99-ms",
-	"consume-ms", "txn-ms", "relay-wait-ms", "publish-ms", "transitions/s"}
+	"consume-ms", "txn-ms", "relay-wait-ms", "publish-ms", "transitions/s", "cpu-us/step"}
 
 // logMedians logs each configuration's median of every figure over the
 // rounds.
@@ -251,6 +255,7 @@ func benchSteps(b *testing.B, cfg stepConfig, rate int, d time.Duration) map[str
 
 	sagasPerSec := float64(rate) / 3
 	total := int(sagasPerSec * d.Seconds())
+	cpu0 := processCPU()
 	start := time.Now()
 	var wg sync.WaitGroup
 	for w := range 8 {
@@ -284,6 +289,7 @@ func benchSteps(b *testing.B, cfg stepConfig, rate int, d time.Duration) map[str
 		time.Sleep(50 * time.Millisecond)
 	}
 	elapsed := time.Since(start)
+	cpu := processCPU() - cpu0
 	p.check(b)
 	mu.Lock()
 	defer mu.Unlock()
@@ -307,11 +313,21 @@ func benchSteps(b *testing.B, cfg stepConfig, rate int, d time.Duration) map[str
 		"saga-p50-ms": pct(sagaLat, 0.5), "saga-p99-ms": pct(sagaLat, 0.99),
 		"consume-ms": mean(consume), "txn-ms": mean(txn), "relay-wait-ms": mean(wait), "publish-ms": mean(publish),
 		"transitions/s": float64(total*4) / elapsed.Seconds(),
+		"cpu-us/step":   float64(cpu.Microseconds()) / float64(total*3),
 	}
 	for _, k := range stepMetrics {
 		b.ReportMetric(m[k], k)
 	}
 	return m
+}
+
+// processCPU is the CPU time this process used so far.
+func processCPU() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // benchRates are the offered step rates: ORCHESTRIX_BENCH_RATES

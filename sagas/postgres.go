@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strconv"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -16,9 +15,9 @@ import (
 
 // PostgresStore is the Store on the tables of migration 0004_sagas
 // (`orchestrix migrate`) in one schema. Each Apply is one transaction of
-// three round trips: inbox insert and instance read; fenced update,
+// two round trips: BEGIN, inbox insert and instance read; fenced update,
 // timer, history and outbox rows (outbox.Writer, published exactly once
-// by the relay); commit. It takes
+// by the relay), COMMIT. It takes
 // no locks besides the rows it writes: one instance's inputs arrive in
 // order on one partition, and the version fence rejects a member that
 // lost it. It is safe for concurrent use.
@@ -84,21 +83,19 @@ func scanInstance(row pgx.Row) (Instance, error) {
 
 // Apply implements Store.
 func (s *PostgresStore) Apply(ctx context.Context, typ, sagaID, inputID string, fn func(cur *Instance) (*Change, error)) error {
-	tx, err := s.pool.Begin(ctx)
+	c, err := s.begin(ctx)
 	if err != nil {
-		return fmt.Errorf("sagas: begin: %w", err)
+		return err
 	}
-	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // after a commit it does nothing
-	b := &pgx.Batch{}
-	// A member paused in the middle of this transaction (SIGSTOP, a long
-	// GC, a partition) must not hold its row locks for ever: the server
-	// ends its session after IdleInTransactionTimeout, so the member that
-	// took over the partition proceeds and the paused one's commit fails.
-	b.Queue(`SELECT set_config('idle_in_transaction_session_timeout', $1, true)`, strconv.FormatInt(IdleInTransactionTimeout.Milliseconds(), 10))
+	defer end(ctx, c)
+	b := beginBatch()
 	b.Queue(`INSERT INTO `+s.t["saga_inbox"]+` (saga_type, saga_id, input_id) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING`, typ, sagaID, inputID)
 	b.Queue(`SELECT `+instanceCols+` FROM `+s.t["saga_instances"]+` WHERE saga_type = $1 AND saga_id = $2`, typ, sagaID)
-	br := tx.SendBatch(ctx, b)
+	br := c.SendBatch(ctx, b)
 	_, err = br.Exec()
+	if err == nil {
+		_, err = br.Exec()
+	}
 	var tag pgconn.CommandTag
 	if err == nil {
 		tag, err = br.Exec()
@@ -129,29 +126,35 @@ func (s *PostgresStore) Apply(ctx context.Context, typ, sagaID, inputID string, 
 	if err := s.crash("read"); err != nil {
 		return err
 	}
+	w := &pgx.Batch{}
+	fence := map[int]func() error{}
 	if ch != nil {
-		if err := s.write(ctx, tx, ch); err != nil {
+		i := ch.Instance
+		fence[0] = func() error {
+			return fmt.Errorf("sagas: %s/%s at version %d: %w", i.Type, i.ID, i.Version-1, ErrFenced)
+		}
+		if err := s.queueChange(ctx, w, ch); err != nil {
 			return err
 		}
 	}
-	if err := s.crash("written"); err != nil {
-		return err
-	}
-	if err := tx.Commit(ctx); err != nil {
-		return fmt.Errorf("sagas: commit %s/%s: %w", typ, sagaID, err)
+	if err := s.commitWrites(ctx, c, w, fence); err != nil {
+		if errors.Is(err, ErrFenced) {
+			return err
+		}
+		return fmt.Errorf("sagas: save %s/%s: %w", typ, sagaID, err)
 	}
 	return nil
 }
 
-func (s *PostgresStore) write(ctx context.Context, tx pgx.Tx, ch *Change) error {
+// queueChange queues ch's writes on b, the fenced instance write first.
+func (s *PostgresStore) queueChange(ctx context.Context, b *pgx.Batch, ch *Change) error {
 	i := ch.Instance
-	b := &pgx.Batch{}
 	if i.Version == 1 {
-		b.Queue(`INSERT INTO `+s.t["saga_instances"]+` (`+instanceCols+`) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13) ON CONFLICT DO NOTHING`,
+		b.Queue(fenced(`INSERT INTO `+s.t["saga_instances"]+` (`+instanceCols+`) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13) ON CONFLICT DO NOTHING`),
 			i.Type, i.ID, i.DefinitionVersion, i.Version, string(i.Status), i.Step, i.Attempt, i.Tries, i.Wait, []byte(i.State), i.Reason, i.StartedAt, i.UpdatedAt)
 	} else {
-		b.Queue(`UPDATE `+s.t["saga_instances"]+` SET version = $4, status = $5, step = $6, attempt = $7, tries = $8, wait = $9, state = $10,
-			reason = $11, updated_at = $12 WHERE saga_type = $1 AND saga_id = $2 AND version = $3`,
+		b.Queue(fenced(`UPDATE `+s.t["saga_instances"]+` SET version = $4, status = $5, step = $6, attempt = $7, tries = $8, wait = $9, state = $10,
+			reason = $11, updated_at = $12 WHERE saga_type = $1 AND saga_id = $2 AND version = $3`),
 			i.Type, i.ID, i.Version-1, i.Version, string(i.Status), i.Step, i.Attempt, i.Tries, i.Wait, []byte(i.State), i.Reason, i.UpdatedAt)
 	}
 	switch {
@@ -170,23 +173,6 @@ func (s *PostgresStore) write(ctx context.Context, tx pgx.Tx, ch *Change) error 
 	// queues its one INSERT.
 	if err := s.out.Write(ctx, batchExecer{b}, ch.Messages...); err != nil {
 		return fmt.Errorf("sagas: commands of %s/%s: %w", i.Type, i.ID, err)
-	}
-	br := tx.SendBatch(ctx, b)
-	tag, err := br.Exec()
-	if err == nil && tag.RowsAffected() == 0 {
-		err = ErrFenced
-	}
-	for k := 1; err == nil && k < b.Len(); k++ {
-		_, err = br.Exec()
-	}
-	if cerr := br.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		if errors.Is(err, ErrFenced) {
-			return fmt.Errorf("sagas: %s/%s at version %d: %w", i.Type, i.ID, i.Version-1, ErrFenced)
-		}
-		return fmt.Errorf("sagas: save %s/%s: %w", i.Type, i.ID, err)
 	}
 	return nil
 }

@@ -5,16 +5,15 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"strconv"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/orchestrix/orchestrix/consumers"
 	"github.com/orchestrix/orchestrix/outbox"
 )
 
-// ApplyBatch implements Store in one transaction of three round trips,
-// whatever the number of items: the inbox inserts and the instances'
-// reads; every write; the commit. Each instance is updated once, fenced
+// ApplyBatch implements Store in one transaction of two round trips,
+// whatever the number of items: BEGIN, the inbox inserts and the
+// instances' reads; every write, COMMIT. Each instance is updated once, fenced
 // by the version it was read at.
 func (s *PostgresStore) ApplyBatch(ctx context.Context, typ string, items []Item) []error {
 	errs := make([]error, len(items))
@@ -27,13 +26,12 @@ func (s *PostgresStore) ApplyBatch(ctx context.Context, typ string, items []Item
 		}
 		return errs
 	}
-	tx, err := s.pool.Begin(ctx)
+	c, err := s.begin(ctx)
 	if err != nil {
-		return fail(fmt.Errorf("sagas: begin: %w", err))
+		return fail(err)
 	}
-	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // after a commit it does nothing
-	b := &pgx.Batch{}
-	b.Queue(`SELECT set_config('idle_in_transaction_session_timeout', $1, true)`, strconv.FormatInt(IdleInTransactionTimeout.Milliseconds(), 10))
+	defer end(ctx, c)
+	b := beginBatch()
 	ids := make([]string, 0, len(items))
 	for _, it := range items {
 		b.Queue(`INSERT INTO `+s.t["saga_inbox"]+` (saga_type, saga_id, input_id) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING`, typ, it.SagaID, it.InputID)
@@ -42,9 +40,12 @@ func (s *PostgresStore) ApplyBatch(ctx context.Context, typ string, items []Item
 		}
 	}
 	b.Queue(`SELECT `+instanceCols+` FROM `+s.t["saga_instances"]+` WHERE saga_type = $1 AND saga_id = ANY($2)`, typ, ids)
-	br := tx.SendBatch(ctx, b)
+	br := c.SendBatch(ctx, b)
 	dup := make([]bool, len(items))
 	_, err = br.Exec()
+	if err == nil {
+		_, err = br.Exec()
+	}
 	for i := 0; err == nil && i < len(items); i++ {
 		tag, e := br.Exec()
 		err, dup[i] = e, tag.RowsAffected() == 0
@@ -128,18 +129,18 @@ func (s *PostgresStore) ApplyBatch(ctx context.Context, typ string, items []Item
 			w.Queue(`DELETE FROM `+s.t["saga_inbox"]+` WHERE saga_type = $1 AND saga_id = $2 AND input_id = $3`, typ, it.SagaID, it.InputID)
 		}
 	}
-	fenced := map[int]string{} // statement index -> saga ID
-	slices.Sort(changed)       // two batches that overlap (a zombie's) lock in one order
+	fence := map[int]func() error{} // statement index -> its error when fenced
+	slices.Sort(changed)            // two batches that overlap (a zombie's) lock in one order
 	for _, id := range changed {
 		i := cur[id]
-		if v, ok := read[id]; !ok {
-			fenced[w.Len()] = id
-			w.Queue(`INSERT INTO `+s.t["saga_instances"]+` (`+instanceCols+`) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13) ON CONFLICT DO NOTHING`,
+		v, ok := read[id]
+		fence[w.Len()] = func() error { return fmt.Errorf("sagas: %s/%s at version %d: %w", typ, id, v, ErrFenced) }
+		if !ok {
+			w.Queue(fenced(`INSERT INTO `+s.t["saga_instances"]+` (`+instanceCols+`) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13) ON CONFLICT DO NOTHING`),
 				typ, id, i.DefinitionVersion, i.Version, string(i.Status), i.Step, i.Attempt, i.Tries, i.Wait, []byte(i.State), i.Reason, i.StartedAt, i.UpdatedAt)
 		} else {
-			fenced[w.Len()] = id
-			w.Queue(`UPDATE `+s.t["saga_instances"]+` SET version = $4, status = $5, step = $6, attempt = $7, tries = $8, wait = $9, state = $10,
-				reason = $11, updated_at = $12 WHERE saga_type = $1 AND saga_id = $2 AND version = $3`,
+			w.Queue(fenced(`UPDATE `+s.t["saga_instances"]+` SET version = $4, status = $5, step = $6, attempt = $7, tries = $8, wait = $9, state = $10,
+				reason = $11, updated_at = $12 WHERE saga_type = $1 AND saga_id = $2 AND version = $3`),
 				typ, id, v, i.Version, string(i.Status), i.Step, i.Attempt, i.Tries, i.Wait, []byte(i.State), i.Reason, i.UpdatedAt)
 		}
 		if tc, ok := timers[id]; ok {
@@ -162,31 +163,11 @@ func (s *PostgresStore) ApplyBatch(ctx context.Context, typ string, items []Item
 	if err := s.out.Write(ctx, batchExecer{w}, msgs...); err != nil {
 		return fail(fmt.Errorf("sagas: commands of %d inputs: %w", len(items), err))
 	}
-	if w.Len() > 0 {
-		br := tx.SendBatch(ctx, w)
-		var err error
-		for k := 0; err == nil && k < w.Len(); k++ {
-			tag, e := br.Exec()
-			if id, ok := fenced[k]; ok && e == nil && tag.RowsAffected() == 0 {
-				e = fmt.Errorf("sagas: %s/%s at version %d: %w", typ, id, read[id], ErrFenced)
-			}
-			err = e
+	if err := s.commitWrites(ctx, c, w, fence); err != nil {
+		if !errors.Is(err, ErrFenced) {
+			err = fmt.Errorf("sagas: save %d inputs: %w", len(items), err)
 		}
-		if cerr := br.Close(); err == nil {
-			err = cerr
-		}
-		if err != nil {
-			if !errors.Is(err, ErrFenced) {
-				err = fmt.Errorf("sagas: save %d inputs: %w", len(items), err)
-			}
-			return fail(err)
-		}
-	}
-	if err := s.crash("written"); err != nil {
 		return fail(err)
-	}
-	if err := tx.Commit(ctx); err != nil {
-		return fail(fmt.Errorf("sagas: commit %d inputs: %w", len(items), err))
 	}
 	return errs
 }
