@@ -90,11 +90,23 @@ type Sender struct {
 	topic  string
 	source string
 	now    func() time.Time
+	trace  func(context.Context) string
+}
+
+// SenderOption configures a Sender.
+type SenderOption func(*Sender)
+
+// WithTraceContext makes Send and SendAsync set the TraceParent of a
+// command that has none to f(ctx): the W3C traceparent of ctx's span, ""
+// for none. Tracing adapters provide f (tracing/otel's TraceParent), so
+// the core does not import a tracing library.
+func WithTraceContext(f func(ctx context.Context) string) SenderOption {
+	return func(s *Sender) { s.trace = f }
 }
 
 // NewSender returns a sender producing to topic (see topics.Commands) with
 // CloudEvents source source (e.g. "/banking/api").
-func NewSender(cl *kgo.Client, reg *codec.Registry, topic, source string) (*Sender, error) {
+func NewSender(cl *kgo.Client, reg *codec.Registry, topic, source string, opts ...SenderOption) (*Sender, error) {
 	var errs []error
 	if cl == nil || reg == nil {
 		errs = append(errs, errors.New("a client and a codec registry are required"))
@@ -108,7 +120,11 @@ func NewSender(cl *kgo.Client, reg *codec.Registry, topic, source string) (*Send
 	if err := errors.Join(errs...); err != nil {
 		return nil, fmt.Errorf("producers: %w: %w", orchestrix.ErrInvalid, err)
 	}
-	return &Sender{cl: cl, reg: reg, topic: topic, source: source, now: time.Now}, nil
+	s := &Sender{cl: cl, reg: reg, topic: topic, source: source, now: time.Now}
+	for _, o := range opts {
+		o(s)
+	}
+	return s, nil
 }
 
 // Topic returns the command topic.
@@ -136,7 +152,10 @@ func (s *Sender) Command(aggregateID string, payload any) (orchestrix.Command, e
 	return cmd, nil
 }
 
-func (s *Sender) record(cmd orchestrix.Command) (*kgo.Record, error) {
+func (s *Sender) record(ctx context.Context, cmd orchestrix.Command) (*kgo.Record, error) {
+	if cmd.TraceParent == "" && s.trace != nil {
+		cmd.TraceParent = s.trace(ctx)
+	}
 	if cmd.Data == nil && cmd.Payload != nil {
 		if err := s.reg.EncodeCommand(&cmd); err != nil {
 			return nil, err
@@ -147,7 +166,7 @@ func (s *Sender) record(cmd orchestrix.Command) (*kgo.Record, error) {
 
 // Send produces cmd and waits for the broker's acknowledgement.
 func (s *Sender) Send(ctx context.Context, cmd orchestrix.Command) error {
-	r, err := s.record(cmd)
+	r, err := s.record(ctx, cmd)
 	if err != nil {
 		return fmt.Errorf("producers: send %s: %w", cmd.ID, err)
 	}
@@ -160,7 +179,7 @@ func (s *Sender) Send(ctx context.Context, cmd orchestrix.Command) error {
 // SendAsync produces cmd and calls done (from a client goroutine) with the
 // result. done must not block.
 func (s *Sender) SendAsync(ctx context.Context, cmd orchestrix.Command, done func(error)) {
-	r, err := s.record(cmd)
+	r, err := s.record(ctx, cmd)
 	if err != nil {
 		done(fmt.Errorf("producers: send %s: %w", cmd.ID, err))
 		return
