@@ -87,6 +87,7 @@ type Runtime struct {
 	elector  stores.Elector
 	onChange func(Transition)
 	onTraced func(Transition, string)
+	trace    func(context.Context) string
 }
 
 // RuntimeOption configures a Runtime.
@@ -122,12 +123,22 @@ func OnTransition(f func(Transition)) RuntimeOption { return func(r *Runtime) { 
 
 // OnTransitionTraced calls f after each committed transition with the
 // W3C traceparent of the input that caused it (its ce_traceparent header;
-// "" when it had none, or when Start, Retry or Resolve applied it):
+// for Start, Retry and Resolve, their context's: see WithTraceContext;
+// "" for none):
 // tracing adapters make a span per transition here (see tracing/otel).
 // It must not block. The commands a transition writes carry the same
 // traceparent, unless a step set one of its own.
 func OnTransitionTraced(f func(tr Transition, traceParent string)) RuntimeOption {
 	return func(r *Runtime) { r.onTraced = f }
+}
+
+// WithTraceContext gives Start, Retry and Resolve, which apply an input
+// without a record, the trace context of their ctx: f returns the W3C
+// traceparent of ctx's span ("" for none), and the commands the
+// transition writes carry it. Tracing adapters provide f (tracing/otel's
+// TraceParent), so the core does not import a tracing library.
+func WithTraceContext(f func(ctx context.Context) string) RuntimeOption {
+	return func(r *Runtime) { r.trace = f }
 }
 
 // NewRuntime returns a runtime for defs, versions of one saga type; new
@@ -250,6 +261,9 @@ func (r *Runtime) Resolve(ctx context.Context, sagaID, opID, note string) error 
 
 // apply runs one input in one store transaction.
 func (r *Runtime) apply(ctx context.Context, in Input, traceParent string) error {
+	if traceParent == "" && r.trace != nil {
+		traceParent = r.trace(ctx)
+	}
 	var tr Transition
 	if err := r.store.Apply(ctx, r.typ, in.SagaID, in.ID, r.decide(in, traceParent, &tr)); err != nil {
 		return err
