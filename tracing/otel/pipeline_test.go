@@ -170,7 +170,7 @@ func startPipeline[T any](t *testing.T, e env[T], bc string, tr *orxotel.Tracer)
 			t.Fatal(err)
 		}
 		p.sagaSt = e.sagas
-		p.sagaRT, err = sagas.NewRuntime(p.sagaSt, reg, []sagas.Saga{def}, sagas.OnTransitionTraced(tr.Saga))
+		p.sagaRT, err = sagas.NewRuntime(p.sagaSt, reg, []sagas.Saga{def}, sagas.OnTransitionTraced(tr.Saga), sagas.WithTraceContext(orxotel.TraceParent))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -396,5 +396,20 @@ func sagaTrace(t *testing.T, p *pipeline, rec *tracetest.SpanRecorder, tt trace.
 	i, err := p.sagaSt.Get(t.Context(), p.bc+"-transfer", "t-1")
 	if err != nil || i.Status != sagas.StatusCompleted {
 		t.Errorf("saga: %+v, %v", i, err)
+	}
+
+	// Runtime.Start has no record: WithTraceContext gives it ctx's.
+	ctx, root = tt.Start(t.Context(), "start directly")
+	if err := p.sagaRT.Start(ctx, "t-2", transfer{From: "alice", To: "bob", Amount: 5}); err != nil {
+		t.Fatal(err)
+	}
+	root.End()
+	spans = spansOf(t, rec, root.SpanContext().TraceID(), func(s []sdktrace.ReadOnlySpan) bool {
+		return len(named(s, saga)) >= 3 && len(named(s, cmds)) >= 2
+	})
+	for _, s := range named(spans, saga) {
+		if s.SpanContext().TraceID() != root.SpanContext().TraceID() {
+			t.Errorf("a transition of the directly started saga is in trace %s\n%s", s.SpanContext().TraceID(), dump(spans))
+		}
 	}
 }

@@ -93,6 +93,16 @@ func Inject(ctx context.Context, m *orchestrix.Metadata) {
 	}
 }
 
+// TraceParent returns the W3C traceparent of ctx's span, "" when ctx has
+// none: the function the core's trace hooks take
+// (producers.WithTraceContext, sagas.WithTraceContext).
+func TraceParent(ctx context.Context) string {
+	if sc := trace.SpanContextFromContext(ctx); sc.IsValid() {
+		return Format(sc)
+	}
+	return ""
+}
+
 // Extract returns ctx with the remote span context that traceParent
 // names, so that a span started from it is its child; ctx itself when
 // traceParent is empty or malformed (a bad header never fails a message).

@@ -8,9 +8,14 @@ import (
 	"time"
 
 	"github.com/orchestrix/orchestrix"
+	"github.com/orchestrix/orchestrix/codec"
 	"github.com/orchestrix/orchestrix/consumers"
+	"github.com/orchestrix/orchestrix/examples/banking"
+	"github.com/orchestrix/orchestrix/internal/testenv"
+	"github.com/orchestrix/orchestrix/producers"
 	"github.com/orchestrix/orchestrix/projections"
 	orxotel "github.com/orchestrix/orchestrix/tracing/otel"
+	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"go.opentelemetry.io/otel/codes"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
@@ -50,6 +55,48 @@ func TestParse(t *testing.T) {
 				t.Errorf("Format(Parse(%q)) = %q", c.in, orxotel.Format(sc))
 			}
 		})
+	}
+}
+
+// TestSenderTraceContext: a plain Sender.Send carries ctx's span when the
+// sender has WithTraceContext(TraceParent); a command that has a
+// TraceParent keeps it.
+func TestSenderTraceContext(t *testing.T) {
+	seeds := testenv.FakeBrokers(t)
+	cl := testenv.Client(t, seeds, kgo.ConsumeTopics("s.commands"))
+	if _, err := kadm.NewClient(cl).CreateTopic(t.Context(), 1, 1, nil, "s.commands"); err != nil {
+		t.Fatal(err)
+	}
+	reg := codec.NewRegistry()
+	if err := banking.Register(reg); err != nil {
+		t.Fatal(err)
+	}
+	sender, err := producers.NewSender(cl, reg, "s.commands", "/test", producers.WithTraceContext(orxotel.TraceParent))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _, tt := recorder(t)
+	ctx, span := tt.Start(t.Context(), "api")
+	defer span.End()
+	for _, own := range []string{"", good} {
+		cmd, err := sender.Command("a", banking.OpenAccount{Owner: "a"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		cmd.TraceParent = own
+		if err := sender.Send(ctx, cmd); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var got []string
+	for len(got) < 2 {
+		cl.PollFetches(t.Context()).EachRecord(func(r *kgo.Record) { got = append(got, traceParentOf(r)) })
+	}
+	if want := []string{orxotel.Format(span.SpanContext()), good}; !slices.Equal(got, want) {
+		t.Fatalf("traceparents %q, want %q", got, want)
+	}
+	if orxotel.TraceParent(context.Background()) != "" {
+		t.Fatal("a context without a span has a traceparent")
 	}
 }
 
