@@ -31,12 +31,14 @@
 // Wiring, with a TracerProvider from the OpenTelemetry SDK:
 //
 //	t := otel.New(otel.WithTracerProvider(tp))
-//	err := t.Send(ctx, sender, cmd) // client side
+//	err := t.Send(ctx, sender, cmd) // client side, a producer span; or:
+//	sender, _ := producers.NewSender(cl, reg, topic, source, producers.WithTraceContext(otel.TraceParent))
 //	processor, _ := aggregates.NewProcessor(repo, aggregates.OnAppend(t.Append))
 //	group, _ := consumers.New(seeds, "bank-aggregates", []string{"bank.commands"},
 //		consumers.Chain(processor, t.Middleware("bank-aggregates")))
 //	relay, _ := outbox.NewRelay(store, seeds, outbox.ToTopic("bank.events"), outbox.OnCommit(t.Relay))
-//	runtime, _ := sagas.NewRuntime(sagaStore, reg, defs, sagas.OnTransitionTraced(t.Saga))
+//	runtime, _ := sagas.NewRuntime(sagaStore, reg, defs, sagas.OnTransitionTraced(t.Saga),
+//		sagas.WithTraceContext(otel.TraceParent))
 //	inbox, _ := consumers.New(seeds, "transfer-sagas", []string{runtime.Inbox()},
 //		consumers.Chain(runtime, t.Middleware("transfer-sagas")))
 //	runner, _ := projections.New("balances", back, src, apply, projections.OnCommit(t.Projection))
