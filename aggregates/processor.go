@@ -527,7 +527,11 @@ func (p *Processor[S]) round(ctx context.Context, jobs []*job[S]) {
 			}
 		}
 	}
-	if err := p.publish(ctx, d.outs, traces(jobs)); err != nil {
+	var tps map[string]string
+	if p.outcomes != nil {
+		tps = traces(jobs)
+	}
+	if err := p.publish(ctx, d.outs, tps); err != nil {
 		for _, j := range jobs {
 			fill(j.errs, err)
 		}
