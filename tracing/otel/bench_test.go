@@ -45,12 +45,14 @@ type benchMode struct {
 	// sampled is the flag of the commands' traceparents (what the
 	// sending service decided).
 	sampled bool
+	opts    []orxotel.Option
 }
 
 // BenchmarkPipelineTracing measures the command pipeline (command
 // processor → memory store → relay to the events topic, and a projection
 // of the store) with tracing off, with a sampler that drops (parent
-// based; the senders did not sample: the usual production setting), and
+// based; the senders did not sample: the usual production setting),
+// the same with SkipUnsampled, and
 // with every span recorded and exported (to a no-op exporter through the
 // SDK's batch span processor). Each round preloads TRACE_BENCH_COMMANDS
 // commands (default 20,000, over 1,000 accounts) and times the pipeline
@@ -75,6 +77,7 @@ func BenchmarkPipelineTracing(b *testing.B) {
 	modes := []benchMode{
 		{name: "off"},
 		{name: "drop", sampler: sdktrace.ParentBased(sdktrace.NeverSample())},
+		{name: "drop-skip", sampler: sdktrace.ParentBased(sdktrace.NeverSample()), opts: []orxotel.Option{orxotel.SkipUnsampled()}},
 		{name: "always", sampler: sdktrace.AlwaysSample(), sampled: true},
 	}
 	if v := os.Getenv("TRACE_BENCH_MODES"); v != "" {
@@ -202,7 +205,7 @@ func pipelineRate(b *testing.B, seeds []string, pool *pgxpool.Pool, m benchMode,
 	if m.sampler != nil {
 		tp := sdktrace.NewTracerProvider(sdktrace.WithSampler(m.sampler), sdktrace.WithBatcher(tracetest.NewNoopExporter()))
 		defer func() { _ = tp.Shutdown(context.Background()) }()
-		tr = orxotel.New(orxotel.WithTracerProvider(tp))
+		tr = orxotel.New(append(m.opts, orxotel.WithTracerProvider(tp))...)
 		// TRACE_BENCH_HOOKS (default all) picks the hooks, to find what
 		// costs: any of mw, append, relay, projection, comma-separated.
 		if hooked("append") {

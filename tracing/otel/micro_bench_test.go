@@ -28,10 +28,10 @@ var microModes = []struct {
 	{"always", sdktrace.AlwaysSample(), true},
 }
 
-func microTracer(b *testing.B, s sdktrace.Sampler) *orxotel.Tracer {
+func microTracer(b *testing.B, s sdktrace.Sampler, opts ...orxotel.Option) *orxotel.Tracer {
 	tp := sdktrace.NewTracerProvider(sdktrace.WithSampler(s), sdktrace.WithBatcher(tracetest.NewNoopExporter()))
 	b.Cleanup(func() { _ = tp.Shutdown(context.Background()) })
-	return orxotel.New(orxotel.WithTracerProvider(tp))
+	return orxotel.New(append(opts, orxotel.WithTracerProvider(tp))...)
 }
 
 // benchRecords returns n command records as the processor gets them.
@@ -56,9 +56,18 @@ func (nopBatch) HandleBatch(_ context.Context, recs []*kgo.Record) []error { ret
 // around a handler that does nothing (ns/op is per record).
 func BenchmarkMiddleware(b *testing.B) {
 	recs := map[bool][]*kgo.Record{false: benchRecords(500, false), true: benchRecords(500, true)}
-	for _, m := range microModes {
+	modes := append(microModes[:len(microModes):len(microModes)], struct {
+		name    string
+		sampler sdktrace.Sampler
+		sampled bool
+	}{"drop-skip-unsampled", microModes[0].sampler, false})
+	for _, m := range modes {
 		b.Run(m.name, func(b *testing.B) {
-			h := consumers.Chain(nopBatch{}, microTracer(b, m.sampler).Middleware("g")).(consumers.BatchHandler)
+			var opts []orxotel.Option
+			if m.name == "drop-skip-unsampled" {
+				opts = append(opts, orxotel.SkipUnsampled())
+			}
+			h := consumers.Chain(nopBatch{}, microTracer(b, m.sampler, opts...).Middleware("g")).(consumers.BatchHandler)
 			b.ReportAllocs()
 			defer cpuPerOp(b)()
 			for i := 0; b.Loop(); i++ {

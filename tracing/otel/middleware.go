@@ -102,6 +102,10 @@ func (w *handler) start(ctx context.Context, r *kgo.Record) (_ context.Context, 
 			var sc trace.SpanContext
 			if sc, parented = parse(h.Value); parented {
 				parent = trace.ContextWithRemoteSpanContext(ctx, sc)
+				if w.t.skipUnsampled && !sc.IsSampled() {
+					// The remote span: not recording, ending it does nothing.
+					return parent, trace.SpanFromContext(parent), true
+				}
 			}
 			break
 		}

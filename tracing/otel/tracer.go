@@ -23,15 +23,27 @@ const HeaderTraceParent = codec.HeaderPrefix + "traceparent"
 // Tracer makes the spans of Orchestrix's runtimes. It is safe for
 // concurrent use; one Tracer serves every runtime of a process.
 type Tracer struct {
-	tr trace.Tracer
+	tr            trace.Tracer
+	skipUnsampled bool
 }
 
 // Option configures a Tracer.
 type Option func(*config)
 
 type config struct {
-	tp trace.TracerProvider
+	tp            trace.TracerProvider
+	skipUnsampled bool
 }
+
+// SkipUnsampled makes the middleware start no span for a record whose
+// trace context says it was not sampled: the handler runs under that
+// context (any span it starts is its child, and not sampled under a
+// parent-based sampler), and gets the record as it is. That is what a
+// parent-based sampler (OpenTelemetry's default) decides anyway, without
+// the cost of a span that is not recorded (about half of the middleware's
+// cost per record with a dropping sampler). Do not use it
+// with a sampler that may sample a record whose parent was not sampled.
+func SkipUnsampled() Option { return func(c *config) { c.skipUnsampled = true } }
 
 // WithTracerProvider sets the provider the spans come from (default: the
 // global one, go.opentelemetry.io/otel.GetTracerProvider, which does
@@ -49,7 +61,7 @@ func New(opts ...Option) *Tracer {
 	if c.tp == nil {
 		c.tp = gotel.GetTracerProvider()
 	}
-	return &Tracer{tr: c.tp.Tracer(ScopeName)}
+	return &Tracer{tr: c.tp.Tracer(ScopeName), skipUnsampled: c.skipUnsampled}
 }
 
 // Attribute keys, after OpenTelemetry's messaging conventions where one

@@ -326,6 +326,27 @@ func TestDroppingSampler(t *testing.T) {
 	if p.got[1] != unsampled || f.got[0] != unsampled {
 		t.Error("a record whose trace is not sampled was copied")
 	}
+
+	// SkipUnsampled: no span at all for it, the handler runs under the
+	// record's context; a record without a context still gets a span.
+	skip := orxotel.New(orxotel.WithTracerProvider(tp), orxotel.SkipUnsampled())
+	var seen trace.SpanContext
+	h := consumers.Chain(consumers.HandlerFunc(func(ctx context.Context, r *kgo.Record) error {
+		seen = trace.SpanContextFromContext(ctx)
+		return nil
+	}), skip.Middleware("g"))
+	if err := h.Handle(t.Context(), unsampled); err != nil {
+		t.Fatal(err)
+	}
+	if want, _ := orxotel.Parse(traceParentOf(unsampled)); !seen.Equal(want) {
+		t.Errorf("handler ran under %v, want the record's context", seen)
+	}
+	if err := h.Handle(t.Context(), record("")); err != nil {
+		t.Fatal(err)
+	}
+	if !seen.IsValid() || seen.IsRemote() {
+		t.Errorf("a record without a context: handler ran under %v, want a span of its own", seen)
+	}
 }
 
 // TestBatchSpans: a batch of one trace is a child in it; a batch that
