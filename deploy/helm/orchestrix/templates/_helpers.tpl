@@ -114,3 +114,17 @@ tolerations:
   {{- toYaml . | nindent 2 }}
 {{- end }}
 {{- end -}}
+
+{{/* The environment, security context and mounts of a topics step. */}}
+{{- define "orchestrix.topicsStep" -}}
+env:
+  {{- include "orchestrix.kafkaEnv" . | nindent 2 }}
+{{- with (include "orchestrix.kafkaEnvFrom" .) }}
+envFrom:
+  {{- . | nindent 2 }}
+{{- end }}
+securityContext:
+  {{- toYaml .Values.securityContext | nindent 2 }}
+volumeMounts:
+  {{- include "orchestrix.kafkaMounts" . | nindent 2 }}
+{{- end -}}
