@@ -5,6 +5,7 @@ import (
 	"flag"
 	"os"
 	"path/filepath"
+	"reflect"
 	"regexp"
 	"slices"
 	"sort"
@@ -38,6 +39,7 @@ const (
 var valueSets = map[string]string{
 	"default": "",
 	"secured": `
+monitoring: {serviceMonitor: true, prometheusRule: true, grafanaDashboard: true, labels: {release: kube-prometheus-stack}}
 kafka:
   brokers: b-1.kafka.example:9096,b-2.kafka.example:9096
   secretName: kafka-sasl
@@ -140,6 +142,17 @@ func TestChart(t *testing.T) {
 				objs = append(objs, decodeAll(t, file, text)...)
 			}
 			checkObjects(t, objs, overlay)
+			if name == "secured" {
+				var kinds []string
+				for _, o := range objs {
+					kinds = append(kinds, o.kind+"/"+o.name)
+				}
+				for _, want := range []string{"ServiceMonitor/orchestrix-exporter", "PrometheusRule/orchestrix", "ConfigMap/orchestrix-dashboard"} {
+					if !slices.Contains(kinds, want) {
+						t.Errorf("monitoring on: no %s (%v)", want, kinds)
+					}
+				}
+			}
 		})
 	}
 }
@@ -171,19 +184,23 @@ func TestChartRefusesBadValues(t *testing.T) {
 	}
 }
 
-// TestChartGrantsAreTheGuides: the chart's copy of grants.sql (Helm
-// reads files inside the chart only) is deploy/postgres/grants.sql.
-func TestChartGrantsAreTheGuides(t *testing.T) {
-	a, err := os.ReadFile("../postgres/grants.sql")
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := os.ReadFile(filepath.Join(chartDir, "files/grants.sql"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !bytes.Equal(a, b) {
-		t.Fatal("deploy/helm/orchestrix/files/grants.sql differs from deploy/postgres/grants.sql: cp deploy/postgres/grants.sql deploy/helm/orchestrix/files/")
+// TestChartFilesAreTheOriginals: the chart's copies (Helm reads files
+// inside the chart only) of grants.sql, the alert rules and the dashboard
+// are the files under deploy/.
+func TestChartFilesAreTheOriginals(t *testing.T) {
+	for _, orig := range []string{"../postgres/grants.sql", "../prometheus/alerts.yml", "../grafana/orchestrix.json"} {
+		a, err := os.ReadFile(orig)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cp := filepath.Join(chartDir, "files", filepath.Base(orig))
+		b, err := os.ReadFile(cp)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(a, b) {
+			t.Errorf("%s differs from %s: cp %s %s", cp, orig, orig, cp)
+		}
 	}
 }
 
@@ -278,6 +295,31 @@ type scaledObjectSpec struct {
 	} `json:"triggers"`
 }
 
+// serviceMonitor and prometheusRule are the parts of the Prometheus
+// operator's kinds (monitoring.coreos.com/v1) the chart writes.
+type serviceMonitor struct {
+	APIVersion string       `json:"apiVersion"`
+	Kind       string       `json:"kind"`
+	Metadata   metadataLite `json:"metadata"`
+	Spec       struct {
+		Selector struct {
+			MatchLabels map[string]string `json:"matchLabels"`
+		} `json:"selector"`
+		Endpoints []struct {
+			Port     string `json:"port"`
+			Path     string `json:"path,omitempty"`
+			Interval string `json:"interval,omitempty"`
+		} `json:"endpoints"`
+	} `json:"spec"`
+}
+
+type prometheusRule struct {
+	APIVersion string       `json:"apiVersion"`
+	Kind       string       `json:"kind"`
+	Metadata   metadataLite `json:"metadata"`
+	Spec       ruleFile     `json:"spec"`
+}
+
 // kafkaTriggerKeys are the kafka trigger's metadata keys (keda.sh docs,
 // scalers/apache-kafka).
 var kafkaTriggerKeys = []string{"bootstrapServers", "consumerGroup", "topic", "lagThreshold", "activationLagThreshold",
@@ -322,6 +364,10 @@ func decodeAll(t *testing.T, file, text string) []object {
 			v = &corev1.ServiceAccount{}
 		case "keda.sh/v1alpha1 ScaledObject":
 			v = &scaledObject{}
+		case "monitoring.coreos.com/v1 ServiceMonitor":
+			v = &serviceMonitor{}
+		case "monitoring.coreos.com/v1 PrometheusRule":
+			v = &prometheusRule{}
 		default:
 			t.Errorf("%s: %s %s %q: a kind this check does not know", file, head.APIVersion, head.Kind, head.Metadata.Name)
 			continue
@@ -392,6 +438,28 @@ func checkObjects(t *testing.T, objs []object, overlay string) {
 			}
 			if _, ok := deployments[v.Name]; !ok {
 				t.Errorf("PDB %s: no Deployment of that name", v.Name)
+			}
+		case *prometheusRule:
+			b, err := os.ReadFile("../prometheus/alerts.yml")
+			if err != nil {
+				t.Fatal(err)
+			}
+			var want ruleFile
+			if err := yaml.Unmarshal(b, &want); err != nil {
+				t.Fatal(err)
+			}
+			if !reflect.DeepEqual(v.Spec, want) {
+				t.Errorf("PrometheusRule %s: its rules differ from deploy/prometheus/alerts.yml", v.Metadata.Name)
+			}
+		case *corev1.ConfigMap:
+			if dash, ok := v.Data["orchestrix.json"]; ok {
+				b, err := os.ReadFile("../grafana/orchestrix.json")
+				if err != nil {
+					t.Fatal(err)
+				}
+				if strings.TrimSpace(dash) != strings.TrimSpace(string(b)) || v.Labels["grafana_dashboard"] != "1" {
+					t.Errorf("ConfigMap %s: not deploy/grafana/orchestrix.json for the sidecar", v.Name)
+				}
 			}
 		case *scaledObject:
 			target := v.Spec.ScaleTargetRef.Name
