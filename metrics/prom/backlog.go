@@ -12,6 +12,7 @@ import (
 	"github.com/orchestrix/orchestrix/stores"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 )
 
@@ -132,6 +133,13 @@ func (c *relayBacklog) checkpoint(ctx context.Context) (stores.Cursor, error) {
 	}
 	end, ok1 := ends.Lookup(c.cpTopic, 0)
 	start, ok2 := starts.Lookup(c.cpTopic, 0)
+	if errors.Is(end.Err, kerr.UnknownTopicOrPartition) || errors.Is(start.Err, kerr.UnknownTopicOrPartition) ||
+		(!ok1 && !ok2 && noTopic(ends, starts, c.cpTopic)) {
+		// No relay has ever committed a checkpoint: everything is
+		// backlog. This is the case the series exists to catch (a relay
+		// that never started), so it is no scrape error.
+		return stores.Cursor{}, nil
+	}
 	if !ok1 || !ok2 || end.Err != nil || start.Err != nil {
 		return stores.Cursor{}, fmt.Errorf("checkpoint topic %s: %w", c.cpTopic, errors.Join(end.Err, start.Err, errors.New("no partition 0")))
 	}
@@ -148,6 +156,20 @@ func (c *relayBacklog) checkpoint(ctx context.Context) (stores.Cursor, error) {
 			return cur, err
 		}
 	}
+}
+
+// noTopic reports whether the listings show topic missing: absent, or
+// only entries with UNKNOWN_TOPIC_OR_PARTITION (kadm lists a topic the
+// metadata does not know that way, without its partitions).
+func noTopic(ends, starts kadm.ListedOffsets, topic string) bool {
+	for _, l := range []kadm.ListedOffsets{ends, starts} {
+		for _, o := range l[topic] {
+			if !errors.Is(o.Err, kerr.UnknownTopicOrPartition) {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 // scanQuiet is how long scan waits for more records before it takes the

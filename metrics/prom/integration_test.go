@@ -310,3 +310,28 @@ func relayFailover(t *testing.T, sig syscall.Signal) {
 	<-loadDone
 	t.Logf("%d events appended", appended.Load())
 }
+
+// TestRelayBacklogNoRelayIntegration: before any relay has run there is
+// no checkpoint topic, and every event is backlog — the case the series
+// exists to catch — not a scrape error.
+func TestRelayBacklogNoRelayIntegration(t *testing.T) {
+	pool := testenv.Pool(t)
+	seeds := testenv.Brokers(t)
+	store := pgtest.Store(t, pool)
+	topic := testenv.Topic(t, seeds, 1, nil)
+	const n = 25
+	for i := range n {
+		e := orchestrix.Event{Metadata: orchestrix.Metadata{Type: "T", Source: "/f", Time: time.Now()}, ContentType: "application/json", Data: []byte(`{}`)}
+		if _, err := store.Append(t.Context(), fmt.Sprintf("s-%d", i), stores.NoStream, []orchestrix.Event{e}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(prom.RelayBacklog(store, topic, seeds))
+	if v := gaugeValue(t, reg, "orchestrix_relay_backlog_events"); v != n {
+		t.Errorf("backlog with no relay ever run = %v, want %d", v, n)
+	}
+	if v := gaugeValue(t, reg, "orchestrix_scrape_errors_total"); v != 0 {
+		t.Errorf("scrape errors = %v, want 0", v)
+	}
+}
