@@ -44,6 +44,12 @@ type health struct {
 
 func newHealth(opts Options, workers []Worker) (*health, error) {
 	h := &health{opts: opts, workers: workers, running: make([]atomic.Bool, len(workers))}
+	// Running from the start: the endpoints answer before Run has started
+	// the workers' goroutines, and a /livez probe in between must not see
+	// a worker "stopped" (found by internal/lifecycletest).
+	for i := range h.running {
+		h.running[i].Store(true)
+	}
 	if h.opts.LiveTimeout <= 0 {
 		h.opts.LiveTimeout = DefaultLiveTimeout
 	}
