@@ -18,7 +18,18 @@
 //	go run ./examples/notifications --scenario outage --watch
 //
 // or against a real broker with --brokers (or KAFKA_BROKERS). The SMTP
-// and HTTP receivers run in the process, on 127.0.0.1. See README.md.
+// and HTTP receivers run in the process, on 127.0.0.1.
+//
+// It also runs as a long-running service, with a driver that sends it
+// work:
+//
+//	go run ./examples/notifications serve --brokers B --listen :8080 [--init] [--fail sms=0.3]
+//	go run ./examples/notifications drive --brokers B --rate 50 --count 200
+//
+// serve runs the four channel groups under service.Run until SIGTERM and
+// publishes each acknowledged notification on <context>.deliveries; drive
+// publishes UserRegistered events and reports what was delivered and
+// what was dead-lettered. Bad flags exit 2. See README.md.
 package main
 
 import (
@@ -37,7 +48,17 @@ func main() {
 	os.Exit(realMain(os.Args[1:]))
 }
 
+// realMain runs a mode and returns the exit code: 0 fine, 1 failed (an
+// invariant violated, the service stopped with an error), 2 bad flags.
 func realMain(args []string) int {
+	if len(args) > 0 && (args[0] == "serve" || args[0] == "drive") {
+		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+		defer stop()
+		if args[0] == "serve" {
+			return serveMain(ctx, args[1:], os.Stdout, os.Stderr)
+		}
+		return driveMain(ctx, args[1:], os.Stdout, os.Stderr)
+	}
 	fs := flag.NewFlagSet("notifications", flag.ContinueOnError)
 	var c config
 	brokers := fs.String("brokers", os.Getenv("KAFKA_BROKERS"), "Kafka seed brokers (env KAFKA_BROKERS); empty: an embedded in-process broker (kfake)")
@@ -52,6 +73,9 @@ func realMain(args []string) int {
 		return 2
 	}
 	var errs []string
+	if fs.NArg() > 0 {
+		errs = append(errs, fmt.Sprintf("unexpected arguments %q (modes: serve, drive; no mode runs the self-check)", fs.Args()))
+	}
 	if c.users < 1 || c.users > 100_000 {
 		errs = append(errs, fmt.Sprintf("--users %d: want 1 to 100000", c.users))
 	}

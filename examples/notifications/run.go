@@ -305,26 +305,9 @@ func handler(r *channelRun, reg *codec.Registry, c config, logf func(string, ...
 		if !ok {
 			return nil // not ours
 		}
-		n := Notification{Key: e.ID + "/" + r.name, UserID: u.UserID, Text: "Welcome, " + u.Name + "!"}
-		switch r.name {
-		case "email":
-			n.To = u.Email
-		case "sms":
-			n.To = u.Phone
-		default:
-			n.To = u.UserID
-		}
+		n := notificationFor(e.ID, u, r.name)
 		a := attempt{at: time.Now()} // level from the retry header
-		for _, h := range rec.Headers {
-			switch h.Key {
-			case consumers.HeaderRedrives:
-				a.redrive = true
-			case consumers.HeaderLevel:
-				if n, err := strconv.Atoi(string(h.Value)); err == nil {
-					a.level = n
-				}
-			}
-		}
+		a.level, a.redrive = retryInfo(rec)
 		err = r.ch.Send(ctx, n)
 		a.err = err
 		r.note(n.Key, a)
@@ -352,6 +335,37 @@ func handler(r *channelRun, reg *codec.Registry, c config, logf func(string, ...
 		}
 		return err
 	}
+}
+
+// notificationFor is the welcome of user u on channel for the event with
+// ID eventID. Its idempotency key is the event ID and the channel.
+func notificationFor(eventID string, u UserRegistered, channel string) Notification {
+	n := Notification{Key: eventID + "/" + channel, UserID: u.UserID, Text: "Welcome, " + u.Name + "!"}
+	switch channel {
+	case "email":
+		n.To = u.Email
+	case "sms":
+		n.To = u.Phone
+	default:
+		n.To = u.UserID
+	}
+	return n
+}
+
+// retryInfo reads a record's retry level (0: the events topic) and
+// whether it was redriven from a dead-letter topic.
+func retryInfo(rec *kgo.Record) (level int, redriven bool) {
+	for _, h := range rec.Headers {
+		switch h.Key {
+		case consumers.HeaderRedrives:
+			redriven = true
+		case consumers.HeaderLevel:
+			if n, err := strconv.Atoi(string(h.Value)); err == nil {
+				level = n
+			}
+		}
+	}
+	return level, redriven
 }
 
 // verdict checks the invariants and prints a table: each notification

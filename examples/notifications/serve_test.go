@@ -1,0 +1,403 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/orchestrix/orchestrix/consumers"
+	"github.com/orchestrix/orchestrix/internal/cli"
+	"github.com/orchestrix/orchestrix/internal/testenv"
+	"github.com/orchestrix/orchestrix/topics"
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kgo"
+)
+
+// mainEnv makes the test binary run main (serve) instead of the tests:
+// the serve tests start it as a child and stop it with SIGTERM.
+const mainEnv = "NOTIFICATIONS_TEST_MAIN"
+
+func TestMain(m *testing.M) {
+	if os.Getenv(mainEnv) == "1" {
+		main()
+		return
+	}
+	os.Exit(m.Run())
+}
+
+// syncBuffer is an io.Writer safe for concurrent writers.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// TestServeDriveBadFlags: bad flags of serve and drive are usage errors
+// (exit 2), named.
+func TestServeDriveBadFlags(t *testing.T) {
+	t.Setenv("KAFKA_BROKERS", "")
+	for _, args := range [][]string{
+		{"extra"},
+		{"serve", "--partitions", "0"},
+		{"serve", "--replication", "0"},
+		{"serve", "--listen", ""},
+		{"serve", "--context", "a b"},
+		{"serve", "--retry-delays", "1s,x"},
+		{"serve", "--fail", "sms=2"},
+		{"serve", "--fail", "fax=0.1"},
+		{"serve", "--fail", "sms"},
+		{"serve", "--smtp-addr", "no-port"},
+		{"serve", "--webhook-url", "ftp://example.com/x"},
+		{"serve", "--shutdown-timeout", "0s"},
+		{"serve", "--session-timeout", "10ms"},
+		{"serve", "--log-level", "loud"},
+		{"serve", "--bogus"},
+		{"serve", "extra"},
+		{"drive"}, // no brokers
+		{"drive", "--brokers", "127.0.0.1:1", "--rate", "0"},
+		{"drive", "--brokers", "127.0.0.1:1", "--count", "0"},
+		{"drive", "--brokers", "127.0.0.1:1", "--invalid", "1.5"},
+		{"drive", "--brokers", "127.0.0.1:1", "--timeout", "-1s"},
+		{"drive", "--brokers", "127.0.0.1:1", "--context", ""},
+		{"drive", "--brokers", "127.0.0.1:1", "extra"},
+	} {
+		var out, errOut strings.Builder
+		var code int
+		switch {
+		case args[0] == "serve":
+			code = serveMain(t.Context(), args[1:], &out, &errOut)
+		case args[0] == "drive":
+			code = driveMain(t.Context(), args[1:], &out, &errOut)
+		default:
+			code = realMain(args)
+			errOut.WriteString("(self-check: on stderr)")
+		}
+		if code != 2 {
+			t.Errorf("%q: exit %d, want 2\n%s%s", args, code, out.String(), errOut.String())
+		} else if errOut.Len() == 0 {
+			t.Errorf("%q: exit 2 without saying why", args)
+		}
+	}
+}
+
+// child is a `serve` running as a child process.
+type child struct {
+	cmd     *exec.Cmd
+	lines   chan string
+	out     *syncBuffer
+	done    chan error
+	brokers string
+	listen  string
+}
+
+// startServe runs `serve args...` as a child process (the test binary
+// re-executed) and waits until it listens.
+func startServe(t *testing.T, args ...string) *child {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], append([]string{"serve", "--listen", "127.0.0.1:0", "--retry-delays", "200ms,400ms,800ms"}, args...)...)
+	cmd.Env = append(os.Environ(), mainEnv+"=1")
+	pr, pw := io.Pipe()
+	c := &child{cmd: cmd, lines: make(chan string, 100), out: &syncBuffer{}, done: make(chan error, 1)}
+	cmd.Stdout, cmd.Stderr = io.MultiWriter(pw, c.out), c.out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		sc := bufio.NewScanner(pr)
+		for sc.Scan() {
+			select {
+			case c.lines <- sc.Text():
+			default:
+			}
+		}
+	}()
+	go func() { c.done <- cmd.Wait(); pw.Close() }()
+	t.Cleanup(func() {
+		if cmd.ProcessState == nil {
+			_ = cmd.Process.Kill()
+			<-c.done
+		}
+	})
+	timeout := time.After(90 * time.Second)
+	for c.listen == "" {
+		select {
+		case l := <-c.lines:
+			if b, ok := strings.CutPrefix(l, "embedded Kafka at "); ok {
+				c.brokers, _, _ = strings.Cut(b, " ")
+			}
+			if a, ok := strings.CutPrefix(l, "listening on "); ok {
+				c.listen, _, _ = strings.Cut(a, " ")
+			}
+		case err := <-c.done:
+			t.Fatalf("serve exited: %v\n%s", err, c.out.String())
+		case <-timeout:
+			t.Fatalf("serve did not listen\n%s", c.out.String())
+		}
+	}
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		resp, err := http.Get("http://" + c.listen + "/readyz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return c
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("never ready: %v\n%s", err, c.out.String())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// stop sends SIGTERM and checks serve exits 0 and says so.
+func (c *child) stop(t *testing.T) {
+	t.Helper()
+	if err := c.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-c.done:
+		if err != nil || !strings.Contains(c.out.String(), "stopped cleanly") {
+			t.Fatalf("serve after SIGTERM: %v\n%s", err, c.out.String())
+		}
+	case <-time.After(45 * time.Second):
+		t.Fatalf("serve did not stop within 45s of SIGTERM\n%s", c.out.String())
+	}
+}
+
+// runDrive runs drive in this process and returns its output; it fails
+// the test unless drive exits 0.
+func runDrive(t *testing.T, c *child, args ...string) string {
+	t.Helper()
+	var out, errOut syncBuffer
+	code := driveMain(t.Context(), append([]string{"--timeout", "90s"}, args...), &out, &errOut)
+	if code != 0 {
+		t.Fatalf("drive exit %d\n%s%s\nserve:\n%s", code, out.String(), errOut.String(), c.out.String())
+	}
+	return out.String()
+}
+
+// row returns the report's row of a channel, its fields.
+func row(t *testing.T, out, channel string) []string {
+	t.Helper()
+	for _, l := range strings.Split(out, "\n") {
+		if f := strings.Fields(l); len(f) > 0 && f[0] == channel {
+			return f
+		}
+	}
+	t.Fatalf("no row for %s in\n%s", channel, out)
+	return nil
+}
+
+// serveAndDrive: serve (with sms failing a third of its calls) driven by
+// 40 users, a tenth of them with an invalid email address: every
+// notification is delivered except those emails, which are dead-lettered
+// as permanent at once; sms retries. Then a UserRegistered and a record
+// that is no CloudEvent sent by hand, as with kcat; then SIGTERM.
+func serveAndDrive(t *testing.T, brokers, name string, serveArgs ...string) {
+	c := startServe(t, append([]string{"--fail", "sms=0.3"}, serveArgs...)...)
+	if brokers == "" {
+		brokers = c.brokers
+	}
+	out := runDrive(t, c, "--brokers", brokers, "--context", name, "--count", "40", "--rate", "100", "--invalid", "0.1")
+	// sms may dead-letter a few (0.3^4 of them fail every attempt): its
+	// notifications are only all settled, which drive's exit 0 says.
+	want := map[string][2]string{"email": {"36", "4"}, "push": {"40", "0"}, "webhook": {"40", "0"}}
+	for ch, w := range want {
+		f := row(t, out, ch)
+		if f[2] != w[0] || f[4] != w[1] {
+			t.Errorf("%s: delivered %s, dead-lettered %s; want %s and %s\n%s", ch, f[2], f[4], w[0], w[1], out)
+		}
+	}
+	if f := row(t, out, "sms"); f[3] == "0" {
+		t.Errorf("sms failing 30%% of its calls retried nothing\n%s", out)
+	}
+	if !strings.Contains(out, "160 of 160 notifications settled") || !strings.Contains(out, "+4 during this drive (permanent 4)") {
+		t.Errorf("report:\n%s", out)
+	}
+	t.Log("\n" + out)
+	pokeByHand(t, brokers, name)
+	c.stop(t)
+	if !strings.Contains(c.out.String(), "received in the process: email 37 ") {
+		t.Errorf("the SMTP server in the process should have 37 emails (36 driven, 1 by hand):\n%s", c.out.String())
+	}
+}
+
+// pokeByHand sends what the README's kcat line sends — a UserRegistered
+// with hand-written CloudEvents headers — and waits for its deliveries
+// (sms may fail every attempt); then a record without CloudEvents headers, which every
+// channel's group dead-letters with the reason.
+func pokeByHand(t *testing.T, brokers, name string) {
+	t.Helper()
+	seeds := strings.Split(brokers, ",")
+	cl := testenv.Client(t, seeds)
+	adm := kadm.NewClient(cl)
+	deliveries, events := DeliveriesTopic(name), topics.Events(name)
+	emailDLQ := consumers.DeadLetterTopic(events, groupName(name, "email"))
+	ends, err := adm.ListEndOffsets(t.Context(), deliveries, emailDLQ)
+	if err != nil {
+		t.Fatal(err)
+	}
+	from := map[string]map[int32]kgo.Offset{deliveries: {}, emailDLQ: {}}
+	ends.Each(func(o kadm.ListedOffset) { from[o.Topic][o.Partition] = kgo.NewOffset().At(o.Offset) })
+	follow := testenv.Client(t, seeds, kgo.ConsumePartitions(from))
+	id := testenv.Name("kcat")
+	h := func(k, v string) kgo.RecordHeader { return kgo.RecordHeader{Key: k, Value: []byte(v)} }
+	byHand := &kgo.Record{Topic: events, Key: []byte("u-1"), Value: []byte(`{"user_id":"u-1","email":"ann@example.com","phone":"+15550000001","name":"Ann"}`),
+		Headers: []kgo.RecordHeader{h("ce_specversion", "1.0"), h("ce_id", id), h("ce_source", "/kcat"), h("ce_type", TypeUserRegistered),
+			h("ce_time", time.Now().UTC().Format("2006-01-02T15:04:05Z")), h("content-type", "application/json")}}
+	bad := &kgo.Record{Topic: events, Key: []byte("u-2"), Value: []byte(`{"user_id":"u-2"}`)}
+	if err := cl.ProduceSync(t.Context(), byHand, bad).FirstErr(); err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]bool{}
+	var reason string
+	deadline := time.Now().Add(60 * time.Second)
+	delivered := func() bool { return got["email"] && got["push"] && got["webhook"] }
+	for (!delivered() || reason == "") && time.Now().Before(deadline) {
+		ctx, cancel := context.WithTimeout(t.Context(), time.Second)
+		fs := follow.PollFetches(ctx)
+		cancel()
+		fs.EachRecord(func(r *kgo.Record) {
+			if r.Topic == emailDLQ && string(r.Key) == "u-2" {
+				for _, h := range r.Headers {
+					if h.Key == consumers.HeaderReason {
+						reason = string(h.Value)
+					}
+				}
+				return
+			}
+			if strings.Contains(string(r.Value), `"event_id":"`+id+`"`) {
+				for _, ch := range channelNames {
+					if strings.Contains(string(r.Value), `"channel":"`+ch+`"`) {
+						got[ch] = true
+					}
+				}
+			}
+		})
+	}
+	if !delivered() {
+		t.Fatalf("the UserRegistered sent by hand (%s) was delivered on %v only", id, got)
+	}
+	if !strings.HasPrefix(reason, "poison:") {
+		t.Fatalf("the record without CloudEvents headers: dead letter reason %q, want poison:...", reason)
+	}
+}
+
+// serve on the embedded broker, driven from this process.
+func TestServeDrive(t *testing.T) {
+	t.Setenv("KAFKA_BROKERS", "")
+	serveAndDrive(t, "", "notifications")
+}
+
+// deleteTopics removes a test context's topics at the end.
+func deleteTopics(t *testing.T, seeds []string, name string) {
+	t.Cleanup(func() {
+		adm := kadm.NewClient(testenv.Client(t, seeds))
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		td, err := adm.ListTopics(ctx)
+		if err != nil {
+			return
+		}
+		var mine []string
+		for _, n := range td.Names() {
+			if strings.HasPrefix(n, name+".") {
+				mine = append(mine, n)
+			}
+		}
+		_, _ = adm.DeleteTopics(ctx, mine...)
+	})
+}
+
+// serve --init against the real broker; drive; SIGTERM.
+func TestServeDriveIntegration(t *testing.T) {
+	seeds := testenv.Brokers(t)
+	name := strings.ReplaceAll(testenv.Name("notif-s"), "_", "-")
+	deleteTopics(t, seeds, name)
+	b := strings.Join(seeds, ",")
+	serveAndDrive(t, b, name, "--init", "--brokers", b, "--context", name, "--partitions", "2", "--session-timeout", "6s")
+}
+
+// Without --init on a context whose topics do not exist, serve exits 1
+// and names the command that creates them.
+func TestServeMissingTopicsIntegration(t *testing.T) {
+	seeds := testenv.Brokers(t)
+	name := strings.ReplaceAll(testenv.Name("notif-m"), "_", "-")
+	var out, errOut syncBuffer
+	code := serveMain(t.Context(), []string{"--brokers", strings.Join(seeds, ","), "--context", name, "--listen", "127.0.0.1:0"}, &out, &errOut)
+	if code != 1 || !strings.Contains(errOut.String(), "orchestrix topics create --topics "+DeliveriesTopic(name)) {
+		t.Fatalf("exit %d\n%s%s", code, out.String(), errOut.String())
+	}
+}
+
+// The operator's way out of an outage, against the real broker: serve
+// with the webhook receiver down dead-letters every webhook (after the
+// retry ladder); serve is stopped, started again with the receiver back,
+// and `orchestrix dlq redrive` brings every one home.
+func TestServeOutageRedriveIntegration(t *testing.T) {
+	seeds := testenv.Brokers(t)
+	name := strings.ReplaceAll(testenv.Name("notif-r"), "_", "-")
+	deleteTopics(t, seeds, name)
+	b := strings.Join(seeds, ",")
+	args := []string{"--brokers", b, "--context", name, "--partitions", "2", "--session-timeout", "6s"}
+	first := startServe(t, append([]string{"--init", "--fail", "webhook=1"}, args...)...)
+	out := runDrive(t, first, "--brokers", b, "--context", name, "--count", "20", "--rate", "100")
+	if f := row(t, out, "webhook"); f[2] != "0" || f[4] != "20" {
+		t.Fatalf("with the receiver down: webhook delivered %s, dead-lettered %s; want 0 and 20\n%s", f[2], f[4], out)
+	}
+	first.stop(t)
+	second := startServe(t, args...)
+	adm := kadm.NewClient(testenv.Client(t, seeds))
+	ends, err := adm.ListEndOffsets(t.Context(), DeliveriesTopic(name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := int64(0)
+	ends.Each(func(o kadm.ListedOffset) { before += o.Offset })
+	var cliOut strings.Builder
+	if code := cli.Run(t.Context(), []string{"dlq", "redrive", "--brokers", b, "--topic", topics.Events(name), "--group", groupName(name, "webhook"), "--to-level", "1"}, &cliOut, &cliOut); code != 0 {
+		t.Fatalf("redrive: exit %d\n%s", code, cliOut.String())
+	}
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		ends, err := adm.ListEndOffsets(t.Context(), DeliveriesTopic(name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		after := int64(0)
+		ends.Each(func(o kadm.ListedOffset) { after += o.Offset })
+		if after-before >= 20 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of 20 webhooks delivered after the redrive\n%s\n%s", after-before, cliOut.String(), second.out.String())
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	second.stop(t)
+	if !strings.Contains(second.out.String(), "webhook 20 (0 twice→one)") {
+		t.Errorf("the second serve's webhook receiver:\n%s", second.out.String())
+	}
+	t.Logf("redrive: %s", strings.TrimSpace(cliOut.String()))
+}
