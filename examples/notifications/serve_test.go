@@ -401,3 +401,49 @@ func TestServeOutageRedriveIntegration(t *testing.T) {
 	}
 	t.Logf("redrive: %s", strings.TrimSpace(cliOut.String()))
 }
+
+// kill -9 of serve while drive has notifications in flight (real
+// broker): a new serve takes over once the dead member's session ends,
+// the records whose offsets were not committed are handled again (the
+// same idempotency keys), and every notification is delivered.
+func TestServeKillNineIntegration(t *testing.T) {
+	seeds := testenv.Brokers(t)
+	name := strings.ReplaceAll(testenv.Name("notif-k"), "_", "-")
+	deleteTopics(t, seeds, name)
+	b := strings.Join(seeds, ",")
+	args := []string{"--brokers", b, "--context", name, "--partitions", "2", "--session-timeout", "6s"}
+	first := startServe(t, append([]string{"--init"}, args...)...)
+	var out, errOut syncBuffer
+	code := make(chan int, 1)
+	go func() {
+		code <- driveMain(t.Context(), []string{"--brokers", b, "--context", name, "--count", "100", "--rate", "20", "--timeout", "2m", "--watch"}, &out, &errOut)
+	}()
+	deadline := time.Now().Add(60 * time.Second)
+	for strings.Count(out.String(), "delivered (") < 40 {
+		if time.Now().After(deadline) {
+			t.Fatalf("nothing delivered\n%s%s\n%s", out.String(), errOut.String(), first.out.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err := first.cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	<-first.done
+	before := strings.Count(out.String(), "delivered (")
+	second := startServe(t, args...)
+	select {
+	case c := <-code:
+		if c != 0 || !strings.Contains(out.String(), "400 of 400 notifications settled") {
+			t.Fatalf("drive exit %d\n%s%s\nafter the kill:\n%s", c, out.String(), errOut.String(), second.out.String())
+		}
+	case <-time.After(3 * time.Minute):
+		t.Fatalf("drive did not end\n%s", out.String())
+	}
+	for _, ch := range channelNames {
+		if f := row(t, out.String(), ch); f[2] != "100" {
+			t.Errorf("%s: %s of 100 delivered\n%s", ch, f[2], out.String())
+		}
+	}
+	t.Logf("killed with %d of 400 delivered; after the restart all 400\n%s", before, out.String()[strings.Index(out.String(), "\nchannel"):])
+	second.stop(t)
+}
