@@ -320,8 +320,18 @@ func serve(ctx context.Context, c serveConfig, stdout io.Writer) error {
 		}
 		workers = append(workers, service.Named(name, g))
 	}
-	fmt.Fprintf(stdout, "serving context %s: %s → email, sms, push and webhook groups (retries %v, then %s); deliveries on %s; failures %v; SIGTERM stops it\n",
-		c.context, events, c.delays, consumers.DeadLetterTopic(events, groupName(c.context, "<channel>")), deliveries, c.fail)
+	injected := "none"
+	if len(c.fail) > 0 {
+		var parts []string
+		for _, name := range channelNames {
+			if r, ok := c.fail[name]; ok {
+				parts = append(parts, fmt.Sprintf("%s %g%%", name, 100*r))
+			}
+		}
+		injected = strings.Join(parts, ", ")
+	}
+	fmt.Fprintf(stdout, "serving context %s: %s → email, sms, push and webhook groups (retries %v, then %s); deliveries on %s; injected failures: %s; SIGTERM stops it\n",
+		c.context, events, c.delays, consumers.DeadLetterTopic(events, groupName(c.context, "<channel>")), deliveries, injected)
 	err = service.Run(ctx, service.Options{
 		ShutdownTimeout: c.shutdown,
 		Addr:            c.listen,
