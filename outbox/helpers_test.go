@@ -105,22 +105,18 @@ func readTopicIsolation(t testing.TB, seeds []string, topic string, isolation kg
 	return out
 }
 
-// createTopic creates a topic on seeds (kfake or real) and deletes it at
-// the end with its checkpoint and dead-letter topics.
+// createTopic creates a topic on seeds (kfake or real), returning once
+// it is listed with its leaders (a relay started at once would otherwise
+// find it missing on a busy broker, and stop), and deletes it at the end
+// with its checkpoint and dead-letter topics.
 func createTopic(t testing.TB, seeds []string, name string, partitions int32) {
 	t.Helper()
+	testenv.TopicNamed(t, seeds, name, partitions, nil)
 	adm := kadm.NewClient(testenv.Client(t, seeds))
-	resp, err := adm.CreateTopic(context.Background(), partitions, 1, nil, name)
-	if err == nil {
-		err = resp.Err
-	}
-	if err != nil {
-		t.Fatalf("create topic %s: %v", name, err)
-	}
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
-		_, _ = adm.DeleteTopics(ctx, name, name+outbox.CheckpointSuffix, name+outbox.DeadLetterSuffix)
+		_, _ = adm.DeleteTopics(ctx, name+outbox.CheckpointSuffix, name+outbox.DeadLetterSuffix)
 	})
 }
 
