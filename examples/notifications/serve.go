@@ -262,6 +262,12 @@ func serve(ctx context.Context, c serveConfig, stdout io.Writer) error {
 	adm := kadm.NewClient(pub)
 	if c.init {
 		if _, err := topics.Ensure(ctx, adm, serveSpecs(c.context, policy, c.partitions, c.replication)...); err != nil {
+			if errors.Is(ctx.Err(), context.Canceled) {
+				// SIGTERM during --init: the topics made so far stay, and
+				// the next --init completes them (Ensure is idempotent).
+				fmt.Fprintln(stdout, "stopped during --init, before serving")
+				return nil
+			}
 			return fmt.Errorf("create topics: %w", err)
 		}
 	} else if _, err := topics.Describe(ctx, adm, deliveries); err != nil {
