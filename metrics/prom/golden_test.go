@@ -177,7 +177,7 @@ func TestGolden(t *testing.T) {
 		t.Fatal(err)
 	}
 	relay, err := outbox.NewRelay(store, seeds, outbox.ToTopic("g.out"), outbox.Instance("r"),
-		outbox.WithStats(50*time.Millisecond, rep.Observe), outbox.OnCommit(rep.Commit), outbox.WithClientOpts(kgo.WithHooks(relayClient)))
+		outbox.ReportStats(50*time.Millisecond, rep.Observe), outbox.OnCommit(rep.Commit), outbox.WithClientOpts(kgo.WithHooks(relayClient)))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -73,7 +73,7 @@ func relayChild() int {
 	rep := prom.NewRelayReports()
 	r, err := outbox.NewRelay(store, strings.Split(os.Getenv("KAFKA_BROKERS"), ","), outbox.ToTopic(os.Getenv(childTopicEnv)),
 		outbox.Instance("a"), outbox.Lease(lease), outbox.WithLogger(log),
-		outbox.WithStats(200*time.Millisecond, rep.Observe), outbox.OnCommit(rep.Commit))
+		outbox.ReportStats(200*time.Millisecond, rep.Observe), outbox.OnCommit(rep.Commit))
 	if err != nil {
 		return fail(err)
 	}
@@ -211,7 +211,7 @@ func relayFailover(t *testing.T, sig syscall.Signal) {
 	reg := prometheus.NewRegistry()
 	rep := prom.NewRelayReports()
 	standby, err := outbox.NewRelay(store, seeds, outbox.ToTopic(topic), outbox.Instance("b"), outbox.Lease(lease),
-		outbox.WithStats(200*time.Millisecond, rep.Observe), outbox.OnCommit(rep.Commit))
+		outbox.ReportStats(200*time.Millisecond, rep.Observe), outbox.OnCommit(rep.Commit))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -15,7 +15,7 @@
 //	// the relay: counters at scrape, lag from its periodic report, transaction times, backlog
 //	rep := prom.NewRelayReports()
 //	relay, err := outbox.NewRelay(store, seeds, outbox.ToTopic("billing.events"),
-//		outbox.WithStats(5*time.Second, rep.Observe), outbox.OnCommit(rep.Commit))
+//		outbox.ReportStats(5*time.Second, rep.Observe), outbox.OnCommit(rep.Commit))
 //	reg.MustRegister(prom.Relay(relay, rep), prom.RelayBacklog(store, "billing.events", seeds))
 //	// the store (for the aggregates processor), PostgreSQL, sagas, projections
 //	sm, err := prom.NewStoreMetrics(reg)

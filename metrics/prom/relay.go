@@ -34,7 +34,7 @@ type relayCollector struct {
 //	orchestrix_relay_transaction_seconds      histogram: a Kafka transaction, start to acknowledged commit
 //	orchestrix_relay_report_age_seconds       time since the last periodic report (the lag's age)
 //
-// The relay computes its lag only in its periodic report (outbox.WithStats),
+// The relay computes its lag only in its periodic report (outbox.ReportStats),
 // and transaction times only reach outbox.OnCommit: pass a RelayReports
 // wired to both, or the lag series read -1 and 0 and the histogram and
 // report age are absent. Relay.Stats alone carries no lag.
@@ -97,7 +97,7 @@ func (c *relayCollector) Collect(ch chan<- prometheus.Metric) {
 
 // RelayReports keeps what a relay reports through its hooks: its last
 // periodic Stats (the only ones with the lag) and its transaction times.
-// Give Observe to outbox.WithStats and Commit to outbox.OnCommit, and the
+// Give Observe to outbox.ReportStats and Commit to outbox.OnCommit, and the
 // value to Relay. It is safe for concurrent use; one per relay.
 type RelayReports struct {
 	mu  sync.Mutex
@@ -111,7 +111,7 @@ func NewRelayReports() *RelayReports {
 	return &RelayReports{txn: newHist(prometheus.ExponentialBuckets(0.001, 2, 14))}
 }
 
-// Observe records a periodic report; pass it to outbox.WithStats.
+// Observe records a periodic report; pass it to outbox.ReportStats.
 func (r *RelayReports) Observe(st outbox.Stats) {
 	r.mu.Lock()
 	r.st, r.at = st, time.Now()
