@@ -306,7 +306,7 @@ func (p *process) check(t testing.TB) {
 
 // send sends commands straight to the context's command topic and waits
 // for their acks (account setup).
-func (e *env) send(t *testing.T, cmds ...orchestrix.Command) {
+func (e *env) send(t testing.TB, cmds ...orchestrix.Command) {
 	t.Helper()
 	cl := testenv.Client(t, e.seeds)
 	for _, c := range cmds {
@@ -336,7 +336,7 @@ func open(id string, deposit int64) []orchestrix.Command {
 }
 
 // balances sums the stored banking events per account.
-func (e *env) balances(t *testing.T) map[string]int64 {
+func (e *env) balances(t testing.TB) map[string]int64 {
 	t.Helper()
 	rows, err := e.pool.Query(t.Context(), "SELECT stream_id, type, data FROM "+pgx.Identifier{e.store.Schema(), "events"}.Sanitize())
 	if err != nil {
@@ -388,7 +388,7 @@ func wait(t *testing.T, rt *sagas.Runtime, id string, d time.Duration, want ...s
 	}
 }
 
-func (e *env) waitBalance(t *testing.T, want map[string]int64, d time.Duration) {
+func (e *env) waitBalance(t testing.TB, want map[string]int64, d time.Duration) {
 	t.Helper()
 	deadline := time.Now().Add(d)
 	for {

@@ -113,7 +113,7 @@ func BenchmarkStepLatency(b *testing.B) {
 		}
 	}
 	if rounds > 1 {
-		logMedians(results)
+		printMedians(results, stepMetrics)
 	}
 }
 
@@ -121,9 +121,9 @@ func BenchmarkStepLatency(b *testing.B) {
 var stepMetrics = []string{"step-p50-ms", "step-p99-ms", "relay-p50-ms", "relay-p99-ms", "saga-p50-ms", "saga-p99-ms",
 	"consume-ms", "txn-ms", "relay-wait-ms", "publish-ms", "transitions/s", "cpu-us/step"}
 
-// logMedians prints each configuration's median of every figure over the
-// rounds.
-func logMedians(results map[string][]map[string]float64) {
+// printMedians prints each configuration's median of every metric over
+// the rounds.
+func printMedians(results map[string][]map[string]float64, metrics []string) {
 	keys := make([]string, 0, len(results))
 	for k := range results {
 		keys = append(keys, k)
@@ -131,12 +131,12 @@ func logMedians(results map[string][]map[string]float64) {
 	slices.Sort(keys)
 	var sb strings.Builder
 	fmt.Fprintf(&sb, "medians over rounds\n%-28s", "config")
-	for _, m := range stepMetrics {
+	for _, m := range metrics {
 		fmt.Fprintf(&sb, " %14s", m)
 	}
 	for _, k := range keys {
 		fmt.Fprintf(&sb, "\n%-28s", k)
-		for _, m := range stepMetrics {
+		for _, m := range metrics {
 			var vs []float64
 			for _, r := range results[k] {
 				vs = append(vs, r[m])
