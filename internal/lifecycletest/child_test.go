@@ -35,6 +35,7 @@ const (
 	envVariant  = "LIFECYCLE_VARIANT"
 	envShutdown = "LIFECYCLE_SHUTDOWN"
 	envGate     = "LIFECYCLE_GATE"
+	envLog      = "LIFECYCLE_LOG" // debug: the child logs franz-go's debug lines
 )
 
 func TestMain(m *testing.M) {
@@ -48,7 +49,7 @@ func TestMain(m *testing.M) {
 type childEvent struct {
 	Ev   string `json:"ev"`             // listen, handled, drained, exit
 	Addr string `json:"addr,omitempty"` // listen: the health address
-	Ms   int64  `json:"ms,omitempty"`   // drained: the processor's drain
+	Us   int64  `json:"us,omitempty"`   // drained: the processor's drain, µs
 	Err  string `json:"err,omitempty"`  // exit: service.Run's error
 }
 
@@ -77,7 +78,7 @@ func variantOpts(name, member string) ([]kgo.Opt, error) {
 		// Static membership: a restarted member with the same instance
 		// ID takes its partitions back without a rebalance, if it is back
 		// within the session timeout.
-		return []kgo.Opt{kgo.InstanceID(member), kgo.SessionTimeout(15 * time.Second), kgo.HeartbeatInterval(300 * time.Millisecond)}, nil
+		return []kgo.Opt{kgo.InstanceID(member), kgo.SessionTimeout(15 * time.Second)}, nil
 	case "eager":
 		// Eager range assignment (what consumers picks for ordered
 		// retry policies): every rebalance revokes every partition.
@@ -97,7 +98,11 @@ func variantOpts(name, member string) ([]kgo.Opt, error) {
 func runChild() int {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	level := slog.LevelWarn
+	if os.Getenv(envLog) == "debug" {
+		level = slog.LevelDebug
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 	err := serve(ctx, log)
 	if err != nil {
 		log.Error("service", "err", err)
@@ -206,7 +211,7 @@ func (t timed) Run(ctx context.Context) error {
 	close(done)
 	<-fin
 	if ctx.Err() != nil && !stopped.IsZero() {
-		emit(childEvent{Ev: "drained", Ms: time.Since(stopped).Milliseconds()})
+		emit(childEvent{Ev: "drained", Us: time.Since(stopped).Microseconds()})
 	}
 	return err
 }

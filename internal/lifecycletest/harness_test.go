@@ -103,6 +103,14 @@ func (h *harness) start(name string, gate bool) *child {
 	t := h.t
 	t.Helper()
 	dir := t.TempDir()
+	if os.Getenv(envLog) == "debug" {
+		// Kept for reading after the test.
+		var err error
+		if dir, err = os.MkdirTemp("", "lifecycle-"+name+"-"); err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("%s: stderr in %s", name, dir)
+	}
 	c := &child{t: t, name: name, logFile: dir + "/stderr", listen: make(chan struct{}), handled: make(chan struct{}), exited: make(chan struct{})}
 	c.cmd = exec.Command(os.Args[0], "-test.run=^$")
 	env := append(os.Environ(), childEnv+"=processor", envSchema+"="+h.store.Schema(), envContext+"="+h.bc, envMember+"="+name,
@@ -164,7 +172,7 @@ func (c *child) read(out interface{ Read([]byte) (int, error) }) {
 		case "handled":
 			close(c.handled)
 		case "drained":
-			c.drained = time.Duration(e.Ms) * time.Millisecond
+			c.drained = time.Duration(e.Us) * time.Microsecond
 		case "exit":
 			c.exitErr = e.Err
 		}
