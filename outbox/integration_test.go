@@ -927,3 +927,51 @@ func TestKafkaRestartIntegration(t *testing.T) {
 	verify(t, got, e.committed(t))
 	t.Logf("the relay recovered from %d errors; stats %+v", recovered.Load(), r.Stats())
 }
+
+// TestTakeoverLagIntegration: a relay that takes over from a checkpoint
+// reports its lag from that checkpoint, not from position 0 (its first
+// reports showed every event in the store as lag until it committed).
+func TestTakeoverLagIntegration(t *testing.T) {
+	e := newEnv(t, 1)
+	ctx := t.Context()
+	for i := range 50 {
+		if _, err := e.store.Append(ctx, fmt.Sprintf("s-%d", i), stores.NoStream, []orchestrix.Event{event(fmt.Sprintf("lag-%d", i))}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	first := e.relay(t, "first")
+	stop := runRelay(t, first)
+	e.waitCaughtUp(t, first, time.Minute)
+	if err := stop(); err != nil {
+		t.Fatalf("first relay: %v", err)
+	}
+
+	reports := make(chan outbox.Stats, 100)
+	second := e.relay(t, "second", outbox.ReportStats(20*time.Millisecond, func(s outbox.Stats) {
+		select {
+		case reports <- s:
+		default:
+		}
+	}))
+	stop = runRelay(t, second)
+	defer func() {
+		if err := stop(); err != nil {
+			t.Errorf("second relay: %v", err)
+		}
+	}()
+	deadline := time.After(30 * time.Second)
+	for {
+		select {
+		case s := <-reports:
+			if !s.Leader || s.LagEvents < 0 {
+				continue
+			}
+			if s.LagEvents != 0 {
+				t.Fatalf("first report as leader over a published store: lag %d events, want 0 (stats %+v)", s.LagEvents, s)
+			}
+			return
+		case <-deadline:
+			t.Fatal("no report as leader within 30s")
+		}
+	}
+}

@@ -216,6 +216,7 @@ func (r *Relay) Run(ctx context.Context) error {
 		r.st.leader.Store(true)
 		published, err := r.lead(ctx, term)
 		r.st.leader.Store(false)
+		r.st.recovered.Store(false)
 		term.Release()
 		if ctx.Err() != nil && (err == nil || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)) {
 			r.log.Info("stopped")

@@ -42,7 +42,10 @@ type Stats struct {
 
 // relayStats are the counters behind Stats.
 type relayStats struct {
-	leader, caughtUp        atomic.Bool
+	leader, caughtUp atomic.Bool
+	// recovered is set once a term has recovered its checkpoint: until
+	// then a leader's lag is unknown (-1), not the whole store.
+	recovered               atomic.Bool
 	skipped, errors, maxPos atomic.Uint64
 	lastEventNanos          atomic.Int64
 
@@ -66,6 +69,16 @@ func (s *relayStats) setCheckpoint(cp Checkpoint) {
 	s.mu.Lock()
 	s.checkpoint = cp
 	s.mu.Unlock()
+	defer s.recovered.Store(true)
+	// Everything up to a recovered checkpoint is published: a relay
+	// taking over reports its lag from there, not from position 0 (its
+	// first report showed the whole store as lag until it committed).
+	for {
+		cur := s.maxPos.Load()
+		if cp.Events.Position <= cur || s.maxPos.CompareAndSwap(cur, cp.Events.Position) {
+			return
+		}
+	}
 }
 
 func (s *relayStats) committed(b *published, _ time.Duration) {
@@ -134,7 +147,7 @@ func (r *Relay) reportStats(ctx context.Context) {
 			return
 		case now := <-t.C:
 			st := r.snapshot(now, true)
-			if r.head != nil && st.Leader {
+			if r.head != nil && st.Leader && r.st.recovered.Load() {
 				qctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 				head, err := r.head(qctx)
 				cancel()
