@@ -53,6 +53,9 @@ type appConfig struct {
 	// fetchWait bounds a consumer's fetch wait (latency of the example's
 	// hops on a quiet topic).
 	fetchWait time.Duration
+	// noRelay leaves the outbox relay out of the workers: a separate
+	// `orchestrix relay` publishes the schema (PostgreSQL only).
+	noRelay bool
 }
 
 // app is one process of the example: the three aggregates' command
@@ -260,7 +263,9 @@ func (a *app) build(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	add("relay", relay.Run)
+	if !cfg.noRelay {
+		add("relay", relay.Run)
+	}
 	if a.memSagas != nil {
 		add("saga outbox", func(ctx context.Context) error { return a.memSagas.Publish(ctx, a.client) })
 	}

@@ -20,7 +20,8 @@ import (
 )
 
 // serveMain runs every worker of the example — the three command
-// processors, the relay, the saga's forwarder, inbox and timers, the
+// processors, the relay (unless --relay=false: a separate `orchestrix
+// relay` publishes), the saga's forwarder, inbox and timers, the
 // failed-order marker — under service.Run until SIGTERM, with /livez and
 // /readyz on --listen. Topics and the schema are created only with
 // --init (in production: `orchestrix topics create`, `orchestrix
@@ -41,6 +42,7 @@ func serveMain(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	step := fs.Duration("step-timeout", 5*time.Second, "how long a saga step waits for its outcome")
 	shutdown := fs.Duration("shutdown-timeout", 30*time.Second, "bound on the graceful stop after SIGTERM")
 	session := fs.Duration("session-timeout", 45*time.Second, "consumer groups' session timeout: how long a member killed without leaving holds its partitions")
+	relay := fs.Bool("relay", true, "run the outbox relay in this process; --relay=false where a separate `orchestrix relay` publishes the schema (needs --database-url)")
 	verbose := fs.Bool("v", false, "log at info level (default: warnings)")
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -63,6 +65,9 @@ func serveMain(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	}
 	if *shutdown <= 0 {
 		errs = append(errs, "--shutdown-timeout: want a positive duration")
+	}
+	if !*relay && *dbURL == "" {
+		errs = append(errs, "--relay=false needs --database-url: a separate relay publishes from PostgreSQL, and nothing else can read this process's memory store")
 	}
 	if strings.TrimSpace(*listen) == "" {
 		errs = append(errs, "--listen: want an address such as :8080")
@@ -87,7 +92,7 @@ func serveMain(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
 	if err := serve(ctx, serveConfig{seeds: seeds, kafka: kopts, databaseURL: *dbURL, schema: *schema, listen: *listen, context: *name,
-		init: *initFlag, partitions: int32(*partitions), replication: int16(*replication), step: *step, shutdown: *shutdown, session: *session, log: log}, stdout); err != nil {
+		init: *initFlag, partitions: int32(*partitions), replication: int16(*replication), step: *step, shutdown: *shutdown, session: *session, noRelay: !*relay, log: log}, stdout); err != nil {
 		fmt.Fprintln(stderr, "ecommerce serve:", redact.Text(err.Error()))
 		return 1
 	}
@@ -107,6 +112,7 @@ type serveConfig struct {
 	step        time.Duration
 	shutdown    time.Duration
 	session     time.Duration
+	noRelay     bool // a separate `orchestrix relay` publishes the schema
 	log         *slog.Logger
 }
 
@@ -151,12 +157,15 @@ func serve(ctx context.Context, c serveConfig, stdout io.Writer) error {
 	}
 	a, err := newApp(ctx, appConfig{seeds: c.seeds, kafka: c.kafka, pool: pool, schema: c.schema, topics: t,
 		timing: Timing{Step: c.step, Compensation: 2 * c.step, Backoff: c.step / 5}, partitions: c.partitions, replication: c.replication,
-		log: c.log, fetchWait: 500 * time.Millisecond, sessionTimeout: c.session})
+		log: c.log, fetchWait: 500 * time.Millisecond, sessionTimeout: c.session, noRelay: c.noRelay})
 	if err != nil {
 		return err
 	}
 	defer a.close()
 	ready = append(ready, service.Check{Name: "kafka", Check: a.client.Ping})
+	if c.noRelay {
+		fmt.Fprintf(stdout, "no relay in this process (--relay=false): `orchestrix relay --context %s --schema %s` publishes the events and the saga's commands\n", t.Context, c.schema)
+	}
 	fmt.Fprintf(stdout, "serving context %s: orders on %s, saga %s, %d workers\n", t.Context, t.Orders, t.SagaType, len(a.workers))
 	err = service.Run(ctx, service.Options{ShutdownTimeout: c.shutdown, Addr: c.listen, Ready: ready,
 		OnListen: func(addr string) { fmt.Fprintf(stdout, "listening on %s (/livez, /readyz)\n", addr) }}, a.workers...)

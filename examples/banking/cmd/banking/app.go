@@ -45,6 +45,9 @@ type appConfig struct {
 	fast bool
 	// sessionTimeout, if set, is the consumer groups' session timeout.
 	sessionTimeout time.Duration
+	// noRelay leaves the outbox relay out of the workers: a separate
+	// `orchestrix relay` publishes the schema (PostgreSQL only).
+	noRelay bool
 }
 
 // statementRunner is the statement projection's runner on either backend.
@@ -278,11 +281,13 @@ func newApp(ctx context.Context, c appConfig) (*app, error) {
 
 	a.workers = []service.Worker{
 		service.Named("processor", processor),
-		service.Named("relay", relay),
 		service.Named("saga-forwarder", forwarder),
 		service.Named("saga-inbox", inbox),
 		service.Named("saga-timers", service.WorkerFunc(a.rt.RunTimers)),
 		service.Named("statements", a.statement),
+	}
+	if !c.noRelay {
+		a.workers = slices.Insert(a.workers, 1, service.Worker(service.Named("relay", relay)))
 	}
 	if a.memSagas != nil {
 		// In memory the saga's outbox is published by the store itself.

@@ -25,7 +25,8 @@ func envOr(key, def string) string {
 }
 
 // runServe runs the banking service until SIGTERM: the account processor,
-// the outbox relay, the transfer saga (forwarder, inbox, timers) and the
+// the outbox relay (unless --relay=false: a separate `orchestrix relay`
+// publishes), the transfer saga (forwarder, inbox, timers) and the
 // statement projection, under service.Run.
 func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("banking serve", flag.ContinueOnError)
@@ -40,6 +41,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	shutdown := fs.Duration("shutdown-timeout", 25*time.Second, "bound on the drain after SIGTERM (keep it below the orchestrator's grace period)")
 	session := fs.Duration("session-timeout", 0, "the consumer groups' session timeout: how soon a member that died without leaving loses its partitions (0: franz-go's 45s; the broker bounds it)")
 	level := fs.String("log-level", envOr("ORCHESTRIX_LOG_LEVEL", "warn"), "debug, info, warn or error (env ORCHESTRIX_LOG_LEVEL)")
+	relay := fs.Bool("relay", true, "run the outbox relay in this process; --relay=false where a separate `orchestrix relay` publishes the schema (needs --database-url)")
 	if err := parse(fs, args, stderr); err != nil {
 		return err
 	}
@@ -69,12 +71,15 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if *schema == "" {
 		errs = append(errs, usagef("--schema: want a name"))
 	}
+	if !*relay && cf.databaseURL == "" {
+		errs = append(errs, usagef("--relay=false needs --database-url: a separate relay publishes from PostgreSQL, and nothing else can read this process's memory store"))
+	}
 	if len(errs) > 0 {
 		return usagef("%s", joinUsage(errs))
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: lvl}))
 
-	c := appConfig{seeds: cf.seeds(), context: cf.context, log: log, sessionTimeout: *session}
+	c := appConfig{seeds: cf.seeds(), context: cf.context, log: log, sessionTimeout: *session, noRelay: !*relay}
 	create := *initFirst
 	if len(c.seeds) == 0 {
 		opts := []kfake.Opt{kfake.NumBrokers(1)}
@@ -124,8 +129,13 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if c.pool == nil {
 		store = "memory"
 	}
-	fmt.Fprintf(stdout, "serving context %s on %s and %s: %d workers (processor, relay, saga forwarder, inbox and timers, statements); SIGTERM stops it\n",
-		c.context, strings.Join(c.seeds, ","), store, len(a.workers))
+	relayWorker := "relay, "
+	if c.noRelay {
+		relayWorker = ""
+		fmt.Fprintf(stdout, "no relay in this process (--relay=false): `orchestrix relay --context %s --schema %s` publishes the events and the saga's commands\n", c.context, c.schema)
+	}
+	fmt.Fprintf(stdout, "serving context %s on %s and %s: %d workers (processor, %ssaga forwarder, inbox and timers, statements); SIGTERM stops it\n",
+		c.context, strings.Join(c.seeds, ","), store, len(a.workers), relayWorker)
 	return service.Run(ctx, service.Options{
 		ShutdownTimeout: *shutdown,
 		Addr:            *listen,

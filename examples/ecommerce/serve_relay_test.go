@@ -1,0 +1,86 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/orchestrix/orchestrix/internal/cli"
+	"github.com/orchestrix/orchestrix/internal/testenv"
+)
+
+// TestServeRelayNeedsDatabase: --relay=false on the memory store is a
+// usage error (nothing but this process can publish its events).
+func TestServeRelayNeedsDatabase(t *testing.T) {
+	t.Setenv("KAFKA_BROKERS", "")
+	t.Setenv("DATABASE_URL", "")
+	var out, errOut strings.Builder
+	if code := realMain(t.Context(), []string{"serve", "--relay=false"}, &out, &errOut); code != 2 || !strings.Contains(errOut.String(), "--relay=false needs --database-url") {
+		t.Fatalf("exit %d, want 2 naming --relay=false\n%s%s", code, out.String(), errOut.String())
+	}
+}
+
+// TestServeWithoutRelayIntegration runs serve --relay=false as the chart
+// and the compose stack do: its /livez has no relay worker, and with a
+// separate `orchestrix relay` on the same schema every driven order is
+// confirmed (the relay publishes the events and the saga's commands from
+// the outbox table).
+func TestServeWithoutRelayIntegration(t *testing.T) {
+	seeds := testenv.Brokers(t)
+	url := testenv.DatabaseURL(t)
+	schema := testenv.Schema(t, testenv.Pool(t))
+	name := testenv.Name("ecommerce-r")
+	deleteTopics(t, seeds, name)
+	b := strings.Join(seeds, ",")
+	c := startServe(t, "--init", "--relay=false", "--brokers", b, "--database-url", url, "--schema", schema, "--context", name, "--partitions", "2")
+	if !strings.Contains(c.out.String(), "no relay in this process") {
+		t.Errorf("serve --relay=false did not say it runs no relay:\n%s", c.out.String())
+	}
+	resp, err := http.Get("http://" + c.listen + "/livez")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if strings.Contains(string(body), `"relay"`) || !strings.Contains(string(body), `"orders processor"`) {
+		t.Fatalf("/livez of serve --relay=false: %s", body)
+	}
+
+	// The separate relay, as `orchestrix relay` runs in the chart.
+	relayCtx, stopRelay := context.WithCancel(context.Background())
+	defer stopRelay()
+	var relayOut syncBuffer
+	relayDone := make(chan int, 1)
+	go func() {
+		relayDone <- cli.Run(relayCtx, []string{"relay", "--brokers", b, "--database-url", url, "--schema", schema, "--context", name,
+			"--log-level", "warn"}, &relayOut, &relayOut)
+	}()
+
+	const n = 20
+	var out, errOut syncBuffer
+	code := realMain(t.Context(), []string{"drive", "--brokers", b, "--context", name, "--count", fmt.Sprint(n), "--rate", "50", "--timeout", "90s"}, &out, &errOut)
+	if code != 0 || !strings.Contains(out.String(), fmt.Sprintf("%d orders: %d Confirmed;", n, n)) {
+		t.Fatalf("drive exit %d\n%s%s\nserve:\n%s\nrelay:\n%s", code, out.String(), errOut.String(), c.out.String(), relayOut.String())
+	}
+	if err := c.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-c.done:
+		if err != nil || !strings.Contains(c.out.String(), "stopped cleanly") {
+			t.Fatalf("serve after SIGTERM: %v\n%s", err, c.out.String())
+		}
+	case <-time.After(45 * time.Second):
+		t.Fatalf("serve did not stop within 45s of SIGTERM\n%s", c.out.String())
+	}
+	stopRelay()
+	if code := <-relayDone; code != 0 || !strings.Contains(relayOut.String(), "relay stopped") {
+		t.Fatalf("orchestrix relay: exit %d\n%s", code, relayOut.String())
+	}
+	t.Log(strings.TrimSpace(relayOut.String()))
+}
