@@ -17,6 +17,7 @@ import (
 	"github.com/orchestrix/orchestrix/producers"
 	"github.com/orchestrix/orchestrix/sagas"
 	"github.com/orchestrix/orchestrix/topics"
+	"github.com/twmb/franz-go/pkg/kgo"
 )
 
 // e2eConfigs are BenchmarkSagaEndToEnd's configurations: the options of
@@ -38,7 +39,12 @@ var e2eConfigs = map[string]stepConfig{
 //   - saga: Start → completed;
 //   - round: one transition committed → the instance's next one
 //     committed (the command published, decided by the processor, its
-//     outcome forwarded to the inbox and applied).
+//     outcome forwarded to the inbox and applied), and its parts
+//     (means): relay (→ the command acknowledged by Kafka),
+//     processor+forward (→ the forwarder produced the outcome to the
+//     inbox: the processor's poll, decision, append and outcome, the
+//     forwarder's poll), consume (→ the inbox handler has it) and txn
+//     (→ the transition committed);
 //
 // The configurations alternate for ORCHESTRIX_BENCH_ROUNDS (default 1)
 // and the medians are printed:
@@ -71,7 +77,7 @@ func BenchmarkSagaEndToEnd(b *testing.B) {
 	}
 }
 
-var e2eMetrics = []string{"saga-p50-ms", "saga-p99-ms", "round-p50-ms", "round-p99-ms", "cpu-us/saga"}
+var e2eMetrics = []string{"saga-p50-ms", "saga-p99-ms", "round-p50-ms", "round-p99-ms", "relay-ms", "processor+forward-ms", "consume-ms", "txn-ms", "cpu-us/saga"}
 
 func benchEndToEnd(b *testing.B, cfg stepConfig, rate int, d time.Duration) map[string]float64 {
 	e := newEnvN(b, 8)
@@ -97,14 +103,22 @@ func benchEndToEnd(b *testing.B, cfg stepConfig, rate int, d time.Duration) map[
 	}()
 	var relay *outbox.Relay
 	var mu sync.Mutex
-	last := map[string]time.Time{}
+	last := map[string]time.Time{}  // saga → its last transition committed
+	acked := map[string]time.Time{} // saga → its last command acknowledged
+	got := map[string]time.Time{}   // saga → its last input handed to the inbox handler
+	fwdAt := map[string]time.Time{} // saga → when the forwarder produced that input
 	started := map[string]time.Time{}
-	var sagaLat, roundLat []time.Duration
+	var sagaLat, roundLat, relayPart, procPart, consumePart, txnPart []time.Duration
 	rt, err := newRuntime(e.pool, e.store.Schema(), e.reg, e.definition(b, 0), testLogger(b), sagas.OnTransition(func(tr sagas.Transition) {
 		now := time.Now()
 		mu.Lock()
 		if l, ok := last[tr.SagaID]; ok {
 			roundLat = append(roundLat, now.Sub(l))
+			a, f, g := acked[tr.SagaID], fwdAt[tr.SagaID], got[tr.SagaID]
+			if a.After(l) && f.After(a) && g.After(f) {
+				relayPart, procPart = append(relayPart, a.Sub(l)), append(procPart, f.Sub(a))
+				consumePart, txnPart = append(consumePart, g.Sub(f)), append(txnPart, now.Sub(g))
+			}
 		}
 		last[tr.SagaID] = now
 		if tr.To == sagas.StatusCompleted {
@@ -117,7 +131,22 @@ func benchEndToEnd(b *testing.B, cfg stepConfig, rate int, d time.Duration) map[
 		b.Fatal(err)
 	}
 	relay, err = outbox.NewRelay(e.store, e.seeds, append([]outbox.Option{outbox.ToTopic(topics.Events(e.bc)),
-		outbox.TransactionalID("orchestrix-relay." + e.bc)}, cfg.relay...)...)
+		outbox.TransactionalID("orchestrix-relay." + e.bc), outbox.OnCommit(func(c outbox.Commit) {
+			now := time.Now()
+			mu.Lock()
+			defer mu.Unlock()
+			for _, rec := range c.Records {
+				if rec.Topic != topics.Commands(e.bc) {
+					continue
+				}
+				for _, h := range rec.Headers {
+					if h.Key == "ce_correlationid" {
+						_, id, _ := sagas.ParseCorrelation(string(h.Value))
+						acked[id] = now
+					}
+				}
+			}
+		})}, cfg.relay...)...)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -162,7 +191,13 @@ func benchEndToEnd(b *testing.B, cfg stepConfig, rate int, d time.Duration) map[
 		}
 		p.run(name, g.Run)
 	}
-	inbox, err := consumers.New(e.seeds, e.bc+"-sagas", []string{rt.Inbox()}, rt, append([]consumers.Option{fast}, cfg.inbox...)...)
+	h := stamp{Runtime: rt, got: func(r *kgo.Record) {
+		now := time.Now()
+		mu.Lock()
+		got[string(r.Key)], fwdAt[string(r.Key)] = now, r.Timestamp
+		mu.Unlock()
+	}}
+	inbox, err := consumers.New(e.seeds, e.bc+"-sagas", []string{rt.Inbox()}, h, append([]consumers.Option{fast}, cfg.inbox...)...)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -213,8 +248,16 @@ func benchEndToEnd(b *testing.B, cfg stepConfig, rate int, d time.Duration) map[
 		slices.Sort(l)
 		return float64(l[min(len(l)-1, int(q*float64(len(l))))].Microseconds()) / 1000
 	}
+	mean := func(l []time.Duration) float64 {
+		var sum time.Duration
+		for _, x := range l {
+			sum += x
+		}
+		return float64(sum.Microseconds()) / 1000 / float64(max(len(l), 1))
+	}
 	m := map[string]float64{"saga-p50-ms": pct(sagaLat, 0.5), "saga-p99-ms": pct(sagaLat, 0.99),
-		"round-p50-ms": pct(roundLat, 0.5), "round-p99-ms": pct(roundLat, 0.99), "cpu-us/saga": float64(cpu.Microseconds()) / float64(total)}
+		"round-p50-ms": pct(roundLat, 0.5), "round-p99-ms": pct(roundLat, 0.99), "cpu-us/saga": float64(cpu.Microseconds()) / float64(total),
+		"relay-ms": mean(relayPart), "processor+forward-ms": mean(procPart), "consume-ms": mean(consumePart), "txn-ms": mean(txnPart)}
 	for _, k := range e2eMetrics {
 		b.ReportMetric(m[k], k)
 	}

@@ -153,17 +153,17 @@ func printMedians(results map[string][]map[string]float64, metrics []string) {
 // stamp records when the inbox handler got each saga's record.
 type stamp struct {
 	*sagas.Runtime
-	got func(sagaID string)
+	got func(r *kgo.Record)
 }
 
 func (s stamp) Handle(ctx context.Context, r *kgo.Record) error {
-	s.got(string(r.Key))
+	s.got(r)
 	return s.Runtime.Handle(ctx, r)
 }
 
 func (s stamp) HandleBatch(ctx context.Context, recs []*kgo.Record) []error {
 	for _, r := range recs {
-		s.got(string(r.Key))
+		s.got(r)
 	}
 	return s.Runtime.HandleBatch(ctx, recs)
 }
@@ -242,10 +242,10 @@ func benchSteps(b *testing.B, cfg stepConfig, rate int, d time.Duration) map[str
 	}
 	p := newProcess()
 	p.run("relay", relay.Run)
-	h := stamp{Runtime: rt, got: func(id string) {
+	h := stamp{Runtime: rt, got: func(r *kgo.Record) {
 		now := time.Now()
 		mu.Lock()
-		got[id] = now
+		got[string(r.Key)] = now
 		mu.Unlock()
 	}}
 	inbox, err := consumers.New(e.seeds, e.bc+"-sagas", []string{rt.Inbox()}, h, append([]consumers.Option{fast, consumers.KeyConcurrency(8),
