@@ -6,10 +6,29 @@
 # integration test that cannot reach its service fails instead of skipping.
 #
 # Extra arguments go to `go test` (e.g. scripts/test.sh -run Conformance).
+#
+# ORCHESTRIX_SERVICES chooses where the services come from:
+#   script (default)  scripts/services.sh, no Docker needed (what CI runs)
+#   docker            Kafka and PostgreSQL containers started by
+#                     scripts/containers (testcontainers-go), removed at the end
+#   env               KAFKA_BROKERS and DATABASE_URL as already exported
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-eval "$(scripts/services.sh start)"
+case "${ORCHESTRIX_SERVICES:-script}" in
+  script) eval "$(scripts/services.sh start)" ;;
+  docker)
+    # Built rather than `go run` so its exit status (2: no Docker) survives.
+    bin="$(mktemp -d)"
+    trap 'rm -rf "$bin"' EXIT
+    go -C scripts/containers build -o "$bin/containers" .
+    status=0
+    ORCHESTRIX_SERVICES=env "$bin/containers" -- scripts/test.sh "$@" || status=$?
+    exit "$status"
+    ;;
+  env) : "${KAFKA_BROKERS:?ORCHESTRIX_SERVICES=env needs KAFKA_BROKERS}" "${DATABASE_URL:?ORCHESTRIX_SERVICES=env needs DATABASE_URL}" ;;
+  *) echo "ORCHESTRIX_SERVICES=$ORCHESTRIX_SERVICES: want script, docker or env" >&2; exit 2 ;;
+esac
 export ORCHESTRIX_REQUIRE_SERVICES=1
 
 req=stores/esdb/esdbtest/pyclient/requirements.txt

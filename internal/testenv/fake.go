@@ -28,7 +28,7 @@ type Broker struct {
 
 // Brokerages returns the fake broker and the real one, so one test body
 // runs on both: t.Run(b.Name, ...). The real one skips (or fails when
-// required) without KAFKA_BROKERS or Docker.
+// required) without KAFKA_BROKERS.
 func Brokerages() []Broker {
 	return []Broker{{"kfake", FakeBrokers}, {"kafka", Brokers}}
 }

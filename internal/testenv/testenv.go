@@ -1,14 +1,14 @@
 // Package testenv gives tests their real services: PostgreSQL and Kafka.
 //
-// Each service is found in this order:
-//  1. an environment variable (DATABASE_URL, KAFKA_BROKERS, ESDB_URL)
-//     pointing at a service that already runs (scripts/services.sh sets
-//     them);
-//  2. testcontainers-go, when a Docker daemon answers (one container per
-//     test binary, reaped by testcontainers when the binary ends);
-//  3. otherwise the test is skipped with a hint, or fails when
-//     ORCHESTRIX_REQUIRE_SERVICES=1 (the README's test command sets it: a
-//     skipped integration test there would be a test that cannot fail).
+// Each service comes from an environment variable (DATABASE_URL,
+// KAFKA_BROKERS, ESDB_URL) pointing at a service that already runs. Two
+// ways set them: `eval "$(scripts/services.sh start)"` (no Docker), or
+// `go -C scripts/containers run . -- go test ./...` (Docker containers
+// through testcontainers-go, a module of its own so that this module does
+// not require Docker's client). Without them the test is skipped with a
+// hint naming both, or fails when ORCHESTRIX_REQUIRE_SERVICES=1 (the
+// README's test command sets it: a skipped integration test there would be
+// a test that cannot fail).
 //
 // Every test gets its own schema (Schema) and topics (Topic), dropped when
 // it ends, so tests may run in parallel on one database and broker.
@@ -18,23 +18,17 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
-	"net/netip"
 	"os"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
-	"github.com/moby/moby/api/types/container"
-	"github.com/moby/moby/api/types/network"
 	"github.com/orchestrix/orchestrix/internal/redact"
 	"github.com/orchestrix/orchestrix/topics"
-	"github.com/testcontainers/testcontainers-go"
-	tcpostgres "github.com/testcontainers/testcontainers-go/modules/postgres"
-	"github.com/testcontainers/testcontainers-go/wait"
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 )
@@ -42,13 +36,13 @@ import (
 // RequireEnv is the variable that turns skips into failures.
 const RequireEnv = "ORCHESTRIX_REQUIRE_SERVICES"
 
-const hint = "run `eval \"$(scripts/services.sh start)\"` first, or start Docker for testcontainers"
+const hint = "run `eval \"$(scripts/services.sh start)\"` first, or with Docker `go -C scripts/containers run . -- go test ./...`"
 
 func unavailable(t testing.TB, what string, err error) {
 	t.Helper()
 	err = redact.Error(err) // may quote DATABASE_URL
 	if os.Getenv(RequireEnv) == "1" {
-		t.Fatalf("%s unavailable and %s=1: %v", what, RequireEnv, err)
+		t.Fatalf("%s unavailable and %s=1: %v: %s", what, RequireEnv, err, hint)
 	}
 	t.Skipf("%s unavailable (%v): %s", what, err, hint)
 }
@@ -56,108 +50,25 @@ func unavailable(t testing.TB, what string, err error) {
 // Required reports whether skipping an integration test is a failure.
 func Required() bool { return os.Getenv(RequireEnv) == "1" }
 
-type lazy struct {
-	once sync.Once
-	val  string
-	err  error
-}
-
-var (
-	pgContainer    lazy
-	kafkaContainer lazy
-)
-
-func dockerAvailable() bool {
-	if os.Getenv("DOCKER_HOST") != "" {
-		return true
-	}
-	_, err := os.Stat("/var/run/docker.sock")
-	return err == nil
-}
-
-// DatabaseURL returns a PostgreSQL URL, or skips (fails when required).
+// DatabaseURL returns DATABASE_URL, or skips (fails when required).
 func DatabaseURL(t testing.TB) string {
 	t.Helper()
-	if u := os.Getenv("DATABASE_URL"); u != "" {
-		return u
+	u := os.Getenv("DATABASE_URL")
+	if u == "" {
+		unavailable(t, "PostgreSQL", errors.New("DATABASE_URL is not set"))
 	}
-	if !dockerAvailable() {
-		unavailable(t, "PostgreSQL", fmt.Errorf("DATABASE_URL is not set and Docker is not available"))
-	}
-	pgContainer.once.Do(func() {
-		ctx := context.Background()
-		c, err := tcpostgres.Run(ctx, "postgres:15-alpine",
-			tcpostgres.WithDatabase("orchestrix"), tcpostgres.WithUsername("orchestrix"), tcpostgres.WithPassword("orchestrix"),
-			tcpostgres.BasicWaitStrategies())
-		if err != nil {
-			pgContainer.err = err
-			return
-		}
-		pgContainer.val, pgContainer.err = c.ConnectionString(ctx, "sslmode=disable")
-	})
-	if pgContainer.err != nil {
-		unavailable(t, "PostgreSQL (testcontainers)", pgContainer.err)
-	}
-	return pgContainer.val
+	return u
 }
 
-// Brokers returns Kafka seed brokers, or skips (fails when required).
+// Brokers returns the seed brokers of KAFKA_BROKERS, or skips (fails when
+// required).
 func Brokers(t testing.TB) []string {
 	t.Helper()
-	if b := os.Getenv("KAFKA_BROKERS"); b != "" {
-		return strings.Split(b, ",")
+	b := os.Getenv("KAFKA_BROKERS")
+	if b == "" {
+		unavailable(t, "Kafka", errors.New("KAFKA_BROKERS is not set"))
 	}
-	if !dockerAvailable() {
-		unavailable(t, "Kafka", fmt.Errorf("KAFKA_BROKERS is not set and Docker is not available"))
-	}
-	kafkaContainer.once.Do(func() {
-		ctx := context.Background()
-		kafkaContainer.val, kafkaContainer.err = startKafkaContainer(ctx)
-	})
-	if kafkaContainer.err != nil {
-		unavailable(t, "Kafka (testcontainers)", kafkaContainer.err)
-	}
-	return strings.Split(kafkaContainer.val, ",")
-}
-
-// dockerKafkaPort is the fixed host port of the shared Kafka container.
-// A fixed port lets the broker advertise an address that works from the
-// host; test binaries of one `go test` run share the container by name.
-const dockerKafkaPort = "29092"
-
-func startKafkaContainer(ctx context.Context) (string, error) {
-	req := testcontainers.GenericContainerRequest{
-		Reuse:   true,
-		Started: true,
-		ContainerRequest: testcontainers.ContainerRequest{
-			Name:         "orchestrix-test-kafka",
-			Image:        "apache/kafka:4.1.0",
-			ExposedPorts: []string{"9092/tcp"},
-			Env: map[string]string{
-				"KAFKA_NODE_ID":                                  "1",
-				"KAFKA_PROCESS_ROLES":                            "broker,controller",
-				"KAFKA_LISTENERS":                                "PLAINTEXT://:9092,CONTROLLER://:9093",
-				"KAFKA_ADVERTISED_LISTENERS":                     "PLAINTEXT://127.0.0.1:" + dockerKafkaPort,
-				"KAFKA_CONTROLLER_LISTENER_NAMES":                "CONTROLLER",
-				"KAFKA_LISTENER_SECURITY_PROTOCOL_MAP":           "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
-				"KAFKA_CONTROLLER_QUORUM_VOTERS":                 "1@localhost:9093",
-				"KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR":         "1",
-				"KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR": "1",
-				"KAFKA_TRANSACTION_STATE_LOG_MIN_ISR":            "1",
-				"KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS":         "0",
-				"KAFKA_AUTO_CREATE_TOPICS_ENABLE":                "false",
-			},
-			HostConfigModifier: func(hc *container.HostConfig) {
-				port, _ := network.ParsePort("9092/tcp")
-				hc.PortBindings = network.PortMap{port: {{HostIP: netip.MustParseAddr("127.0.0.1"), HostPort: dockerKafkaPort}}}
-			},
-			WaitingFor: wait.ForLog("Kafka Server started").WithStartupTimeout(2 * time.Minute),
-		},
-	}
-	if _, err := testcontainers.GenericContainer(ctx, req); err != nil {
-		return "", err
-	}
-	return "127.0.0.1:" + dockerKafkaPort, nil
+	return strings.Split(b, ",")
 }
 
 // Pool returns a pool on the test database, closed when the test ends.
