@@ -3,6 +3,7 @@ package check
 import (
 	"bytes"
 	"flag"
+	"maps"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -33,10 +34,29 @@ const (
 	k8sDir   = "../k8s"
 )
 
-// valueSets are the values the chart is rendered and checked with: the
-// defaults, a secured cluster (TLS/SASL Secrets, KEDA authentication),
-// and the two example services without KEDA, grants or the topics Job.
-var valueSets = map[string]string{
+// valueSets returns the values the chart is rendered and checked with:
+// the inline sets below and every deploy/helm/values-*.yaml (by file name).
+func valueSets(t *testing.T) map[string]string {
+	t.Helper()
+	out := maps.Clone(inlineValueSets)
+	files, err := filepath.Glob("../helm/values-*.yaml")
+	if err != nil || len(files) == 0 {
+		t.Fatalf("no deploy/helm/values-*.yaml: %v", err)
+	}
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out[filepath.Base(f)] = string(b)
+	}
+	return out
+}
+
+// inlineValueSets: the defaults, a secured cluster (TLS/SASL Secrets,
+// KEDA authentication), and the two example services without KEDA,
+// grants or the topics Job.
+var inlineValueSets = map[string]string{
 	"default": "",
 	"secured": `
 monitoring: {serviceMonitor: true, prometheusRule: true, grafanaDashboard: true, labels: {release: kube-prometheus-stack}}
@@ -122,7 +142,7 @@ func render(t *testing.T, overlay string) map[string]string {
 // misspelt field fails) and checks the properties docs/deployment.md
 // promises.
 func TestChart(t *testing.T) {
-	for name, overlay := range valueSets {
+	for name, overlay := range valueSets(t) {
 		t.Run(name, func(t *testing.T) {
 			vals := map[string]any{}
 			if err := yaml.Unmarshal([]byte(overlay), &vals); err != nil {

@@ -169,10 +169,11 @@ func TestCommandLines(t *testing.T) {
 	}
 	dir := t.TempDir()
 	builds := map[string][2]string{
-		"orchestrix":           {"../..", "./cmd/orchestrix"},
-		"orchestrix-banking":   {"../..", "./examples/banking/cmd/banking"},
-		"orchestrix-ecommerce": {"../..", "./examples/ecommerce"},
-		"orchestrix-exporter":  {"../exporter", "."},
+		"orchestrix":               {"../..", "./cmd/orchestrix"},
+		"orchestrix-banking":       {"../..", "./examples/banking/cmd/banking"},
+		"orchestrix-ecommerce":     {"../..", "./examples/ecommerce"},
+		"orchestrix-notifications": {"../..", "./examples/notifications"},
+		"orchestrix-exporter":      {"../exporter", "."},
 	}
 	for name, b := range builds {
 		cmd := exec.Command("go", "build", "-o", filepath.Join(dir, name), b[1])
@@ -248,7 +249,7 @@ var guideCommands = []string{
 	"orchestrix groups reset", "orchestrix projections status", "orchestrix projections rebuild", "orchestrix projections cutover",
 	"orchestrix projections skip", "orchestrix replay", "orchestrix sagas list", "orchestrix sagas retry", "orchestrix sagas timers",
 	"orchestrix demo", "orchestrix-banking serve", "orchestrix-banking drive", "orchestrix-ecommerce serve",
-	"orchestrix-ecommerce drive", "orchestrix-exporter",
+	"orchestrix-ecommerce drive", "orchestrix-notifications serve", "orchestrix-notifications drive", "orchestrix-exporter",
 }
 
 func composeCommandLines(t *testing.T) []commandLine {
@@ -270,7 +271,7 @@ func composeCommandLines(t *testing.T) []commandLine {
 func chartCommandLines(t *testing.T) []commandLine {
 	t.Helper()
 	var out []commandLine
-	for set, overlay := range valueSets {
+	for set, overlay := range valueSets(t) {
 		for file, text := range render(t, overlay) {
 			if strings.HasSuffix(file, "NOTES.txt") {
 				continue

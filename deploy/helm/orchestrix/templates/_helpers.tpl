@@ -35,13 +35,19 @@ app.kubernetes.io/component: {{ .component }}
 
 {{/* Environment shared by every container that reaches Kafka. */}}
 {{- define "orchestrix.kafkaEnv" -}}
+{{ include "orchestrix.kafkaEnvFor" (dict "root" . "context" .Values.context) }}
+{{- end -}}
+
+{{/* The same for another context (a service of its own topics); pass
+(dict "root" $ "context" "notifications"). */}}
+{{- define "orchestrix.kafkaEnvFor" -}}
 - name: KAFKA_BROKERS
-  value: {{ .Values.kafka.brokers | quote }}
+  value: {{ .root.Values.kafka.brokers | quote }}
 - name: ORCHESTRIX_CONTEXT
-  value: {{ .Values.context | quote }}
+  value: {{ .context | quote }}
 - name: ORCHESTRIX_SCHEMA
-  value: {{ .Values.schema | quote }}
-{{- with .Values.extraEnv }}
+  value: {{ .root.Values.schema | quote }}
+{{- with .root.Values.extraEnv }}
 {{ toYaml . }}
 {{- end }}
 {{- end -}}
