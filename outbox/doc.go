@@ -30,7 +30,7 @@
 // database and updated after the Kafka commit could not give this.
 //
 // Order and completeness come from the source's log order, which is
-// gap-safe ([stores.EventStore].ReadAll): the PostgreSQL store, and the
+// gap-safe ([stores.LogReader.ReadAll]): the PostgreSQL store, and the
 // outbox table read the same way, only read rows whose transaction is
 // older than the oldest transaction still running, in (transaction ID,
 // position) order; an event committed late by a slow transaction is never

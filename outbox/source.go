@@ -8,10 +8,11 @@ import (
 	"github.com/orchestrix/orchestrix/stores"
 )
 
-// Source is the log a relay publishes: any stores.EventStore fits. ReadAll
-// must be gap-safe and keep each stream's order (the stores contract).
+// Source is the log a relay publishes: a [stores.LogReader], so any
+// [stores.EventStore] fits. ReadAll must be gap-safe and keep each
+// stream's order (the stores contract).
 type Source interface {
-	ReadAll(ctx context.Context, after stores.Cursor, limit int) iter.Seq2[stores.Entry, error]
+	stores.LogReader
 }
 
 // Observer is a Source that pushes: Observe yields every entry after the

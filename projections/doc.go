@@ -6,7 +6,7 @@
 // # The model
 //
 // A projection has a name, a version and a number of shards, and reads a
-// [Source]: [FromStore] (the store's gap-safe [stores.EventStore.ReadAll],
+// [Source]: [FromStore] (the store's gap-safe [stores.LogReader.ReadAll],
 // so an event committed late by a slower transaction is never passed
 // over; shards split streams by a hash of the stream ID) or [FromTopic]
 // (a Kafka events topic, one shard per partition, read_committed). One

@@ -53,12 +53,13 @@ type item struct {
 	bad    error // the record could not be decoded: a poison event as is
 }
 
-// FromStore reads an event store's log with its gap-safe ReadAll; shards
-// split the streams by ShardOf. Every shard reads the whole log and skips
-// the other shards' events.
-func FromStore(store stores.EventStore) Source { return storeSource{store} }
+// FromStore reads an event store's log with its gap-safe
+// [stores.LogReader.ReadAll] (any [stores.EventStore] fits); shards split
+// the streams by ShardOf. Every shard reads the whole log and skips the
+// other shards' events.
+func FromStore(store stores.LogReader) Source { return storeSource{store} }
 
-type storeSource struct{ store stores.EventStore }
+type storeSource struct{ store stores.LogReader }
 
 func (s storeSource) kind() string                            { return SourceStore }
 func (s storeSource) shards(ctx context.Context) (int, error) { return 0, nil }
@@ -94,7 +95,7 @@ func (s storeSource) open(ctx context.Context, shard, shards int, cursor string,
 
 type storeReader struct {
 	src                  storeSource
-	store                stores.EventStore
+	store                stores.LogReader
 	cursor               stores.Cursor
 	shard, shards, batch int
 }

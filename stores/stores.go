@@ -15,12 +15,21 @@
 //
 // ReadStream reads one stream in version order, in pages, so memory stays
 // bounded however long the stream is. ReadAll reads every stream's events
-// in the store's log order from a Cursor; it never skips an event that a
+// in the store's log order from a [Cursor]; it never skips an event that a
 // slower concurrent transaction commits later (gap-safe), and never yields
 // an event that is not committed. The log order keeps every stream's
 // version order; across streams it is the order in which events became
 // safe to read, which is not always ascending Position (see
 // stores/postgres).
+//
+// # Roles
+//
+// [EventStore] is five small interfaces, so code states the part it uses:
+// [StreamAppender] (Append, AppendMany), [StreamReader] (ReadStream),
+// [LogReader] (ReadAll: the outbox relay's and projections' source),
+// [CommandFinder] (FindCommand) and [SnapshotStore] (SaveSnapshot,
+// LoadSnapshot). Optional capabilities are interfaces of their own, found
+// by type assertion: [RejectionRecorder], [MultiStreamReader], [Leaser].
 package stores
 
 import (
@@ -243,9 +252,11 @@ type Snapshot struct {
 	Data        []byte
 }
 
-// EventStore is the contract of every store. Implementations are safe for
-// concurrent use.
-type EventStore interface {
+// StreamAppender is the write side of an [EventStore]: it appends events
+// to streams with an expected version. A command processor that also
+// reads its aggregates needs [StreamReader], [CommandFinder] and
+// [SnapshotStore] too.
+type StreamAppender interface {
 	// Append writes events to one stream if it is at the expected version.
 	// Versions and positions of the passed events are ignored and assigned.
 	Append(ctx context.Context, streamID string, expected ExpectedVersion, events []orchestrix.Event) (AppendResult, error)
@@ -254,18 +265,53 @@ type EventStore interface {
 	// the stream. Requests whose command was appended before are reported
 	// Duplicate and skipped; the others are written.
 	AppendMany(ctx context.Context, reqs []AppendRequest) ([]AppendResult, error)
+}
+
+// StreamReader reads one stream, the way an aggregate is loaded.
+type StreamReader interface {
 	// ReadStream yields the stream's events with Version > after, in order.
 	// A missing stream yields nothing.
 	ReadStream(ctx context.Context, streamID string, after uint64) iter.Seq2[orchestrix.Event, error]
+}
+
+// LogReader reads the store's whole log, gap-safe, from a [Cursor]: what
+// the outbox relay publishes (outbox.Source) and a projection reads
+// (projections.FromStore). Runtimes that take a LogReader look for the
+// optional capabilities of the store behind it ([Leaser], and their own
+// small interfaces) by type assertion.
+type LogReader interface {
 	// ReadAll yields at most limit (0: no limit) committed events after the
 	// cursor, in log order, each with the cursor to resume after it.
 	ReadAll(ctx context.Context, after Cursor, limit int) iter.Seq2[Entry, error]
+}
+
+// CommandFinder finds what an earlier append did with a command, so a
+// redelivered command gets its first answer.
+type CommandFinder interface {
 	// FindCommand returns the result of the append that recorded commandID.
 	FindCommand(ctx context.Context, commandID string) (AppendResult, bool, error)
+}
+
+// SnapshotStore keeps each stream's latest [Snapshot].
+type SnapshotStore interface {
 	// SaveSnapshot stores s unless a snapshot of a later version exists.
 	SaveSnapshot(ctx context.Context, s Snapshot) error
 	// LoadSnapshot returns the stream's latest snapshot, if any.
 	LoadSnapshot(ctx context.Context, streamID string) (Snapshot, bool, error)
+}
+
+// EventStore is the contract of every store: all five roles
+// ([StreamAppender], [StreamReader], [LogReader], [CommandFinder],
+// [SnapshotStore]). Implementations are safe for concurrent use. Code
+// that needs one role takes that role; the optional interfaces
+// ([RejectionRecorder], [MultiStreamReader], [Leaser]) are found by type
+// assertion.
+type EventStore interface {
+	StreamAppender
+	StreamReader
+	LogReader
+	CommandFinder
+	SnapshotStore
 }
 
 // CheckRejected validates a rejected command before a store records it: a
