@@ -2,12 +2,14 @@ package check
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -155,6 +157,45 @@ func TestCompose(t *testing.T) {
 	}
 }
 
+// programBuilds are the image's programs: directory and package.
+var programBuilds = map[string][2]string{
+	"orchestrix":               {"../..", "./cmd/orchestrix"},
+	"orchestrix-banking":       {"../..", "./examples/banking/cmd/banking"},
+	"orchestrix-ecommerce":     {"../..", "./examples/ecommerce"},
+	"orchestrix-notifications": {"../..", "./examples/notifications"},
+	"orchestrix-exporter":      {"../exporter", "."},
+}
+
+// built holds the programs built once per run of the tests (TestMain
+// removes the directory).
+var built struct {
+	once sync.Once
+	dir  string
+	err  error
+}
+
+// buildPrograms builds programBuilds once and returns their directory.
+func buildPrograms(t *testing.T) string {
+	t.Helper()
+	built.once.Do(func() {
+		if built.dir, built.err = os.MkdirTemp("", "orchestrix-check-"); built.err != nil {
+			return
+		}
+		for name, b := range programBuilds {
+			cmd := exec.Command("go", "build", "-o", filepath.Join(built.dir, name), b[1])
+			cmd.Dir = b[0]
+			if out, err := cmd.CombinedOutput(); err != nil {
+				built.err = fmt.Errorf("build %s: %v\n%s", name, err, out)
+				return
+			}
+		}
+	})
+	if built.err != nil {
+		t.Fatal(built.err)
+	}
+	return built.dir
+}
+
 // commandLine is one program invocation the deployment files make.
 type commandLine struct {
 	where string
@@ -167,21 +208,8 @@ func TestCommandLines(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds the CLI, the examples and the exporter")
 	}
-	dir := t.TempDir()
-	builds := map[string][2]string{
-		"orchestrix":               {"../..", "./cmd/orchestrix"},
-		"orchestrix-banking":       {"../..", "./examples/banking/cmd/banking"},
-		"orchestrix-ecommerce":     {"../..", "./examples/ecommerce"},
-		"orchestrix-notifications": {"../..", "./examples/notifications"},
-		"orchestrix-exporter":      {"../exporter", "."},
-	}
-	for name, b := range builds {
-		cmd := exec.Command("go", "build", "-o", filepath.Join(dir, name), b[1])
-		cmd.Dir = b[0]
-		if out, err := cmd.CombinedOutput(); err != nil {
-			t.Fatalf("build %s: %v\n%s", name, err, out)
-		}
-	}
+	dir := buildPrograms(t)
+	builds := programBuilds
 	help := map[string]string{}
 	usage := func(args []string) string {
 		key := strings.Join(args, " ")
