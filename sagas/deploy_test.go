@@ -18,4 +18,7 @@ func TestDeploymentOptions(t *testing.T) {
 	if err != nil || g == nil {
 		t.Fatalf("InboxOptions: %v", err)
 	}
+	if g, err := consumers.New(testenv.FakeBrokers(t), "fwd", []string{"banking.outcomes"}, consumers.HandlerFunc(nil), ForwarderOptions()...); err != nil || g == nil {
+		t.Fatalf("ForwarderOptions: %v", err)
+	}
 }

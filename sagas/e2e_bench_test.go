@@ -21,11 +21,16 @@ import (
 )
 
 // e2eConfigs are BenchmarkSagaEndToEnd's configurations: the options of
-// the saga's own parts (the relay, the forwarder group, the inbox group);
-// the banking processor keeps its defaults in both.
+// the saga's own parts (the relay, the inbox group, and in "saga" the
+// forwarder group's ForwarderOptions); the banking processor keeps its
+// defaults in both.
 var e2eConfigs = map[string]stepConfig{
 	"default": {inbox: []consumers.Option{consumers.WithFailurePolicy(sagas.InboxFailurePolicy())}},
-	"saga":    {relay: sagas.RelayOptions(), inbox: sagas.InboxOptions()},
+	"saga":    {relay: sagas.RelayOptions(), inbox: sagas.InboxOptions(), forwarder: sagas.ForwarderOptions()},
+	// saga-fwd16: "saga" with the forwarder handling 16 keys of a
+	// partition at once.
+	"saga-fwd16": {relay: sagas.RelayOptions(), inbox: sagas.InboxOptions(),
+		forwarder: append(sagas.ForwarderOptions(), consumers.KeyConcurrency(16))},
 }
 
 // BenchmarkSagaEndToEnd runs the whole path of a deployment in one
@@ -46,8 +51,9 @@ var e2eConfigs = map[string]stepConfig{
 //     forwarder's poll), consume (→ the inbox handler has it) and txn
 //     (→ the transition committed);
 //
-// The configurations alternate for ORCHESTRIX_BENCH_ROUNDS (default 1)
-// and the medians are printed:
+// The configurations (ORCHESTRIX_BENCH_CONFIGS, default "default,saga";
+// see e2eConfigs) alternate for ORCHESTRIX_BENCH_ROUNDS (default 1) and
+// the medians are printed:
 //
 //	eval "$(scripts/services.sh env)"
 //	ORCHESTRIX_BENCH_ROUNDS=3 go test ./sagas -run '^$' -bench SagaEndToEnd -benchtime 1x
@@ -63,7 +69,10 @@ func BenchmarkSagaEndToEnd(b *testing.B) {
 	rounds, _ := strconv.Atoi(os.Getenv("ORCHESTRIX_BENCH_ROUNDS"))
 	results := map[string][]map[string]float64{}
 	for r := range max(rounds, 1) {
-		for _, c := range []string{"default", "saga"} {
+		for _, c := range benchList("ORCHESTRIX_BENCH_CONFIGS", "default,saga") {
+			if _, ok := e2eConfigs[c]; !ok {
+				b.Fatalf("unknown configuration %q", c)
+			}
 			b.Run(fmt.Sprintf("round=%d/config=%s/sagas=%d/s", r+1, c, rate), func(b *testing.B) {
 				for b.Loop() {
 					key := fmt.Sprintf("%s/sagas=%d/s", c, rate)
@@ -180,11 +189,7 @@ func benchEndToEnd(b *testing.B, cfg stepConfig, rate int, d time.Duration) map[
 			if err != nil {
 				b.Fatal(err)
 			}
-			opts := []consumers.Option{fast}
-			if len(cfg.relay) > 0 { // the saga configuration: no poll linger here either
-				opts = append(opts, consumers.PollLinger(0))
-			}
-			g, err = consumers.New(e.seeds, e.bc+"-saga-fwd", fwd.Topics(), fwd, opts...)
+			g, err = consumers.New(e.seeds, e.bc+"-saga-fwd", fwd.Topics(), fwd, append([]consumers.Option{fast}, cfg.forwarder...)...)
 			if err != nil {
 				b.Fatal(err)
 			}

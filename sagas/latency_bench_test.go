@@ -27,6 +27,8 @@ import (
 type stepConfig struct {
 	relay []outbox.Option
 	inbox []consumers.Option
+	// forwarder: the forwarder group's options (BenchmarkSagaEndToEnd).
+	forwarder []consumers.Option
 	// noWake: the runtime does not wake the relay after a transition (a
 	// relay in another process than the saga runtime).
 	noWake bool
