@@ -26,8 +26,9 @@
 // the version fence only stops a member that lost its partition and did
 // not notice.
 //
-// Run the inbox group with InboxOptions and the relay with RelayOptions
-// (no lingers: each would be waited once per step), and
+// Run the inbox group with InboxOptions, the forwarder group with
+// ForwarderOptions and the relay with RelayOptions (no lingers: each
+// would be waited once per step), and
 // Runtime.RunInboxRetention to delete the inbox rows of instances that
 // ended long enough ago (they ignore every input anyway).
 //
