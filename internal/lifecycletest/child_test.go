@@ -62,10 +62,17 @@ func emit(e childEvent) {
 	fmt.Fprintln(os.Stdout, string(b))
 }
 
-// variants are the group options the rolling restart compares, passed to
-// the processor's group through consumers.WithClientOpts. member names
-// the process for static membership.
+// proposedHeartbeat is the heartbeat interval the rolling restart
+// measures against franz-go's default 3s: how soon the other members
+// notice a rebalance that a leaving or joining member started.
+const proposedHeartbeat = 500 * time.Millisecond
+
+// variantOpts returns the group options of a variant the rolling restart
+// compares, passed to the processor's group through
+// consumers.WithClientOpts. member names the process for static
+// membership.
 func variantOpts(name, member string) ([]kgo.Opt, error) {
+	static := []kgo.Opt{kgo.InstanceID(member), kgo.SessionTimeout(15 * time.Second)}
 	switch name {
 	case "", "default":
 		// consumers' defaults: franz-go's cooperative-sticky balancer,
@@ -73,19 +80,23 @@ func variantOpts(name, member string) ([]kgo.Opt, error) {
 		return nil, nil
 	case "heartbeat":
 		// Dynamic members that notice a rebalance sooner.
-		return []kgo.Opt{kgo.HeartbeatInterval(300 * time.Millisecond)}, nil
+		return []kgo.Opt{kgo.HeartbeatInterval(proposedHeartbeat)}, nil
 	case "static":
 		// Static membership: a restarted member with the same instance
-		// ID takes its partitions back without a rebalance, if it is back
-		// within the session timeout.
-		return []kgo.Opt{kgo.InstanceID(member), kgo.SessionTimeout(15 * time.Second)}, nil
+		// ID takes its partitions back without a rebalance if it is back
+		// within the session timeout (franz-go makes a restarted leader
+		// rebalance once).
+		return static, nil
+	case "static-heartbeat":
+		return append(static, kgo.HeartbeatInterval(proposedHeartbeat)), nil
 	case "eager":
-		// Eager range assignment (what consumers picks for ordered
-		// retry policies): every rebalance revokes every partition.
-		return []kgo.Opt{kgo.Balancers(kgo.RangeBalancer()), kgo.HeartbeatInterval(300 * time.Millisecond)}, nil
+		// Eager range assignment, what consumers picks for ordered retry
+		// policies: every rebalance revokes every partition.
+		return []kgo.Opt{kgo.Balancers(kgo.RangeBalancer())}, nil
 	case "kip848":
-		// KIP-848 consumer groups: the broker assigns; heartbeats at the
-		// broker's group.consumer.heartbeat.interval.ms (5s by default).
+		// KIP-848 consumer groups: the broker assigns; members heartbeat
+		// at the broker's group.consumer.heartbeat.interval.ms (5s by
+		// default, and its minimum).
 		return []kgo.Opt{kgo.ServerSideBalancer(), kgo.Balancers(kgo.StickyBalancer())}, nil
 	case "kip848-static":
 		return []kgo.Opt{kgo.ServerSideBalancer(), kgo.Balancers(kgo.StickyBalancer()), kgo.InstanceID(member)}, nil
