@@ -248,8 +248,11 @@ func newApp(ctx context.Context, c appConfig) (*app, error) {
 
 	// The relay: stored events to <context>.events, and on PostgreSQL the
 	// saga's commands from the outbox table.
+	// The default transactional ID (outbox.DefaultTransactionalID of the
+	// topic) is also the `orchestrix relay` CLI's: the two then share one
+	// leader lock, and only one publishes.
 	relayOpts := []outbox.Option{outbox.ToTopic(topics.Events(c.context)), outbox.WithLogger(c.log),
-		outbox.TransactionalID("orchestrix-relay." + c.context), outbox.WithClientOpts(c.kafka...)}
+		outbox.WithClientOpts(c.kafka...)}
 	if c.fast {
 		relayOpts = append(relayOpts, outbox.PollInterval(5*time.Millisecond, 50*time.Millisecond))
 	}
