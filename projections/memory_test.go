@@ -140,7 +140,16 @@ func TestRebuildEqualsIncrementalProperty(t *testing.T) {
 		if err != nil {
 			rt.Fatal(err)
 		}
-		time.Sleep(20 * time.Millisecond) // the runner picks v2 up within VersionScan
+		// The runner picks v2 up within VersionScan; WaitForNonStale
+		// waits only for the versions it builds, so wait for v2 to be
+		// one of them first (a fixed 20 ms sleep was not enough on a
+		// loaded machine: the rebuild then compared an empty table, 1
+		// failure in 20 runs of flakes.sh).
+		for deadline := time.Now().Add(10 * time.Second); !builds(r.Stats(), v2, shards); time.Sleep(time.Millisecond) {
+			if time.Now().After(deadline) {
+				rt.Fatalf("the runner did not pick up version %d: %+v", v2, r.Stats())
+			}
+		}
 		if err := r.WaitForNonStale(ctx); err != nil {
 			rt.Fatal(err)
 		}
@@ -165,6 +174,17 @@ func TestRebuildEqualsIncrementalProperty(t *testing.T) {
 			rt.Fatal(err)
 		}
 	})
+}
+
+// builds reports whether stats has all shards of version v leading.
+func builds(stats []projections.ShardStats, v, shards int) bool {
+	n := 0
+	for _, st := range stats {
+		if st.Version == v && st.Leading {
+			n++
+		}
+	}
+	return n == shards
 }
 
 // TestPoisonMemory: under Stop the shard stops at the poison event and
