@@ -18,7 +18,7 @@ import (
 	"github.com/orchestrix/orchestrix/stores/postgres"
 )
 
-const sagasUsage = "sagas list [--type T --status S --older-than 1h] | show ID --type T | retry ID --type T [--note N] | resolve ID --type T --note N | timers [--type T]"
+const sagasUsage = "sagas list [--type T --status S --older-than 1h] | show ID --type T | retry ID --type T [--note N] | resolve ID --type T --note N | timers [--type T] | prune --type T --older-than 24h"
 
 // sagasConfig holds the flags of the sagas subcommands.
 type sagasConfig struct {
@@ -34,7 +34,7 @@ func runSagas(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	sub := args[0]
 	switch sub {
-	case "list", "show", "retry", "resolve", "timers":
+	case "list", "show", "retry", "resolve", "timers", "prune":
 	case "-h", "--help", "help":
 		fmt.Fprintln(stderr, "usage: orchestrix "+sagasUsage)
 		return flag.ErrHelp
@@ -58,6 +58,8 @@ func runSagas(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		fs.StringVar(&c.note, "note", "", "why, kept in the instance's history")
 	case "resolve":
 		fs.StringVar(&c.note, "note", "", "what was done by hand (required), kept in the instance's history")
+	case "prune":
+		fs.DurationVar(&c.olderThan, "older-than", 24*time.Hour, "prune the inbox of instances ended (completed, compensated) longer ago than this")
 	}
 	rest := args[1:]
 	if len(rest) > 0 && !strings.HasPrefix(rest[0], "-") {
@@ -88,6 +90,9 @@ func runSagas(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	if !needID && c.id != "" {
 		errs = append(errs, fmt.Errorf("sagas %s takes no saga ID", sub))
+	}
+	if sub == "prune" && c.typ == "" {
+		errs = append(errs, errors.New("sagas prune needs --type"))
 	}
 	if sub == "resolve" && strings.TrimSpace(c.note) == "" {
 		errs = append(errs, errors.New("sagas resolve needs --note saying what was done by hand"))
@@ -186,6 +191,27 @@ func sagasRun(ctx context.Context, sub string, c sagasConfig, store *sagas.Postg
 		for _, t := range timers {
 			fmt.Fprintf(stdout, "  %s due %s\n", t.Fired.ID(), t.Due.Format(time.RFC3339Nano))
 		}
+		return nil
+	case "prune":
+		// What the runtime's RunInboxRetention does on a timer, once:
+		// the inbox rows of ended instances, whose duplicates can no
+		// longer change them, in batches of sagas.PruneBatch.
+		var instances, rows int
+		before := time.Now().UTC().Add(-c.olderThan)
+		for {
+			n, k, err := store.PruneInbox(ctx, c.typ, before, sagas.PruneBatch)
+			instances, rows = instances+n, rows+k
+			if err != nil {
+				return err
+			}
+			if n < sagas.PruneBatch {
+				break
+			}
+		}
+		if c.output == "json" {
+			return writeJSON(stdout, map[string]any{"type": c.typ, "instances": instances, "inbox_rows": rows})
+		}
+		fmt.Fprintf(stdout, "pruned the inbox of %d ended %s instances (%d rows)\n", instances, c.typ, rows)
 		return nil
 	case "timers":
 		ts, err := store.Timers(ctx, c.typ, c.limit)

@@ -27,6 +27,7 @@ func TestSagasUsage(t *testing.T) {
 		{"bad status", []string{"sagas", "list", "--database-url", "postgres://x", "--status", "weird"}, `--status "weird"`},
 		{"bad output", []string{"sagas", "list", "--database-url", "postgres://x", "-o", "yaml"}, `-o "yaml"`},
 		{"id on list", []string{"sagas", "list", "s1", "--database-url", "postgres://x"}, "takes no saga ID"},
+		{"prune without type", []string{"sagas", "prune", "--database-url", "postgres://x"}, "sagas prune needs --type"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -100,6 +101,18 @@ func TestSagasIntegration(t *testing.T) {
 	var n int
 	if err := pool.QueryRow(ctx, "SELECT count(*) FROM "+pgx.Identifier{schema, "outbox"}.Sanitize()+" WHERE topic = $1 AND key = 'stuck'", sagas.InboxTopic("transfer")).Scan(&n); err != nil || n != 2 {
 		t.Fatalf("%d operator inputs in the outbox, %v", n, err)
+	}
+	// prune: the ended instance's inbox row goes, the others' stay; a
+	// second prune finds nothing.
+	if code, out, stderr := run(t, base("sagas", "prune", "--type", "transfer", "--older-than", "1h", "-o", "json")...); code != 0 ||
+		!strings.Contains(out, `"instances": 1`) || !strings.Contains(out, `"inbox_rows": 1`) {
+		t.Fatalf("prune: %d %q %q", code, out, stderr)
+	}
+	if code, out, _ := run(t, base("sagas", "prune", "--type", "transfer", "--older-than", "1h")...); code != 0 || !strings.Contains(out, "pruned the inbox of 0 ended transfer instances") {
+		t.Fatalf("second prune: %d %q", code, out)
+	}
+	if err := pool.QueryRow(ctx, "SELECT count(*) FROM "+pgx.Identifier{schema, "saga_inbox"}.Sanitize()).Scan(&n); err != nil || n != 2 {
+		t.Fatalf("%d inbox rows after the prune, want the 2 of the instances not ended; %v", n, err)
 	}
 	if code, _, stderr := run(t, "sagas", "list", "--database-url", url, "--schema", "nosuchschema"); code != 1 || !strings.Contains(stderr, "orchestrix migrate") {
 		t.Fatalf("unmigrated schema: %d %q", code, stderr)
