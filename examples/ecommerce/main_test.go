@@ -1,16 +1,11 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"fmt"
-	"io"
-	"net/http"
 	"os"
-	"os/exec"
+	"regexp"
 	"strings"
-	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -19,34 +14,9 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 )
 
-// mainEnv makes the test binary run main (serve, drive) instead of the
-// tests: the serve tests start it as a child and stop it with SIGTERM.
-const mainEnv = "ECOMMERCE_TEST_MAIN"
-
 func TestMain(m *testing.M) {
-	if os.Getenv(mainEnv) == "1" {
-		main()
-		return
-	}
+	testenv.ChildMain(main)
 	os.Exit(m.Run())
-}
-
-// syncBuffer is an io.Writer safe for the run's concurrent writers.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 func testConfig(t *testing.T, scenario string) config {
@@ -58,7 +28,7 @@ func testConfig(t *testing.T, scenario string) config {
 
 func runCheck(t *testing.T, c config) string {
 	t.Helper()
-	var out syncBuffer
+	var out testenv.SyncBuffer
 	c.stdout, c.stderr = &out, &out
 	err := run(t.Context(), c)
 	if err != nil || !strings.Contains(out.String(), "invariants hold") {
@@ -97,37 +67,13 @@ func TestScenariosIntegration(t *testing.T) {
 		t.Run(s, func(t *testing.T) {
 			c := testConfig(t, s)
 			c.brokers, c.databaseURL, c.schema = seeds, url, testenv.Schema(t, pool)
-			deleteTopics(t, seeds, c.context)
+			testenv.DropTopicsAtEnd(t, seeds, c.context)
 			out := runCheck(t, c)
 			if s == "refund-down" && !strings.Contains(out, "6 sagas in compensation_failed retried") {
 				t.Errorf("refund-down: no retry\n%s", out)
 			}
 		})
 	}
-}
-
-// deleteTopics deletes the context's topics when the test ends.
-func deleteTopics(t *testing.T, seeds []string, context string) {
-	t.Cleanup(func() {
-		adm := kadm.NewClient(testenv.Client(t, seeds))
-		ctx, cancel := contextWithTimeout(30 * time.Second)
-		defer cancel()
-		list, err := adm.ListTopics(ctx)
-		if err != nil {
-			return
-		}
-		var names []string
-		for _, n := range list.Names() {
-			if strings.HasPrefix(n, context+".") {
-				names = append(names, n)
-			}
-		}
-		_, _ = adm.DeleteTopics(ctx, names...)
-	})
-}
-
-func contextWithTimeout(d time.Duration) (context.Context, context.CancelFunc) {
-	return context.WithTimeout(context.Background(), d)
 }
 
 func TestBadFlags(t *testing.T) {
@@ -161,59 +107,26 @@ func TestBadFlags(t *testing.T) {
 
 // child is a `serve` running as a child process.
 type child struct {
-	cmd     *exec.Cmd
-	lines   chan string
-	out     *syncBuffer
-	done    chan error
-	brokers string
+	*testenv.Child
+	brokers string // the embedded broker's address, if it printed one
 	listen  string
 }
+
+var (
+	brokerLine = regexp.MustCompile(`^embedded Kafka at (\S+)`)
+	listenLine = regexp.MustCompile(`^listening on (\S+)`)
+)
 
 // startServe runs `serve args...` as a child process (the test binary
 // re-executed) and waits until it listens.
 func startServe(t *testing.T, args ...string) *child {
 	t.Helper()
-	cmd := exec.Command(os.Args[0], append([]string{"serve", "--listen", "127.0.0.1:0", "--step-timeout", "2s"}, args...)...)
-	cmd.Env = append(os.Environ(), mainEnv+"=1")
-	pr, pw := io.Pipe()
-	c := &child{cmd: cmd, lines: make(chan string, 100), out: &syncBuffer{}, done: make(chan error, 1)}
-	cmd.Stdout, cmd.Stderr = io.MultiWriter(pw, c.out), c.out
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
+	c := testenv.StartChild(t, nil, append([]string{"serve", "--listen", "127.0.0.1:0", "--step-timeout", "2s"}, args...)...)
+	s := &child{Child: c, listen: c.Line(t, listenLine, 90*time.Second)[1]}
+	if m := c.Find(brokerLine); m != nil {
+		s.brokers = m[1]
 	}
-	go func() {
-		sc := bufio.NewScanner(pr)
-		for sc.Scan() {
-			select {
-			case c.lines <- sc.Text():
-			default:
-			}
-		}
-	}()
-	go func() { c.done <- cmd.Wait(); pw.Close() }()
-	t.Cleanup(func() {
-		if cmd.ProcessState == nil {
-			_ = cmd.Process.Kill()
-			<-c.done
-		}
-	})
-	timeout := time.After(90 * time.Second)
-	for c.listen == "" {
-		select {
-		case l := <-c.lines:
-			if b, ok := strings.CutPrefix(l, "embedded Kafka at "); ok {
-				c.brokers, _, _ = strings.Cut(b, " ")
-			}
-			if a, ok := strings.CutPrefix(l, "listening on "); ok {
-				c.listen, _, _ = strings.Cut(a, " ")
-			}
-		case err := <-c.done:
-			t.Fatalf("serve exited: %v\n%s", err, c.out.String())
-		case <-timeout:
-			t.Fatalf("serve did not listen\n%s", c.out.String())
-		}
-	}
-	return c
+	return s
 }
 
 // serveAndDrive starts serve, waits until it is ready, drives orders at
@@ -224,39 +137,16 @@ func serveAndDrive(t *testing.T, brokers string, serveArgs, driveArgs []string) 
 	if brokers == "" {
 		brokers = c.brokers
 	}
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		resp, err := http.Get("http://" + c.listen + "/readyz")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				break
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("never ready: %v\n%s", err, c.out.String())
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	c.AwaitOK(t, "http://"+c.listen+"/readyz", 60*time.Second)
 	const n = 30
-	var out, errOut syncBuffer
+	var out, errOut testenv.SyncBuffer
 	code := realMain(t.Context(), append([]string{"drive", "--brokers", brokers, "--count", fmt.Sprint(n), "--rate", "50", "--timeout", "90s"}, driveArgs...), &out, &errOut)
 	if code != 0 || !strings.Contains(out.String(), fmt.Sprintf("%d orders: %d Confirmed;", n, n)) {
-		t.Fatalf("drive exit %d\n%s%s\nserve:\n%s", code, out.String(), errOut.String(), c.out.String())
+		t.Fatalf("drive exit %d\n%s%s\nserve:\n%s", code, out.String(), errOut.String(), c.Out.String())
 	}
 	t.Log(strings.TrimSpace(out.String()[strings.LastIndex(strings.TrimSpace(out.String()), "\n")+1:]))
 	pokeByHand(t, brokers, driveArgs)
-	if err := c.cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case err := <-c.done:
-		if err != nil || !strings.Contains(c.out.String(), "stopped cleanly") {
-			t.Fatalf("serve after SIGTERM: %v\n%s", err, c.out.String())
-		}
-	case <-time.After(45 * time.Second):
-		t.Fatalf("serve did not stop within 45s of SIGTERM\n%s", c.out.String())
-	}
+	c.StopClean(t, 45*time.Second, "stopped cleanly")
 }
 
 // pokeByHand sends what the README's kcat lines send — records with
@@ -322,7 +212,7 @@ func TestServeDriveIntegration(t *testing.T) {
 	url := testenv.DatabaseURL(t)
 	schema := testenv.Schema(t, testenv.Pool(t))
 	name := testenv.Name("ecommerce-s")
-	deleteTopics(t, seeds, name)
+	testenv.DropTopicsAtEnd(t, seeds, name)
 	b := strings.Join(seeds, ",")
 	serveAndDrive(t, b, []string{"--init", "--brokers", b, "--database-url", url, "--schema", schema, "--context", name, "--partitions", "2"},
 		[]string{"--context", name})
@@ -337,12 +227,12 @@ func TestServeKillNineIntegration(t *testing.T) {
 	url := testenv.DatabaseURL(t)
 	schema := testenv.Schema(t, testenv.Pool(t))
 	name := testenv.Name("ecommerce-k")
-	deleteTopics(t, seeds, name)
+	testenv.DropTopicsAtEnd(t, seeds, name)
 	b := strings.Join(seeds, ",")
 	args := []string{"--brokers", b, "--database-url", url, "--schema", schema, "--context", name, "--partitions", "2", "--session-timeout", "6s"}
 	first := startServe(t, append([]string{"--init"}, args...)...)
 	const n = 80
-	var out, errOut syncBuffer
+	var out, errOut testenv.SyncBuffer
 	code := make(chan int, 1)
 	go func() {
 		code <- realMain(t.Context(), []string{"drive", "--brokers", b, "--context", name, "--count", fmt.Sprint(n), "--rate", "20", "--timeout", "2m"}, &out, &errOut)
@@ -351,29 +241,21 @@ func TestServeKillNineIntegration(t *testing.T) {
 	deadline := time.Now().Add(60 * time.Second)
 	for strings.Count(out.String(), "Confirmed") < 10 {
 		if time.Now().After(deadline) {
-			t.Fatalf("no orders confirmed\n%s%s\n%s", out.String(), errOut.String(), first.out.String())
+			t.Fatalf("no orders confirmed\n%s%s\n%s", out.String(), errOut.String(), first.Out.String())
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	if err := first.cmd.Process.Kill(); err != nil {
-		t.Fatal(err)
-	}
-	<-first.done
+	first.Kill(t)
 	before := strings.Count(out.String(), "Confirmed")
 	second := startServe(t, args...)
 	select {
 	case c := <-code:
 		if c != 0 || !strings.Contains(out.String(), fmt.Sprintf("%d orders: %d Confirmed;", n, n)) {
-			t.Fatalf("drive exit %d\n%s%s\nafter the kill:\n%s", c, out.String(), errOut.String(), second.out.String())
+			t.Fatalf("drive exit %d\n%s%s\nafter the kill:\n%s", c, out.String(), errOut.String(), second.Out.String())
 		}
 	case <-time.After(3 * time.Minute):
 		t.Fatalf("drive did not end\n%s", out.String())
 	}
 	t.Logf("killed with %d of %d confirmed; after the restart all %d", before, n, n)
-	if err := second.cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
-	if err := <-second.done; err != nil || !strings.Contains(second.out.String(), "stopped cleanly") {
-		t.Fatalf("serve after SIGTERM: %v\n%s", err, second.out.String())
-	}
+	second.StopClean(t, 45*time.Second, "stopped cleanly")
 }

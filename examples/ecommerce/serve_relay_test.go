@@ -6,7 +6,6 @@ import (
 	"io"
 	"net/http"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -35,11 +34,11 @@ func TestServeWithoutRelayIntegration(t *testing.T) {
 	url := testenv.DatabaseURL(t)
 	schema := testenv.Schema(t, testenv.Pool(t))
 	name := testenv.Name("ecommerce-r")
-	deleteTopics(t, seeds, name)
+	testenv.DropTopicsAtEnd(t, seeds, name)
 	b := strings.Join(seeds, ",")
 	c := startServe(t, "--init", "--relay=false", "--brokers", b, "--database-url", url, "--schema", schema, "--context", name, "--partitions", "2")
-	if !strings.Contains(c.out.String(), "no relay in this process") {
-		t.Errorf("serve --relay=false did not say it runs no relay:\n%s", c.out.String())
+	if !strings.Contains(c.Out.String(), "no relay in this process") {
+		t.Errorf("serve --relay=false did not say it runs no relay:\n%s", c.Out.String())
 	}
 	resp, err := http.Get("http://" + c.listen + "/livez")
 	if err != nil {
@@ -54,7 +53,7 @@ func TestServeWithoutRelayIntegration(t *testing.T) {
 	// The separate relay, as `orchestrix relay` runs in the chart.
 	relayCtx, stopRelay := context.WithCancel(context.Background())
 	defer stopRelay()
-	var relayOut syncBuffer
+	var relayOut testenv.SyncBuffer
 	relayDone := make(chan int, 1)
 	go func() {
 		relayDone <- cli.Run(relayCtx, []string{"relay", "--brokers", b, "--database-url", url, "--schema", schema, "--context", name,
@@ -62,22 +61,12 @@ func TestServeWithoutRelayIntegration(t *testing.T) {
 	}()
 
 	const n = 20
-	var out, errOut syncBuffer
+	var out, errOut testenv.SyncBuffer
 	code := realMain(t.Context(), []string{"drive", "--brokers", b, "--context", name, "--count", fmt.Sprint(n), "--rate", "50", "--timeout", "90s"}, &out, &errOut)
 	if code != 0 || !strings.Contains(out.String(), fmt.Sprintf("%d orders: %d Confirmed;", n, n)) {
-		t.Fatalf("drive exit %d\n%s%s\nserve:\n%s\nrelay:\n%s", code, out.String(), errOut.String(), c.out.String(), relayOut.String())
+		t.Fatalf("drive exit %d\n%s%s\nserve:\n%s\nrelay:\n%s", code, out.String(), errOut.String(), c.Out.String(), relayOut.String())
 	}
-	if err := c.cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case err := <-c.done:
-		if err != nil || !strings.Contains(c.out.String(), "stopped cleanly") {
-			t.Fatalf("serve after SIGTERM: %v\n%s", err, c.out.String())
-		}
-	case <-time.After(45 * time.Second):
-		t.Fatalf("serve did not stop within 45s of SIGTERM\n%s", c.out.String())
-	}
+	c.StopClean(t, 45*time.Second, "stopped cleanly")
 	stopRelay()
 	if code := <-relayDone; code != 0 || !strings.Contains(relayOut.String(), "relay stopped") {
 		t.Fatalf("orchestrix relay: exit %d\n%s", code, relayOut.String())

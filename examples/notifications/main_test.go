@@ -1,13 +1,11 @@
 package main
 
 import (
-	"context"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/orchestrix/orchestrix/internal/testenv"
-	"github.com/twmb/franz-go/pkg/kadm"
 )
 
 func testConfig(t *testing.T, scenario string, delays ...time.Duration) (config, *strings.Builder) {
@@ -44,22 +42,7 @@ func TestNotificationsIntegration(t *testing.T) {
 	seeds := testenv.Brokers(t)
 	c, out := testConfig(t, "flaky", time.Second, 2*time.Second, 4*time.Second)
 	c.brokers = seeds
-	t.Cleanup(func() {
-		adm := kadm.NewClient(testenv.Client(t, seeds))
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		td, err := adm.ListTopics(ctx)
-		if err != nil {
-			return
-		}
-		var mine []string
-		for _, name := range td.Names() {
-			if strings.HasPrefix(name, c.context+".") {
-				mine = append(mine, name)
-			}
-		}
-		_, _ = adm.DeleteTopics(ctx, mine...)
-	})
+	testenv.DropTopicsAtEnd(t, seeds, c.context)
 	if err := run(t.Context(), c); err != nil {
 		t.Fatalf("%v\n%s", err, out)
 	}

@@ -1,15 +1,10 @@
 package main
 
 import (
-	"bufio"
 	"context"
-	"io"
-	"net/http"
 	"os"
-	"os/exec"
+	"regexp"
 	"strings"
-	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -21,34 +16,9 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 )
 
-// mainEnv makes the test binary run main (serve) instead of the tests:
-// the serve tests start it as a child and stop it with SIGTERM.
-const mainEnv = "NOTIFICATIONS_TEST_MAIN"
-
 func TestMain(m *testing.M) {
-	if os.Getenv(mainEnv) == "1" {
-		main()
-		return
-	}
+	testenv.ChildMain(main)
 	os.Exit(m.Run())
-}
-
-// syncBuffer is an io.Writer safe for concurrent writers.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // TestServeDriveBadFlags: bad flags of serve and drive are usage errors
@@ -101,98 +71,43 @@ func TestServeDriveBadFlags(t *testing.T) {
 
 // child is a `serve` running as a child process.
 type child struct {
-	cmd     *exec.Cmd
-	lines   chan string
-	out     *syncBuffer
-	done    chan error
-	brokers string
+	*testenv.Child
+	brokers string // the embedded broker's address, if it printed one
 	listen  string
 }
 
+var (
+	brokerLine = regexp.MustCompile(`^embedded Kafka at (\S+)`)
+	listenLine = regexp.MustCompile(`^listening on (\S+)`)
+)
+
 // startServe runs `serve args...` as a child process (the test binary
-// re-executed) and waits until it listens.
+// re-executed) and waits until it is ready.
 func startServe(t *testing.T, args ...string) *child {
 	t.Helper()
-	cmd := exec.Command(os.Args[0], append([]string{"serve", "--listen", "127.0.0.1:0", "--retry-delays", "200ms,400ms,800ms"}, args...)...)
-	cmd.Env = append(os.Environ(), mainEnv+"=1")
-	pr, pw := io.Pipe()
-	c := &child{cmd: cmd, lines: make(chan string, 100), out: &syncBuffer{}, done: make(chan error, 1)}
-	cmd.Stdout, cmd.Stderr = io.MultiWriter(pw, c.out), c.out
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
+	c := testenv.StartChild(t, nil, append([]string{"serve", "--listen", "127.0.0.1:0", "--retry-delays", "200ms,400ms,800ms"}, args...)...)
+	s := &child{Child: c, listen: c.Line(t, listenLine, 90*time.Second)[1]}
+	if m := c.Find(brokerLine); m != nil {
+		s.brokers = m[1]
 	}
-	go func() {
-		sc := bufio.NewScanner(pr)
-		for sc.Scan() {
-			select {
-			case c.lines <- sc.Text():
-			default:
-			}
-		}
-	}()
-	go func() { c.done <- cmd.Wait(); pw.Close() }()
-	t.Cleanup(func() {
-		if cmd.ProcessState == nil {
-			_ = cmd.Process.Kill()
-			<-c.done
-		}
-	})
-	timeout := time.After(90 * time.Second)
-	for c.listen == "" {
-		select {
-		case l := <-c.lines:
-			if b, ok := strings.CutPrefix(l, "embedded Kafka at "); ok {
-				c.brokers, _, _ = strings.Cut(b, " ")
-			}
-			if a, ok := strings.CutPrefix(l, "listening on "); ok {
-				c.listen, _, _ = strings.Cut(a, " ")
-			}
-		case err := <-c.done:
-			t.Fatalf("serve exited: %v\n%s", err, c.out.String())
-		case <-timeout:
-			t.Fatalf("serve did not listen\n%s", c.out.String())
-		}
-	}
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		resp, err := http.Get("http://" + c.listen + "/readyz")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return c
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("never ready: %v\n%s", err, c.out.String())
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	c.AwaitOK(t, "http://"+s.listen+"/readyz", 60*time.Second)
+	return s
 }
 
 // stop sends SIGTERM and checks serve exits 0 and says so.
 func (c *child) stop(t *testing.T) {
 	t.Helper()
-	if err := c.cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case err := <-c.done:
-		if err != nil || !strings.Contains(c.out.String(), "stopped cleanly") {
-			t.Fatalf("serve after SIGTERM: %v\n%s", err, c.out.String())
-		}
-	case <-time.After(45 * time.Second):
-		t.Fatalf("serve did not stop within 45s of SIGTERM\n%s", c.out.String())
-	}
+	c.StopClean(t, 45*time.Second, "stopped cleanly")
 }
 
 // runDrive runs drive in this process and returns its output; it fails
 // the test unless drive exits 0.
 func runDrive(t *testing.T, c *child, args ...string) string {
 	t.Helper()
-	var out, errOut syncBuffer
+	var out, errOut testenv.SyncBuffer
 	code := driveMain(t.Context(), append([]string{"--timeout", "90s"}, args...), &out, &errOut)
 	if code != 0 {
-		t.Fatalf("drive exit %d\n%s%s\nserve:\n%s", code, out.String(), errOut.String(), c.out.String())
+		t.Fatalf("drive exit %d\n%s%s\nserve:\n%s", code, out.String(), errOut.String(), c.Out.String())
 	}
 	return out.String()
 }
@@ -238,8 +153,8 @@ func serveAndDrive(t *testing.T, brokers, name string, serveArgs ...string) {
 	t.Log("\n" + out)
 	pokeByHand(t, brokers, name)
 	c.stop(t)
-	if !strings.Contains(c.out.String(), "received in the process: email 37 ") {
-		t.Errorf("the SMTP server in the process should have 37 emails (36 driven, 1 by hand):\n%s", c.out.String())
+	if !strings.Contains(c.Out.String(), "received in the process: email 37 ") {
+		t.Errorf("the SMTP server in the process should have 37 emails (36 driven, 1 by hand):\n%s", c.Out.String())
 	}
 }
 
@@ -310,31 +225,11 @@ func TestServeDrive(t *testing.T) {
 	serveAndDrive(t, "", "notifications")
 }
 
-// deleteTopics removes a test context's topics at the end.
-func deleteTopics(t *testing.T, seeds []string, name string) {
-	t.Cleanup(func() {
-		adm := kadm.NewClient(testenv.Client(t, seeds))
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		td, err := adm.ListTopics(ctx)
-		if err != nil {
-			return
-		}
-		var mine []string
-		for _, n := range td.Names() {
-			if strings.HasPrefix(n, name+".") {
-				mine = append(mine, n)
-			}
-		}
-		_, _ = adm.DeleteTopics(ctx, mine...)
-	})
-}
-
 // serve --init against the real broker; drive; SIGTERM.
 func TestServeDriveIntegration(t *testing.T) {
 	seeds := testenv.Brokers(t)
 	name := strings.ReplaceAll(testenv.Name("notif-s"), "_", "-")
-	deleteTopics(t, seeds, name)
+	testenv.DropTopicsAtEnd(t, seeds, name)
 	b := strings.Join(seeds, ",")
 	serveAndDrive(t, b, name, "--init", "--brokers", b, "--context", name, "--partitions", "2", "--session-timeout", "6s")
 }
@@ -344,7 +239,7 @@ func TestServeDriveIntegration(t *testing.T) {
 func TestServeMissingTopicsIntegration(t *testing.T) {
 	seeds := testenv.Brokers(t)
 	name := strings.ReplaceAll(testenv.Name("notif-m"), "_", "-")
-	var out, errOut syncBuffer
+	var out, errOut testenv.SyncBuffer
 	code := serveMain(t.Context(), []string{"--brokers", strings.Join(seeds, ","), "--context", name, "--listen", "127.0.0.1:0"}, &out, &errOut)
 	if code != 1 || !strings.Contains(errOut.String(), "orchestrix topics create --topics "+DeliveriesTopic(name)) {
 		t.Fatalf("exit %d\n%s%s", code, out.String(), errOut.String())
@@ -358,7 +253,7 @@ func TestServeMissingTopicsIntegration(t *testing.T) {
 func TestServeOutageRedriveIntegration(t *testing.T) {
 	seeds := testenv.Brokers(t)
 	name := strings.ReplaceAll(testenv.Name("notif-r"), "_", "-")
-	deleteTopics(t, seeds, name)
+	testenv.DropTopicsAtEnd(t, seeds, name)
 	b := strings.Join(seeds, ",")
 	args := []string{"--brokers", b, "--context", name, "--partitions", "2", "--session-timeout", "6s"}
 	first := startServe(t, append([]string{"--init", "--fail", "webhook=1"}, args...)...)
@@ -391,13 +286,13 @@ func TestServeOutageRedriveIntegration(t *testing.T) {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("%d of 20 webhooks delivered after the redrive\n%s\n%s", after-before, cliOut.String(), second.out.String())
+			t.Fatalf("%d of 20 webhooks delivered after the redrive\n%s\n%s", after-before, cliOut.String(), second.Out.String())
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
 	second.stop(t)
-	if !strings.Contains(second.out.String(), "webhook 20 (0 twice→one)") {
-		t.Errorf("the second serve's webhook receiver:\n%s", second.out.String())
+	if !strings.Contains(second.Out.String(), "webhook 20 (0 twice→one)") {
+		t.Errorf("the second serve's webhook receiver:\n%s", second.Out.String())
 	}
 	t.Logf("redrive: %s", strings.TrimSpace(cliOut.String()))
 }
@@ -409,11 +304,11 @@ func TestServeOutageRedriveIntegration(t *testing.T) {
 func TestServeKillNineIntegration(t *testing.T) {
 	seeds := testenv.Brokers(t)
 	name := strings.ReplaceAll(testenv.Name("notif-k"), "_", "-")
-	deleteTopics(t, seeds, name)
+	testenv.DropTopicsAtEnd(t, seeds, name)
 	b := strings.Join(seeds, ",")
 	args := []string{"--brokers", b, "--context", name, "--partitions", "2", "--session-timeout", "6s"}
 	first := startServe(t, append([]string{"--init"}, args...)...)
-	var out, errOut syncBuffer
+	var out, errOut testenv.SyncBuffer
 	code := make(chan int, 1)
 	go func() {
 		code <- driveMain(t.Context(), []string{"--brokers", b, "--context", name, "--count", "100", "--rate", "20", "--timeout", "2m", "--watch"}, &out, &errOut)
@@ -421,20 +316,17 @@ func TestServeKillNineIntegration(t *testing.T) {
 	deadline := time.Now().Add(60 * time.Second)
 	for strings.Count(out.String(), "delivered (") < 40 {
 		if time.Now().After(deadline) {
-			t.Fatalf("nothing delivered\n%s%s\n%s", out.String(), errOut.String(), first.out.String())
+			t.Fatalf("nothing delivered\n%s%s\n%s", out.String(), errOut.String(), first.Out.String())
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	if err := first.cmd.Process.Kill(); err != nil {
-		t.Fatal(err)
-	}
-	<-first.done
+	first.Kill(t)
 	before := strings.Count(out.String(), "delivered (")
 	second := startServe(t, args...)
 	select {
 	case c := <-code:
 		if c != 0 || !strings.Contains(out.String(), "400 of 400 notifications settled") {
-			t.Fatalf("drive exit %d\n%s%s\nafter the kill:\n%s", c, out.String(), errOut.String(), second.out.String())
+			t.Fatalf("drive exit %d\n%s%s\nafter the kill:\n%s", c, out.String(), errOut.String(), second.Out.String())
 		}
 	case <-time.After(3 * time.Minute):
 		t.Fatalf("drive did not end\n%s", out.String())

@@ -24,7 +24,7 @@ func TestServeKillNineIntegration(t *testing.T) {
 	pool := testenv.Pool(t)
 	schema := testenv.Schema(t, pool)
 	bc := strings.ReplaceAll(testenv.Name("bank"), "_", "-")
-	t.Cleanup(func() { deleteTopics(t, seeds, bc) })
+	testenv.DropTopicsAtEnd(t, seeds, bc)
 	brokers := strings.Join(seeds, ",")
 	args := []string{"--brokers", brokers, "--database-url", testenv.DatabaseURL(t), "--schema", schema,
 		"--context", bc, "--listen", "127.0.0.1:0", "--session-timeout", "6s"}
@@ -35,22 +35,18 @@ func TestServeKillNineIntegration(t *testing.T) {
 	var out string
 	var wg sync.WaitGroup
 	wg.Go(func() {
-		var o, e syncBuffer
+		var o, e testenv.SyncBuffer
 		code := realMain(t.Context(), []string{"drive", "--brokers", brokers, "--context", bc, "--count", fmt.Sprint(count), "--rate", "50",
 			"--missing", "0.2", "--seed", "11", "--timeout", "2m"}, &o, &e)
 		out = fmt.Sprintf("exit %d\n%s%s", code, o.String(), e.String())
 	})
 	time.Sleep(1500 * time.Millisecond) // a quarter of the transfers under way
-	if err := s.cmd.Process.Kill(); err != nil {
-		t.Fatal(err)
-	}
-	<-s.exited
-	s.exited <- nil
+	s.Kill(t)
 	t.Log("killed serve with SIGKILL; starting a new one")
 	s = startServe(t, args...)
 	wg.Wait()
 	if !strings.HasPrefix(out, "exit 0") {
-		t.Fatalf("drive:\n%s\nserve:\n%s", out, s.stderr)
+		t.Fatalf("drive:\n%s\nserve:\n%s", out, s.Out)
 	}
 	checkDriven(t, out, count)
 
@@ -111,7 +107,7 @@ func TestServeKillNineIntegration(t *testing.T) {
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
-	s.stop(t, 30*time.Second)
+	s.StopClean(t, 30*time.Second, "")
 	t.Logf("results %v", results)
 }
 

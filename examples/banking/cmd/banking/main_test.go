@@ -1,64 +1,24 @@
 package main
 
 import (
-	"bufio"
-	"context"
-	"encoding/json"
-	"io"
 	"log/slog"
-	"net/http"
 	"os"
-	"os/exec"
-	"os/signal"
 	"regexp"
 	"strings"
-	"sync"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/orchestrix/orchestrix/internal/cli"
 	"github.com/orchestrix/orchestrix/internal/testenv"
-	"github.com/twmb/franz-go/pkg/kadm"
 )
 
-// serveEnv carries the serve arguments (JSON) of a child test process.
-const serveEnv = "BANKING_SERVE_ARGS"
-
 func TestMain(m *testing.M) {
-	if args := os.Getenv(serveEnv); args != "" {
-		var a []string
-		if err := json.Unmarshal([]byte(args), &a); err != nil {
-			os.Exit(3)
-		}
-		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-		code := realMain(ctx, append([]string{"serve"}, a...), os.Stdout, os.Stderr)
-		stop()
-		os.Exit(code)
-	}
+	testenv.ChildMain(main)
 	os.Exit(m.Run())
 }
 
-// syncBuffer is a strings.Builder safe for the run's goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
-func testConfig(t *testing.T, scenario string) (checkConfig, *syncBuffer) {
-	out := &syncBuffer{}
+func testConfig(t *testing.T, scenario string) (checkConfig, *testenv.SyncBuffer) {
+	out := &testenv.SyncBuffer{}
 	ctxName := strings.ReplaceAll(testenv.Name("banking"), "_", "-")
 	return checkConfig{
 		context: ctxName, schema: strings.ReplaceAll(ctxName, "-", "_"), scenario: scenario, seed: testenv.Seed(t),
@@ -105,7 +65,7 @@ func TestSelfCheckIntegration(t *testing.T) {
 	c, out := testConfig(t, "all")
 	c.brokers, c.databaseURL = seeds, testenv.DatabaseURL(t)
 	c.transfers, c.rate = 200, 100
-	t.Cleanup(func() { deleteTopics(t, seeds, c.context) })
+	testenv.DropTopicsAtEnd(t, seeds, c.context)
 	if err := run(t.Context(), c); err != nil {
 		t.Fatalf("%v\n%s", err, out)
 	}
@@ -114,135 +74,42 @@ func TestSelfCheckIntegration(t *testing.T) {
 	}
 }
 
-// deleteTopics deletes every topic of a context.
-func deleteTopics(t *testing.T, seeds []string, context string) {
-	adm := kadm.NewClient(testenv.Client(t, seeds))
-	ctx, cancel := contextTimeout(30 * time.Second)
-	defer cancel()
-	td, err := adm.ListTopics(ctx)
-	if err != nil {
-		return
-	}
-	var mine []string
-	for _, name := range td.Names() {
-		if strings.HasPrefix(name, context+".") {
-			mine = append(mine, name)
-		}
-	}
-	_, _ = adm.DeleteTopics(ctx, mine...)
-}
-
-func contextTimeout(d time.Duration) (context.Context, context.CancelFunc) {
-	return context.WithTimeout(context.Background(), d)
-}
-
 // server is a `banking serve` child process.
 type server struct {
-	cmd     *exec.Cmd
+	*testenv.Child
 	brokers string // the embedded broker's address, if it printed one
 	health  string // http://host:port
-	stderr  *syncBuffer
-	exited  chan error
 }
 
+var (
+	brokerLine = regexp.MustCompile(`^embedded Kafka \(kfake\) at (\S+);`)
+	healthLine = regexp.MustCompile(`^health on (http://\S+)/livez`)
+)
+
 // startServe runs `banking serve args...` in a child process (the test
-// binary) and waits until its health endpoint answers.
+// binary) and waits until its health endpoint listens.
 func startServe(t *testing.T, args ...string) *server {
 	t.Helper()
-	b, _ := json.Marshal(args)
-	cmd := exec.Command(os.Args[0], "-test.run=^$")
 	// Only the flags choose the services: an embedded serve must not find
 	// the real ones in the environment.
-	cmd.Env = append(os.Environ(), serveEnv+"="+string(b), "KAFKA_BROKERS=", "DATABASE_URL=")
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
+	c := testenv.StartChild(t, []string{"KAFKA_BROKERS=", "DATABASE_URL="}, append([]string{"serve"}, args...)...)
+	s := &server{Child: c, health: c.Line(t, healthLine, time.Minute)[1]}
+	if m := c.Find(brokerLine); m != nil {
+		s.brokers = m[1]
 	}
-	s := &server{cmd: cmd, stderr: &syncBuffer{}, exited: make(chan error, 1)}
-	cmd.Stderr = s.stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		<-s.exited
-	})
-	lines := make(chan string, 16)
-	go func() {
-		sc := bufio.NewScanner(stdout)
-		for sc.Scan() {
-			lines <- sc.Text()
-		}
-		close(lines)
-		_, _ = io.Copy(io.Discard, stdout)
-		s.exited <- cmd.Wait()
-	}()
-	brokerRe := regexp.MustCompile(`^embedded Kafka \(kfake\) at (\S+);`)
-	healthRe := regexp.MustCompile(`^health on (http://\S+)/livez`)
-	deadline := time.After(time.Minute)
-	for s.health == "" {
-		select {
-		case l, ok := <-lines:
-			if !ok {
-				t.Fatalf("serve exited before it listened:\n%s", s.stderr)
-			}
-			if m := brokerRe.FindStringSubmatch(l); m != nil {
-				s.brokers = m[1]
-			}
-			if m := healthRe.FindStringSubmatch(l); m != nil {
-				s.health = m[1]
-			}
-		case <-deadline:
-			t.Fatalf("serve did not listen within a minute:\n%s", s.stderr)
-		}
-	}
-	go func() {
-		for range lines {
-		}
-	}()
 	return s
 }
 
 // waitReady waits until /readyz answers 200.
 func (s *server) waitReady(t *testing.T) {
 	t.Helper()
-	deadline := time.Now().Add(time.Minute)
-	for {
-		resp, err := http.Get(s.health + "/readyz")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("/readyz not ready after a minute (%v):\n%s", err, s.stderr)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-}
-
-// stop sends SIGTERM and checks a clean exit within the bound.
-func (s *server) stop(t *testing.T, within time.Duration) {
-	t.Helper()
-	if err := s.cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case err := <-s.exited:
-		s.exited <- err // for the cleanup
-		if err != nil {
-			t.Fatalf("serve exited with %v after SIGTERM:\n%s", err, s.stderr)
-		}
-	case <-time.After(within):
-		t.Fatalf("serve still running %s after SIGTERM:\n%s", within, s.stderr)
-	}
+	s.AwaitOK(t, s.health+"/readyz", time.Minute)
 }
 
 // driveOnce runs `banking drive` in process and returns its output.
 func driveOnce(t *testing.T, args ...string) string {
 	t.Helper()
-	var out, errOut syncBuffer
+	var out, errOut testenv.SyncBuffer
 	if code := realMain(t.Context(), append([]string{"drive"}, args...), &out, &errOut); code != 0 {
 		t.Fatalf("drive exit %d:\n%s\n%s", code, out.String(), errOut.String())
 	}
@@ -272,7 +139,7 @@ func TestServeDrive(t *testing.T) {
 		out := driveOnce(t, "--brokers", s.brokers, "--context", "bank", "--count", "60", "--rate", "200", "--missing", "0.2", "--seed", "7")
 		checkDriven(t, out, 60)
 	}
-	s.stop(t, 30*time.Second)
+	s.StopClean(t, 30*time.Second, "")
 }
 
 // TestServeDriveIntegration: the same against the real broker and
@@ -286,14 +153,14 @@ func TestServeDriveIntegration(t *testing.T) {
 	schema := testenv.Schema(t, pool)
 	bc := strings.ReplaceAll(testenv.Name("bank"), "_", "-")
 	brokers := strings.Join(seeds, ",")
-	t.Cleanup(func() { deleteTopics(t, seeds, bc) })
+	testenv.DropTopicsAtEnd(t, seeds, bc)
 	for _, args := range [][]string{
 		{"migrate", "--database-url", testenv.DatabaseURL(t), "--schema", schema},
 		{"topics", "create", "--brokers", brokers, "--partitions", "4", "--context", bc, "--group", bc + "-aggregates"},
 		{"topics", "create", "--brokers", brokers, "--partitions", "4", "--topics", bc + ".outcomes," + bc + ".events", "--group", bc + "-saga-fwd"},
 		{"topics", "create", "--brokers", brokers, "--partitions", "4", "--topics", bc + ".transfer.saga-inbox", "--group", bc + "-sagas", "--retry-levels", "3"},
 	} {
-		var out syncBuffer
+		var out testenv.SyncBuffer
 		if code := cli.Run(t.Context(), args, &out, &out); code != 0 {
 			t.Fatalf("orchestrix %v: exit %d\n%s", args, code, out.String())
 		}
@@ -304,7 +171,7 @@ func TestServeDriveIntegration(t *testing.T) {
 	s.waitReady(t)
 	out := driveOnce(t, "--brokers", brokers, "--context", bc, "--count", "60", "--rate", "100", "--missing", "0.2", "--seed", "7")
 	checkDriven(t, out, 60)
-	s.stop(t, 30*time.Second)
+	s.StopClean(t, 30*time.Second, "")
 
 	s = startServe(t, serveArgs...)
 	s.waitReady(t)
@@ -313,7 +180,7 @@ func TestServeDriveIntegration(t *testing.T) {
 	if !strings.Contains(out, "0 opened now") {
 		t.Fatalf("the accounts of the first run were not found open:\n%s", out)
 	}
-	s.stop(t, 30*time.Second)
+	s.StopClean(t, 30*time.Second, "")
 }
 
 // TestBadFlags: bad flags are usage errors (exit 2) and name the flag.
@@ -341,7 +208,7 @@ func TestBadFlags(t *testing.T) {
 			if args[0] == "drive" && len(args) == 1 {
 				t.Setenv("KAFKA_BROKERS", "")
 			}
-			var out, errOut syncBuffer
+			var out, errOut testenv.SyncBuffer
 			if code := realMain(t.Context(), args, &out, &errOut); code != 2 {
 				t.Errorf("exit %d, want 2\n%s%s", code, out.String(), errOut.String())
 			}

@@ -16,7 +16,7 @@ import (
 // usage error (nothing but this process can publish its events).
 func TestServeRelayNeedsDatabase(t *testing.T) {
 	t.Setenv("DATABASE_URL", "")
-	var out, errOut syncBuffer
+	var out, errOut testenv.SyncBuffer
 	if code := realMain(t.Context(), []string{"serve", "--relay=false"}, &out, &errOut); code != 2 || !strings.Contains(errOut.String(), "--relay=false needs --database-url") {
 		t.Fatalf("exit %d, want 2 naming --relay=false\n%s%s", code, out.String(), errOut.String())
 	}
@@ -34,7 +34,7 @@ func TestServeWithoutRelayIntegration(t *testing.T) {
 	url := testenv.DatabaseURL(t)
 	bc := strings.ReplaceAll(testenv.Name("bankr"), "_", "-")
 	brokers := strings.Join(seeds, ",")
-	t.Cleanup(func() { deleteTopics(t, seeds, bc) })
+	testenv.DropTopicsAtEnd(t, seeds, bc)
 	s := startServe(t, "--init", "--relay=false", "--brokers", brokers, "--database-url", url, "--schema", schema, "--context", bc,
 		"--listen", "127.0.0.1:0", "--shutdown-timeout", "20s")
 	s.waitReady(t)
@@ -51,7 +51,7 @@ func TestServeWithoutRelayIntegration(t *testing.T) {
 	// The separate relay, as `orchestrix relay` runs in the chart.
 	relayCtx, stopRelay := context.WithCancel(context.Background())
 	defer stopRelay()
-	var relayOut syncBuffer
+	var relayOut testenv.SyncBuffer
 	relayDone := make(chan int, 1)
 	go func() {
 		relayDone <- cli.Run(relayCtx, []string{"relay", "--brokers", brokers, "--database-url", url, "--schema", schema, "--context", bc,
@@ -59,7 +59,7 @@ func TestServeWithoutRelayIntegration(t *testing.T) {
 	}()
 	out := driveOnce(t, "--brokers", brokers, "--context", bc, "--count", "40", "--rate", "100", "--missing", "0.2", "--seed", "7")
 	checkDriven(t, out, 40)
-	s.stop(t, 30*time.Second)
+	s.StopClean(t, 30*time.Second, "")
 	stopRelay()
 	if code := <-relayDone; code != 0 || !strings.Contains(relayOut.String(), "relay stopped") {
 		t.Fatalf("orchestrix relay: exit %d\n%s", code, relayOut.String())
