@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/orchestrix/orchestrix/codec"
+	"github.com/orchestrix/orchestrix/internal/exampleapp"
 	"github.com/orchestrix/orchestrix/producers"
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
@@ -27,7 +28,7 @@ func driveMain(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	fs := flag.NewFlagSet("ecommerce drive", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	brokers := fs.String("brokers", os.Getenv("KAFKA_BROKERS"), "Kafka seed brokers of the running service (env KAFKA_BROKERS; required)")
-	name := fs.String("context", envOr("ORCHESTRIX_CONTEXT", "ecommerce"), "the service's topic context (env ORCHESTRIX_CONTEXT)")
+	name := fs.String("context", exampleapp.EnvOr("ORCHESTRIX_CONTEXT", "ecommerce"), "the service's topic context (env ORCHESTRIX_CONTEXT)")
 	rate := fs.Float64("rate", 10, "orders per second")
 	count := fs.Int("count", 20, "orders to send")
 	sku := fs.String("sku", "widget", "the SKU ordered (the drive adds stock for all its orders first unless --restock=false)")
@@ -38,35 +39,35 @@ func driveMain(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
-	var errs []string
-	seeds := splitList(*brokers)
+	var errs exampleapp.Problems
+	seeds := exampleapp.SplitList(*brokers)
 	if len(seeds) == 0 {
-		errs = append(errs, "--brokers (or KAFKA_BROKERS) is required: the brokers of the running service")
+		errs.Addf("--brokers (or KAFKA_BROKERS) is required: the brokers of the running service")
 	}
 	if fs.NArg() > 0 {
-		errs = append(errs, fmt.Sprintf("unexpected arguments %q", fs.Args()))
+		errs.Addf("unexpected arguments %q", fs.Args())
 	}
 	if *rate <= 0 || *rate > 100_000 {
-		errs = append(errs, fmt.Sprintf("--rate %g: want more than 0, at most 100000", *rate))
+		errs.Addf("--rate %g: want more than 0, at most 100000", *rate)
 	}
 	if *count < 1 || *count > 1_000_000 {
-		errs = append(errs, fmt.Sprintf("--count %d: want 1 to 1000000", *count))
+		errs.Addf("--count %d: want 1 to 1000000", *count)
 	}
 	if *declined < 0 || *declined > 1 {
-		errs = append(errs, fmt.Sprintf("--declined %g: want 0 to 1", *declined))
+		errs.Addf("--declined %g: want 0 to 1", *declined)
 	}
 	if *timeout <= 0 {
-		errs = append(errs, "--timeout: want a positive duration")
+		errs.Addf("--timeout: want a positive duration")
 	}
 	if strings.TrimSpace(*sku) == "" || strings.TrimSpace(*name) == "" {
-		errs = append(errs, "--sku and --context must not be empty")
+		errs.Addf("--sku and --context must not be empty")
 	}
-	kopts, err := kafkaOpts()
+	kopts, err := exampleapp.KafkaOptions()
 	if err != nil {
-		errs = append(errs, err.Error())
+		errs.Add(err)
 	}
 	if len(errs) > 0 {
-		return usageError(stderr, " drive", errs)
+		return errs.Report(stderr, "ecommerce drive")
 	}
 	res, err := drive(ctx, driveConfig{seeds: seeds, kafka: kopts, topics: NewTopics(*name), rate: *rate, count: *count, sku: *sku,
 		restock: *restock, declined: *declined, timeout: *timeout, quiet: *quiet}, stdout)

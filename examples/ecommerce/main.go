@@ -28,23 +28,15 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/signal"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
+	"github.com/orchestrix/orchestrix/internal/exampleapp"
 	"github.com/orchestrix/orchestrix/internal/redact"
-	"github.com/orchestrix/orchestrix/kafkaconn"
-	"github.com/twmb/franz-go/pkg/kgo"
 )
 
-func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	code := realMain(ctx, os.Args[1:], os.Stdout, os.Stderr)
-	stop()
-	os.Exit(code)
-}
+func main() { exampleapp.Main(realMain) }
 
 // realMain runs a mode and returns the exit code: 0 fine, 1 failed (an
 // invariant violated, a service stopped with an error), 2 bad flags.
@@ -58,36 +50,6 @@ func realMain(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		}
 	}
 	return checkMain(ctx, args, stdout, stderr)
-}
-
-// envOr returns the environment variable name, or def.
-func envOr(name, def string) string {
-	if v := os.Getenv(name); v != "" {
-		return v
-	}
-	return def
-}
-
-func splitList(s string) []string {
-	var out []string
-	for _, b := range strings.Split(s, ",") {
-		if b = strings.TrimSpace(b); b != "" {
-			out = append(out, b)
-		}
-	}
-	return out
-}
-
-// kafkaOpts returns the TLS/SASL options of the environment
-// (kafkaconn.FromEnv: KAFKA_TLS*, KAFKA_SASL_*).
-func kafkaOpts() ([]kgo.Opt, error) {
-	return kafkaconn.FromEnv(os.Getenv).Options()
-}
-
-// usageError prints a flag problem and returns exit code 2.
-func usageError(stderr io.Writer, mode string, problems []string) int {
-	fmt.Fprintf(stderr, "ecommerce%s: %s\n", mode, strings.Join(problems, "; "))
-	return 2
 }
 
 func checkMain(ctx context.Context, args []string, stdout, stderr io.Writer) int {
@@ -108,33 +70,33 @@ func checkMain(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
-	var errs []string
+	var errs exampleapp.Problems
 	if fs.NArg() > 0 {
-		errs = append(errs, fmt.Sprintf("unexpected arguments %q (modes: serve, drive; no mode runs the self-check)", fs.Args()))
+		errs.Addf("unexpected arguments %q (modes: serve, drive; no mode runs the self-check)", fs.Args())
 	}
 	if _, ok := scenarios[c.scenario]; !ok {
-		errs = append(errs, fmt.Sprintf("--scenario %q: want one of %s", c.scenario, strings.Join(scenarioNames, ", ")))
+		errs.Addf("--scenario %q: want one of %s", c.scenario, strings.Join(scenarioNames, ", "))
 	}
 	if c.orders < 2 || c.orders > 10_000 {
-		errs = append(errs, fmt.Sprintf("--orders %d: want 2 to 10000", c.orders))
+		errs.Addf("--orders %d: want 2 to 10000", c.orders)
 	}
 	if c.partitions < 1 || c.partitions > 1000 {
-		errs = append(errs, fmt.Sprintf("--partitions %d: want 1 to 1000", c.partitions))
+		errs.Addf("--partitions %d: want 1 to 1000", c.partitions)
 	}
 	if c.timing.Step < 100*time.Millisecond || c.timing.Step > time.Minute {
-		errs = append(errs, fmt.Sprintf("--step-timeout %s: want 100ms to 1m", c.timing.Step))
+		errs.Addf("--step-timeout %s: want 100ms to 1m", c.timing.Step)
 	}
 	if c.timeout <= 0 {
-		errs = append(errs, "--timeout: want a positive duration")
+		errs.Addf("--timeout: want a positive duration")
 	}
 	if len(errs) > 0 {
-		return usageError(stderr, "", errs)
+		return errs.Report(stderr, "ecommerce")
 	}
-	c.brokers = splitList(*brokers)
+	c.brokers = exampleapp.SplitList(*brokers)
 	if len(c.brokers) > 0 {
-		opts, err := kafkaOpts()
+		opts, err := exampleapp.KafkaOptions()
 		if err != nil {
-			return usageError(stderr, "", []string{err.Error()})
+			return exampleapp.Problems{err.Error()}.Report(stderr, "ecommerce")
 		}
 		c.kafka = opts
 	}

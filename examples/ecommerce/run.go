@@ -14,11 +14,11 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/orchestrix/orchestrix/internal/cli"
+	"github.com/orchestrix/orchestrix/internal/exampleapp"
 	"github.com/orchestrix/orchestrix/producers"
 	"github.com/orchestrix/orchestrix/sagas"
 	"github.com/orchestrix/orchestrix/service"
 	"github.com/orchestrix/orchestrix/stores/postgres"
-	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 )
 
@@ -48,14 +48,14 @@ func run(ctx context.Context, c config) error {
 	}
 	start := time.Now()
 	tl := &timeline{w: c.stdout, start: start, on: c.watch}
-	seeds, where := c.brokers, "Kafka at "+strings.Join(c.brokers, ",")
-	if len(seeds) == 0 {
-		fake, err := kfake.NewCluster(kfake.NumBrokers(1))
-		if err != nil {
-			return fmt.Errorf("start embedded broker: %w", err)
-		}
-		defer fake.Close()
-		seeds, where, c.kafka = fake.ListenAddrs(), "embedded Kafka (kfake)", nil
+	kb, err := exampleapp.OpenBroker(c.brokers, 0)
+	if err != nil {
+		return err
+	}
+	defer kb.Close()
+	seeds, where := kb.Seeds, kb.Where
+	if kb.Embedded {
+		c.kafka = nil
 	}
 	storeName := "memory stores"
 	var pool *pgxpool.Pool

@@ -12,10 +12,10 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/orchestrix/orchestrix/internal/exampleapp"
 	"github.com/orchestrix/orchestrix/internal/redact"
 	"github.com/orchestrix/orchestrix/service"
 	"github.com/orchestrix/orchestrix/stores/postgres"
-	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 )
 
@@ -33,9 +33,9 @@ func serveMain(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	fs.SetOutput(stderr)
 	brokers := fs.String("brokers", os.Getenv("KAFKA_BROKERS"), "Kafka seed brokers (env KAFKA_BROKERS); empty: an embedded broker whose address is printed")
 	dbURL := fs.String("database-url", os.Getenv("DATABASE_URL"), "PostgreSQL URL (env DATABASE_URL); empty: memory stores, gone with the process")
-	schema := fs.String("schema", envOr("ORCHESTRIX_SCHEMA", postgres.DefaultSchema), "PostgreSQL schema (env ORCHESTRIX_SCHEMA)")
-	listen := fs.String("listen", envOr("ORCHESTRIX_LISTEN", ":8080"), "address of /livez and /readyz (env ORCHESTRIX_LISTEN)")
-	name := fs.String("context", envOr("ORCHESTRIX_CONTEXT", "ecommerce"), "topic context: <context>.orders.commands, <context>.events, ... (env ORCHESTRIX_CONTEXT)")
+	schema := fs.String("schema", exampleapp.EnvOr("ORCHESTRIX_SCHEMA", postgres.DefaultSchema), "PostgreSQL schema (env ORCHESTRIX_SCHEMA)")
+	listen := fs.String("listen", exampleapp.EnvOr("ORCHESTRIX_LISTEN", ":8080"), "address of /livez and /readyz (env ORCHESTRIX_LISTEN)")
+	name := fs.String("context", exampleapp.EnvOr("ORCHESTRIX_CONTEXT", "ecommerce"), "topic context: <context>.orders.commands, <context>.events, ... (env ORCHESTRIX_CONTEXT)")
 	initFlag := fs.Bool("init", false, "migrate the schema and create the topics at start (in production: orchestrix migrate, orchestrix topics create)")
 	partitions := fs.Int("partitions", 4, "partitions of the topics --init creates")
 	replication := fs.Int("replication", 1, "replication factor of the topics --init and the relay create")
@@ -47,50 +47,50 @@ func serveMain(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
-	var errs []string
+	var errs exampleapp.Problems
 	if fs.NArg() > 0 {
-		errs = append(errs, fmt.Sprintf("unexpected arguments %q", fs.Args()))
+		errs.Addf("unexpected arguments %q", fs.Args())
 	}
 	if *partitions < 1 || *partitions > 1000 {
-		errs = append(errs, fmt.Sprintf("--partitions %d: want 1 to 1000", *partitions))
+		errs.Addf("--partitions %d: want 1 to 1000", *partitions)
 	}
 	if *replication < 1 || *replication > 10 {
-		errs = append(errs, fmt.Sprintf("--replication %d: want 1 to 10", *replication))
+		errs.Addf("--replication %d: want 1 to 10", *replication)
 	}
 	if *step < 100*time.Millisecond || *step > 10*time.Minute {
-		errs = append(errs, fmt.Sprintf("--step-timeout %s: want 100ms to 10m", *step))
+		errs.Addf("--step-timeout %s: want 100ms to 10m", *step)
 	}
 	if *session < time.Second || *session > 30*time.Minute {
-		errs = append(errs, fmt.Sprintf("--session-timeout %s: want 1s to 30m", *session))
+		errs.Addf("--session-timeout %s: want 1s to 30m", *session)
 	}
 	if *shutdown <= 0 {
-		errs = append(errs, "--shutdown-timeout: want a positive duration")
+		errs.Addf("--shutdown-timeout: want a positive duration")
 	}
 	if !*relay && *dbURL == "" {
-		errs = append(errs, "--relay=false needs --database-url: a separate relay publishes from PostgreSQL, and nothing else can read this process's memory store")
+		errs.Addf("--relay=false needs --database-url: a separate relay publishes from PostgreSQL, and nothing else can read this process's memory store")
 	}
 	if strings.TrimSpace(*listen) == "" {
-		errs = append(errs, "--listen: want an address such as :8080")
+		errs.Addf("--listen: want an address such as :8080")
 	}
 	if strings.TrimSpace(*name) == "" || strings.ContainsAny(*name, " /") {
-		errs = append(errs, fmt.Sprintf("--context %q: want a topic-name prefix", *name))
+		errs.Addf("--context %q: want a topic-name prefix", *name)
 	}
 	var kopts []kgo.Opt
-	seeds := splitList(*brokers)
+	seeds := exampleapp.SplitList(*brokers)
 	if len(seeds) > 0 {
 		var err error
-		if kopts, err = kafkaOpts(); err != nil {
-			errs = append(errs, err.Error())
+		if kopts, err = exampleapp.KafkaOptions(); err != nil {
+			errs.Add(err)
 		}
 	}
 	if len(errs) > 0 {
-		return usageError(stderr, " serve", errs)
+		return errs.Report(stderr, "ecommerce serve")
 	}
 	level := slog.LevelWarn
 	if *verbose {
 		level = slog.LevelInfo
 	}
-	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+	log := exampleapp.Logger(stderr, level)
 	if err := serve(ctx, serveConfig{seeds: seeds, kafka: kopts, databaseURL: *dbURL, schema: *schema, listen: *listen, context: *name,
 		init: *initFlag, partitions: int32(*partitions), replication: int16(*replication), step: *step, shutdown: *shutdown, session: *session, noRelay: !*relay, log: log}, stdout); err != nil {
 		fmt.Fprintln(stderr, "ecommerce serve:", redact.Text(err.Error()))
@@ -117,13 +117,13 @@ type serveConfig struct {
 }
 
 func serve(ctx context.Context, c serveConfig, stdout io.Writer) error {
-	if len(c.seeds) == 0 {
-		fake, err := kfake.NewCluster(kfake.NumBrokers(1))
-		if err != nil {
-			return fmt.Errorf("start embedded broker: %w", err)
-		}
-		defer fake.Close()
-		c.seeds, c.init = fake.ListenAddrs(), true
+	kb, err := exampleapp.OpenBroker(c.seeds, 0)
+	if err != nil {
+		return err
+	}
+	defer kb.Close()
+	if kb.Embedded {
+		c.seeds, c.init = kb.Seeds, true
 		fmt.Fprintf(stdout, "embedded Kafka at %s (drive --brokers %s)\n", c.seeds[0], c.seeds[0])
 	}
 	var pool *pgxpool.Pool

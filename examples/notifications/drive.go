@@ -16,7 +16,7 @@ import (
 	"github.com/orchestrix/orchestrix"
 	"github.com/orchestrix/orchestrix/codec"
 	"github.com/orchestrix/orchestrix/consumers"
-	"github.com/orchestrix/orchestrix/kafkaconn"
+	"github.com/orchestrix/orchestrix/internal/exampleapp"
 	"github.com/orchestrix/orchestrix/producers"
 	"github.com/orchestrix/orchestrix/topics"
 	"github.com/twmb/franz-go/pkg/kadm"
@@ -47,7 +47,7 @@ func driveMain(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	fs.SetOutput(stderr)
 	var c driveConfig
 	brokers := fs.String("brokers", os.Getenv("KAFKA_BROKERS"), "Kafka seed brokers of the running service (env KAFKA_BROKERS; required)")
-	fs.StringVar(&c.context, "context", envOr("ORCHESTRIX_CONTEXT", "notifications"), "the service's context (env ORCHESTRIX_CONTEXT)")
+	fs.StringVar(&c.context, "context", exampleapp.EnvOr("ORCHESTRIX_CONTEXT", "notifications"), "the service's context (env ORCHESTRIX_CONTEXT)")
 	fs.IntVar(&c.count, "count", 100, "users to register (one notification per user and channel)")
 	fs.Float64Var(&c.rate, "rate", 50, "UserRegistered events per second")
 	fs.Float64Var(&c.invalid, "invalid", 0, "share of the users (0 to 1) with an email address no server takes: their email is dead-lettered at once")
@@ -56,35 +56,34 @@ func driveMain(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
-	var errs []string
-	if c.seeds = splitList(*brokers); len(c.seeds) == 0 {
-		errs = append(errs, "--brokers (or KAFKA_BROKERS) is required: the brokers of the running service")
+	var errs exampleapp.Problems
+	if c.seeds = exampleapp.SplitList(*brokers); len(c.seeds) == 0 {
+		errs.Addf("--brokers (or KAFKA_BROKERS) is required: the brokers of the running service")
 	}
 	if fs.NArg() > 0 {
-		errs = append(errs, fmt.Sprintf("unexpected arguments %q", fs.Args()))
+		errs.Addf("unexpected arguments %q", fs.Args())
 	}
 	if err := checkContext(c.context); err != nil {
-		errs = append(errs, err.Error())
+		errs.Add(err)
 	}
 	if c.count < 1 || c.count > 1_000_000 {
-		errs = append(errs, fmt.Sprintf("--count %d: want 1 to 1000000", c.count))
+		errs.Addf("--count %d: want 1 to 1000000", c.count)
 	}
 	if !(c.rate > 0 && c.rate <= 100_000) {
-		errs = append(errs, fmt.Sprintf("--rate %g: want more than 0, at most 100000", c.rate))
+		errs.Addf("--rate %g: want more than 0, at most 100000", c.rate)
 	}
 	if !(c.invalid >= 0 && c.invalid <= 1) {
-		errs = append(errs, fmt.Sprintf("--invalid %g: want 0 to 1", c.invalid))
+		errs.Addf("--invalid %g: want 0 to 1", c.invalid)
 	}
 	if c.timeout <= 0 {
-		errs = append(errs, "--timeout: want a positive duration")
+		errs.Addf("--timeout: want a positive duration")
 	}
 	var err error
-	if c.kafka, err = kafkaconn.FromEnv(os.Getenv).Options(); err != nil {
-		errs = append(errs, err.Error())
+	if c.kafka, err = exampleapp.KafkaOptions(); err != nil {
+		errs.Add(err)
 	}
 	if len(errs) > 0 {
-		fmt.Fprintln(stderr, "notifications drive:", strings.Join(errs, "; "))
-		return 2
+		return errs.Report(stderr, "notifications drive")
 	}
 	res, err := drive(ctx, c, stdout)
 	if err != nil {

@@ -36,30 +36,29 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"io"
 	"os"
-	"os/signal"
 	"strconv"
-	"strings"
-	"syscall"
 	"time"
+
+	"github.com/orchestrix/orchestrix/internal/exampleapp"
 )
 
-func main() {
-	os.Exit(realMain(os.Args[1:]))
-}
+func main() { exampleapp.Main(realMain) }
 
 // realMain runs a mode and returns the exit code: 0 fine, 1 failed (an
 // invariant violated, the service stopped with an error), 2 bad flags.
-func realMain(args []string) int {
-	if len(args) > 0 && (args[0] == "serve" || args[0] == "drive") {
-		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-		defer stop()
-		if args[0] == "serve" {
-			return serveMain(ctx, args[1:], os.Stdout, os.Stderr)
+func realMain(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	if len(args) > 0 {
+		switch args[0] {
+		case "serve":
+			return serveMain(ctx, args[1:], stdout, stderr)
+		case "drive":
+			return driveMain(ctx, args[1:], stdout, stderr)
 		}
-		return driveMain(ctx, args[1:], os.Stdout, os.Stderr)
 	}
 	fs := flag.NewFlagSet("notifications", flag.ContinueOnError)
+	fs.SetOutput(stderr)
 	var c config
 	brokers := fs.String("brokers", os.Getenv("KAFKA_BROKERS"), "Kafka seed brokers (env KAFKA_BROKERS); empty: an embedded in-process broker (kfake)")
 	fs.StringVar(&c.context, "context", "", "topics <context>.events and its groups' retry and dead-letter topics (default notifications-<run>, a fresh one per run)")
@@ -72,36 +71,27 @@ func realMain(args []string) int {
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
-	var errs []string
+	var errs exampleapp.Problems
 	if fs.NArg() > 0 {
-		errs = append(errs, fmt.Sprintf("unexpected arguments %q (modes: serve, drive; no mode runs the self-check)", fs.Args()))
+		errs.Addf("unexpected arguments %q (modes: serve, drive; no mode runs the self-check)", fs.Args())
 	}
 	if c.users < 1 || c.users > 100_000 {
-		errs = append(errs, fmt.Sprintf("--users %d: want 1 to 100000", c.users))
+		errs.Addf("--users %d: want 1 to 100000", c.users)
 	}
 	if _, ok := scenarios[c.scenario]; !ok {
-		errs = append(errs, fmt.Sprintf("--scenario %q: want calm, flaky or outage", c.scenario))
+		errs.Addf("--scenario %q: want calm, flaky or outage", c.scenario)
 	}
-	for _, d := range strings.Split(*delays, ",") {
-		v, err := time.ParseDuration(strings.TrimSpace(d))
-		if err != nil || v < 10*time.Millisecond || v > time.Hour {
-			errs = append(errs, fmt.Sprintf("--retry-delays %q: want durations from 10ms to 1h, comma-separated", *delays))
-			break
-		}
-		c.delays = append(c.delays, v)
+	var err error
+	if c.delays, err = parseDelays(*delays); err != nil {
+		errs.Add(err)
 	}
 	if c.timeout <= 0 {
-		errs = append(errs, "--timeout: want a positive duration")
+		errs.Addf("--timeout: want a positive duration")
 	}
 	if len(errs) > 0 {
-		fmt.Fprintln(os.Stderr, "notifications:", strings.Join(errs, "; "))
-		return 2
+		return errs.Report(stderr, "notifications")
 	}
-	for _, b := range strings.Split(*brokers, ",") {
-		if b = strings.TrimSpace(b); b != "" {
-			c.brokers = append(c.brokers, b)
-		}
-	}
+	c.brokers = exampleapp.SplitList(*brokers)
 	c.seed = *seed
 	if c.seed == 0 {
 		c.seed = uint64(time.Now().UnixNano())
@@ -109,11 +99,9 @@ func realMain(args []string) int {
 	if c.context == "" {
 		c.context = "notifications-" + strconv.FormatInt(time.Now().UnixMilli(), 36)
 	}
-	c.stdout, c.stderr = os.Stdout, os.Stderr
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
+	c.stdout, c.stderr = stdout, stderr
 	if err := run(ctx, c); err != nil {
-		fmt.Fprintln(os.Stderr, "notifications:", err)
+		fmt.Fprintln(stderr, "notifications:", err)
 		return 1
 	}
 	return 0

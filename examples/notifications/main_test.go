@@ -62,8 +62,11 @@ func TestBadFlags(t *testing.T) {
 		{"--timeout", "-1s"},
 		{"--unknown"},
 	} {
-		if code := realMain(args); code != 2 {
-			t.Errorf("%v: exit %d, want 2", args, code)
+		var out, errOut strings.Builder
+		if code := realMain(t.Context(), args, &out, &errOut); code != 2 {
+			t.Errorf("%v: exit %d, want 2\n%s%s", args, code, out.String(), errOut.String())
+		} else if errOut.Len() == 0 {
+			t.Errorf("%v: exit 2 without saying why", args)
 		}
 	}
 }

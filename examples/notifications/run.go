@@ -18,9 +18,9 @@ import (
 	"github.com/orchestrix/orchestrix/codec"
 	"github.com/orchestrix/orchestrix/consumers"
 	"github.com/orchestrix/orchestrix/internal/cli"
+	"github.com/orchestrix/orchestrix/internal/exampleapp"
 	"github.com/orchestrix/orchestrix/topics"
 	"github.com/twmb/franz-go/pkg/kadm"
-	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 )
 
@@ -110,15 +110,12 @@ func run(ctx context.Context, c config) error {
 		defer outMu.Unlock()
 		io.WriteString(c.stdout, line)
 	}
-	seeds, where := c.brokers, "Kafka at "+strings.Join(c.brokers, ",")
-	if len(seeds) == 0 {
-		fake, err := kfake.NewCluster(kfake.NumBrokers(1))
-		if err != nil {
-			return fmt.Errorf("start embedded broker: %w", err)
-		}
-		defer fake.Close()
-		seeds, where = fake.ListenAddrs(), "embedded Kafka (kfake)"
+	kb, err := exampleapp.OpenBroker(c.brokers, 0)
+	if err != nil {
+		return err
 	}
+	defer kb.Close()
+	seeds, where := kb.Seeds, kb.Where
 	fmt.Fprintf(c.stdout, "notifications: %d users on %s, scenario %q (%s), seed %d, retries %v then the DLQ\n",
 		c.users, where, c.scenario, sc.about, c.seed, c.delays)
 

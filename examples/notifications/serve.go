@@ -19,13 +19,12 @@ import (
 	"github.com/orchestrix/orchestrix"
 	"github.com/orchestrix/orchestrix/codec"
 	"github.com/orchestrix/orchestrix/consumers"
+	"github.com/orchestrix/orchestrix/internal/exampleapp"
 	"github.com/orchestrix/orchestrix/internal/redact"
-	"github.com/orchestrix/orchestrix/kafkaconn"
 	"github.com/orchestrix/orchestrix/producers"
 	"github.com/orchestrix/orchestrix/service"
 	"github.com/orchestrix/orchestrix/topics"
 	"github.com/twmb/franz-go/pkg/kadm"
-	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 )
 
@@ -64,24 +63,6 @@ func newRegistry() (*codec.Registry, error) {
 	return reg, nil
 }
 
-// envOr returns the environment variable name, or def when it is empty.
-func envOr(name, def string) string {
-	if v := os.Getenv(name); v != "" {
-		return v
-	}
-	return def
-}
-
-func splitList(s string) []string {
-	var out []string
-	for _, b := range strings.Split(s, ",") {
-		if b = strings.TrimSpace(b); b != "" {
-			out = append(out, b)
-		}
-	}
-	return out
-}
-
 // checkContext accepts a context that makes legal topic names.
 func checkContext(name string) error {
 	if name == "" || len(name) > 180 || strings.Trim(name, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-") != "" {
@@ -106,7 +87,7 @@ func parseDelays(s string) ([]time.Duration, error) {
 // parseFail parses --fail: channel=rate pairs, rates from 0 to 1.
 func parseFail(s string) (map[string]float64, error) {
 	out := map[string]float64{}
-	for _, p := range splitList(s) {
+	for _, p := range exampleapp.SplitList(s) {
 		name, v, ok := strings.Cut(p, "=")
 		rate, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
 		known := false
@@ -148,8 +129,8 @@ func serveMain(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	fs := flag.NewFlagSet("notifications serve", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	brokers := fs.String("brokers", os.Getenv("KAFKA_BROKERS"), "Kafka seed brokers (env KAFKA_BROKERS; TLS/SASL from KAFKA_TLS*, KAFKA_SASL_*); empty: an embedded broker whose address is printed")
-	listen := fs.String("listen", envOr("ORCHESTRIX_LISTEN", ":8080"), "address of /livez and /readyz (env ORCHESTRIX_LISTEN)")
-	name := fs.String("context", envOr("ORCHESTRIX_CONTEXT", "notifications"), "topics <context>.events, <context>.deliveries and the groups <context>-<channel> (env ORCHESTRIX_CONTEXT)")
+	listen := fs.String("listen", exampleapp.EnvOr("ORCHESTRIX_LISTEN", ":8080"), "address of /livez and /readyz (env ORCHESTRIX_LISTEN)")
+	name := fs.String("context", exampleapp.EnvOr("ORCHESTRIX_CONTEXT", "notifications"), "topics <context>.events, <context>.deliveries and the groups <context>-<channel> (env ORCHESTRIX_CONTEXT)")
 	initFlag := fs.Bool("init", false, "create the topics at start (in production: orchestrix topics create)")
 	partitions := fs.Int("partitions", 4, "with --init: partitions of the topics")
 	replication := fs.Int("replication", 1, "with --init: replication factor of the topics")
@@ -159,66 +140,63 @@ func serveMain(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	webhookURL := fs.String("webhook-url", os.Getenv("NOTIFICATIONS_WEBHOOK_URL"), "URL to POST webhooks to (env NOTIFICATIONS_WEBHOOK_URL); empty: a receiver in the process, on 127.0.0.1")
 	shutdown := fs.Duration("shutdown-timeout", 25*time.Second, "bound on the drain after SIGTERM (keep it below the orchestrator's grace period)")
 	session := fs.Duration("session-timeout", 0, "the consumer groups' session timeout: how soon a member that died without leaving loses its partitions (0: franz-go's 45s)")
-	level := fs.String("log-level", envOr("ORCHESTRIX_LOG_LEVEL", "warn"), "debug, info, warn or error (env ORCHESTRIX_LOG_LEVEL)")
+	level := fs.String("log-level", exampleapp.EnvOr("ORCHESTRIX_LOG_LEVEL", "warn"), "debug, info, warn or error (env ORCHESTRIX_LOG_LEVEL)")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
-	c := serveConfig{seeds: splitList(*brokers), context: *name, listen: *listen, init: *initFlag, smtpAddr: *smtpAddr,
+	c := serveConfig{seeds: exampleapp.SplitList(*brokers), context: *name, listen: *listen, init: *initFlag, smtpAddr: *smtpAddr,
 		webhookURL: *webhookURL, shutdown: *shutdown, session: *session}
-	var errs []string
+	var errs exampleapp.Problems
 	if fs.NArg() > 0 {
-		errs = append(errs, fmt.Sprintf("unexpected arguments %q", fs.Args()))
+		errs.Addf("unexpected arguments %q", fs.Args())
 	}
 	if err := checkContext(c.context); err != nil {
-		errs = append(errs, err.Error())
+		errs.Add(err)
 	}
 	if strings.TrimSpace(c.listen) == "" {
-		errs = append(errs, "--listen: want an address such as :8080")
+		errs.Addf("--listen: want an address such as :8080")
 	}
 	if *partitions < 1 || *partitions > 1000 {
-		errs = append(errs, fmt.Sprintf("--partitions %d: want 1 to 1000", *partitions))
+		errs.Addf("--partitions %d: want 1 to 1000", *partitions)
 	}
 	if *replication < 1 || *replication > 32 {
-		errs = append(errs, fmt.Sprintf("--replication %d: want 1 to 32", *replication))
+		errs.Addf("--replication %d: want 1 to 32", *replication)
 	}
 	var err error
 	if c.delays, err = parseDelays(*delays); err != nil {
-		errs = append(errs, err.Error())
+		errs.Add(err)
 	}
 	if c.fail, err = parseFail(*fail); err != nil {
-		errs = append(errs, err.Error())
+		errs.Add(err)
 	}
 	if c.smtpAddr != "" {
 		if _, port, err := net.SplitHostPort(c.smtpAddr); err != nil || port == "" {
-			errs = append(errs, fmt.Sprintf("--smtp-addr %q: want host:port", c.smtpAddr))
+			errs.Addf("--smtp-addr %q: want host:port", c.smtpAddr)
 		}
 	}
 	if c.webhookURL != "" {
 		if u, err := url.Parse(c.webhookURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-			errs = append(errs, fmt.Sprintf("--webhook-url %q: want an http or https URL", redact.Text(c.webhookURL)))
+			errs.Addf("--webhook-url %q: want an http or https URL", redact.Text(c.webhookURL))
 		}
 	}
 	if c.shutdown <= 0 {
-		errs = append(errs, fmt.Sprintf("--shutdown-timeout %s: want a positive duration", c.shutdown))
+		errs.Addf("--shutdown-timeout %s: want a positive duration", c.shutdown)
 	}
 	if c.session != 0 && (c.session < time.Second || c.session > 10*time.Minute) {
-		errs = append(errs, fmt.Sprintf("--session-timeout %s: want 1s to 10m", c.session))
+		errs.Addf("--session-timeout %s: want 1s to 10m", c.session)
 	}
-	var lvl slog.Level
-	if err := lvl.UnmarshalText([]byte(*level)); err != nil {
-		errs = append(errs, fmt.Sprintf("--log-level %q: want debug, info, warn or error", *level))
-	}
+	lvl, err := exampleapp.ParseLevel(*level)
+	errs.Add(err)
 	if len(c.seeds) > 0 {
-		if c.kafka, err = kafkaconn.FromEnv(os.Getenv).Options(); err != nil {
-			errs = append(errs, err.Error())
+		if c.kafka, err = exampleapp.KafkaOptions(); err != nil {
+			errs.Add(err)
 		}
 	}
 	if len(errs) > 0 {
-		fmt.Fprintln(stderr, "notifications serve:", strings.Join(errs, "; "))
-		return 2
+		return errs.Report(stderr, "notifications serve")
 	}
 	c.partitions, c.replication = int32(*partitions), int16(*replication)
-	c.log = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: lvl}))
+	c.log = exampleapp.Logger(stderr, lvl)
 	if err := serve(ctx, c, stdout); err != nil {
 		fmt.Fprintln(stderr, "notifications serve:", redact.Text(err.Error()))
 		return 1
@@ -243,13 +221,13 @@ func serveSpecs(context string, policy consumers.FailurePolicy, partitions int32
 }
 
 func serve(ctx context.Context, c serveConfig, stdout io.Writer) error {
-	if len(c.seeds) == 0 {
-		fake, err := kfake.NewCluster(kfake.NumBrokers(1))
-		if err != nil {
-			return fmt.Errorf("start embedded broker: %w", err)
-		}
-		defer fake.Close()
-		c.seeds, c.init = fake.ListenAddrs(), true
+	kb, err := exampleapp.OpenBroker(c.seeds, 0)
+	if err != nil {
+		return err
+	}
+	defer kb.Close()
+	if kb.Embedded {
+		c.seeds, c.init = kb.Seeds, true
 		fmt.Fprintf(stdout, "embedded Kafka at %s (drive --brokers %s); nothing is kept after exit\n", c.seeds[0], c.seeds[0])
 	}
 	policy := consumers.RetryTopics(c.delays...).ThenDLQ()

@@ -51,16 +51,7 @@ func TestServeDriveBadFlags(t *testing.T) {
 		{"drive", "--brokers", "127.0.0.1:1", "extra"},
 	} {
 		var out, errOut strings.Builder
-		var code int
-		switch {
-		case args[0] == "serve":
-			code = serveMain(t.Context(), args[1:], &out, &errOut)
-		case args[0] == "drive":
-			code = driveMain(t.Context(), args[1:], &out, &errOut)
-		default:
-			code = realMain(args)
-			errOut.WriteString("(self-check: on stderr)")
-		}
+		code := realMain(t.Context(), args, &out, &errOut)
 		if code != 2 {
 			t.Errorf("%q: exit %d, want 2\n%s%s", args, code, out.String(), errOut.String())
 		} else if errOut.Len() == 0 {

@@ -36,23 +36,16 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/signal"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
+	"github.com/orchestrix/orchestrix/internal/exampleapp"
 	"github.com/orchestrix/orchestrix/internal/redact"
-	"github.com/orchestrix/orchestrix/kafkaconn"
 	"github.com/twmb/franz-go/pkg/kgo"
 )
 
-func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	code := realMain(ctx, os.Args[1:], os.Stdout, os.Stderr)
-	stop()
-	os.Exit(code)
-}
+func main() { exampleapp.Main(realMain) }
 
 // errUsage marks bad flags: exit 2.
 var errUsage = errors.New("usage")
@@ -107,19 +100,11 @@ func addConnFlags(fs *flag.FlagSet, c *connFlags, contextDefault, contextHelp st
 	fs.StringVar(&c.context, "context", contextDefault, contextHelp)
 }
 
-func (c connFlags) seeds() []string {
-	var out []string
-	for _, b := range strings.Split(c.brokers, ",") {
-		if b = strings.TrimSpace(b); b != "" {
-			out = append(out, b)
-		}
-	}
-	return out
-}
+func (c connFlags) seeds() []string { return exampleapp.SplitList(c.brokers) }
 
 // kafkaOpts returns the TLS and SASL options of the environment.
 func kafkaOpts() ([]kgo.Opt, error) {
-	opts, err := kafkaconn.FromEnv(os.Getenv).Options()
+	opts, err := exampleapp.KafkaOptions()
 	if err != nil {
 		return nil, usagef("kafka connection settings: %v", err)
 	}

@@ -19,12 +19,12 @@ import (
 	"github.com/orchestrix/orchestrix/codec"
 	"github.com/orchestrix/orchestrix/consumers"
 	"github.com/orchestrix/orchestrix/examples/banking"
+	"github.com/orchestrix/orchestrix/internal/exampleapp"
 	"github.com/orchestrix/orchestrix/producers"
 	"github.com/orchestrix/orchestrix/projections"
 	"github.com/orchestrix/orchestrix/sagas"
 	"github.com/orchestrix/orchestrix/service"
 	"github.com/orchestrix/orchestrix/topics"
-	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 )
 
@@ -140,14 +140,13 @@ func run(parent context.Context, c checkConfig) error {
 		return fmt.Errorf("unknown scenario %q (have: %s)", c.scenario, strings.Join(scenarioNames, ", "))
 	}
 	tl := &timeline{start: time.Now(), w: c.stdout, on: c.watch}
-	seeds, where := c.brokers, "Kafka at "+strings.Join(c.brokers, ",")
-	if len(seeds) == 0 {
-		fake, err := kfake.NewCluster(kfake.NumBrokers(1))
-		if err != nil {
-			return fmt.Errorf("start embedded broker: %w", err)
-		}
-		defer fake.Close()
-		seeds, where = fake.ListenAddrs(), "embedded Kafka (kfake)"
+	kb, err := exampleapp.OpenBroker(c.brokers, 0)
+	if err != nil {
+		return err
+	}
+	defer kb.Close()
+	seeds, where := kb.Seeds, kb.Where
+	if kb.Embedded {
 		c.kafka = nil
 	}
 	quiet := slog.New(slog.NewTextHandler(c.stderr, &slog.HandlerOptions{Level: slog.LevelError}))

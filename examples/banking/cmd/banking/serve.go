@@ -5,24 +5,14 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"log/slog"
-	"os"
 	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/orchestrix/orchestrix/internal/exampleapp"
 	"github.com/orchestrix/orchestrix/service"
 	"github.com/orchestrix/orchestrix/stores/postgres"
-	"github.com/twmb/franz-go/pkg/kfake"
 )
-
-// envOr returns the environment variable key, or def when it is empty.
-func envOr(key, def string) string {
-	if v := os.Getenv(key); v != "" {
-		return v
-	}
-	return def
-}
 
 // runServe runs the banking service until SIGTERM: the account processor,
 // the outbox relay (unless --relay=false: a separate `orchestrix relay`
@@ -31,16 +21,16 @@ func envOr(key, def string) string {
 func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("banking serve", flag.ContinueOnError)
 	var cf connFlags
-	addConnFlags(fs, &cf, envOr("ORCHESTRIX_CONTEXT", "banking"), "bounded context: topics <context>.*, groups <context>-* (env ORCHESTRIX_CONTEXT)", true)
-	schema := fs.String("schema", envOr("ORCHESTRIX_SCHEMA", postgres.DefaultSchema), "PostgreSQL schema of the store, sagas and statements (env ORCHESTRIX_SCHEMA)")
-	listen := fs.String("listen", envOr("ORCHESTRIX_LISTEN", ":8080"), "address of /livez and /readyz (env ORCHESTRIX_LISTEN; empty: none)")
+	addConnFlags(fs, &cf, exampleapp.EnvOr("ORCHESTRIX_CONTEXT", "banking"), "bounded context: topics <context>.*, groups <context>-* (env ORCHESTRIX_CONTEXT)", true)
+	schema := fs.String("schema", exampleapp.EnvOr("ORCHESTRIX_SCHEMA", postgres.DefaultSchema), "PostgreSQL schema of the store, sagas and statements (env ORCHESTRIX_SCHEMA)")
+	listen := fs.String("listen", exampleapp.EnvOr("ORCHESTRIX_LISTEN", ":8080"), "address of /livez and /readyz (env ORCHESTRIX_LISTEN; empty: none)")
 	initFirst := fs.Bool("init", false, "migrate the schema and create the topics first (in production, Jobs: `orchestrix migrate`, `orchestrix topics create`)")
 	partitions := fs.Int("partitions", 4, "with --init: partitions of the topics")
 	replication := fs.Int("replication", 1, "with --init: replication factor of the topics")
 	embeddedPort := fs.Int("embedded-port", 0, "without --brokers: the embedded broker's port (0: any free port)")
 	shutdown := fs.Duration("shutdown-timeout", 25*time.Second, "bound on the drain after SIGTERM (keep it below the orchestrator's grace period)")
 	session := fs.Duration("session-timeout", 0, "the consumer groups' session timeout: how soon a member that died without leaving loses its partitions (0: franz-go's 45s; the broker bounds it)")
-	level := fs.String("log-level", envOr("ORCHESTRIX_LOG_LEVEL", "warn"), "debug, info, warn or error (env ORCHESTRIX_LOG_LEVEL)")
+	level := fs.String("log-level", exampleapp.EnvOr("ORCHESTRIX_LOG_LEVEL", "warn"), "debug, info, warn or error (env ORCHESTRIX_LOG_LEVEL)")
 	relay := fs.Bool("relay", true, "run the outbox relay in this process; --relay=false where a separate `orchestrix relay` publishes the schema (needs --database-url)")
 	if err := parse(fs, args, stderr); err != nil {
 		return err
@@ -64,9 +54,9 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if *shutdown <= 0 {
 		errs = append(errs, usagef("--shutdown-timeout %s: want a positive duration", *shutdown))
 	}
-	var lvl slog.Level
-	if err := lvl.UnmarshalText([]byte(*level)); err != nil {
-		errs = append(errs, usagef("--log-level %q: want debug, info, warn or error", *level))
+	lvl, err := exampleapp.ParseLevel(*level)
+	if err != nil {
+		errs = append(errs, usagef("%v", err))
 	}
 	if *schema == "" {
 		errs = append(errs, usagef("--schema: want a name"))
@@ -77,28 +67,21 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if len(errs) > 0 {
 		return usagef("%s", joinUsage(errs))
 	}
-	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: lvl}))
+	log := exampleapp.Logger(stderr, lvl)
 
 	c := appConfig{seeds: cf.seeds(), context: cf.context, log: log, sessionTimeout: *session, noRelay: !*relay}
 	create := *initFirst
-	if len(c.seeds) == 0 {
-		opts := []kfake.Opt{kfake.NumBrokers(1)}
-		if *embeddedPort > 0 {
-			opts = append(opts, kfake.Ports(*embeddedPort))
-		}
-		fake, err := kfake.NewCluster(opts...)
-		if err != nil {
-			return fmt.Errorf("start the embedded broker: %w", err)
-		}
-		defer fake.Close()
-		c.seeds, create = fake.ListenAddrs(), true
+	kb, err := exampleapp.OpenBroker(c.seeds, *embeddedPort)
+	if err != nil {
+		return err
+	}
+	defer kb.Close()
+	if kb.Embedded {
+		c.seeds, create = kb.Seeds, true
 		fmt.Fprintf(stdout, "embedded Kafka (kfake) at %s; nothing is kept after exit. Drive it with:\n  go run ./examples/banking/cmd/banking drive --brokers %s --context %s\n",
 			strings.Join(c.seeds, ","), strings.Join(c.seeds, ","), c.context)
-	} else {
-		var err error
-		if c.kafka, err = kafkaOpts(); err != nil {
-			return err
-		}
+	} else if c.kafka, err = kafkaOpts(); err != nil {
+		return err
 	}
 	if cf.databaseURL != "" {
 		pool, err := pgxpool.New(ctx, cf.databaseURL)

@@ -1,0 +1,138 @@
+// Package exampleapp is the program plumbing the runnable examples
+// (examples/banking, examples/ecommerce, examples/notifications) share:
+// main's signal handling and exit code, flags with environment fallbacks,
+// usage problems reported at once (exit 2), the Kafka TLS and SASL options
+// of the environment, and the embedded broker (kfake) a program runs on
+// when it is given none. It is not API: the examples' domains and wiring
+// stay in the examples, where users read them.
+package exampleapp
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+
+	"github.com/orchestrix/orchestrix/kafkaconn"
+	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kgo"
+)
+
+// UsageExit is the exit code of bad flags.
+const UsageExit = 2
+
+// Main runs a program's realMain with the command-line arguments, stdout
+// and stderr, under a context that SIGTERM and SIGINT cancel, and exits
+// with the code it returns.
+func Main(realMain func(ctx context.Context, args []string, stdout, stderr io.Writer) int) {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := realMain(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}
+
+// EnvOr returns the environment variable key, or def when it is empty:
+// the default of a flag that the environment may set.
+func EnvOr(key, def string) string {
+	if v := os.Getenv(key); v != "" {
+		return v
+	}
+	return def
+}
+
+// SplitList splits a comma-separated list (--brokers, --fail), dropping
+// blanks around and between the items.
+func SplitList(s string) []string {
+	var out []string
+	for _, item := range strings.Split(s, ",") {
+		if item = strings.TrimSpace(item); item != "" {
+			out = append(out, item)
+		}
+	}
+	return out
+}
+
+// KafkaOptions returns the TLS and SASL client options of the environment
+// (kafkaconn.FromEnv: KAFKA_TLS*, KAFKA_SASL_*); an error names the
+// variable that is wrong.
+func KafkaOptions() ([]kgo.Opt, error) {
+	return kafkaconn.FromEnv(os.Getenv).Options()
+}
+
+// Problems collects what is wrong with a command's flags, so that one
+// run reports every problem at once.
+type Problems []string
+
+// Addf adds a problem.
+func (p *Problems) Addf(format string, args ...any) { *p = append(*p, fmt.Sprintf(format, args...)) }
+
+// Add adds err's message, if err is not nil.
+func (p *Problems) Add(err error) {
+	if err != nil {
+		*p = append(*p, err.Error())
+	}
+}
+
+// Report prints the problems on one line, "cmd: first; second", and
+// returns [UsageExit].
+func (p Problems) Report(stderr io.Writer, cmd string) int {
+	fmt.Fprintf(stderr, "%s: %s\n", cmd, strings.Join(p, "; "))
+	return UsageExit
+}
+
+// ParseLevel parses --log-level: debug, info, warn or error.
+func ParseLevel(s string) (slog.Level, error) {
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(s)); err != nil {
+		return 0, fmt.Errorf("--log-level %q: want debug, info, warn or error", s)
+	}
+	return lvl, nil
+}
+
+// Logger returns a text logger on w at level.
+func Logger(w io.Writer, level slog.Level) *slog.Logger {
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: level}))
+}
+
+// Broker is the Kafka a run uses: the seed brokers it was given, or an
+// embedded one-broker kfake cluster in the process.
+type Broker struct {
+	// Seeds are the brokers to connect to.
+	Seeds []string
+	// Embedded says the broker is the in-process kfake cluster: nothing
+	// on it outlives the process, and it takes no TLS or SASL options.
+	Embedded bool
+	// Where names it for a status line: "Kafka at host:port,..." or
+	// "embedded Kafka (kfake)".
+	Where string
+
+	fake *kfake.Cluster
+}
+
+// OpenBroker returns seeds as a [Broker] or, when seeds is empty, starts
+// an embedded broker on port (0: any free port). Close stops it.
+func OpenBroker(seeds []string, port int) (*Broker, error) {
+	if len(seeds) > 0 {
+		return &Broker{Seeds: seeds, Where: "Kafka at " + strings.Join(seeds, ",")}, nil
+	}
+	opts := []kfake.Opt{kfake.NumBrokers(1)}
+	if port > 0 {
+		opts = append(opts, kfake.Ports(port))
+	}
+	fake, err := kfake.NewCluster(opts...)
+	if err != nil {
+		return nil, fmt.Errorf("start the embedded broker: %w", err)
+	}
+	return &Broker{Seeds: fake.ListenAddrs(), Embedded: true, Where: "embedded Kafka (kfake)", fake: fake}, nil
+}
+
+// Close stops the embedded broker, if there is one.
+func (b *Broker) Close() {
+	if b.fake != nil {
+		b.fake.Close()
+	}
+}
