@@ -50,9 +50,7 @@ func driveMain(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	if *rate <= 0 || *rate > 100_000 {
 		errs.Addf("--rate %g: want more than 0, at most 100000", *rate)
 	}
-	if *count < 1 || *count > 1_000_000 {
-		errs.Addf("--count %d: want 1 to 1000000", *count)
-	}
+	errs.Int("--count", *count, 1, 1_000_000)
 	if *declined < 0 || *declined > 1 {
 		errs.Addf("--declined %g: want 0 to 1", *declined)
 	}

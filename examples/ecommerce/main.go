@@ -77,12 +77,8 @@ func checkMain(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	if _, ok := scenarios[c.scenario]; !ok {
 		errs.Addf("--scenario %q: want one of %s", c.scenario, strings.Join(scenarioNames, ", "))
 	}
-	if c.orders < 2 || c.orders > 10_000 {
-		errs.Addf("--orders %d: want 2 to 10000", c.orders)
-	}
-	if c.partitions < 1 || c.partitions > 1000 {
-		errs.Addf("--partitions %d: want 1 to 1000", c.partitions)
-	}
+	errs.Int("--orders", c.orders, 2, 10_000)
+	errs.Int("--partitions", c.partitions, 1, 1000)
 	if c.timing.Step < 100*time.Millisecond || c.timing.Step > time.Minute {
 		errs.Addf("--step-timeout %s: want 100ms to 1m", c.timing.Step)
 	}

@@ -51,12 +51,8 @@ func serveMain(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	if fs.NArg() > 0 {
 		errs.Addf("unexpected arguments %q", fs.Args())
 	}
-	if *partitions < 1 || *partitions > 1000 {
-		errs.Addf("--partitions %d: want 1 to 1000", *partitions)
-	}
-	if *replication < 1 || *replication > 10 {
-		errs.Addf("--replication %d: want 1 to 10", *replication)
-	}
+	errs.Int("--partitions", *partitions, 1, 1000)
+	errs.Int("--replication", *replication, 1, 10)
 	if *step < 100*time.Millisecond || *step > 10*time.Minute {
 		errs.Addf("--step-timeout %s: want 100ms to 10m", *step)
 	}

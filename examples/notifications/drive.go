@@ -66,9 +66,7 @@ func driveMain(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	if err := checkContext(c.context); err != nil {
 		errs.Add(err)
 	}
-	if c.count < 1 || c.count > 1_000_000 {
-		errs.Addf("--count %d: want 1 to 1000000", c.count)
-	}
+	errs.Int("--count", c.count, 1, 1_000_000)
 	if !(c.rate > 0 && c.rate <= 100_000) {
 		errs.Addf("--rate %g: want more than 0, at most 100000", c.rate)
 	}

@@ -75,9 +75,7 @@ func realMain(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	if fs.NArg() > 0 {
 		errs.Addf("unexpected arguments %q (modes: serve, drive; no mode runs the self-check)", fs.Args())
 	}
-	if c.users < 1 || c.users > 100_000 {
-		errs.Addf("--users %d: want 1 to 100000", c.users)
-	}
+	errs.Int("--users", c.users, 1, 100_000)
 	if _, ok := scenarios[c.scenario]; !ok {
 		errs.Addf("--scenario %q: want calm, flaky or outage", c.scenario)
 	}

@@ -156,12 +156,8 @@ func serveMain(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	if strings.TrimSpace(c.listen) == "" {
 		errs.Addf("--listen: want an address such as :8080")
 	}
-	if *partitions < 1 || *partitions > 1000 {
-		errs.Addf("--partitions %d: want 1 to 1000", *partitions)
-	}
-	if *replication < 1 || *replication > 32 {
-		errs.Addf("--replication %d: want 1 to 32", *replication)
-	}
+	errs.Int("--partitions", *partitions, 1, 1000)
+	errs.Int("--replication", *replication, 1, 32)
 	var err error
 	if c.delays, err = parseDelays(*delays); err != nil {
 		errs.Add(err)

@@ -77,6 +77,14 @@ func (p *Problems) Add(err error) {
 	}
 }
 
+// Int adds a problem when the value v of flag name (with its dashes) is
+// not within lo..hi: "--count 0: want 1 to 1000".
+func (p *Problems) Int(name string, v, lo, hi int) {
+	if v < lo || v > hi {
+		p.Addf("%s %d: want %d to %d", name, v, lo, hi)
+	}
+}
+
 // Report prints the problems on one line, "cmd: first; second", and
 // returns [UsageExit].
 func (p Problems) Report(stderr io.Writer, cmd string) int {

@@ -28,11 +28,13 @@ func TestProblemsReport(t *testing.T) {
 	p.Addf("--count %d: want 1 to 10", 0)
 	p.Add(nil)
 	p.Add(errors.New("--rate: want a positive number"))
+	p.Int("--partitions", 4, 1, 1000) // within: no problem
+	p.Int("--replication", 11, 1, 10)
 	var out strings.Builder
 	if code := p.Report(&out, "demo serve"); code != UsageExit {
 		t.Errorf("exit %d, want %d", code, UsageExit)
 	}
-	if want := "demo serve: --count 0: want 1 to 10; --rate: want a positive number\n"; out.String() != want {
+	if want := "demo serve: --count 0: want 1 to 10; --rate: want a positive number; --replication 11: want 1 to 10\n"; out.String() != want {
 		t.Errorf("report %q, want %q", out.String(), want)
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"math/rand/v2"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -56,30 +57,22 @@ func runDrive(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err := parse(fs, args, stderr); err != nil {
 		return err
 	}
-	var errs []error
+	var errs exampleapp.Problems
 	if len(cf.seeds()) == 0 {
-		errs = append(errs, usagef("--brokers (or KAFKA_BROKERS) is required: the brokers of the running service"))
+		errs.Addf("--brokers (or KAFKA_BROKERS) is required: the brokers of the running service")
 	}
-	if err := checkContext(cf.context); err != nil {
-		errs = append(errs, err)
-	}
-	if c.accounts < 2 || c.accounts > 1000 {
-		errs = append(errs, usagef("--accounts %d: want 2 to 1000", c.accounts))
-	}
-	if c.count < 1 || c.count > 1_000_000 {
-		errs = append(errs, usagef("--count %d: want 1 to 1000000", c.count))
-	}
-	if c.rate < 1 || c.rate > 100_000 {
-		errs = append(errs, usagef("--rate %d: want 1 to 100000", c.rate))
-	}
+	errs.Add(checkContext(cf.context))
+	errs.Int("--accounts", c.accounts, 2, 1000)
+	errs.Int("--count", c.count, 1, 1_000_000)
+	errs.Int("--rate", c.rate, 1, 100_000)
 	if !(c.missing >= 0 && c.missing <= 1) {
-		errs = append(errs, usagef("--missing %v: want 0 to 1", c.missing))
+		errs.Addf("--missing %v: want 0 to 1", c.missing)
 	}
 	if c.timeout <= 0 {
-		errs = append(errs, usagef("--timeout %s: want a positive duration", c.timeout))
+		errs.Addf("--timeout %s: want a positive duration", c.timeout)
 	}
 	if len(errs) > 0 {
-		return usagef("%s", joinUsage(errs))
+		return usagef("%s", strings.Join(errs, "; "))
 	}
 	var err error
 	if c.kafka, err = kafkaOpts(); err != nil {

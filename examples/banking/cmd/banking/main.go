@@ -130,11 +130,11 @@ func parse(fs *flag.FlagSet, args []string, stderr io.Writer) error {
 // saga type names.
 func checkContext(name string) error {
 	if name == "" || len(name) > 60 {
-		return usagef("--context %q: want 1 to 60 characters", name)
+		return fmt.Errorf("--context %q: want 1 to 60 characters", name)
 	}
 	for _, r := range name {
 		if !(r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '-' || r == '_') {
-			return usagef("--context %q: want lower-case letters, digits, '-' and '_'", name)
+			return fmt.Errorf("--context %q: want lower-case letters, digits, '-' and '_'", name)
 		}
 	}
 	return nil
@@ -157,32 +157,24 @@ func runCheck(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err := parse(fs, args, stderr); err != nil {
 		return err
 	}
-	var errs []error
+	var errs exampleapp.Problems
 	if _, ok := scenarios[c.scenario]; !ok {
-		errs = append(errs, usagef("--scenario %q: want one of %s", c.scenario, strings.Join(scenarioNames, ", ")))
+		errs.Addf("--scenario %q: want one of %s", c.scenario, strings.Join(scenarioNames, ", "))
 	}
-	if c.accounts < 2 || c.accounts > 1000 {
-		errs = append(errs, usagef("--accounts %d: want 2 to 1000", c.accounts))
-	}
-	if c.transfers < 4 || c.transfers > 100_000 {
-		errs = append(errs, usagef("--transfers %d: want 4 to 100000", c.transfers))
-	}
-	if c.rate < 1 || c.rate > 10_000 {
-		errs = append(errs, usagef("--rate %d: want 1 to 10000", c.rate))
-	}
+	errs.Int("--accounts", c.accounts, 2, 1000)
+	errs.Int("--transfers", c.transfers, 4, 100_000)
+	errs.Int("--rate", c.rate, 1, 10_000)
 	if c.timeout <= 0 {
-		errs = append(errs, usagef("--timeout %s: want a positive duration", c.timeout))
+		errs.Addf("--timeout %s: want a positive duration", c.timeout)
 	}
 	if cf.context == "" {
 		cf.context = "banking-" + strconv.FormatInt(time.Now().UnixMilli(), 36)
 	} else {
 		c.keep = true // a context the user named may hold more than this run: never dropped
 	}
-	if err := checkContext(cf.context); err != nil {
-		errs = append(errs, err)
-	}
-	if err := errors.Join(errs...); err != nil {
-		return usagef("%s", joinUsage(errs))
+	errs.Add(checkContext(cf.context))
+	if len(errs) > 0 {
+		return usagef("%s", strings.Join(errs, "; "))
 	}
 	var err error
 	if len(cf.seeds()) > 0 {
@@ -198,13 +190,4 @@ func runCheck(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	c.stdout, c.stderr = stdout, stderr
 	return run(ctx, c)
-}
-
-// joinUsage joins usage errors into one line.
-func joinUsage(errs []error) string {
-	var parts []string
-	for _, e := range errs {
-		parts = append(parts, strings.TrimPrefix(e.Error(), errUsage.Error()+": "))
-	}
-	return strings.Join(parts, "; ")
 }

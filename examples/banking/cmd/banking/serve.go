@@ -35,37 +35,27 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err := parse(fs, args, stderr); err != nil {
 		return err
 	}
-	var errs []error
-	if err := checkContext(cf.context); err != nil {
-		errs = append(errs, err)
-	}
-	if *partitions < 1 || *partitions > 1000 {
-		errs = append(errs, usagef("--partitions %d: want 1 to 1000", *partitions))
-	}
-	if *replication < 1 || *replication > 32 {
-		errs = append(errs, usagef("--replication %d: want 1 to 32", *replication))
-	}
-	if *embeddedPort < 0 || *embeddedPort > 65535 {
-		errs = append(errs, usagef("--embedded-port %d: want 0 to 65535", *embeddedPort))
-	}
+	var errs exampleapp.Problems
+	errs.Add(checkContext(cf.context))
+	errs.Int("--partitions", *partitions, 1, 1000)
+	errs.Int("--replication", *replication, 1, 32)
+	errs.Int("--embedded-port", *embeddedPort, 0, 65535)
 	if *session != 0 && (*session < time.Second || *session > 10*time.Minute) {
-		errs = append(errs, usagef("--session-timeout %s: want 1s to 10m", *session))
+		errs.Addf("--session-timeout %s: want 1s to 10m", *session)
 	}
 	if *shutdown <= 0 {
-		errs = append(errs, usagef("--shutdown-timeout %s: want a positive duration", *shutdown))
+		errs.Addf("--shutdown-timeout %s: want a positive duration", *shutdown)
 	}
 	lvl, err := exampleapp.ParseLevel(*level)
-	if err != nil {
-		errs = append(errs, usagef("%v", err))
-	}
+	errs.Add(err)
 	if *schema == "" {
-		errs = append(errs, usagef("--schema: want a name"))
+		errs.Addf("--schema: want a name")
 	}
 	if !*relay && cf.databaseURL == "" {
-		errs = append(errs, usagef("--relay=false needs --database-url: a separate relay publishes from PostgreSQL, and nothing else can read this process's memory store"))
+		errs.Addf("--relay=false needs --database-url: a separate relay publishes from PostgreSQL, and nothing else can read this process's memory store")
 	}
 	if len(errs) > 0 {
-		return usagef("%s", joinUsage(errs))
+		return usagef("%s", strings.Join(errs, "; "))
 	}
 	log := exampleapp.Logger(stderr, lvl)
 
