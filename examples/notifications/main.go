@@ -48,15 +48,10 @@ func main() { exampleapp.Main(realMain) }
 
 // realMain runs a mode and returns the exit code: 0 fine, 1 failed (an
 // invariant violated, the service stopped with an error), 2 bad flags.
-func realMain(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	if len(args) > 0 {
-		switch args[0] {
-		case "serve":
-			return serveMain(ctx, args[1:], stdout, stderr)
-		case "drive":
-			return driveMain(ctx, args[1:], stdout, stderr)
-		}
-	}
+var realMain = exampleapp.Modes(checkMain, map[string]exampleapp.RunFunc{"serve": serveMain, "drive": driveMain})
+
+// checkMain runs the self-check: the scenario, then the verdict table.
+func checkMain(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("notifications", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	var c config

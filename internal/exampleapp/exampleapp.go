@@ -25,10 +25,29 @@ import (
 // UsageExit is the exit code of bad flags.
 const UsageExit = 2
 
+// RunFunc is a program, or one of its modes: it runs with args (the
+// mode's name taken off) and returns the exit code: 0 fine, 1 failed,
+// [UsageExit] on bad flags.
+type RunFunc func(ctx context.Context, args []string, stdout, stderr io.Writer) int
+
+// Modes returns a program of several modes: when the first argument names
+// one of modes (such as serve or drive), that mode runs with the rest;
+// otherwise def runs with all the arguments (the self-check).
+func Modes(def RunFunc, modes map[string]RunFunc) RunFunc {
+	return func(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+		if len(args) > 0 {
+			if mode, ok := modes[args[0]]; ok {
+				return mode(ctx, args[1:], stdout, stderr)
+			}
+		}
+		return def(ctx, args, stdout, stderr)
+	}
+}
+
 // Main runs a program's realMain with the command-line arguments, stdout
 // and stderr, under a context that SIGTERM and SIGINT cancel, and exits
 // with the code it returns.
-func Main(realMain func(ctx context.Context, args []string, stdout, stderr io.Writer) int) {
+func Main(realMain RunFunc) {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	code := realMain(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	stop()

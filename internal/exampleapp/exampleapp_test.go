@@ -1,7 +1,10 @@
 package exampleapp
 
 import (
+	"context"
 	"errors"
+	"fmt"
+	"io"
 	"slices"
 	"strings"
 	"testing"
@@ -61,5 +64,31 @@ func TestOpenBroker(t *testing.T) {
 	defer b.Close()
 	if !b.Embedded || len(b.Seeds) != 1 || b.Where != "embedded Kafka (kfake)" {
 		t.Fatalf("embedded: %+v", b)
+	}
+}
+
+func TestModes(t *testing.T) {
+	mode := func(name string, code int) RunFunc {
+		return func(_ context.Context, args []string, stdout, _ io.Writer) int {
+			fmt.Fprintf(stdout, "%s %q", name, args)
+			return code
+		}
+	}
+	run := Modes(mode("check", 1), map[string]RunFunc{"serve": mode("serve", 0), "drive": mode("drive", UsageExit)})
+	for _, tc := range []struct {
+		args []string
+		want string
+		code int
+	}{
+		{nil, `check []`, 1},
+		{[]string{"--seed", "1"}, `check ["--seed" "1"]`, 1},
+		{[]string{"serve", "--init"}, `serve ["--init"]`, 0},
+		{[]string{"drive"}, `drive []`, UsageExit},
+		{[]string{"extra", "serve"}, `check ["extra" "serve"]`, 1},
+	} {
+		var out strings.Builder
+		if code := run(t.Context(), tc.args, &out, io.Discard); code != tc.code || out.String() != tc.want {
+			t.Errorf("%q: exit %d, ran %s; want %d, %s", tc.args, code, out.String(), tc.code, tc.want)
+		}
 	}
 }
