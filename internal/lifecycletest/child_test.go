@@ -18,6 +18,7 @@ import (
 	"github.com/orchestrix/orchestrix/codec"
 	"github.com/orchestrix/orchestrix/consumers"
 	"github.com/orchestrix/orchestrix/examples/banking"
+	"github.com/orchestrix/orchestrix/internal/redact"
 	"github.com/orchestrix/orchestrix/producers"
 	"github.com/orchestrix/orchestrix/service"
 	"github.com/orchestrix/orchestrix/stores/postgres"
@@ -114,7 +115,7 @@ func runChild() int {
 		level = slog.LevelDebug
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
-	err := serve(ctx, log)
+	err := redact.Error(serve(ctx, log)) // may quote DATABASE_URL
 	if err != nil {
 		log.Error("service", "err", err)
 		emit(childEvent{Ev: "exit", Err: err.Error()})

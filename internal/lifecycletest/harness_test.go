@@ -157,7 +157,8 @@ func (h *harness) start(name string, gate bool) *child {
 	return c
 }
 
-func (c *child) read(out interface{ Read([]byte) (int, error) }) {
+// read parses the child's stdout events until EOF.
+func (c *child) read(out io.Reader) {
 	sc := bufio.NewScanner(out)
 	for sc.Scan() {
 		var e childEvent
@@ -702,14 +703,27 @@ func (h *harness) checkEffects(cmds []sent, l *load) (extra int) {
 	return extra
 }
 
-// latencies returns send→first-outcome latencies of the commands sent in
-// [from, to).
-func (h *harness) latencies(cmds []sent, from, to time.Time) []time.Duration {
+// window is a stretch of time [from, to).
+type window struct{ from, to time.Time }
+
+func (w window) has(t time.Time) bool { return !t.Before(w.from) && t.Before(w.to) }
+
+func total(ws []window) time.Duration {
+	var d time.Duration
+	for _, w := range ws {
+		d += w.to.Sub(w.from)
+	}
+	return d
+}
+
+// latencies returns the send→first-outcome latencies of the commands sent
+// in the windows, sorted.
+func (h *harness) latencies(cmds []sent, ws []window) []time.Duration {
 	h.outcomes.mu.Lock()
 	defer h.outcomes.mu.Unlock()
 	var out []time.Duration
 	for _, c := range cmds {
-		if c.at.Before(from) || !c.at.Before(to) {
+		if !slices.ContainsFunc(ws, func(w window) bool { return w.has(c.at) }) {
 			continue
 		}
 		if recs := h.outcomes.byCmd[c.id]; len(recs) > 0 {
@@ -720,25 +734,25 @@ func (h *harness) latencies(cmds []sent, from, to time.Time) []time.Duration {
 	return out
 }
 
-// longestGap is the longest time in [from, to] with no outcome record
-// arriving.
-func (h *harness) longestGap(from, to time.Time) time.Duration {
+// longestGap is the longest time within one of the windows with no
+// outcome record arriving.
+func (h *harness) longestGap(ws []window) time.Duration {
 	h.outcomes.mu.Lock()
 	all := slices.Clone(h.outcomes.all)
 	h.outcomes.mu.Unlock()
 	slices.SortFunc(all, func(a, b time.Time) int { return a.Compare(b) })
-	prev, gap := from, time.Duration(0)
-	for _, at := range all {
-		if at.Before(from) {
-			continue
+	var gap time.Duration
+	for _, w := range ws {
+		prev := w.from
+		for _, at := range all {
+			if w.has(at) {
+				gap = max(gap, at.Sub(prev))
+				prev = at
+			}
 		}
-		if at.After(to) {
-			break
-		}
-		gap = max(gap, at.Sub(prev))
-		prev = at
+		gap = max(gap, w.to.Sub(prev))
 	}
-	return max(gap, to.Sub(prev))
+	return gap
 }
 
 // quantile of sorted durations (0 for none).
@@ -761,9 +775,9 @@ func (s latencyStats) String() string {
 
 func ms(d time.Duration) string { return d.Round(time.Millisecond).String() }
 
-func (h *harness) stats(cmds []sent, from, to time.Time) latencyStats {
-	l := h.latencies(cmds, from, to)
-	s := latencyStats{n: len(l), p50: quantile(l, 0.5), p99: quantile(l, 0.99), gap: h.longestGap(from, to)}
+func (h *harness) stats(cmds []sent, ws ...window) latencyStats {
+	l := h.latencies(cmds, ws)
+	s := latencyStats{n: len(l), p50: quantile(l, 0.5), p99: quantile(l, 0.99), gap: h.longestGap(ws)}
 	if len(l) > 0 {
 		s.max = l[len(l)-1]
 	}

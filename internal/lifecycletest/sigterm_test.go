@@ -48,7 +48,7 @@ func TestSIGTERMUnderLoadIntegration(t *testing.T) {
 		// delivered twice.
 		t.Errorf("%d commands redelivered after a graceful shutdown", extra)
 	}
-	t.Logf("latency over the run: %s", h.stats(cmds, cmds[0].at, cmds[len(cmds)-1].at.Add(time.Nanosecond)))
+	t.Logf("latency over the run: %s", h.stats(cmds, window{cmds[0].at, cmds[len(cmds)-1].at.Add(time.Nanosecond)}))
 	took, _ := last.terminate(bound)
 	t.Logf("c: SIGTERM idle: exited 0 after %s", ms(took))
 }
