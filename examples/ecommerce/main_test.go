@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/orchestrix/orchestrix/internal/exampleapp/exampletest"
 	"github.com/orchestrix/orchestrix/internal/testenv"
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
@@ -79,7 +80,7 @@ func TestScenariosIntegration(t *testing.T) {
 func TestBadFlags(t *testing.T) {
 	t.Setenv("KAFKA_BROKERS", "")
 	t.Setenv("DATABASE_URL", "")
-	for _, args := range [][]string{
+	exampletest.BadFlags(t, realMain, [][]string{
 		{"--scenario", "nope"},
 		{"--orders", "0"},
 		{"--partitions", "-1"},
@@ -95,38 +96,20 @@ func TestBadFlags(t *testing.T) {
 		{"drive", "--brokers", "127.0.0.1:1", "--rate", "0"},
 		{"drive", "--brokers", "127.0.0.1:1", "--count", "-3"},
 		{"drive", "--brokers", "127.0.0.1:1", "--declined", "2"},
-	} {
-		var out, errOut strings.Builder
-		if code := realMain(t.Context(), args, &out, &errOut); code != 2 {
-			t.Errorf("%q: exit %d, want 2\n%s%s", args, code, out.String(), errOut.String())
-		} else if errOut.Len() == 0 {
-			t.Errorf("%q: exit 2 without saying why", args)
-		}
-	}
+	})
 }
 
-// child is a `serve` running as a child process.
-type child struct {
-	*testenv.Child
-	brokers string // the embedded broker's address, if it printed one
-	listen  string
+// serveLines are the status lines of serve.
+var serveLines = testenv.ServerLines{
+	Listen:  regexp.MustCompile(`^listening on (\S+)`),
+	Brokers: regexp.MustCompile(`^embedded Kafka at (\S+)`),
 }
-
-var (
-	brokerLine = regexp.MustCompile(`^embedded Kafka at (\S+)`)
-	listenLine = regexp.MustCompile(`^listening on (\S+)`)
-)
 
 // startServe runs `serve args...` as a child process (the test binary
 // re-executed) and waits until it listens.
-func startServe(t *testing.T, args ...string) *child {
+func startServe(t *testing.T, args ...string) *testenv.Server {
 	t.Helper()
-	c := testenv.StartChild(t, nil, append([]string{"serve", "--listen", "127.0.0.1:0", "--step-timeout", "2s"}, args...)...)
-	s := &child{Child: c, listen: c.Line(t, listenLine, 90*time.Second)[1]}
-	if m := c.Find(brokerLine); m != nil {
-		s.brokers = m[1]
-	}
-	return s
+	return testenv.StartServer(t, serveLines, 90*time.Second, nil, append([]string{"serve", "--listen", "127.0.0.1:0", "--step-timeout", "2s"}, args...)...)
 }
 
 // serveAndDrive starts serve, waits until it is ready, drives orders at
@@ -135,9 +118,9 @@ func startServe(t *testing.T, args ...string) *child {
 func serveAndDrive(t *testing.T, brokers string, serveArgs, driveArgs []string) {
 	c := startServe(t, serveArgs...)
 	if brokers == "" {
-		brokers = c.brokers
+		brokers = c.Brokers
 	}
-	c.AwaitOK(t, "http://"+c.listen+"/readyz", 60*time.Second)
+	c.Ready(t, 60*time.Second)
 	const n = 30
 	var out, errOut testenv.SyncBuffer
 	code := realMain(t.Context(), append([]string{"drive", "--brokers", brokers, "--count", fmt.Sprint(n), "--rate", "50", "--timeout", "90s"}, driveArgs...), &out, &errOut)

@@ -1,15 +1,12 @@
 package main
 
 import (
-	"context"
 	"fmt"
-	"io"
-	"net/http"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/orchestrix/orchestrix/internal/cli"
+	"github.com/orchestrix/orchestrix/internal/exampleapp/exampletest"
 	"github.com/orchestrix/orchestrix/internal/testenv"
 )
 
@@ -40,36 +37,20 @@ func TestServeWithoutRelayIntegration(t *testing.T) {
 	if !strings.Contains(c.Out.String(), "no relay in this process") {
 		t.Errorf("serve --relay=false did not say it runs no relay:\n%s", c.Out.String())
 	}
-	resp, err := http.Get("http://" + c.listen + "/livez")
-	if err != nil {
-		t.Fatal(err)
-	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if strings.Contains(string(body), `"relay"`) || !strings.Contains(string(body), `"orders processor"`) {
+	_, body := c.Get(t, "/livez")
+	if strings.Contains(body, `"relay"`) || !strings.Contains(body, `"orders processor"`) {
 		t.Fatalf("/livez of serve --relay=false: %s", body)
 	}
 
 	// The separate relay, as `orchestrix relay` runs in the chart.
-	relayCtx, stopRelay := context.WithCancel(context.Background())
-	defer stopRelay()
-	var relayOut testenv.SyncBuffer
-	relayDone := make(chan int, 1)
-	go func() {
-		relayDone <- cli.Run(relayCtx, []string{"relay", "--brokers", b, "--database-url", url, "--schema", schema, "--context", name,
-			"--log-level", "warn"}, &relayOut, &relayOut)
-	}()
+	relay := exampletest.StartRelay(t, "--brokers", b, "--database-url", url, "--schema", schema, "--context", name)
 
 	const n = 20
 	var out, errOut testenv.SyncBuffer
 	code := realMain(t.Context(), []string{"drive", "--brokers", b, "--context", name, "--count", fmt.Sprint(n), "--rate", "50", "--timeout", "90s"}, &out, &errOut)
 	if code != 0 || !strings.Contains(out.String(), fmt.Sprintf("%d orders: %d Confirmed;", n, n)) {
-		t.Fatalf("drive exit %d\n%s%s\nserve:\n%s\nrelay:\n%s", code, out.String(), errOut.String(), c.Out.String(), relayOut.String())
+		t.Fatalf("drive exit %d\n%s%s\nserve:\n%s\nrelay:\n%s", code, out.String(), errOut.String(), c.Out.String(), relay.Out.String())
 	}
 	c.StopClean(t, 45*time.Second, "stopped cleanly")
-	stopRelay()
-	if code := <-relayDone; code != 0 || !strings.Contains(relayOut.String(), "relay stopped") {
-		t.Fatalf("orchestrix relay: exit %d\n%s", code, relayOut.String())
-	}
-	t.Log(strings.TrimSpace(relayOut.String()))
+	relay.Stop(t)
 }

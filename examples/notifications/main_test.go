@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/orchestrix/orchestrix/internal/exampleapp/exampletest"
 	"github.com/orchestrix/orchestrix/internal/testenv"
 )
 
@@ -53,7 +54,7 @@ func TestNotificationsIntegration(t *testing.T) {
 
 // TestBadFlags: bad flags are usage errors (exit 2), named.
 func TestBadFlags(t *testing.T) {
-	for _, args := range [][]string{
+	exampletest.BadFlags(t, realMain, [][]string{
 		{"--users", "0"},
 		{"--users", "1000000"},
 		{"--scenario", "nope"},
@@ -61,12 +62,5 @@ func TestBadFlags(t *testing.T) {
 		{"--retry-delays", "1ns"},
 		{"--timeout", "-1s"},
 		{"--unknown"},
-	} {
-		var out, errOut strings.Builder
-		if code := realMain(t.Context(), args, &out, &errOut); code != 2 {
-			t.Errorf("%v: exit %d, want 2\n%s%s", args, code, out.String(), errOut.String())
-		} else if errOut.Len() == 0 {
-			t.Errorf("%v: exit 2 without saying why", args)
-		}
-	}
+	})
 }

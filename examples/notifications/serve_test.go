@@ -10,6 +10,7 @@ import (
 
 	"github.com/orchestrix/orchestrix/consumers"
 	"github.com/orchestrix/orchestrix/internal/cli"
+	"github.com/orchestrix/orchestrix/internal/exampleapp/exampletest"
 	"github.com/orchestrix/orchestrix/internal/testenv"
 	"github.com/orchestrix/orchestrix/topics"
 	"github.com/twmb/franz-go/pkg/kadm"
@@ -25,7 +26,7 @@ func TestMain(m *testing.M) {
 // (exit 2), named.
 func TestServeDriveBadFlags(t *testing.T) {
 	t.Setenv("KAFKA_BROKERS", "")
-	for _, args := range [][]string{
+	exampletest.BadFlags(t, realMain, [][]string{
 		{"extra"},
 		{"serve", "--partitions", "0"},
 		{"serve", "--replication", "0"},
@@ -49,51 +50,27 @@ func TestServeDriveBadFlags(t *testing.T) {
 		{"drive", "--brokers", "127.0.0.1:1", "--timeout", "-1s"},
 		{"drive", "--brokers", "127.0.0.1:1", "--context", ""},
 		{"drive", "--brokers", "127.0.0.1:1", "extra"},
-	} {
-		var out, errOut strings.Builder
-		code := realMain(t.Context(), args, &out, &errOut)
-		if code != 2 {
-			t.Errorf("%q: exit %d, want 2\n%s%s", args, code, out.String(), errOut.String())
-		} else if errOut.Len() == 0 {
-			t.Errorf("%q: exit 2 without saying why", args)
-		}
-	}
+	})
 }
 
-// child is a `serve` running as a child process.
-type child struct {
-	*testenv.Child
-	brokers string // the embedded broker's address, if it printed one
-	listen  string
+// serveLines are the status lines of serve.
+var serveLines = testenv.ServerLines{
+	Listen:  regexp.MustCompile(`^listening on (\S+)`),
+	Brokers: regexp.MustCompile(`^embedded Kafka at (\S+)`),
 }
-
-var (
-	brokerLine = regexp.MustCompile(`^embedded Kafka at (\S+)`)
-	listenLine = regexp.MustCompile(`^listening on (\S+)`)
-)
 
 // startServe runs `serve args...` as a child process (the test binary
 // re-executed) and waits until it is ready.
-func startServe(t *testing.T, args ...string) *child {
+func startServe(t *testing.T, args ...string) *testenv.Server {
 	t.Helper()
-	c := testenv.StartChild(t, nil, append([]string{"serve", "--listen", "127.0.0.1:0", "--retry-delays", "200ms,400ms,800ms"}, args...)...)
-	s := &child{Child: c, listen: c.Line(t, listenLine, 90*time.Second)[1]}
-	if m := c.Find(brokerLine); m != nil {
-		s.brokers = m[1]
-	}
-	c.AwaitOK(t, "http://"+s.listen+"/readyz", 60*time.Second)
+	s := testenv.StartServer(t, serveLines, 90*time.Second, nil, append([]string{"serve", "--listen", "127.0.0.1:0", "--retry-delays", "200ms,400ms,800ms"}, args...)...)
+	s.Ready(t, 60*time.Second)
 	return s
-}
-
-// stop sends SIGTERM and checks serve exits 0 and says so.
-func (c *child) stop(t *testing.T) {
-	t.Helper()
-	c.StopClean(t, 45*time.Second, "stopped cleanly")
 }
 
 // runDrive runs drive in this process and returns its output; it fails
 // the test unless drive exits 0.
-func runDrive(t *testing.T, c *child, args ...string) string {
+func runDrive(t *testing.T, c *testenv.Server, args ...string) string {
 	t.Helper()
 	var out, errOut testenv.SyncBuffer
 	code := driveMain(t.Context(), append([]string{"--timeout", "90s"}, args...), &out, &errOut)
@@ -123,7 +100,7 @@ func row(t *testing.T, out, channel string) []string {
 func serveAndDrive(t *testing.T, brokers, name string, serveArgs ...string) {
 	c := startServe(t, append([]string{"--fail", "sms=0.3"}, serveArgs...)...)
 	if brokers == "" {
-		brokers = c.brokers
+		brokers = c.Brokers
 	}
 	out := runDrive(t, c, "--brokers", brokers, "--context", name, "--count", "40", "--rate", "100", "--invalid", "0.1")
 	// sms may dead-letter a few (0.3^4 of them fail every attempt): its
@@ -143,7 +120,7 @@ func serveAndDrive(t *testing.T, brokers, name string, serveArgs ...string) {
 	}
 	t.Log("\n" + out)
 	pokeByHand(t, brokers, name)
-	c.stop(t)
+	c.StopClean(t, 45*time.Second, "stopped cleanly")
 	if !strings.Contains(c.Out.String(), "received in the process: email 37 ") {
 		t.Errorf("the SMTP server in the process should have 37 emails (36 driven, 1 by hand):\n%s", c.Out.String())
 	}
@@ -252,7 +229,7 @@ func TestServeOutageRedriveIntegration(t *testing.T) {
 	if f := row(t, out, "webhook"); f[2] != "0" || f[4] != "20" {
 		t.Fatalf("with the receiver down: webhook delivered %s, dead-lettered %s; want 0 and 20\n%s", f[2], f[4], out)
 	}
-	first.stop(t)
+	first.StopClean(t, 45*time.Second, "stopped cleanly")
 	second := startServe(t, args...)
 	adm := kadm.NewClient(testenv.Client(t, seeds))
 	ends, err := adm.ListEndOffsets(t.Context(), DeliveriesTopic(name))
@@ -281,7 +258,7 @@ func TestServeOutageRedriveIntegration(t *testing.T) {
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
-	second.stop(t)
+	second.StopClean(t, 45*time.Second, "stopped cleanly")
 	if !strings.Contains(second.Out.String(), "webhook 20 (0 twice→one)") {
 		t.Errorf("the second serve's webhook receiver:\n%s", second.Out.String())
 	}
@@ -328,5 +305,5 @@ func TestServeKillNineIntegration(t *testing.T) {
 		}
 	}
 	t.Logf("killed with %d of 400 delivered; after the restart all 400\n%s", before, out.String()[strings.Index(out.String(), "\nchannel"):])
-	second.stop(t)
+	second.StopClean(t, 45*time.Second, "stopped cleanly")
 }

@@ -3,6 +3,7 @@ package testenv
 import (
 	"bytes"
 	"context"
+	"io"
 	"net/http"
 	"os"
 	"os/exec"
@@ -105,6 +106,61 @@ func (m multiWriter) Write(p []byte) (int, error) {
 		_, _ = w.Write(p)
 	}
 	return len(p), nil
+}
+
+// Server is a child that serves: it printed the address of its health
+// endpoints and, when it started one, of its embedded broker.
+type Server struct {
+	*Child
+	// Listen is the host:port of its health endpoints (/livez, /readyz).
+	Listen string
+	// Brokers is its embedded broker's address; empty when it printed
+	// none.
+	Brokers string
+}
+
+// ServerLines tell a serving child's status lines: the first submatch of
+// Listen is the host:port it listens on, that of Brokers (optional) the
+// address of the embedded broker it started.
+type ServerLines struct {
+	Listen, Brokers *regexp.Regexp
+}
+
+// StartServer starts a child (as [StartChild]) and waits, at most
+// within, until it prints the line with its address.
+func StartServer(t testing.TB, lines ServerLines, within time.Duration, env []string, args ...string) *Server {
+	t.Helper()
+	c := StartChild(t, env, args...)
+	s := &Server{Child: c, Listen: c.Line(t, lines.Listen, within)[1]}
+	if lines.Brokers != nil {
+		if m := c.Find(lines.Brokers); m != nil {
+			s.Brokers = m[1]
+		}
+	}
+	return s
+}
+
+// Ready waits until the server's /readyz answers 200, failing the test
+// after within.
+func (s *Server) Ready(t testing.TB, within time.Duration) {
+	t.Helper()
+	s.AwaitOK(t, "http://"+s.Listen+"/readyz", within)
+}
+
+// Get fetches path (such as /livez) from the server and returns the
+// status code and body, failing the test when it cannot.
+func (s *Server) Get(t testing.TB, path string) (int, string) {
+	t.Helper()
+	resp, err := http.Get("http://" + s.Listen + path)
+	if err != nil {
+		t.Fatalf("GET %s: %v", path, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("GET %s: %v", path, err)
+	}
+	return resp.StatusCode, string(body)
 }
 
 // Done is closed when the child has exited; [Child.Err] then says how.

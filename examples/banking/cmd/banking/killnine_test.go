@@ -29,7 +29,7 @@ func TestServeKillNineIntegration(t *testing.T) {
 	args := []string{"--brokers", brokers, "--database-url", testenv.DatabaseURL(t), "--schema", schema,
 		"--context", bc, "--listen", "127.0.0.1:0", "--session-timeout", "6s"}
 	s := startServe(t, append(args, "--init")...)
-	s.waitReady(t)
+	s.Ready(t, time.Minute)
 
 	const count = 150
 	var out string

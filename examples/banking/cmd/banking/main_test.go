@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/orchestrix/orchestrix/internal/cli"
+	"github.com/orchestrix/orchestrix/internal/exampleapp/exampletest"
 	"github.com/orchestrix/orchestrix/internal/testenv"
 )
 
@@ -74,36 +75,19 @@ func TestSelfCheckIntegration(t *testing.T) {
 	}
 }
 
-// server is a `banking serve` child process.
-type server struct {
-	*testenv.Child
-	brokers string // the embedded broker's address, if it printed one
-	health  string // http://host:port
+// serveLines are the status lines of `banking serve`.
+var serveLines = testenv.ServerLines{
+	Listen:  regexp.MustCompile(`^health on http://(\S+)/livez`),
+	Brokers: regexp.MustCompile(`^embedded Kafka \(kfake\) at (\S+);`),
 }
-
-var (
-	brokerLine = regexp.MustCompile(`^embedded Kafka \(kfake\) at (\S+);`)
-	healthLine = regexp.MustCompile(`^health on (http://\S+)/livez`)
-)
 
 // startServe runs `banking serve args...` in a child process (the test
 // binary) and waits until its health endpoint listens.
-func startServe(t *testing.T, args ...string) *server {
+func startServe(t *testing.T, args ...string) *testenv.Server {
 	t.Helper()
 	// Only the flags choose the services: an embedded serve must not find
 	// the real ones in the environment.
-	c := testenv.StartChild(t, []string{"KAFKA_BROKERS=", "DATABASE_URL="}, append([]string{"serve"}, args...)...)
-	s := &server{Child: c, health: c.Line(t, healthLine, time.Minute)[1]}
-	if m := c.Find(brokerLine); m != nil {
-		s.brokers = m[1]
-	}
-	return s
-}
-
-// waitReady waits until /readyz answers 200.
-func (s *server) waitReady(t *testing.T) {
-	t.Helper()
-	s.AwaitOK(t, s.health+"/readyz", time.Minute)
+	return testenv.StartServer(t, serveLines, time.Minute, []string{"KAFKA_BROKERS=", "DATABASE_URL="}, append([]string{"serve"}, args...)...)
 }
 
 // driveOnce runs `banking drive` in process and returns its output.
@@ -131,12 +115,12 @@ func checkDriven(t *testing.T, out string, count int) {
 // open), and stops it with SIGTERM: it exits 0 within the bound.
 func TestServeDrive(t *testing.T) {
 	s := startServe(t, "--listen", "127.0.0.1:0", "--context", "bank", "--shutdown-timeout", "20s")
-	if s.brokers == "" {
+	if s.Brokers == "" {
 		t.Fatal("serve printed no embedded broker address")
 	}
-	s.waitReady(t)
+	s.Ready(t, time.Minute)
 	for range 2 {
-		out := driveOnce(t, "--brokers", s.brokers, "--context", "bank", "--count", "60", "--rate", "200", "--missing", "0.2", "--seed", "7")
+		out := driveOnce(t, "--brokers", s.Brokers, "--context", "bank", "--count", "60", "--rate", "200", "--missing", "0.2", "--seed", "7")
 		checkDriven(t, out, 60)
 	}
 	s.StopClean(t, 30*time.Second, "")
@@ -168,13 +152,13 @@ func TestServeDriveIntegration(t *testing.T) {
 	serveArgs := []string{"--brokers", brokers, "--database-url", testenv.DatabaseURL(t), "--schema", schema, "--context", bc,
 		"--listen", "127.0.0.1:0", "--shutdown-timeout", "20s"}
 	s := startServe(t, serveArgs...)
-	s.waitReady(t)
+	s.Ready(t, time.Minute)
 	out := driveOnce(t, "--brokers", brokers, "--context", bc, "--count", "60", "--rate", "100", "--missing", "0.2", "--seed", "7")
 	checkDriven(t, out, 60)
 	s.StopClean(t, 30*time.Second, "")
 
 	s = startServe(t, serveArgs...)
-	s.waitReady(t)
+	s.Ready(t, time.Minute)
 	out = driveOnce(t, "--brokers", brokers, "--context", bc, "--count", "30", "--rate", "100", "--missing", "0.2", "--seed", "8")
 	checkDriven(t, out, 30)
 	if !strings.Contains(out, "0 opened now") {
@@ -185,7 +169,8 @@ func TestServeDriveIntegration(t *testing.T) {
 
 // TestBadFlags: bad flags are usage errors (exit 2) and name the flag.
 func TestBadFlags(t *testing.T) {
-	for _, args := range [][]string{
+	t.Setenv("KAFKA_BROKERS", "") // drive without --brokers
+	exampletest.BadFlags(t, realMain, [][]string{
 		{"--scenario", "nope"},
 		{"--accounts", "1"},
 		{"--transfers", "0"},
@@ -203,20 +188,7 @@ func TestBadFlags(t *testing.T) {
 		{"drive", "--brokers", "127.0.0.1:1", "--count", "0"},
 		{"drive", "--brokers", "127.0.0.1:1", "--missing", "1.5"},
 		{"drive", "--brokers", "127.0.0.1:1", "--rate", "-3"},
-	} {
-		t.Run(strings.Join(args, " "), func(t *testing.T) {
-			if args[0] == "drive" && len(args) == 1 {
-				t.Setenv("KAFKA_BROKERS", "")
-			}
-			var out, errOut testenv.SyncBuffer
-			if code := realMain(t.Context(), args, &out, &errOut); code != 2 {
-				t.Errorf("exit %d, want 2\n%s%s", code, out.String(), errOut.String())
-			}
-			if errOut.String() == "" {
-				t.Error("no message on stderr")
-			}
-		})
-	}
+	})
 }
 
 func quietLog() *slog.Logger { return slog.New(slog.DiscardHandler) }

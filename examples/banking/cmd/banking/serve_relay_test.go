@@ -1,14 +1,11 @@
 package main
 
 import (
-	"context"
-	"io"
-	"net/http"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/orchestrix/orchestrix/internal/cli"
+	"github.com/orchestrix/orchestrix/internal/exampleapp/exampletest"
 	"github.com/orchestrix/orchestrix/internal/testenv"
 )
 
@@ -37,32 +34,16 @@ func TestServeWithoutRelayIntegration(t *testing.T) {
 	testenv.DropTopicsAtEnd(t, seeds, bc)
 	s := startServe(t, "--init", "--relay=false", "--brokers", brokers, "--database-url", url, "--schema", schema, "--context", bc,
 		"--listen", "127.0.0.1:0", "--shutdown-timeout", "20s")
-	s.waitReady(t)
-	resp, err := http.Get(s.health + "/livez")
-	if err != nil {
-		t.Fatal(err)
-	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if strings.Contains(string(body), `"relay"`) || !strings.Contains(string(body), `"processor"`) {
+	s.Ready(t, time.Minute)
+	_, body := s.Get(t, "/livez")
+	if strings.Contains(body, `"relay"`) || !strings.Contains(body, `"processor"`) {
 		t.Fatalf("/livez of serve --relay=false: %s", body)
 	}
 
 	// The separate relay, as `orchestrix relay` runs in the chart.
-	relayCtx, stopRelay := context.WithCancel(context.Background())
-	defer stopRelay()
-	var relayOut testenv.SyncBuffer
-	relayDone := make(chan int, 1)
-	go func() {
-		relayDone <- cli.Run(relayCtx, []string{"relay", "--brokers", brokers, "--database-url", url, "--schema", schema, "--context", bc,
-			"--log-level", "warn"}, &relayOut, &relayOut)
-	}()
+	relay := exampletest.StartRelay(t, "--brokers", brokers, "--database-url", url, "--schema", schema, "--context", bc)
 	out := driveOnce(t, "--brokers", brokers, "--context", bc, "--count", "40", "--rate", "100", "--missing", "0.2", "--seed", "7")
 	checkDriven(t, out, 40)
 	s.StopClean(t, 30*time.Second, "")
-	stopRelay()
-	if code := <-relayDone; code != 0 || !strings.Contains(relayOut.String(), "relay stopped") {
-		t.Fatalf("orchestrix relay: exit %d\n%s", code, relayOut.String())
-	}
-	t.Log(strings.TrimSpace(relayOut.String()))
+	relay.Stop(t)
 }
