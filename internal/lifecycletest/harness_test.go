@@ -303,7 +303,7 @@ type prober struct {
 }
 
 func startProber(addr string, exited <-chan struct{}) *prober {
-	p := &prober{cl: &http.Client{Timeout: time.Second}, seen: make(chan struct{}), done: make(chan struct{})}
+	p := &prober{cl: &http.Client{Timeout: 5 * time.Second}, seen: make(chan struct{}), done: make(chan struct{})}
 	for _, path := range []string{"/readyz", "/livez"} {
 		go func() {
 			for {
