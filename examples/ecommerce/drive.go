@@ -166,36 +166,19 @@ func drive(ctx context.Context, c driveConfig, stdout io.Writer) (driveResult, e
 	fmt.Fprintf(stdout, "driving %d orders of %s at %g/s to %s\n", c.count, c.sku, c.rate, c.topics.Orders)
 
 	// Send at the rate while collecting results.
-	sendErr := make(chan error, 1)
-	go func() {
-		tick := time.NewTicker(time.Duration(float64(time.Second) / c.rate))
-		defer tick.Stop()
-		for _, id := range ids {
-			select {
-			case <-ctx.Done():
-				sendErr <- ctx.Err()
-				return
-			case <-tick.C:
-			}
-			cmd, err := orders.Command(id, placed[id].cmd)
-			if err == nil {
-				sentMu.Lock()
-				placed[id].sent = time.Now()
-				sentMu.Unlock()
-				err = orders.Send(ctx, cmd)
-			}
-			if err != nil {
-				sendErr <- err
-				return
-			}
+	sending := exampleapp.Pace(ctx, c.rate, len(ids), c.timeout, func(ctx context.Context, i int) error {
+		cmd, err := orders.Command(ids[i], placed[ids[i]].cmd)
+		if err != nil {
+			return err
 		}
-		sendErr <- nil
-	}()
+		sentMu.Lock()
+		placed[ids[i]].sent = time.Now()
+		sentMu.Unlock()
+		return orders.Send(ctx, cmd)
+	})
 	final := map[string]string{TypeOrderConfirmed: StateConfirmed, TypeOrderCancelled: StateCancelled, TypeOrderFailed: StateFailed, TypeOrderRejected: StateRejected}
 	got := map[string]string{}
 	var lat []time.Duration
-	sent := false
-	var deadline time.Time
 	for len(got) < c.count {
 		pctx, cancel := context.WithTimeout(ctx, 250*time.Millisecond)
 		fs := events.PollFetches(pctx)
@@ -232,16 +215,9 @@ func drive(ctx context.Context, c driveConfig, stdout io.Writer) (driveResult, e
 				fmt.Fprintf(stdout, "%s  %-9s after %s\n", r.Key, st, took.Round(time.Millisecond))
 			}
 		})
-		if !sent {
-			select {
-			case err := <-sendErr:
-				if err != nil {
-					return res, fmt.Errorf("send: %w", err)
-				}
-				sent, deadline = true, time.Now().Add(c.timeout)
-			default:
-			}
-		} else if time.Now().After(deadline) {
+		if over, err := sending.Over(); err != nil {
+			return res, fmt.Errorf("send: %w", err)
+		} else if over {
 			break
 		}
 	}

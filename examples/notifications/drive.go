@@ -179,37 +179,20 @@ func drive(ctx context.Context, c driveConfig, stdout io.Writer) (driveResult, e
 	}
 	fmt.Fprintf(stdout, "driving %d UserRegistered (%d with an invalid email address) at %g/s to %s\n", c.count, invalid, c.rate, events)
 
-	sendErr := make(chan error, 1)
 	sentAt := make(chan [2]any, c.count) // event ID, time: handed to the reading loop
-	go func() {
-		tick := time.NewTicker(time.Duration(float64(time.Second) / c.rate))
-		defer tick.Stop()
-		for _, id := range ids {
-			select {
-			case <-ctx.Done():
-				sendErr <- ctx.Err()
-				return
-			case <-tick.C:
-			}
-			u := users[id].u
-			e := orchestrix.Event{Metadata: orchestrix.Metadata{ID: id, Source: "/users/drive", Subject: u.UserID, Time: time.Now().UTC()}, StreamID: u.UserID, Payload: u}
-			rec, err := func() (*kgo.Record, error) {
-				if err := reg.EncodeEvent(&e); err != nil {
-					return nil, err
-				}
-				return codec.EventToRecord(events, e)
-			}()
-			if err == nil {
-				sentAt <- [2]any{id, time.Now()}
-				err = cl.ProduceSync(ctx, rec).FirstErr()
-			}
-			if err != nil {
-				sendErr <- err
-				return
-			}
+	sending := exampleapp.Pace(ctx, c.rate, len(ids), c.timeout, func(ctx context.Context, i int) error {
+		u := users[ids[i]].u
+		e := orchestrix.Event{Metadata: orchestrix.Metadata{ID: ids[i], Source: "/users/drive", Subject: u.UserID, Time: time.Now().UTC()}, StreamID: u.UserID, Payload: u}
+		if err := reg.EncodeEvent(&e); err != nil {
+			return err
 		}
-		sendErr <- nil
-	}()
+		rec, err := codec.EventToRecord(events, e)
+		if err != nil {
+			return err
+		}
+		sentAt <- [2]any{ids[i], time.Now()}
+		return cl.ProduceSync(ctx, rec).FirstErr()
+	})
 
 	settled := func() int {
 		n := 0
@@ -223,8 +206,6 @@ func drive(ctx context.Context, c driveConfig, stdout io.Writer) (driveResult, e
 		return n
 	}
 	start := time.Now()
-	sent := false
-	var deadline time.Time
 	for settled() < c.count*len(channelNames) {
 	drain:
 		for {
@@ -305,16 +286,9 @@ func drive(ctx context.Context, c driveConfig, stdout io.Writer) (driveResult, e
 				fmt.Fprintf(stdout, "%7.3fs  %-7s %s  dead-lettered (%s): %s\n", time.Since(start).Seconds(), ch, u.u.UserID, reason, msg)
 			}
 		})
-		if !sent {
-			select {
-			case err := <-sendErr:
-				if err != nil {
-					return res, fmt.Errorf("publish: %w", err)
-				}
-				sent, deadline = true, time.Now().Add(c.timeout)
-			default:
-			}
-		} else if time.Now().After(deadline) {
+		if over, err := sending.Over(); err != nil {
+			return res, fmt.Errorf("publish: %w", err)
+		} else if over {
 			break
 		}
 	}
