@@ -221,13 +221,7 @@ func TestServeKillNineIntegration(t *testing.T) {
 		code <- realMain(t.Context(), []string{"drive", "--brokers", b, "--context", name, "--count", fmt.Sprint(n), "--rate", "20", "--timeout", "2m"}, &out, &errOut)
 	}()
 	// Kill once some orders are through and more are in flight.
-	deadline := time.Now().Add(60 * time.Second)
-	for strings.Count(out.String(), "Confirmed") < 10 {
-		if time.Now().After(deadline) {
-			t.Fatalf("no orders confirmed\n%s%s\n%s", out.String(), errOut.String(), first.Out.String())
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	out.Await(t, "Confirmed", 10, 60*time.Second)
 	first.Kill(t)
 	before := strings.Count(out.String(), "Confirmed")
 	second := startServe(t, args...)

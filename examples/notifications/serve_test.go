@@ -281,13 +281,7 @@ func TestServeKillNineIntegration(t *testing.T) {
 	go func() {
 		code <- driveMain(t.Context(), []string{"--brokers", b, "--context", name, "--count", "100", "--rate", "20", "--timeout", "2m", "--watch"}, &out, &errOut)
 	}()
-	deadline := time.Now().Add(60 * time.Second)
-	for strings.Count(out.String(), "delivered (") < 40 {
-		if time.Now().After(deadline) {
-			t.Fatalf("nothing delivered\n%s%s\n%s", out.String(), errOut.String(), first.Out.String())
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	out.Await(t, "delivered (", 40, 60*time.Second)
 	first.Kill(t)
 	before := strings.Count(out.String(), "delivered (")
 	second := startServe(t, args...)

@@ -57,6 +57,19 @@ func (s *SyncBuffer) String() string {
 	return s.b.String()
 }
 
+// Await waits until what was written holds n occurrences of substr,
+// failing the test after within.
+func (s *SyncBuffer) Await(t testing.TB, substr string, n int, within time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for strings.Count(s.String(), substr) < n {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %q not written within %s:\n%s", n, substr, within, s)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 // Child is a program run as a child process: the test binary re-executed
 // with [ChildEnv] set, so that its TestMain runs main (see [ChildMain])
 // with the arguments given. Tests stop it the way an orchestrator does

@@ -14,19 +14,23 @@ import (
 )
 
 // BadFlags runs run with each argument list in a subtest of its own: each
-// must be a usage error (exit [exampleapp.UsageExit]) that says why on
-// stderr.
+// must be a usage error (see [UsageError]).
 func BadFlags(t *testing.T, run exampleapp.RunFunc, cases [][]string) {
 	t.Helper()
 	for _, args := range cases {
-		t.Run(strings.Join(args, " "), func(t *testing.T) {
-			var out, errOut strings.Builder
-			if code := run(t.Context(), args, &out, &errOut); code != exampleapp.UsageExit {
-				t.Errorf("%q: exit %d, want %d\n%s%s", args, code, exampleapp.UsageExit, out.String(), errOut.String())
-			} else if errOut.Len() == 0 {
-				t.Errorf("%q: exit %d without saying why", args, code)
-			}
-		})
+		t.Run(strings.Join(args, " "), func(t *testing.T) { UsageError(t, run, args, "") })
+	}
+}
+
+// UsageError runs run with args and fails the test unless it exits with
+// [exampleapp.UsageExit] and says why on stderr (with want in it, when
+// want is not empty).
+func UsageError(t *testing.T, run exampleapp.RunFunc, args []string, want string) {
+	t.Helper()
+	var out, errOut strings.Builder
+	code := run(t.Context(), args, &out, &errOut)
+	if code != exampleapp.UsageExit || errOut.Len() == 0 || !strings.Contains(errOut.String(), want) {
+		t.Errorf("%q: exit %d, want %d and a reason on stderr naming %q\n%s%s", args, code, exampleapp.UsageExit, want, out.String(), errOut.String())
 	}
 }
 

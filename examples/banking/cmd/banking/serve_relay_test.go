@@ -13,10 +13,7 @@ import (
 // usage error (nothing but this process can publish its events).
 func TestServeRelayNeedsDatabase(t *testing.T) {
 	t.Setenv("DATABASE_URL", "")
-	var out, errOut testenv.SyncBuffer
-	if code := realMain(t.Context(), []string{"serve", "--relay=false"}, &out, &errOut); code != 2 || !strings.Contains(errOut.String(), "--relay=false needs --database-url") {
-		t.Fatalf("exit %d, want 2 naming --relay=false\n%s%s", code, out.String(), errOut.String())
-	}
+	exampletest.UsageError(t, realMain, []string{"serve", "--relay=false"}, "--relay=false needs --database-url")
 }
 
 // TestServeWithoutRelayIntegration runs serve --relay=false as the chart
