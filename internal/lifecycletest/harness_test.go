@@ -115,7 +115,11 @@ func (h *harness) start(name string, gate bool) *child {
 	c.cmd = exec.Command(os.Args[0], "-test.run=^$")
 	env := append(os.Environ(), childEnv+"=processor", envSchema+"="+h.store.Schema(), envContext+"="+h.bc, envMember+"="+name,
 		envVariant+"="+h.variant, envShutdown+"="+h.shutdown.String(), "KAFKA_BROKERS="+strings.Join(h.seeds, ","),
-		"DATABASE_URL="+testenv.DatabaseURL(t))
+		"DATABASE_URL="+testenv.DatabaseURL(t),
+		// Under -race, no second's sleep at exit (the detector's default):
+		// a restart would wait for it. A race found still fails the exit
+		// (status 66).
+		"GORACE=atexit_sleep_ms=0 "+os.Getenv("GORACE"))
 	if gate {
 		c.gate = dir + "/gate"
 		env = append(env, envGate+"="+c.gate)
