@@ -10,6 +10,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/orchestrix/orchestrix"
 	"github.com/orchestrix/orchestrix/projections"
+	"github.com/orchestrix/orchestrix/stores"
 )
 
 // StatementProjection is the name of the account-statement projection,
@@ -78,6 +79,20 @@ func Statement(events []orchestrix.Event) ([]StatementLine, error) {
 		}
 	}
 	return out, nil
+}
+
+// StreamStatement reads an account's stream from a store and folds it
+// into its statement (see [Statement]): the reference a projected
+// statement is checked against.
+func StreamStatement(ctx context.Context, store stores.StreamReader, account string) ([]StatementLine, error) {
+	var events []orchestrix.Event
+	for e, err := range store.ReadStream(ctx, account, 0) {
+		if err != nil {
+			return nil, fmt.Errorf("read %s: %w", account, err)
+		}
+		events = append(events, e)
+	}
+	return Statement(events)
 }
 
 // ApplyStatementMemory is the statement projection's handler on the

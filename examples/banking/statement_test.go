@@ -48,14 +48,7 @@ func TestStatementMemory(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, acc := range []string{"a", "b"} {
-		var evs []orchestrix.Event
-		for e, err := range store.ReadStream(t.Context(), acc, 0) {
-			if err != nil {
-				t.Fatal(err)
-			}
-			evs = append(evs, e)
-		}
-		want, err := banking.Statement(evs)
+		want, err := banking.StreamStatement(t.Context(), store, acc)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -191,14 +191,9 @@ func TestServeDrive(t *testing.T) {
 
 // serve --init against real Kafka and PostgreSQL; drive; SIGTERM.
 func TestServeDriveIntegration(t *testing.T) {
-	seeds := testenv.Brokers(t)
-	url := testenv.DatabaseURL(t)
-	schema := testenv.Schema(t, testenv.Pool(t))
-	name := testenv.Name("ecommerce-s")
-	testenv.DropTopicsAtEnd(t, seeds, name)
-	b := strings.Join(seeds, ",")
-	serveAndDrive(t, b, []string{"--init", "--brokers", b, "--database-url", url, "--schema", schema, "--context", name, "--partitions", "2"},
-		[]string{"--context", name})
+	e := exampletest.Postgres(t, "ecommerce-s")
+	serveAndDrive(t, e.Brokers, []string{"--init", "--brokers", e.Brokers, "--database-url", e.DatabaseURL, "--schema", e.Schema, "--context", e.Context, "--partitions", "2"},
+		[]string{"--context", e.Context})
 }
 
 // kill -9 of serve while orders are in flight (real Kafka and
@@ -206,19 +201,14 @@ func TestServeDriveIntegration(t *testing.T) {
 // member's session ends, its relay and timer poller once their leases
 // do) and every order is confirmed.
 func TestServeKillNineIntegration(t *testing.T) {
-	seeds := testenv.Brokers(t)
-	url := testenv.DatabaseURL(t)
-	schema := testenv.Schema(t, testenv.Pool(t))
-	name := testenv.Name("ecommerce-k")
-	testenv.DropTopicsAtEnd(t, seeds, name)
-	b := strings.Join(seeds, ",")
-	args := []string{"--brokers", b, "--database-url", url, "--schema", schema, "--context", name, "--partitions", "2", "--session-timeout", "6s"}
+	e := exampletest.Postgres(t, "ecommerce-k")
+	args := []string{"--brokers", e.Brokers, "--database-url", e.DatabaseURL, "--schema", e.Schema, "--context", e.Context, "--partitions", "2", "--session-timeout", "6s"}
 	first := startServe(t, append([]string{"--init"}, args...)...)
 	const n = 80
 	var out, errOut testenv.SyncBuffer
 	code := make(chan int, 1)
 	go func() {
-		code <- realMain(t.Context(), []string{"drive", "--brokers", b, "--context", name, "--count", fmt.Sprint(n), "--rate", "20", "--timeout", "2m"}, &out, &errOut)
+		code <- realMain(t.Context(), []string{"drive", "--brokers", e.Brokers, "--context", e.Context, "--count", fmt.Sprint(n), "--rate", "20", "--timeout", "2m"}, &out, &errOut)
 	}()
 	// Kill once some orders are through and more are in flight.
 	out.Await(t, "Confirmed", 10, 60*time.Second)

@@ -24,13 +24,8 @@ func TestServeRelayNeedsDatabase(t *testing.T) {
 // confirmed (the relay publishes the events and the saga's commands from
 // the outbox table).
 func TestServeWithoutRelayIntegration(t *testing.T) {
-	seeds := testenv.Brokers(t)
-	url := testenv.DatabaseURL(t)
-	schema := testenv.Schema(t, testenv.Pool(t))
-	name := testenv.Name("ecommerce-r")
-	testenv.DropTopicsAtEnd(t, seeds, name)
-	b := strings.Join(seeds, ",")
-	c := startServe(t, "--init", "--relay=false", "--brokers", b, "--database-url", url, "--schema", schema, "--context", name, "--partitions", "2")
+	e := exampletest.Postgres(t, "ecommerce-r")
+	c := startServe(t, "--init", "--relay=false", "--brokers", e.Brokers, "--database-url", e.DatabaseURL, "--schema", e.Schema, "--context", e.Context, "--partitions", "2")
 	if !strings.Contains(c.Out.String(), "no relay in this process") {
 		t.Errorf("serve --relay=false did not say it runs no relay:\n%s", c.Out.String())
 	}
@@ -40,11 +35,11 @@ func TestServeWithoutRelayIntegration(t *testing.T) {
 	}
 
 	// The separate relay, as `orchestrix relay` runs in the chart.
-	relay := exampletest.StartRelay(t, "--brokers", b, "--database-url", url, "--schema", schema, "--context", name)
+	relay := exampletest.StartRelay(t, "--brokers", e.Brokers, "--database-url", e.DatabaseURL, "--schema", e.Schema, "--context", e.Context)
 
 	const n = 20
 	var out, errOut testenv.SyncBuffer
-	code := realMain(t.Context(), []string{"drive", "--brokers", b, "--context", name, "--count", fmt.Sprint(n), "--rate", "50", "--timeout", "90s"}, &out, &errOut)
+	code := realMain(t.Context(), []string{"drive", "--brokers", e.Brokers, "--context", e.Context, "--count", fmt.Sprint(n), "--rate", "50", "--timeout", "90s"}, &out, &errOut)
 	if code != 0 || !strings.Contains(out.String(), fmt.Sprintf("%d orders: %d Confirmed;", n, n)) {
 		t.Fatalf("drive exit %d\n%s%s\nserve:\n%s\nrelay:\n%s", code, out.String(), errOut.String(), c.Out.String(), relay.Out.String())
 	}

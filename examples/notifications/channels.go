@@ -256,3 +256,16 @@ func (f *flaky) recover() {
 	defer f.mu.Unlock()
 	f.down, f.rate, f.lostAck = false, 0, 0
 }
+
+// newChannels returns the four channels by name: email over SMTP to
+// smtpAddr, webhooks POSTed to webhookURL (each call bounded by timeout),
+// and sms and push behind recording fakes, whose receipts it returns.
+func newChannels(smtpAddr, webhookURL string, timeout time.Duration) (channels map[string]Channel, sms, push *receipts) {
+	sms, push = newReceipts(), newReceipts()
+	return map[string]Channel{
+		"email":   emailChannel{addr: smtpAddr},
+		"sms":     recordingChannel{name: "sms", got: sms},
+		"push":    recordingChannel{name: "push", got: push},
+		"webhook": webhookChannel{url: webhookURL, client: &http.Client{Timeout: timeout}},
+	}, sms, push
+}

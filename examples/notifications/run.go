@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net/http"
 	"slices"
 	"strconv"
 	"strings"
@@ -129,13 +128,7 @@ func run(ctx context.Context, c config) error {
 		return err
 	}
 	defer hook.Close()
-	sms, push := newReceipts(), newReceipts()
-	base := map[string]Channel{
-		"email":   emailChannel{addr: smtpSrv.addr},
-		"sms":     recordingChannel{name: "sms", got: sms},
-		"push":    recordingChannel{name: "push", got: push},
-		"webhook": webhookChannel{url: hook.url, client: &http.Client{Timeout: 5 * time.Second}},
-	}
+	base, sms, push := newChannels(smtpSrv.addr, hook.url, 5*time.Second)
 	got := map[string]*receipts{"email": smtpSrv.got, "sms": sms, "push": push, "webhook": hook.got}
 
 	admCl, err := kgo.NewClient(kgo.SeedBrokers(seeds...))

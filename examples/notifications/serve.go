@@ -8,7 +8,6 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"net/http"
 	"net/url"
 	"os"
 	"strconv"
@@ -269,13 +268,7 @@ func serve(ctx context.Context, c serveConfig, stdout io.Writer) error {
 		c.webhookURL = hook.url
 		fmt.Fprintf(stdout, "webhook receiver (in the process) at %s\n", hook.url)
 	}
-	sms, push := newReceipts(), newReceipts()
-	base := map[string]Channel{
-		"email":   emailChannel{addr: c.smtpAddr},
-		"sms":     recordingChannel{name: "sms", got: sms},
-		"push":    recordingChannel{name: "push", got: push},
-		"webhook": webhookChannel{url: c.webhookURL, client: &http.Client{Timeout: 10 * time.Second}},
-	}
+	base, sms, push := newChannels(c.smtpAddr, c.webhookURL, 10*time.Second)
 	reg, err := newRegistry()
 	if err != nil {
 		return err

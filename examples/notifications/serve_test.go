@@ -195,11 +195,8 @@ func TestServeDrive(t *testing.T) {
 
 // serve --init against the real broker; drive; SIGTERM.
 func TestServeDriveIntegration(t *testing.T) {
-	seeds := testenv.Brokers(t)
-	name := strings.ReplaceAll(testenv.Name("notif-s"), "_", "-")
-	testenv.DropTopicsAtEnd(t, seeds, name)
-	b := strings.Join(seeds, ",")
-	serveAndDrive(t, b, name, "--init", "--brokers", b, "--context", name, "--partitions", "2", "--session-timeout", "6s")
+	e := exampletest.Kafka(t, "notif-s")
+	serveAndDrive(t, e.Brokers, e.Context, "--init", "--brokers", e.Brokers, "--context", e.Context, "--partitions", "2", "--session-timeout", "6s")
 }
 
 // Without --init on a context whose topics do not exist, serve exits 1
@@ -219,32 +216,29 @@ func TestServeMissingTopicsIntegration(t *testing.T) {
 // retry ladder); serve is stopped, started again with the receiver back,
 // and `orchestrix dlq redrive` brings every one home.
 func TestServeOutageRedriveIntegration(t *testing.T) {
-	seeds := testenv.Brokers(t)
-	name := strings.ReplaceAll(testenv.Name("notif-r"), "_", "-")
-	testenv.DropTopicsAtEnd(t, seeds, name)
-	b := strings.Join(seeds, ",")
-	args := []string{"--brokers", b, "--context", name, "--partitions", "2", "--session-timeout", "6s"}
+	e := exampletest.Kafka(t, "notif-r")
+	args := []string{"--brokers", e.Brokers, "--context", e.Context, "--partitions", "2", "--session-timeout", "6s"}
 	first := startServe(t, append([]string{"--init", "--fail", "webhook=1"}, args...)...)
-	out := runDrive(t, first, "--brokers", b, "--context", name, "--count", "20", "--rate", "100")
+	out := runDrive(t, first, "--brokers", e.Brokers, "--context", e.Context, "--count", "20", "--rate", "100")
 	if f := row(t, out, "webhook"); f[2] != "0" || f[4] != "20" {
 		t.Fatalf("with the receiver down: webhook delivered %s, dead-lettered %s; want 0 and 20\n%s", f[2], f[4], out)
 	}
 	first.StopClean(t, 45*time.Second, "stopped cleanly")
 	second := startServe(t, args...)
-	adm := kadm.NewClient(testenv.Client(t, seeds))
-	ends, err := adm.ListEndOffsets(t.Context(), DeliveriesTopic(name))
+	adm := kadm.NewClient(testenv.Client(t, e.Seeds))
+	ends, err := adm.ListEndOffsets(t.Context(), DeliveriesTopic(e.Context))
 	if err != nil {
 		t.Fatal(err)
 	}
 	before := int64(0)
 	ends.Each(func(o kadm.ListedOffset) { before += o.Offset })
 	var cliOut strings.Builder
-	if code := cli.Run(t.Context(), []string{"dlq", "redrive", "--brokers", b, "--topic", topics.Events(name), "--group", groupName(name, "webhook"), "--to-level", "1"}, &cliOut, &cliOut); code != 0 {
+	if code := cli.Run(t.Context(), []string{"dlq", "redrive", "--brokers", e.Brokers, "--topic", topics.Events(e.Context), "--group", groupName(e.Context, "webhook"), "--to-level", "1"}, &cliOut, &cliOut); code != 0 {
 		t.Fatalf("redrive: exit %d\n%s", code, cliOut.String())
 	}
 	deadline := time.Now().Add(60 * time.Second)
 	for {
-		ends, err := adm.ListEndOffsets(t.Context(), DeliveriesTopic(name))
+		ends, err := adm.ListEndOffsets(t.Context(), DeliveriesTopic(e.Context))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -270,16 +264,13 @@ func TestServeOutageRedriveIntegration(t *testing.T) {
 // the records whose offsets were not committed are handled again (the
 // same idempotency keys), and every notification is delivered.
 func TestServeKillNineIntegration(t *testing.T) {
-	seeds := testenv.Brokers(t)
-	name := strings.ReplaceAll(testenv.Name("notif-k"), "_", "-")
-	testenv.DropTopicsAtEnd(t, seeds, name)
-	b := strings.Join(seeds, ",")
-	args := []string{"--brokers", b, "--context", name, "--partitions", "2", "--session-timeout", "6s"}
+	e := exampletest.Kafka(t, "notif-k")
+	args := []string{"--brokers", e.Brokers, "--context", e.Context, "--partitions", "2", "--session-timeout", "6s"}
 	first := startServe(t, append([]string{"--init"}, args...)...)
 	var out, errOut testenv.SyncBuffer
 	code := make(chan int, 1)
 	go func() {
-		code <- driveMain(t.Context(), []string{"--brokers", b, "--context", name, "--count", "100", "--rate", "20", "--timeout", "2m", "--watch"}, &out, &errOut)
+		code <- driveMain(t.Context(), []string{"--brokers", e.Brokers, "--context", e.Context, "--count", "100", "--rate", "20", "--timeout", "2m", "--watch"}, &out, &errOut)
 	}()
 	out.Await(t, "delivered (", 40, 60*time.Second)
 	first.Kill(t)

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/orchestrix/orchestrix/internal/cli"
 	"github.com/orchestrix/orchestrix/internal/exampleapp"
 	"github.com/orchestrix/orchestrix/internal/testenv"
@@ -66,4 +67,39 @@ func (r *Relay) Stop(t *testing.T) {
 		t.Fatalf("orchestrix relay: exit %d\n%s", code, r.Out.String())
 	}
 	t.Log(strings.TrimSpace(r.Out.String()))
+}
+
+// Env is what an example's integration test runs on: the real broker, a
+// fresh context whose topics are dropped when the test ends, and, from
+// [Postgres], a fresh schema.
+type Env struct {
+	// Seeds are the broker's addresses, Brokers the same for --brokers.
+	Seeds   []string
+	Brokers string
+	// Context is a fresh context name: lower-case letters, digits and '-'.
+	Context string
+	// DatabaseURL, Pool and Schema are PostgreSQL's (Postgres only): the
+	// schema is fresh, dropped when the test ends, not created.
+	DatabaseURL string
+	Pool        *pgxpool.Pool
+	Schema      string
+}
+
+// Kafka returns the real broker (testenv.Brokers: the test is skipped
+// without it) and a fresh context named after prefix.
+func Kafka(t *testing.T, prefix string) Env {
+	t.Helper()
+	seeds := testenv.Brokers(t)
+	e := Env{Seeds: seeds, Brokers: strings.Join(seeds, ","), Context: strings.ReplaceAll(testenv.Name(prefix), "_", "-")}
+	testenv.DropTopicsAtEnd(t, seeds, e.Context)
+	return e
+}
+
+// Postgres is [Kafka] plus PostgreSQL and a fresh schema.
+func Postgres(t *testing.T, prefix string) Env {
+	t.Helper()
+	e := Kafka(t, prefix)
+	e.DatabaseURL, e.Pool = testenv.DatabaseURL(t), testenv.Pool(t)
+	e.Schema = testenv.Schema(t, e.Pool)
+	return e
 }

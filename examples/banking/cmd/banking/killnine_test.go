@@ -8,8 +8,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/orchestrix/orchestrix"
 	"github.com/orchestrix/orchestrix/examples/banking"
+	"github.com/orchestrix/orchestrix/internal/exampleapp/exampletest"
 	"github.com/orchestrix/orchestrix/internal/testenv"
 	"github.com/orchestrix/orchestrix/sagas"
 )
@@ -20,14 +20,9 @@ import (
 // refunded, none twice), money is conserved, and every statement equals
 // its account's events.
 func TestServeKillNineIntegration(t *testing.T) {
-	seeds := testenv.Brokers(t)
-	pool := testenv.Pool(t)
-	schema := testenv.Schema(t, pool)
-	bc := strings.ReplaceAll(testenv.Name("bank"), "_", "-")
-	testenv.DropTopicsAtEnd(t, seeds, bc)
-	brokers := strings.Join(seeds, ",")
-	args := []string{"--brokers", brokers, "--database-url", testenv.DatabaseURL(t), "--schema", schema,
-		"--context", bc, "--listen", "127.0.0.1:0", "--session-timeout", "6s"}
+	e := exampletest.Postgres(t, "bank")
+	args := []string{"--brokers", e.Brokers, "--database-url", e.DatabaseURL, "--schema", e.Schema,
+		"--context", e.Context, "--listen", "127.0.0.1:0", "--session-timeout", "6s"}
 	s := startServe(t, append(args, "--init")...)
 	s.Ready(t, time.Minute)
 
@@ -35,10 +30,10 @@ func TestServeKillNineIntegration(t *testing.T) {
 	var out string
 	var wg sync.WaitGroup
 	wg.Go(func() {
-		var o, e testenv.SyncBuffer
-		code := realMain(t.Context(), []string{"drive", "--brokers", brokers, "--context", bc, "--count", fmt.Sprint(count), "--rate", "50",
-			"--missing", "0.2", "--seed", "11", "--timeout", "2m"}, &o, &e)
-		out = fmt.Sprintf("exit %d\n%s%s", code, o.String(), e.String())
+		var o, errOut testenv.SyncBuffer
+		code := realMain(t.Context(), []string{"drive", "--brokers", e.Brokers, "--context", e.Context, "--count", fmt.Sprint(count), "--rate", "50",
+			"--missing", "0.2", "--seed", "11", "--timeout", "2m"}, &o, &errOut)
+		out = fmt.Sprintf("exit %d\n%s%s", code, o.String(), errOut.String())
 	})
 	time.Sleep(1500 * time.Millisecond) // a quarter of the transfers under way
 	s.Kill(t)
@@ -51,7 +46,7 @@ func TestServeKillNineIntegration(t *testing.T) {
 	checkDriven(t, out, count)
 
 	// The state, read back from the schema.
-	a, err := newApp(t.Context(), appConfig{seeds: seeds, pool: pool, schema: schema, context: bc, log: quietLog()})
+	a, err := newApp(t.Context(), appConfig{seeds: e.Seeds, pool: e.Pool, schema: e.Schema, context: e.Context, log: quietLog()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -120,14 +115,7 @@ func statementsOff(t *testing.T, a *app) string {
 	}
 	for i := range 10 {
 		acc := fmt.Sprintf("acct-%03d", i)
-		var evs []orchestrix.Event
-		for e, err := range a.store.ReadStream(t.Context(), acc, 0) {
-			if err != nil {
-				t.Fatal(err)
-			}
-			evs = append(evs, e)
-		}
-		want, err := banking.Statement(evs)
+		want, err := banking.StreamStatement(t.Context(), a.store, acc)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -132,34 +132,29 @@ func TestServeDrive(t *testing.T) {
 // needs, and serve runs without --init. A second service on the same
 // schema and topics picks up where the first left off.
 func TestServeDriveIntegration(t *testing.T) {
-	seeds := testenv.Brokers(t)
-	pool := testenv.Pool(t)
-	schema := testenv.Schema(t, pool)
-	bc := strings.ReplaceAll(testenv.Name("bank"), "_", "-")
-	brokers := strings.Join(seeds, ",")
-	testenv.DropTopicsAtEnd(t, seeds, bc)
+	e := exampletest.Postgres(t, "bank")
 	for _, args := range [][]string{
-		{"migrate", "--database-url", testenv.DatabaseURL(t), "--schema", schema},
-		{"topics", "create", "--brokers", brokers, "--partitions", "4", "--context", bc, "--group", bc + "-aggregates"},
-		{"topics", "create", "--brokers", brokers, "--partitions", "4", "--topics", bc + ".outcomes," + bc + ".events", "--group", bc + "-saga-fwd"},
-		{"topics", "create", "--brokers", brokers, "--partitions", "4", "--topics", bc + ".transfer.saga-inbox", "--group", bc + "-sagas", "--retry-levels", "3"},
+		{"migrate", "--database-url", e.DatabaseURL, "--schema", e.Schema},
+		{"topics", "create", "--brokers", e.Brokers, "--partitions", "4", "--context", e.Context, "--group", e.Context + "-aggregates"},
+		{"topics", "create", "--brokers", e.Brokers, "--partitions", "4", "--topics", e.Context + ".outcomes," + e.Context + ".events", "--group", e.Context + "-saga-fwd"},
+		{"topics", "create", "--brokers", e.Brokers, "--partitions", "4", "--topics", e.Context + ".transfer.saga-inbox", "--group", e.Context + "-sagas", "--retry-levels", "3"},
 	} {
 		var out testenv.SyncBuffer
 		if code := cli.Run(t.Context(), args, &out, &out); code != 0 {
 			t.Fatalf("orchestrix %v: exit %d\n%s", args, code, out.String())
 		}
 	}
-	serveArgs := []string{"--brokers", brokers, "--database-url", testenv.DatabaseURL(t), "--schema", schema, "--context", bc,
+	serveArgs := []string{"--brokers", e.Brokers, "--database-url", e.DatabaseURL, "--schema", e.Schema, "--context", e.Context,
 		"--listen", "127.0.0.1:0", "--shutdown-timeout", "20s"}
 	s := startServe(t, serveArgs...)
 	s.Ready(t, time.Minute)
-	out := driveOnce(t, "--brokers", brokers, "--context", bc, "--count", "60", "--rate", "100", "--missing", "0.2", "--seed", "7")
+	out := driveOnce(t, "--brokers", e.Brokers, "--context", e.Context, "--count", "60", "--rate", "100", "--missing", "0.2", "--seed", "7")
 	checkDriven(t, out, 60)
 	s.StopClean(t, 30*time.Second, "")
 
 	s = startServe(t, serveArgs...)
 	s.Ready(t, time.Minute)
-	out = driveOnce(t, "--brokers", brokers, "--context", bc, "--count", "30", "--rate", "100", "--missing", "0.2", "--seed", "8")
+	out = driveOnce(t, "--brokers", e.Brokers, "--context", e.Context, "--count", "30", "--rate", "100", "--missing", "0.2", "--seed", "8")
 	checkDriven(t, out, 30)
 	if !strings.Contains(out, "0 opened now") {
 		t.Fatalf("the accounts of the first run were not found open:\n%s", out)

@@ -6,7 +6,6 @@ import (
 	"time"
 
 	"github.com/orchestrix/orchestrix/internal/exampleapp/exampletest"
-	"github.com/orchestrix/orchestrix/internal/testenv"
 )
 
 // TestServeRelayNeedsDatabase: --relay=false on the memory store is a
@@ -22,14 +21,8 @@ func TestServeRelayNeedsDatabase(t *testing.T) {
 // its final outcome (the relay publishes the events and the saga's
 // commands from the outbox table).
 func TestServeWithoutRelayIntegration(t *testing.T) {
-	seeds := testenv.Brokers(t)
-	pool := testenv.Pool(t)
-	schema := testenv.Schema(t, pool)
-	url := testenv.DatabaseURL(t)
-	bc := strings.ReplaceAll(testenv.Name("bankr"), "_", "-")
-	brokers := strings.Join(seeds, ",")
-	testenv.DropTopicsAtEnd(t, seeds, bc)
-	s := startServe(t, "--init", "--relay=false", "--brokers", brokers, "--database-url", url, "--schema", schema, "--context", bc,
+	e := exampletest.Postgres(t, "bankr")
+	s := startServe(t, "--init", "--relay=false", "--brokers", e.Brokers, "--database-url", e.DatabaseURL, "--schema", e.Schema, "--context", e.Context,
 		"--listen", "127.0.0.1:0", "--shutdown-timeout", "20s")
 	s.Ready(t, time.Minute)
 	_, body := s.Get(t, "/livez")
@@ -38,8 +31,8 @@ func TestServeWithoutRelayIntegration(t *testing.T) {
 	}
 
 	// The separate relay, as `orchestrix relay` runs in the chart.
-	relay := exampletest.StartRelay(t, "--brokers", brokers, "--database-url", url, "--schema", schema, "--context", bc)
-	out := driveOnce(t, "--brokers", brokers, "--context", bc, "--count", "40", "--rate", "100", "--missing", "0.2", "--seed", "7")
+	relay := exampletest.StartRelay(t, "--brokers", e.Brokers, "--database-url", e.DatabaseURL, "--schema", e.Schema, "--context", e.Context)
+	out := driveOnce(t, "--brokers", e.Brokers, "--context", e.Context, "--count", "40", "--rate", "100", "--missing", "0.2", "--seed", "7")
 	checkDriven(t, out, 40)
 	s.StopClean(t, 30*time.Second, "")
 	relay.Stop(t)
