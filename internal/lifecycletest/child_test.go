@@ -95,12 +95,14 @@ func variantOpts(name, member string) ([]kgo.Opt, error) {
 		// policies: every rebalance revokes every partition.
 		return []kgo.Opt{kgo.Balancers(kgo.RangeBalancer())}, nil
 	case "kip848":
-		// KIP-848 consumer groups: the broker assigns; members heartbeat
-		// at the broker's group.consumer.heartbeat.interval.ms (5s by
-		// default, and its minimum).
-		return []kgo.Opt{kgo.ServerSideBalancer(), kgo.Balancers(kgo.StickyBalancer())}, nil
+		// KIP-848 consumer groups (with consumers' cooperative-sticky
+		// balancer, the broker's "uniform" assignor): the broker assigns;
+		// members heartbeat at the broker's
+		// group.consumer.heartbeat.interval.ms (5s by default, and its
+		// minimum).
+		return []kgo.Opt{kgo.ServerSideBalancer()}, nil
 	case "kip848-static":
-		return []kgo.Opt{kgo.ServerSideBalancer(), kgo.Balancers(kgo.StickyBalancer()), kgo.InstanceID(member)}, nil
+		return []kgo.Opt{kgo.ServerSideBalancer(), kgo.InstanceID(member)}, nil
 	}
 	return nil, fmt.Errorf("unknown variant %q", name)
 }
