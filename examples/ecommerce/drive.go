@@ -180,11 +180,9 @@ func drive(ctx context.Context, c driveConfig, stdout io.Writer) (driveResult, e
 	got := map[string]string{}
 	var lat []time.Duration
 	for len(got) < c.count {
-		pctx, cancel := context.WithTimeout(ctx, 250*time.Millisecond)
-		fs := events.PollFetches(pctx)
-		cancel()
-		if ctx.Err() != nil {
-			return res, ctx.Err()
+		fs, err := exampleapp.Poll(ctx, events, 250*time.Millisecond)
+		if err != nil {
+			return res, err
 		}
 		fs.EachRecord(func(r *kgo.Record) {
 			o, ok := placed[string(r.Key)]

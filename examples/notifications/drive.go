@@ -216,11 +216,9 @@ func drive(ctx context.Context, c driveConfig, stdout io.Writer) (driveResult, e
 				break drain
 			}
 		}
-		pctx, cancel := context.WithTimeout(ctx, 250*time.Millisecond)
-		fs := follow.PollFetches(pctx)
-		cancel()
-		if ctx.Err() != nil {
-			return res, ctx.Err()
+		fs, err := exampleapp.Poll(ctx, follow, 250*time.Millisecond)
+		if err != nil {
+			return res, err
 		}
 		fs.EachRecord(func(r *kgo.Record) {
 			if r.Topic == deliveries {

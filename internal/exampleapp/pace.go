@@ -3,6 +3,8 @@ package exampleapp
 import (
 	"context"
 	"time"
+
+	"github.com/twmb/franz-go/pkg/kgo"
 )
 
 // Sending is a driver's paced sender, running in its own goroutine while
@@ -56,4 +58,13 @@ func (s *Sending) Over() (bool, error) {
 	default:
 	}
 	return false, nil
+}
+
+// Poll polls cl for at most d, so that a driver's loop gets to check
+// [Sending.Over] between polls; the error is ctx's once ctx has ended.
+func Poll(ctx context.Context, cl *kgo.Client, d time.Duration) (kgo.Fetches, error) {
+	pctx, cancel := context.WithTimeout(ctx, d)
+	defer cancel()
+	fs := cl.PollFetches(pctx)
+	return fs, ctx.Err()
 }
