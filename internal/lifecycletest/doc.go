@@ -5,4 +5,11 @@
 // (the processing pause, measured per group option). The tests re-execute
 // their own binary as the processor (see child_test.go) and need the real
 // Kafka and PostgreSQL (internal/testenv); the package has no API.
+//
+//	eval "$(scripts/services.sh start)"
+//	ORCHESTRIX_REQUIRE_SERVICES=1 go test ./internal/lifecycletest -v
+//	# every group option of the rolling restart (about 2 minutes):
+//	LIFECYCLE_VARIANTS=all go test ./internal/lifecycletest -run Rolling -v
+//	# one, with the members' franz-go debug logs kept in /tmp:
+//	LIFECYCLE_VARIANTS=static LIFECYCLE_LOG=debug go test ./internal/lifecycletest -run Rolling -v
 package lifecycletest
