@@ -8,7 +8,6 @@ import (
 	"math/rand/v2"
 	"os"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -134,8 +133,8 @@ func drive(ctx context.Context, c driveConfig, stdout io.Writer) (driveResult, e
 	if err != nil {
 		return res, err
 	}
-	run := strconv.FormatInt(time.Now().UnixMilli(), 36)
-	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 7))
+	run := exampleapp.RunID()
+	rng := rand.New(rand.NewPCG(exampleapp.Seed(0), 7))
 	type order struct {
 		cmd  PlaceOrder
 		sent time.Time

@@ -28,7 +28,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"strconv"
 	"strings"
 	"time"
 
@@ -88,12 +87,9 @@ func checkMain(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		c.kafka = opts
 	}
 	c.timing.Compensation, c.timing.Backoff = 2*c.timing.Step, c.timing.Step/5
-	c.seed = *seed
-	if c.seed == 0 {
-		c.seed = uint64(time.Now().UnixNano())
-	}
+	c.seed = exampleapp.Seed(*seed)
 	if c.context == "" {
-		c.context = "ecommerce-" + strconv.FormatInt(time.Now().UnixMilli(), 36)
+		c.context = "ecommerce-" + exampleapp.RunID()
 	}
 	c.stdout, c.stderr = stdout, stderr
 	if err := run(ctx, c); err != nil {

@@ -158,7 +158,7 @@ func drive(ctx context.Context, c driveConfig, stdout io.Writer) (driveResult, e
 
 	// The users: user i has an invalid email address when the share
 	// c.invalid steps past an integer at i (floor(count*invalid) in all).
-	run := strconv.FormatInt(time.Now().UnixMilli(), 36)
+	run := exampleapp.RunID()
 	type user struct {
 		u       UserRegistered
 		invalid bool

@@ -38,7 +38,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"strconv"
 	"time"
 
 	"github.com/orchestrix/orchestrix/internal/exampleapp"
@@ -85,12 +84,9 @@ func checkMain(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		return errs.Report(stderr, "notifications")
 	}
 	c.brokers = exampleapp.SplitList(*brokers)
-	c.seed = *seed
-	if c.seed == 0 {
-		c.seed = uint64(time.Now().UnixNano())
-	}
+	c.seed = exampleapp.Seed(*seed)
 	if c.context == "" {
-		c.context = "notifications-" + strconv.FormatInt(time.Now().UnixMilli(), 36)
+		c.context = "notifications-" + exampleapp.RunID()
 	}
 	c.stdout, c.stderr = stdout, stderr
 	if err := run(ctx, c); err != nil {

@@ -277,7 +277,7 @@ func serve(ctx context.Context, c serveConfig, stdout io.Writer) error {
 	if c.session > 0 {
 		gopts = append(gopts, kgo.SessionTimeout(c.session), kgo.HeartbeatInterval(min(3*time.Second, c.session/3)))
 	}
-	seed := uint64(time.Now().UnixNano())
+	seed := exampleapp.Seed(0)
 	var workers []service.Worker
 	for i, name := range channelNames {
 		ch := base[name]

@@ -14,8 +14,10 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/orchestrix/orchestrix/kafkaconn"
 	"github.com/twmb/franz-go/pkg/kfake"
@@ -74,6 +76,20 @@ func SplitList(s string) []string {
 	}
 	return out
 }
+
+// Seed returns seed, or one from the clock when seed is 0: the seed of a
+// run's random choices (--seed 0), which the run prints so that it can be
+// replayed.
+func Seed(seed uint64) uint64 {
+	if seed == 0 {
+		return uint64(time.Now().UnixNano())
+	}
+	return seed
+}
+
+// RunID returns a short name for one run, the milliseconds of the clock
+// in base 36: part of the names (contexts, IDs) a run makes fresh.
+func RunID() string { return strconv.FormatInt(time.Now().UnixMilli(), 36) }
 
 // KafkaOptions returns the TLS and SASL client options of the environment
 // (kafkaconn.FromEnv: KAFKA_TLS*, KAFKA_SASL_*); an error names the

@@ -92,3 +92,15 @@ func TestModes(t *testing.T) {
 		}
 	}
 }
+
+func TestSeedAndRunID(t *testing.T) {
+	if got := Seed(42); got != 42 {
+		t.Errorf("Seed(42) = %d", got)
+	}
+	if Seed(0) == 0 {
+		t.Error("Seed(0) = 0, want one from the clock")
+	}
+	if id := RunID(); id == "" || strings.Trim(id, "0123456789abcdefghijklmnopqrstuvwxyz") != "" {
+		t.Errorf("RunID() = %q, want base 36", id)
+	}
+}

@@ -78,10 +78,7 @@ func runDrive(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if c.kafka, err = kafkaOpts(); err != nil {
 		return err
 	}
-	c.seeds, c.context, c.seed = cf.seeds(), cf.context, *seed
-	if c.seed == 0 {
-		c.seed = uint64(time.Now().UnixNano())
-	}
+	c.seeds, c.context, c.seed = cf.seeds(), cf.context, exampleapp.Seed(*seed)
 	return drive(ctx, c, stdout)
 }
 
@@ -220,7 +217,7 @@ func drive(ctx context.Context, c driveConfig, stdout io.Writer) error {
 		return err
 	}
 	rng := rand.New(rand.NewPCG(c.seed, 7))
-	run := strconv.FormatInt(time.Now().UnixMilli(), 36)
+	run := exampleapp.RunID()
 	all := make([]*driven, c.count)
 	every := time.Second / time.Duration(c.rate)
 	next := time.Now()

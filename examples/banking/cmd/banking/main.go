@@ -36,7 +36,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"strconv"
 	"strings"
 	"time"
 
@@ -168,7 +167,7 @@ func runCheck(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		errs.Addf("--timeout %s: want a positive duration", c.timeout)
 	}
 	if cf.context == "" {
-		cf.context = "banking-" + strconv.FormatInt(time.Now().UnixMilli(), 36)
+		cf.context = "banking-" + exampleapp.RunID()
 	} else {
 		c.keep = true // a context the user named may hold more than this run: never dropped
 	}
@@ -184,10 +183,7 @@ func runCheck(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	c.brokers, c.databaseURL, c.context = cf.seeds(), cf.databaseURL, cf.context
 	c.schema = strings.ReplaceAll(cf.context, "-", "_")
-	c.seed = *seed
-	if c.seed == 0 {
-		c.seed = uint64(time.Now().UnixNano())
-	}
+	c.seed = exampleapp.Seed(*seed)
 	c.stdout, c.stderr = stdout, stderr
 	return run(ctx, c)
 }
