@@ -112,6 +112,13 @@ func New(seeds []string, group string, topics []string, h Handler, opts ...Optio
 		// 0.82-0.91 with no linger, 0.89-0.90 with 5ms, 0.98-1.02 with
 		// 20ms). WithClientOpts can set another.
 		kgo.ProducerLinger(20 * time.Millisecond),
+		// In the classic group protocol the other members learn that a
+		// rebalance started at their next heartbeat; at franz-go's 3 s a
+		// rolling restart of 3 members paused processing for a p99 of
+		// 0.9-2.75 s, at 500 ms for 0.23-0.58 s (internal/lifecycletest,
+		// 600 commands/s). It costs two small requests a second per
+		// member. WithClientOpts can set another.
+		kgo.HeartbeatInterval(GroupHeartbeat),
 		kgo.RecordPartitioner(chainPartitioner{
 			manual: func(t string) bool { pos, ok := g.chain[t]; return ok && pos.level > 0 && cfg.policy.ordered() },
 			def:    kgo.StickyKeyPartitioner(nil),
@@ -136,6 +143,11 @@ func New(seeds []string, group string, topics []string, h Handler, opts ...Optio
 	g.stamp()
 	return g, nil
 }
+
+// GroupHeartbeat is the group's Kafka heartbeat interval (franz-go's
+// default is 3 s): how soon the other members join a rebalance when a
+// member leaves or joins, which bounds the pause of a rolling restart.
+const GroupHeartbeat = 500 * time.Millisecond
 
 // HeartbeatInterval bounds a group's idle wait for records: a loop that
 // finds nothing to do still goes round, and so beats, this often.

@@ -63,10 +63,10 @@ func emit(e childEvent) {
 	fmt.Fprintln(os.Stdout, string(b))
 }
 
-// proposedHeartbeat is the heartbeat interval the rolling restart
-// measures against franz-go's default 3s: how soon the other members
-// notice a rebalance that a leaving or joining member started.
-const proposedHeartbeat = 500 * time.Millisecond
+// classicHeartbeat is franz-go's default heartbeat interval, which
+// consumers used before it set consumers.GroupHeartbeat (500ms): the
+// rolling restart measures both.
+const classicHeartbeat = 3 * time.Second
 
 // variantOpts returns the group options of a variant the rolling restart
 // compares, passed to the processor's group through
@@ -77,19 +77,21 @@ func variantOpts(name, member string) ([]kgo.Opt, error) {
 	switch name {
 	case "", "default":
 		// consumers' defaults: franz-go's cooperative-sticky balancer,
-		// 45s session, 3s heartbeat, leave the group on close.
+		// 45s session, a consumers.GroupHeartbeat (500ms) heartbeat,
+		// leave the group on close.
 		return nil, nil
-	case "heartbeat":
-		// Dynamic members that notice a rebalance sooner.
-		return []kgo.Opt{kgo.HeartbeatInterval(proposedHeartbeat)}, nil
+	case "heartbeat-3s":
+		// franz-go's default heartbeat: the other members notice a
+		// rebalance up to 3s late.
+		return []kgo.Opt{kgo.HeartbeatInterval(classicHeartbeat)}, nil
 	case "static":
 		// Static membership: a restarted member with the same instance
 		// ID takes its partitions back without a rebalance if it is back
 		// within the session timeout (franz-go makes a restarted leader
 		// rebalance once).
 		return static, nil
-	case "static-heartbeat":
-		return append(static, kgo.HeartbeatInterval(proposedHeartbeat)), nil
+	case "static-3s":
+		return append(static, kgo.HeartbeatInterval(classicHeartbeat)), nil
 	case "eager":
 		// Eager range assignment, what consumers picks for ordered retry
 		// policies: every rebalance revokes every partition.
