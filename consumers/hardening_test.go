@@ -1,7 +1,6 @@
 package consumers_test
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -268,25 +267,6 @@ func testHandlerPanics(t *testing.T, seeds []string, batch bool) {
 	}
 }
 
-// syncBuffer is a bytes.Buffer for a logger written from several
-// goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // TestHungHandler: a handler that hangs on one key (partition 0) holds up
 // the member's other partition for at most the attempt timeout: records
 // produced to partition 1 while it hangs are handled within the timeout
@@ -363,7 +343,7 @@ func testHungHandler(t *testing.T, seeds []string, ignoreCtx, batch bool) {
 		handled[string(r.Value)] = time.Now()
 		return nil
 	})
-	logs := &syncBuffer{}
+	logs := &testenv.SyncBuffer{}
 	var handler consumers.Handler = h
 	if batch {
 		handler = batchOf{h, &batches}
@@ -609,7 +589,7 @@ func TestCallbackPanics(t *testing.T) {
 	group := testenv.Name("g")
 	createTopics(t, seeds, 1, consumers.DeadLetterTopic(topic, group))
 	produce(t, seeds, topic, 4, 5)
-	logs := &syncBuffer{}
+	logs := &testenv.SyncBuffer{}
 	g, err := consumers.New(seeds, group, []string{topic}, consumers.HandlerFunc(func(context.Context, *kgo.Record) error { return nil }),
 		consumers.WithStats(func(consumers.Stats) { panic("stats sink broken") }),
 		consumers.WithLogger(slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelError}))))
