@@ -3,11 +3,13 @@ package consumers_test
 import (
 	"context"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/orchestrix/orchestrix/consumers"
 	"github.com/orchestrix/orchestrix/internal/testenv"
+	"github.com/orchestrix/orchestrix/service"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 )
@@ -72,7 +74,8 @@ func TestHeartbeatStuckHandler(t *testing.T) {
 
 // TestHeartbeatBrokerDown: an idle group whose broker goes away keeps
 // beating (it polls and probes on a bounded wait), so /livez stays up
-// through the outage: liveness never follows broker reachability.
+// through the outage: liveness never follows broker reachability, while
+// /readyz (a broker ping, as the examples' serve checks) goes down.
 func TestHeartbeatBrokerDown(t *testing.T) {
 	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(1, "orders", consumers.DeadLetterTopic("orders", "g")))
 	if err != nil {
@@ -91,7 +94,15 @@ func TestHeartbeatBrokerDown(t *testing.T) {
 		t.Fatal(err)
 	}
 	const liveTimeout = 4 * time.Second
-	probe := testenv.Livez(t, g, liveTimeout)
+	pinger, err := kgo.NewClient(kgo.SeedBrokers(seeds...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pinger.Close()
+	probe := testenv.Livez(t, g, liveTimeout, service.Check{Name: "kafka", Check: pinger.Ping})
+	if code, body := probe.Ready(); code != http.StatusOK {
+		t.Fatalf("/readyz with the broker up = %d %s", code, body)
+	}
 	cl, err := kgo.NewClient(kgo.SeedBrokers(seeds...))
 	if err != nil {
 		t.Fatal(err)
@@ -107,5 +118,8 @@ func TestHeartbeatBrokerDown(t *testing.T) {
 		t.Fatal("handler not called")
 	}
 	c.Close()
+	if code, body := probe.Ready(); code != http.StatusServiceUnavailable || !strings.Contains(body, "kafka") {
+		t.Fatalf("/readyz with the broker down = %d %s, want 503 naming kafka", code, body)
+	}
 	probe.Holds(http.StatusOK, 2*liveTimeout, "broker down")
 }

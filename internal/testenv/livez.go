@@ -12,14 +12,15 @@ import (
 
 // Livez runs w under service.Run with /livez served at liveTimeout until
 // the test ends, and returns a probe of its /livez: how a test checks a
-// worker's heartbeat the way an orchestrator does.
-func Livez(t testing.TB, w service.Worker, liveTimeout time.Duration) *Probe {
+// worker's heartbeat the way an orchestrator does. ready are the
+// service's readiness checks (/readyz: Probe.Ready).
+func Livez(t testing.TB, w service.Worker, liveTimeout time.Duration, ready ...service.Check) *Probe {
 	t.Helper()
 	ctx, cancel := context.WithCancel(t.Context())
 	addrC := make(chan string, 1)
 	done := make(chan error, 1)
 	go func() {
-		done <- service.Run(ctx, service.Options{Addr: "127.0.0.1:0", LiveTimeout: liveTimeout,
+		done <- service.Run(ctx, service.Options{Addr: "127.0.0.1:0", LiveTimeout: liveTimeout, Ready: ready,
 			OnListen: func(a string) { addrC <- a }}, service.Named("worker", w))
 	}()
 	t.Cleanup(func() {
@@ -30,7 +31,7 @@ func Livez(t testing.TB, w service.Worker, liveTimeout time.Duration) *Probe {
 	})
 	select {
 	case addr := <-addrC:
-		return &Probe{t: t, url: "http://" + addr + "/livez"}
+		return &Probe{t: t, url: "http://" + addr + "/livez", readyURL: "http://" + addr + "/readyz"}
 	case err := <-done:
 		t.Fatalf("service.Run returned at once: %v", err)
 		return nil
@@ -39,14 +40,26 @@ func Livez(t testing.TB, w service.Worker, liveTimeout time.Duration) *Probe {
 
 // Probe GETs a worker's /livez (see Livez).
 type Probe struct {
-	t   testing.TB
-	url string
+	t             testing.TB
+	url, readyURL string
 }
 
 // Get returns /livez's status code and body.
 func (p *Probe) Get() (int, string) {
 	p.t.Helper()
 	resp, err := http.Get(p.url)
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+// Ready returns /readyz's status code and body.
+func (p *Probe) Ready() (int, string) {
+	p.t.Helper()
+	resp, err := http.Get(p.readyURL)
 	if err != nil {
 		p.t.Fatal(err)
 	}
