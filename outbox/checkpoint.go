@@ -74,7 +74,8 @@ func (r *Relay) recoverCheckpoint(ctx context.Context, cl *kgo.Client, adm *kadm
 		return Checkpoint{}, fmt.Errorf("outbox: begin session transaction: %w", err)
 	}
 	mark := &kgo.Record{Topic: r.cfg.checkpointTopic, Key: []byte(keySession),
-		Value: []byte(r.cfg.instance + " " + time.Now().UTC().Format(time.RFC3339Nano))}
+		Value:   []byte(r.cfg.instance + " " + time.Now().UTC().Format(time.RFC3339Nano)),
+		Headers: []kgo.RecordHeader{{Key: TransactionalIDHeader, Value: []byte(r.cfg.txnID)}}}
 	res := cl.ProduceSync(ctx, mark)
 	if err := res.FirstErr(); err != nil {
 		r.abort(cl)
@@ -104,6 +105,23 @@ func (r *Relay) recoverCheckpoint(ctx context.Context, cl *kgo.Client, adm *kadm
 		}
 		if found || from == logStart {
 			return cp, nil
+		}
+	}
+}
+
+// checkSession warns when a session record in the checkpoint topic names
+// another transactional ID than this relay's: two relays of one events
+// topic with different IDs campaign for different leader locks, so both
+// lead and both publish every event (one transactional ID per events
+// topic). After a deliberate change of ID it warns until the old session
+// records are out of the checkpoint scan's window.
+func (r *Relay) checkSession(rec *kgo.Record) {
+	for _, h := range rec.Headers {
+		if h.Key == TransactionalIDHeader && string(h.Value) != r.cfg.txnID {
+			r.log.Warn("another relay with a different transactional ID publishes this events topic: the two hold different leader locks and both publish every event; give every relay of a topic the same transactional ID",
+				"checkpoint_topic", r.cfg.checkpointTopic, "other_transactional_id", string(h.Value),
+				"transactional_id", r.cfg.txnID, "other_session", string(rec.Value))
+			return
 		}
 	}
 }
@@ -149,6 +167,8 @@ func (r *Relay) scanCheckpoint(ctx context.Context, from, end int64) (cp Checkpo
 				return
 			}
 			switch string(rec.Key) {
+			case keySession:
+				r.checkSession(rec)
 			case keyEvents:
 				c, err := stores.ParseCursor(string(rec.Value))
 				if err != nil {

@@ -63,6 +63,11 @@ const (
 	// published a record (set with Instance; absent when the instance is
 	// empty). Consumers ignore it; it tells operators who published what.
 	InstanceHeader = "orchestrix-relay"
+	// TransactionalIDHeader is the header of a relay's session records in
+	// its checkpoint topic naming its transactional ID: a relay that finds
+	// another ID there warns, since relays with different transactional
+	// IDs hold different leader locks and would both publish.
+	TransactionalIDHeader = "orchestrix-relay-transactional-id"
 	// DeadLetterSuffix names the relay's dead-letter topic: "<events
 	// topic>" + DeadLetterSuffix (see DeadLetterTopic).
 	DeadLetterSuffix = ".relay-dlq"
