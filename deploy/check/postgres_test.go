@@ -17,6 +17,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/orchestrix/orchestrix"
+	"github.com/orchestrix/orchestrix/internal/testenv"
 	"github.com/orchestrix/orchestrix/outbox"
 	"github.com/orchestrix/orchestrix/projections"
 	"github.com/orchestrix/orchestrix/sagas"
@@ -26,24 +27,6 @@ import (
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 )
-
-// requireEnv is the variable that turns skips into failures, as in the
-// core's internal/testenv.
-const requireEnv = "ORCHESTRIX_REQUIRE_SERVICES"
-
-// service returns the environment variable name, or skips the test
-// (fails it under ORCHESTRIX_REQUIRE_SERVICES=1) when it is unset.
-func service(t *testing.T, name string) string {
-	t.Helper()
-	if v := os.Getenv(name); v != "" {
-		return v
-	}
-	if os.Getenv(requireEnv) == "1" {
-		t.Fatalf("%s is not set and %s=1", name, requireEnv)
-	}
-	t.Skipf("%s is not set: run `eval \"$(scripts/services.sh start)\"` first", name)
-	return ""
-}
 
 func suffix() string {
 	var b [5]byte
@@ -134,8 +117,8 @@ func runSQLFile(ctx context.Context, t *testing.T, db *pgxpool.Pool, path string
 // role may not UPDATE, DELETE or TRUNCATE the event log; the relay may
 // not write at all.
 func TestLeastPrivilegeIntegration(t *testing.T) {
-	adminURL := service(t, "DATABASE_URL")
-	seeds := strings.Split(service(t, "KAFKA_BROKERS"), ",")
+	adminURL := testenv.DatabaseURL(t)
+	seeds := testenv.Brokers(t)
 	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
 	defer cancel()
 	admin := openPool(t, adminURL)

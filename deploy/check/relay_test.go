@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/orchestrix/orchestrix/internal/testenv"
 	"github.com/orchestrix/orchestrix/outbox"
 	"github.com/orchestrix/orchestrix/stores/postgres"
 	"github.com/orchestrix/orchestrix/topics"
@@ -26,8 +27,8 @@ import (
 // loop's heartbeat, /readyz PostgreSQL, and SIGTERM stops it cleanly well
 // within the chart's grace period (30 s).
 func TestRelayProbesIntegration(t *testing.T) {
-	dsn := service(t, "DATABASE_URL")
-	brokers := service(t, "KAFKA_BROKERS")
+	dsn := testenv.DatabaseURL(t)
+	brokers := strings.Join(testenv.Brokers(t), ",")
 	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
 	defer cancel()
 	bin := filepath.Join(t.TempDir(), "orchestrix")

@@ -9,6 +9,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/orchestrix/orchestrix"
+	"github.com/orchestrix/orchestrix/internal/testenv"
 	"github.com/orchestrix/orchestrix/outbox"
 	"github.com/orchestrix/orchestrix/stores"
 	"github.com/orchestrix/orchestrix/stores/postgres"
@@ -27,8 +28,8 @@ import (
 // events topic) publishes everything once, in position order, with new
 // events after.
 func TestRestoreReseedIntegration(t *testing.T) {
-	dsn := service(t, "DATABASE_URL")
-	seeds := strings.Split(service(t, "KAFKA_BROKERS"), ",")
+	dsn := testenv.DatabaseURL(t)
+	seeds := testenv.Brokers(t)
 	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
 	defer cancel()
 	pool := openPool(t, dsn)

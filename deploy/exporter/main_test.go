@@ -17,6 +17,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/orchestrix/orchestrix"
+	"github.com/orchestrix/orchestrix/internal/testenv"
 	"github.com/orchestrix/orchestrix/outbox"
 	"github.com/orchestrix/orchestrix/stores"
 	"github.com/orchestrix/orchestrix/stores/postgres"
@@ -48,25 +49,11 @@ func TestBadFlags(t *testing.T) {
 	}
 }
 
-// needEnv returns the environment variable, or skips (fails under
-// ORCHESTRIX_REQUIRE_SERVICES=1).
-func needEnv(t *testing.T, name string) string {
-	t.Helper()
-	if v := os.Getenv(name); v != "" {
-		return v
-	}
-	if os.Getenv("ORCHESTRIX_REQUIRE_SERVICES") == "1" {
-		t.Fatalf("%s is not set and ORCHESTRIX_REQUIRE_SERVICES=1", name)
-	}
-	t.Skipf("%s is not set: run `eval \"$(scripts/services.sh start)\"` first", name)
-	return ""
-}
-
 // TestExporterIntegration: events appended with no relay running, records
 // produced with no consumer, and the scrape shows both as backlog and lag.
 func TestExporterIntegration(t *testing.T) {
-	dsn := needEnv(t, "DATABASE_URL")
-	seeds := strings.Split(needEnv(t, "KAFKA_BROKERS"), ",")
+	dsn := testenv.DatabaseURL(t)
+	seeds := testenv.Brokers(t)
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 	defer cancel()
 	var b [5]byte
