@@ -232,19 +232,7 @@ func benchEndToEnd(b *testing.B, cfg stepConfig, rate int, d time.Duration) map[
 		})
 	}
 	wg.Wait()
-	deadline := time.Now().Add(2 * time.Minute)
-	for {
-		mu.Lock()
-		done := len(sagaLat)
-		mu.Unlock()
-		if done == total {
-			break
-		}
-		if time.Now().After(deadline) {
-			b.Fatalf("%d of %d sagas completed", done, total)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	awaitSagas(b, total, func() int { mu.Lock(); defer mu.Unlock(); return len(sagaLat) })
 	cpu := processCPU() - cpu0
 	p.check(b)
 	mu.Lock()

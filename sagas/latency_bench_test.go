@@ -281,19 +281,7 @@ func benchSteps(b *testing.B, cfg stepConfig, rate int, d time.Duration) map[str
 		})
 	}
 	wg.Wait()
-	deadline := time.Now().Add(2 * time.Minute)
-	for {
-		mu.Lock()
-		done := len(sagaLat)
-		mu.Unlock()
-		if done == total {
-			break
-		}
-		if time.Now().After(deadline) {
-			b.Fatalf("%d of %d sagas completed", done, total)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	awaitSagas(b, total, func() int { mu.Lock(); defer mu.Unlock(); return len(sagaLat) })
 	elapsed := time.Since(start)
 	cpu := processCPU() - cpu0
 	p.check(b)
@@ -361,4 +349,17 @@ func benchList(env, def string) []string {
 		}
 	}
 	return out
+}
+
+// awaitSagas waits until done() reports total completed sagas, failing
+// the benchmark after two minutes.
+func awaitSagas(b *testing.B, total int, done func() int) {
+	b.Helper()
+	deadline := time.Now().Add(2 * time.Minute)
+	for n := done(); n != total; n = done() {
+		if time.Now().After(deadline) {
+			b.Fatalf("%d of %d sagas completed", n, total)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }
