@@ -34,6 +34,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/orchestrix/orchestrix/internal/flagenv"
 	"github.com/orchestrix/orchestrix/kafkaconn"
 	"github.com/orchestrix/orchestrix/metrics/prom"
 	"github.com/orchestrix/orchestrix/sagas"
@@ -77,12 +78,7 @@ type config struct {
 func parse(args []string, stderr io.Writer) (config, error) {
 	fs := flag.NewFlagSet("orchestrix-exporter", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	env := func(k, def string) string {
-		if v := os.Getenv(k); v != "" {
-			return v
-		}
-		return def
-	}
+	env := flagenv.Or
 	brokers := fs.String("brokers", env("KAFKA_BROKERS", ""), "comma-separated seed brokers (env KAFKA_BROKERS; TLS and SASL from KAFKA_TLS*, KAFKA_SASL_*)")
 	dbURL := fs.String("database-url", env("DATABASE_URL", ""), "PostgreSQL URL of a role that may read the events and saga tables (env DATABASE_URL)")
 	schema := fs.String("schema", env("ORCHESTRIX_SCHEMA", postgres.DefaultSchema), "the store's schema (env ORCHESTRIX_SCHEMA)")
@@ -103,11 +99,7 @@ func parse(args []string, stderr io.Writer) (config, error) {
 	if fs.NArg() > 0 {
 		problems = append(problems, fmt.Sprintf("unexpected arguments %q", fs.Args()))
 	}
-	for _, b := range strings.Split(*brokers, ",") {
-		if b = strings.TrimSpace(b); b != "" {
-			c.seeds = append(c.seeds, b)
-		}
-	}
+	c.seeds = flagenv.List(*brokers)
 	if len(c.seeds) == 0 {
 		problems = append(problems, "--brokers or KAFKA_BROKERS is required")
 	}
@@ -120,12 +112,7 @@ func parse(args []string, stderr io.Writer) (config, error) {
 	}
 	for _, g := range groups {
 		name, ts, ok := strings.Cut(g, "=")
-		var list []string
-		for _, t := range strings.Split(ts, ",") {
-			if t = strings.TrimSpace(t); t != "" {
-				list = append(list, t)
-			}
-		}
+		list := flagenv.List(ts)
 		if !ok || strings.TrimSpace(name) == "" || len(list) == 0 {
 			problems = append(problems, fmt.Sprintf("--group %q: want group=topic[,topic...]", g))
 			continue

@@ -14,6 +14,7 @@ import (
 
 	"github.com/orchestrix/orchestrix/codec"
 	"github.com/orchestrix/orchestrix/internal/exampleapp"
+	"github.com/orchestrix/orchestrix/internal/flagenv"
 	"github.com/orchestrix/orchestrix/producers"
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
@@ -27,7 +28,7 @@ func driveMain(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	fs := flag.NewFlagSet("ecommerce drive", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	brokers := fs.String("brokers", os.Getenv("KAFKA_BROKERS"), "Kafka seed brokers of the running service (env KAFKA_BROKERS; required)")
-	name := fs.String("context", exampleapp.EnvOr("ORCHESTRIX_CONTEXT", "ecommerce"), "the service's topic context (env ORCHESTRIX_CONTEXT)")
+	name := fs.String("context", flagenv.Or("ORCHESTRIX_CONTEXT", "ecommerce"), "the service's topic context (env ORCHESTRIX_CONTEXT)")
 	rate := fs.Float64("rate", 10, "orders per second")
 	count := fs.Int("count", 20, "orders to send")
 	sku := fs.String("sku", "widget", "the SKU ordered (the drive adds stock for all its orders first unless --restock=false)")
@@ -39,7 +40,7 @@ func driveMain(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		return 2
 	}
 	var errs exampleapp.Problems
-	seeds := exampleapp.SplitList(*brokers)
+	seeds := flagenv.List(*brokers)
 	if len(seeds) == 0 {
 		errs.Addf("--brokers (or KAFKA_BROKERS) is required: the brokers of the running service")
 	}

@@ -32,6 +32,7 @@ import (
 	"time"
 
 	"github.com/orchestrix/orchestrix/internal/exampleapp"
+	"github.com/orchestrix/orchestrix/internal/flagenv"
 	"github.com/orchestrix/orchestrix/internal/redact"
 )
 
@@ -78,7 +79,7 @@ func checkMain(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	if len(errs) > 0 {
 		return errs.Report(stderr, "ecommerce")
 	}
-	c.brokers = exampleapp.SplitList(*brokers)
+	c.brokers = flagenv.List(*brokers)
 	if len(c.brokers) > 0 {
 		opts, err := exampleapp.KafkaOptions()
 		if err != nil {

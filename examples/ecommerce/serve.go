@@ -13,6 +13,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/orchestrix/orchestrix/internal/exampleapp"
+	"github.com/orchestrix/orchestrix/internal/flagenv"
 	"github.com/orchestrix/orchestrix/internal/redact"
 	"github.com/orchestrix/orchestrix/service"
 	"github.com/orchestrix/orchestrix/stores/postgres"
@@ -33,9 +34,9 @@ func serveMain(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	fs.SetOutput(stderr)
 	brokers := fs.String("brokers", os.Getenv("KAFKA_BROKERS"), "Kafka seed brokers (env KAFKA_BROKERS); empty: an embedded broker whose address is printed")
 	dbURL := fs.String("database-url", os.Getenv("DATABASE_URL"), "PostgreSQL URL (env DATABASE_URL); empty: memory stores, gone with the process")
-	schema := fs.String("schema", exampleapp.EnvOr("ORCHESTRIX_SCHEMA", postgres.DefaultSchema), "PostgreSQL schema (env ORCHESTRIX_SCHEMA)")
-	listen := fs.String("listen", exampleapp.EnvOr("ORCHESTRIX_LISTEN", ":8080"), "address of /livez and /readyz (env ORCHESTRIX_LISTEN)")
-	name := fs.String("context", exampleapp.EnvOr("ORCHESTRIX_CONTEXT", "ecommerce"), "topic context: <context>.orders.commands, <context>.events, ... (env ORCHESTRIX_CONTEXT)")
+	schema := fs.String("schema", flagenv.Or("ORCHESTRIX_SCHEMA", postgres.DefaultSchema), "PostgreSQL schema (env ORCHESTRIX_SCHEMA)")
+	listen := fs.String("listen", flagenv.Or("ORCHESTRIX_LISTEN", ":8080"), "address of /livez and /readyz (env ORCHESTRIX_LISTEN)")
+	name := fs.String("context", flagenv.Or("ORCHESTRIX_CONTEXT", "ecommerce"), "topic context: <context>.orders.commands, <context>.events, ... (env ORCHESTRIX_CONTEXT)")
 	initFlag := fs.Bool("init", false, "migrate the schema and create the topics at start (in production: orchestrix migrate, orchestrix topics create)")
 	partitions := fs.Int("partitions", 4, "partitions of the topics --init creates")
 	replication := fs.Int("replication", 1, "replication factor of the topics --init and the relay create")
@@ -72,7 +73,7 @@ func serveMain(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		errs.Addf("--context %q: want a topic-name prefix", *name)
 	}
 	var kopts []kgo.Opt
-	seeds := exampleapp.SplitList(*brokers)
+	seeds := flagenv.List(*brokers)
 	if len(seeds) > 0 {
 		var err error
 		if kopts, err = exampleapp.KafkaOptions(); err != nil {

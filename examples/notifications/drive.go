@@ -17,6 +17,7 @@ import (
 	"github.com/orchestrix/orchestrix/codec"
 	"github.com/orchestrix/orchestrix/consumers"
 	"github.com/orchestrix/orchestrix/internal/exampleapp"
+	"github.com/orchestrix/orchestrix/internal/flagenv"
 	"github.com/orchestrix/orchestrix/producers"
 	"github.com/orchestrix/orchestrix/topics"
 	"github.com/twmb/franz-go/pkg/kadm"
@@ -47,7 +48,7 @@ func driveMain(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	fs.SetOutput(stderr)
 	var c driveConfig
 	brokers := fs.String("brokers", os.Getenv("KAFKA_BROKERS"), "Kafka seed brokers of the running service (env KAFKA_BROKERS; required)")
-	fs.StringVar(&c.context, "context", exampleapp.EnvOr("ORCHESTRIX_CONTEXT", "notifications"), "the service's context (env ORCHESTRIX_CONTEXT)")
+	fs.StringVar(&c.context, "context", flagenv.Or("ORCHESTRIX_CONTEXT", "notifications"), "the service's context (env ORCHESTRIX_CONTEXT)")
 	fs.IntVar(&c.count, "count", 100, "users to register (one notification per user and channel)")
 	fs.Float64Var(&c.rate, "rate", 50, "UserRegistered events per second")
 	fs.Float64Var(&c.invalid, "invalid", 0, "share of the users (0 to 1) with an email address no server takes: their email is dead-lettered at once")
@@ -57,7 +58,7 @@ func driveMain(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		return 2
 	}
 	var errs exampleapp.Problems
-	if c.seeds = exampleapp.SplitList(*brokers); len(c.seeds) == 0 {
+	if c.seeds = flagenv.List(*brokers); len(c.seeds) == 0 {
 		errs.Addf("--brokers (or KAFKA_BROKERS) is required: the brokers of the running service")
 	}
 	if fs.NArg() > 0 {

@@ -41,6 +41,7 @@ import (
 	"time"
 
 	"github.com/orchestrix/orchestrix/internal/exampleapp"
+	"github.com/orchestrix/orchestrix/internal/flagenv"
 )
 
 func main() { exampleapp.Main(realMain) }
@@ -83,7 +84,7 @@ func checkMain(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	if len(errs) > 0 {
 		return errs.Report(stderr, "notifications")
 	}
-	c.brokers = exampleapp.SplitList(*brokers)
+	c.brokers = flagenv.List(*brokers)
 	c.seed = exampleapp.Seed(*seed)
 	if c.context == "" {
 		c.context = "notifications-" + exampleapp.RunID()

@@ -19,6 +19,7 @@ import (
 	"github.com/orchestrix/orchestrix/codec"
 	"github.com/orchestrix/orchestrix/consumers"
 	"github.com/orchestrix/orchestrix/internal/exampleapp"
+	"github.com/orchestrix/orchestrix/internal/flagenv"
 	"github.com/orchestrix/orchestrix/internal/redact"
 	"github.com/orchestrix/orchestrix/producers"
 	"github.com/orchestrix/orchestrix/service"
@@ -86,7 +87,7 @@ func parseDelays(s string) ([]time.Duration, error) {
 // parseFail parses --fail: channel=rate pairs, rates from 0 to 1.
 func parseFail(s string) (map[string]float64, error) {
 	out := map[string]float64{}
-	for _, p := range exampleapp.SplitList(s) {
+	for _, p := range flagenv.List(s) {
 		name, v, ok := strings.Cut(p, "=")
 		rate, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
 		known := false
@@ -128,8 +129,8 @@ func serveMain(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	fs := flag.NewFlagSet("notifications serve", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	brokers := fs.String("brokers", os.Getenv("KAFKA_BROKERS"), "Kafka seed brokers (env KAFKA_BROKERS; TLS/SASL from KAFKA_TLS*, KAFKA_SASL_*); empty: an embedded broker whose address is printed")
-	listen := fs.String("listen", exampleapp.EnvOr("ORCHESTRIX_LISTEN", ":8080"), "address of /livez and /readyz (env ORCHESTRIX_LISTEN)")
-	name := fs.String("context", exampleapp.EnvOr("ORCHESTRIX_CONTEXT", "notifications"), "topics <context>.events, <context>.deliveries and the groups <context>-<channel> (env ORCHESTRIX_CONTEXT)")
+	listen := fs.String("listen", flagenv.Or("ORCHESTRIX_LISTEN", ":8080"), "address of /livez and /readyz (env ORCHESTRIX_LISTEN)")
+	name := fs.String("context", flagenv.Or("ORCHESTRIX_CONTEXT", "notifications"), "topics <context>.events, <context>.deliveries and the groups <context>-<channel> (env ORCHESTRIX_CONTEXT)")
 	initFlag := fs.Bool("init", false, "create the topics at start (in production: orchestrix topics create)")
 	partitions := fs.Int("partitions", 4, "with --init: partitions of the topics")
 	replication := fs.Int("replication", 1, "with --init: replication factor of the topics")
@@ -139,11 +140,11 @@ func serveMain(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	webhookURL := fs.String("webhook-url", os.Getenv("NOTIFICATIONS_WEBHOOK_URL"), "URL to POST webhooks to (env NOTIFICATIONS_WEBHOOK_URL); empty: a receiver in the process, on 127.0.0.1")
 	shutdown := fs.Duration("shutdown-timeout", 25*time.Second, "bound on the drain after SIGTERM (keep it below the orchestrator's grace period)")
 	session := fs.Duration("session-timeout", 0, "the consumer groups' session timeout: how soon a member that died without leaving loses its partitions (0: franz-go's 45s)")
-	level := fs.String("log-level", exampleapp.EnvOr("ORCHESTRIX_LOG_LEVEL", "warn"), "debug, info, warn or error (env ORCHESTRIX_LOG_LEVEL)")
+	level := fs.String("log-level", flagenv.Or("ORCHESTRIX_LOG_LEVEL", "warn"), "debug, info, warn or error (env ORCHESTRIX_LOG_LEVEL)")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
-	c := serveConfig{seeds: exampleapp.SplitList(*brokers), context: *name, listen: *listen, init: *initFlag, smtpAddr: *smtpAddr,
+	c := serveConfig{seeds: flagenv.List(*brokers), context: *name, listen: *listen, init: *initFlag, smtpAddr: *smtpAddr,
 		webhookURL: *webhookURL, shutdown: *shutdown, session: *session}
 	var errs exampleapp.Problems
 	if fs.NArg() > 0 {

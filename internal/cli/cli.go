@@ -8,8 +8,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"os"
-	"strings"
 
 	"github.com/orchestrix/orchestrix/internal/redact"
 )
@@ -107,22 +105,4 @@ func urlFlag(fs *flag.FlagSet, name, value, usage string) *string {
 	*p = value
 	fs.Var(redact.FlagValue(p), name, usage)
 	return p
-}
-
-// env returns the environment variable or def.
-func env(name, def string) string {
-	if v := os.Getenv(name); v != "" {
-		return v
-	}
-	return def
-}
-
-func splitBrokers(s string) []string {
-	var out []string
-	for _, b := range strings.Split(s, ",") {
-		if b = strings.TrimSpace(b); b != "" {
-			out = append(out, b)
-		}
-	}
-	return out
 }

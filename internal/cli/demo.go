@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/orchestrix/orchestrix/examples/banking/quickstart"
+	"github.com/orchestrix/orchestrix/internal/flagenv"
 	"github.com/orchestrix/orchestrix/internal/redact"
 	"github.com/orchestrix/orchestrix/stores/postgres"
 	"github.com/orchestrix/orchestrix/topics"
@@ -49,12 +50,12 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	fs.IntVar(&c.commands, "commands", 10000, "commands to send")
 	fs.IntVar(&c.accounts, "accounts", 100, "accounts the commands are spread over")
 	fs.IntVar(&c.partitions, "partitions", 8, "partitions of the demo topics")
-	fs.StringVar(&c.brokers, "brokers", env("KAFKA_BROKERS", ""), "Kafka seed brokers (env KAFKA_BROKERS); empty: an embedded in-process broker (kfake)")
+	fs.StringVar(&c.brokers, "brokers", flagenv.Or("KAFKA_BROKERS", ""), "Kafka seed brokers (env KAFKA_BROKERS); empty: an embedded in-process broker (kfake)")
 	sec := kafkaFlags(fs)
-	c.databaseURL = env("DATABASE_URL", "")
+	c.databaseURL = flagenv.Or("DATABASE_URL", "")
 	fs.Var(redact.FlagValue(&c.databaseURL), "database-url", "PostgreSQL `URL` (env DATABASE_URL); empty: the in-memory store")
-	fs.StringVar(&c.schema, "schema", env("ORCHESTRIX_SCHEMA", postgres.DefaultSchema), "schema for the PostgreSQL store, migrated if needed (env ORCHESTRIX_SCHEMA)")
-	fs.StringVar(&c.context, "context", env("ORCHESTRIX_CONTEXT", demoContext), "bounded context: topics <context>.commands|events|outcomes, group <context>-aggregates (env ORCHESTRIX_CONTEXT)")
+	fs.StringVar(&c.schema, "schema", flagenv.Or("ORCHESTRIX_SCHEMA", postgres.DefaultSchema), "schema for the PostgreSQL store, migrated if needed (env ORCHESTRIX_SCHEMA)")
+	fs.StringVar(&c.context, "context", flagenv.Or("ORCHESTRIX_CONTEXT", demoContext), "bounded context: topics <context>.commands|events|outcomes, group <context>-aggregates (env ORCHESTRIX_CONTEXT)")
 	fs.DurationVar(&c.timeout, "timeout", 2*time.Minute, "give up when the outcomes have not all arrived this long after the last command was sent")
 	fs.BoolVar(&c.quiet, "quiet", false, "no progress bar")
 	if err := parse(fs, args); err != nil {
@@ -73,7 +74,7 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		return err
 	}
 	if c.brokers != "" && sec.secured() {
-		if err := sec.check(ctx, splitBrokers(c.brokers)); err != nil {
+		if err := sec.check(ctx, flagenv.List(c.brokers)); err != nil {
 			return err
 		}
 	}
@@ -89,7 +90,7 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 func demo(ctx context.Context, c demoConfig, stdout, stderr io.Writer) error {
 	q := quickstart.Config{
 		Commands: c.commands, Accounts: c.accounts, Partitions: c.partitions, Context: c.context,
-		AccountPrefix: c.accountPrefix, Brokers: splitBrokers(c.brokers), Kafka: c.kafka, Timeout: c.timeout,
+		AccountPrefix: c.accountPrefix, Brokers: flagenv.List(c.brokers), Kafka: c.kafka, Timeout: c.timeout,
 		Logger: slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
 	}
 	if !c.quiet {

@@ -18,6 +18,7 @@ import (
 
 	"github.com/orchestrix/orchestrix/codec"
 	"github.com/orchestrix/orchestrix/consumers"
+	"github.com/orchestrix/orchestrix/internal/flagenv"
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
@@ -82,7 +83,7 @@ func runDLQ(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	}
 	var c dlqConfig
 	fs := flags("dlq "+sub, stderr)
-	brokers := fs.String("brokers", env("KAFKA_BROKERS", ""), "comma-separated seed brokers (env KAFKA_BROKERS)")
+	brokers := fs.String("brokers", flagenv.Or("KAFKA_BROKERS", ""), "comma-separated seed brokers (env KAFKA_BROKERS)")
 	sec := kafkaFlags(fs)
 	fs.StringVar(&c.topic, "topic", "", "the consumed topic whose dead letters to work on (required)")
 	fs.StringVar(&c.group, "group", "", "the consumer group that dead-lettered them (required)")
@@ -112,7 +113,7 @@ func runDLQ(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		return err
 	}
 	var errs []error
-	if c.seeds = splitBrokers(*brokers); len(c.seeds) == 0 {
+	if c.seeds = flagenv.List(*brokers); len(c.seeds) == 0 {
 		errs = append(errs, errors.New("--brokers or KAFKA_BROKERS is required"))
 	}
 	if c.topic == "" || c.group == "" {

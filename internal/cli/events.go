@@ -17,6 +17,7 @@ import (
 
 	"github.com/orchestrix/orchestrix"
 	"github.com/orchestrix/orchestrix/codec"
+	"github.com/orchestrix/orchestrix/internal/flagenv"
 	"github.com/orchestrix/orchestrix/stores"
 	"github.com/orchestrix/orchestrix/stores/postgres"
 	"github.com/twmb/franz-go/pkg/kgo"
@@ -117,7 +118,7 @@ func runEvents(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return fmt.Errorf("%w: unknown events command %q: %s", errUsage, sub, eventsUsage)
 	}
 	fs := flags("events "+sub, stderr)
-	brokers := fs.String("brokers", env("KAFKA_BROKERS", ""), "comma-separated seed brokers (env KAFKA_BROKERS)")
+	brokers := fs.String("brokers", flagenv.Or("KAFKA_BROKERS", ""), "comma-separated seed brokers (env KAFKA_BROKERS)")
 	topic := fs.String("topic", "", "the topic to read or write")
 	var (
 		from, after, file string
@@ -127,8 +128,8 @@ func runEvents(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	)
 	if sub != "import" {
 		fs.StringVar(&from, "from", "store", "store or topic")
-		url = urlFlag(fs, "database-url", env("DATABASE_URL", ""), "PostgreSQL `URL` of the store (env DATABASE_URL)")
-		schema = fs.String("schema", env("ORCHESTRIX_SCHEMA", postgres.DefaultSchema), "the store's schema (env ORCHESTRIX_SCHEMA)")
+		url = urlFlag(fs, "database-url", flagenv.Or("DATABASE_URL", ""), "PostgreSQL `URL` of the store (env DATABASE_URL)")
+		schema = fs.String("schema", flagenv.Or("ORCHESTRIX_SCHEMA", postgres.DefaultSchema), "the store's schema (env ORCHESTRIX_SCHEMA)")
 		fs.StringVar(&after, "after", "", "store: start after this cursor (tx/position, as exported in the position extension's cursor)")
 		fs.IntVar(&limit, "limit", 0, "stop after this many events (0: no limit)")
 		if sub == "export" {
@@ -146,7 +147,7 @@ func runEvents(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		follow = true
 	}
 	var errs []error
-	seeds := splitBrokers(*brokers)
+	seeds := flagenv.List(*brokers)
 	needBrokers := sub == "import" || from == "topic"
 	if needBrokers && len(seeds) == 0 {
 		errs = append(errs, errors.New("--brokers or KAFKA_BROKERS is required"))

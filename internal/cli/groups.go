@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/orchestrix/orchestrix/internal/flagenv"
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
@@ -50,7 +51,7 @@ func runGroups(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return fmt.Errorf("%w: unknown groups command %q: %s", errUsage, sub, groupsUsage)
 	}
 	fs := flags("groups "+sub, stderr)
-	brokers := fs.String("brokers", env("KAFKA_BROKERS", ""), "comma-separated seed brokers (env KAFKA_BROKERS)")
+	brokers := fs.String("brokers", flagenv.Or("KAFKA_BROKERS", ""), "comma-separated seed brokers (env KAFKA_BROKERS)")
 	group := fs.String("group", "", "consumer group (required)")
 	out := fs.String("o", "text", "output: text or json")
 	var topics []string
@@ -87,7 +88,7 @@ func runGroups(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return err
 	}
 	var errs []error
-	seeds := splitBrokers(*brokers)
+	seeds := flagenv.List(*brokers)
 	if len(seeds) == 0 {
 		errs = append(errs, errors.New("--brokers or KAFKA_BROKERS is required"))
 	}

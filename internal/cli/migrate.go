@@ -6,13 +6,14 @@ import (
 	"io"
 
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/orchestrix/orchestrix/internal/flagenv"
 	"github.com/orchestrix/orchestrix/stores/postgres"
 )
 
 func runMigrate(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flags("migrate", stderr)
-	url := urlFlag(fs, "database-url", env("DATABASE_URL", ""), "PostgreSQL `URL` (env DATABASE_URL)")
-	schema := fs.String("schema", env("ORCHESTRIX_SCHEMA", postgres.DefaultSchema), "schema holding the tables (env ORCHESTRIX_SCHEMA)")
+	url := urlFlag(fs, "database-url", flagenv.Or("DATABASE_URL", ""), "PostgreSQL `URL` (env DATABASE_URL)")
+	schema := fs.String("schema", flagenv.Or("ORCHESTRIX_SCHEMA", postgres.DefaultSchema), "schema holding the tables (env ORCHESTRIX_SCHEMA)")
 	if err := parse(fs, args); err != nil {
 		return err
 	}

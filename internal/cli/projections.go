@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/orchestrix/orchestrix/internal/flagenv"
 	"github.com/orchestrix/orchestrix/projections"
 	"github.com/orchestrix/orchestrix/stores/postgres"
 	"github.com/twmb/franz-go/pkg/kadm"
@@ -44,13 +45,13 @@ func runProjections(ctx context.Context, args []string, stdout, stderr io.Writer
 		name, rest = rest[0], rest[1:]
 	}
 	fs := flags("projections "+sub, stderr)
-	url := urlFlag(fs, "database-url", env("DATABASE_URL", ""), "PostgreSQL `URL` of the read models (env DATABASE_URL)")
-	schema := fs.String("schema", env("ORCHESTRIX_SCHEMA", postgres.DefaultSchema), "schema holding the projection tables (env ORCHESTRIX_SCHEMA)")
+	url := urlFlag(fs, "database-url", flagenv.Or("DATABASE_URL", ""), "PostgreSQL `URL` of the read models (env DATABASE_URL)")
+	schema := fs.String("schema", flagenv.Or("ORCHESTRIX_SCHEMA", postgres.DefaultSchema), "schema holding the projection tables (env ORCHESTRIX_SCHEMA)")
 	out := fs.String("o", "text", "output: text or json")
 	brokers := new(string)
 	var sec *kafkaSecurity
 	if sub == "status" || sub == "cutover" {
-		brokers = fs.String("brokers", env("KAFKA_BROKERS", ""), "seed brokers, to count the lag of a topic source (env KAFKA_BROKERS)")
+		brokers = fs.String("brokers", flagenv.Or("KAFKA_BROKERS", ""), "seed brokers, to count the lag of a topic source (env KAFKA_BROKERS)")
 		sec = kafkaFlags(fs)
 	}
 	var (
@@ -174,7 +175,7 @@ func runProjections(ctx context.Context, args []string, stdout, stderr io.Writer
 		if err != nil {
 			return unknown(err)
 		}
-		if seeds := splitBrokers(*brokers); len(seeds) > 0 {
+		if seeds := flagenv.List(*brokers); len(seeds) > 0 {
 			if err := topicLag(ctx, back, sec, seeds, name, st); err != nil {
 				fmt.Fprintf(stderr, "warning: lag of the topic source unknown: %v\n", err)
 			}
@@ -236,7 +237,7 @@ func runProjections(ctx context.Context, args []string, stdout, stderr io.Writer
 			if v.Projection != name || v.Version != version || !strings.HasPrefix(v.Source, "topic:") {
 				continue
 			}
-			seeds := splitBrokers(*brokers)
+			seeds := flagenv.List(*brokers)
 			if len(seeds) == 0 {
 				return fmt.Errorf("%w: %s v%d reads %s: --brokers or KAFKA_BROKERS is required to check its lag", errUsage, name, version, v.Source)
 			}

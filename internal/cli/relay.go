@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/orchestrix/orchestrix"
+	"github.com/orchestrix/orchestrix/internal/flagenv"
 	"github.com/orchestrix/orchestrix/kafkaconn"
 	"github.com/orchestrix/orchestrix/outbox"
 	"github.com/orchestrix/orchestrix/service"
@@ -55,16 +56,16 @@ const relayGCPercent = 400
 // in flight and returns nil.
 func runRelay(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flags("relay", stderr)
-	url := urlFlag(fs, "database-url", env("DATABASE_URL", ""), "PostgreSQL `URL` (env DATABASE_URL)")
-	brokers := fs.String("brokers", env("KAFKA_BROKERS", ""), "comma-separated seed brokers (env KAFKA_BROKERS)")
+	url := urlFlag(fs, "database-url", flagenv.Or("DATABASE_URL", ""), "PostgreSQL `URL` (env DATABASE_URL)")
+	brokers := fs.String("brokers", flagenv.Or("KAFKA_BROKERS", ""), "comma-separated seed brokers (env KAFKA_BROKERS)")
 	sec := kafkaFlags(fs)
-	schema := fs.String("schema", env("ORCHESTRIX_SCHEMA", postgres.DefaultSchema), "schema holding the store's tables (env ORCHESTRIX_SCHEMA)")
-	bc := fs.String("context", env("ORCHESTRIX_CONTEXT", ""), "bounded context: events go to <context>.events (env ORCHESTRIX_CONTEXT)")
-	topic := fs.String("topic", env("ORCHESTRIX_EVENTS_TOPIC", ""), "events topic (env ORCHESTRIX_EVENTS_TOPIC; default <context>.events)")
+	schema := fs.String("schema", flagenv.Or("ORCHESTRIX_SCHEMA", postgres.DefaultSchema), "schema holding the store's tables (env ORCHESTRIX_SCHEMA)")
+	bc := fs.String("context", flagenv.Or("ORCHESTRIX_CONTEXT", ""), "bounded context: events go to <context>.events (env ORCHESTRIX_CONTEXT)")
+	topic := fs.String("topic", flagenv.Or("ORCHESTRIX_EVENTS_TOPIC", ""), "events topic (env ORCHESTRIX_EVENTS_TOPIC; default <context>.events)")
 	var routes routeFlag
 	fs.Var(&routes, "route", "event-type=topic: publish events of that type to topic instead (repeatable)")
-	txnID := fs.String("transactional-id", env("ORCHESTRIX_RELAY_TRANSACTIONAL_ID", ""), "Kafka transactional ID, the same for every instance of this relay (env ORCHESTRIX_RELAY_TRANSACTIONAL_ID; default orchestrix-relay.<topic>)")
-	instance := fs.String("instance", env("ORCHESTRIX_RELAY_INSTANCE", defaultInstance()), "this instance's name, in logs and the "+outbox.InstanceHeader+" header (env ORCHESTRIX_RELAY_INSTANCE)")
+	txnID := fs.String("transactional-id", flagenv.Or("ORCHESTRIX_RELAY_TRANSACTIONAL_ID", ""), "Kafka transactional ID, the same for every instance of this relay (env ORCHESTRIX_RELAY_TRANSACTIONAL_ID; default orchestrix-relay.<topic>)")
+	instance := fs.String("instance", flagenv.Or("ORCHESTRIX_RELAY_INSTANCE", defaultInstance()), "this instance's name, in logs and the "+outbox.InstanceHeader+" header (env ORCHESTRIX_RELAY_INSTANCE)")
 	batch := fs.Int("batch-size", outbox.DefaultBatchSize, "events (and outbox messages) per read")
 	linger := fs.Duration("linger", outbox.DefaultLinger, "wait after a small batch (under 64 events) before the next read: fewer, larger Kafka transactions at moderate rates, at most this much later")
 	pollMin := fs.Duration("poll-min", outbox.DefaultPollMin, "least wait after a read that found work but not a full batch (the next read also waits for the transaction in flight to commit)")
@@ -72,12 +73,12 @@ func runRelay(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	lease := fs.Duration("lease", outbox.DefaultLease, "how long a paused or disconnected leader keeps leadership before a standby takes over")
 	statsEvery := fs.Duration("stats-interval", outbox.DefaultStatsInterval, "how often to log throughput and lag")
 	drainOutbox := fs.Bool("outbox", true, "also publish the schema's outbox table (messages such as sagas' commands)")
-	dlqTopic := fs.String("dlq-topic", env("ORCHESTRIX_RELAY_DLQ_TOPIC", ""), "where events and outbox messages Kafka will not take go (too large, missing topic, invalid) (env ORCHESTRIX_RELAY_DLQ_TOPIC; default <topic>"+outbox.DeadLetterSuffix+")")
-	maxEvent := fs.String("max-event-size", env("ORCHESTRIX_MAX_EVENT_SIZE", strconv.Itoa(stores.DefaultMaxEventSize)), "the largest event data in bytes the store accepts, the same setting as the appending services' (env ORCHESTRIX_MAX_EVENT_SIZE): the relay reports a topic whose max.message.bytes cannot take such an event")
-	logLevel := fs.String("log-level", env("ORCHESTRIX_LOG_LEVEL", "info"), "debug, info, warn or error (env ORCHESTRIX_LOG_LEVEL)")
+	dlqTopic := fs.String("dlq-topic", flagenv.Or("ORCHESTRIX_RELAY_DLQ_TOPIC", ""), "where events and outbox messages Kafka will not take go (too large, missing topic, invalid) (env ORCHESTRIX_RELAY_DLQ_TOPIC; default <topic>"+outbox.DeadLetterSuffix+")")
+	maxEvent := fs.String("max-event-size", flagenv.Or("ORCHESTRIX_MAX_EVENT_SIZE", strconv.Itoa(stores.DefaultMaxEventSize)), "the largest event data in bytes the store accepts, the same setting as the appending services' (env ORCHESTRIX_MAX_EVENT_SIZE): the relay reports a topic whose max.message.bytes cannot take such an event")
+	logLevel := fs.String("log-level", flagenv.Or("ORCHESTRIX_LOG_LEVEL", "info"), "debug, info, warn or error (env ORCHESTRIX_LOG_LEVEL)")
 	logJSON := fs.Bool("log-json", false, "log JSON lines instead of text")
-	listen := fs.String("listen", env("ORCHESTRIX_LISTEN", ""), "serve /livez and /readyz on this `address` (e.g. :8080) for an orchestrator's probes (env ORCHESTRIX_LISTEN; default: none)")
-	gogc := fs.String("gogc", env("GOGC", strconv.Itoa(relayGCPercent)), "this process's garbage collection target percentage, or off (env GOGC): the relay's live heap is small, and at Go's default of 100 collecting it took 8-11% of the relay's CPU, at 400 2-3%")
+	listen := fs.String("listen", flagenv.Or("ORCHESTRIX_LISTEN", ""), "serve /livez and /readyz on this `address` (e.g. :8080) for an orchestrator's probes (env ORCHESTRIX_LISTEN; default: none)")
+	gogc := fs.String("gogc", flagenv.Or("GOGC", strconv.Itoa(relayGCPercent)), "this process's garbage collection target percentage, or off (env GOGC): the relay's live heap is small, and at Go's default of 100 collecting it took 8-11% of the relay's CPU, at 400 2-3%")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -86,7 +87,7 @@ func runRelay(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if *url == "" {
 		problems = append(problems, "--database-url or DATABASE_URL is required")
 	}
-	seeds := splitBrokers(*brokers)
+	seeds := flagenv.List(*brokers)
 	if len(seeds) == 0 {
 		problems = append(problems, "--brokers or KAFKA_BROKERS is required")
 	}

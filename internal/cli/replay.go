@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/orchestrix/orchestrix/codec"
+	"github.com/orchestrix/orchestrix/internal/flagenv"
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
@@ -116,7 +117,7 @@ func runReplay(ctx context.Context, args []string, stdout, stderr io.Writer) err
 func parseReplay(args []string, stderr io.Writer) (replayConfig, error) {
 	c := replayConfig{headers: map[string]string{}}
 	fs := flags("replay", stderr)
-	brokers := fs.String("brokers", env("KAFKA_BROKERS", ""), "comma-separated seed brokers (env KAFKA_BROKERS)")
+	brokers := fs.String("brokers", flagenv.Or("KAFKA_BROKERS", ""), "comma-separated seed brokers (env KAFKA_BROKERS)")
 	fs.StringVar(&c.from, "from", "", "source topic (required)")
 	fs.StringVar(&c.to, "to", "", "destination topic (required, not the source)")
 	parts := fs.String("partitions", "", "source partitions, e.g. 0,1,2 (default all)")
@@ -148,7 +149,7 @@ func parseReplay(args []string, stderr io.Writer) (replayConfig, error) {
 		return c, err
 	}
 	var errs []error
-	if c.seeds = splitBrokers(*brokers); len(c.seeds) == 0 {
+	if c.seeds = flagenv.List(*brokers); len(c.seeds) == 0 {
 		errs = append(errs, errors.New("--brokers or KAFKA_BROKERS is required"))
 	}
 	if c.from == "" || c.to == "" {

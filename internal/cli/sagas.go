@@ -13,6 +13,7 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/orchestrix/orchestrix/internal/flagenv"
 	"github.com/orchestrix/orchestrix/outbox"
 	"github.com/orchestrix/orchestrix/sagas"
 	"github.com/orchestrix/orchestrix/stores/postgres"
@@ -43,10 +44,10 @@ func runSagas(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	var c sagasConfig
 	fs := flags("sagas "+sub, stderr)
-	url := urlFlag(fs, "database-url", env("DATABASE_URL", ""), "PostgreSQL `URL` (env DATABASE_URL)")
-	fs.StringVar(&c.schema, "schema", env("ORCHESTRIX_SCHEMA", postgres.DefaultSchema), "schema holding the tables (env ORCHESTRIX_SCHEMA)")
-	fs.StringVar(&c.typ, "type", env("ORCHESTRIX_SAGA_TYPE", ""), "saga type (env ORCHESTRIX_SAGA_TYPE)")
-	fs.StringVar(&c.output, "o", env("ORCHESTRIX_OUTPUT", "text"), "output: text or json (env ORCHESTRIX_OUTPUT)")
+	url := urlFlag(fs, "database-url", flagenv.Or("DATABASE_URL", ""), "PostgreSQL `URL` (env DATABASE_URL)")
+	fs.StringVar(&c.schema, "schema", flagenv.Or("ORCHESTRIX_SCHEMA", postgres.DefaultSchema), "schema holding the tables (env ORCHESTRIX_SCHEMA)")
+	fs.StringVar(&c.typ, "type", flagenv.Or("ORCHESTRIX_SAGA_TYPE", ""), "saga type (env ORCHESTRIX_SAGA_TYPE)")
+	fs.StringVar(&c.output, "o", flagenv.Or("ORCHESTRIX_OUTPUT", "text"), "output: text or json (env ORCHESTRIX_OUTPUT)")
 	switch sub {
 	case "list":
 		fs.StringVar(&c.status, "status", "", "only instances in this status (running, compensating, completed, compensated, compensation_failed)")

@@ -11,6 +11,7 @@ import (
 
 	"github.com/orchestrix/orchestrix"
 	"github.com/orchestrix/orchestrix/consumers"
+	"github.com/orchestrix/orchestrix/internal/flagenv"
 	"github.com/orchestrix/orchestrix/topics"
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
@@ -22,7 +23,7 @@ func runTopics(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	}
 	sub := args[0]
 	fs := flags("topics "+sub, stderr)
-	brokers := fs.String("brokers", env("KAFKA_BROKERS", ""), "comma-separated seed brokers (env KAFKA_BROKERS)")
+	brokers := fs.String("brokers", flagenv.Or("KAFKA_BROKERS", ""), "comma-separated seed brokers (env KAFKA_BROKERS)")
 	sec := kafkaFlags(fs)
 	bc := fs.String("context", "", "bounded context: its commands, events and outcomes topics")
 	names := fs.String("topics", "", "comma-separated topic names (instead of or besides --context)")
@@ -49,7 +50,7 @@ func runTopics(ctx context.Context, args []string, stdout, stderr io.Writer) err
 			return fmt.Errorf("%w: --group: %w", errUsage, err)
 		}
 	}
-	seeds := splitBrokers(*brokers)
+	seeds := flagenv.List(*brokers)
 	if len(seeds) == 0 {
 		return fmt.Errorf("%w: --brokers or KAFKA_BROKERS is required", errUsage)
 	}
@@ -57,14 +58,14 @@ func runTopics(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if *bc != "" {
 		specs = topics.ForContext(*bc, int32(*partitions), int16(*replication))
 	}
-	for _, n := range splitBrokers(*names) {
+	for _, n := range flagenv.List(*names) {
 		specs = append(specs, topics.Spec{Name: n, Partitions: int32(*partitions), ReplicationFactor: int16(*replication)})
 	}
 	if len(specs) == 0 {
 		return fmt.Errorf("%w: name topics with --context or --topics", errUsage)
 	}
 	if *group != "" {
-		specs = append(specs, groupSpecs(*bc, splitBrokers(*names), *group, *levels, int32(*partitions), int16(*replication))...)
+		specs = append(specs, groupSpecs(*bc, flagenv.List(*names), *group, *levels, int32(*partitions), int16(*replication))...)
 	}
 	kopts, err := sec.options()
 	if err != nil {

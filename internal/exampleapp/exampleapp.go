@@ -58,27 +58,6 @@ func Main(realMain RunFunc) {
 	os.Exit(code)
 }
 
-// EnvOr returns the environment variable key, or def when it is empty:
-// the default of a flag that the environment may set.
-func EnvOr(key, def string) string {
-	if v := os.Getenv(key); v != "" {
-		return v
-	}
-	return def
-}
-
-// SplitList splits a comma-separated list (--brokers, --fail), dropping
-// blanks around and between the items.
-func SplitList(s string) []string {
-	var out []string
-	for _, item := range strings.Split(s, ",") {
-		if item = strings.TrimSpace(item); item != "" {
-			out = append(out, item)
-		}
-	}
-	return out
-}
-
 // Seed returns seed, or one from the clock when seed is 0: the seed of a
 // run's random choices (--seed 0), which the run prints so that it can be
 // replayed.

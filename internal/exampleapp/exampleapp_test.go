@@ -5,26 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"slices"
 	"strings"
 	"testing"
 )
-
-func TestSplitList(t *testing.T) {
-	for _, tc := range []struct {
-		in   string
-		want []string
-	}{
-		{"", nil},
-		{" , ,", nil},
-		{"a:1", []string{"a:1"}},
-		{" a:1 ,b:2,, c:3 ", []string{"a:1", "b:2", "c:3"}},
-	} {
-		if got := SplitList(tc.in); !slices.Equal(got, tc.want) {
-			t.Errorf("SplitList(%q) = %q, want %q", tc.in, got, tc.want)
-		}
-	}
-}
 
 func TestProblemsReport(t *testing.T) {
 	var p Problems

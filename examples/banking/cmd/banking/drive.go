@@ -18,6 +18,7 @@ import (
 	"github.com/orchestrix/orchestrix/codec"
 	"github.com/orchestrix/orchestrix/examples/banking"
 	"github.com/orchestrix/orchestrix/internal/exampleapp"
+	"github.com/orchestrix/orchestrix/internal/flagenv"
 	"github.com/orchestrix/orchestrix/producers"
 	"github.com/orchestrix/orchestrix/sagas"
 	"github.com/orchestrix/orchestrix/topics"
@@ -45,7 +46,7 @@ type driveConfig struct {
 func runDrive(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("banking drive", flag.ContinueOnError)
 	var cf connFlags
-	addConnFlags(fs, &cf, exampleapp.EnvOr("ORCHESTRIX_CONTEXT", "banking"), "bounded context of the running service (env ORCHESTRIX_CONTEXT)", false)
+	addConnFlags(fs, &cf, flagenv.Or("ORCHESTRIX_CONTEXT", "banking"), "bounded context of the running service (env ORCHESTRIX_CONTEXT)", false)
 	var c driveConfig
 	fs.IntVar(&c.accounts, "accounts", 10, "accounts acct-000 ... to open (each funded with 1000 when it opens) and transfer between")
 	fs.IntVar(&c.count, "count", 100, "transfers to start")

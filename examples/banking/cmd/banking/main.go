@@ -40,6 +40,7 @@ import (
 	"time"
 
 	"github.com/orchestrix/orchestrix/internal/exampleapp"
+	"github.com/orchestrix/orchestrix/internal/flagenv"
 	"github.com/orchestrix/orchestrix/internal/redact"
 	"github.com/twmb/franz-go/pkg/kgo"
 )
@@ -99,7 +100,7 @@ func addConnFlags(fs *flag.FlagSet, c *connFlags, contextDefault, contextHelp st
 	fs.StringVar(&c.context, "context", contextDefault, contextHelp)
 }
 
-func (c connFlags) seeds() []string { return exampleapp.SplitList(c.brokers) }
+func (c connFlags) seeds() []string { return flagenv.List(c.brokers) }
 
 // kafkaOpts returns the TLS and SASL options of the environment.
 func kafkaOpts() ([]kgo.Opt, error) {

@@ -10,6 +10,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/orchestrix/orchestrix/internal/exampleapp"
+	"github.com/orchestrix/orchestrix/internal/flagenv"
 	"github.com/orchestrix/orchestrix/service"
 	"github.com/orchestrix/orchestrix/stores/postgres"
 )
@@ -21,16 +22,16 @@ import (
 func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("banking serve", flag.ContinueOnError)
 	var cf connFlags
-	addConnFlags(fs, &cf, exampleapp.EnvOr("ORCHESTRIX_CONTEXT", "banking"), "bounded context: topics <context>.*, groups <context>-* (env ORCHESTRIX_CONTEXT)", true)
-	schema := fs.String("schema", exampleapp.EnvOr("ORCHESTRIX_SCHEMA", postgres.DefaultSchema), "PostgreSQL schema of the store, sagas and statements (env ORCHESTRIX_SCHEMA)")
-	listen := fs.String("listen", exampleapp.EnvOr("ORCHESTRIX_LISTEN", ":8080"), "address of /livez and /readyz (env ORCHESTRIX_LISTEN; empty: none)")
+	addConnFlags(fs, &cf, flagenv.Or("ORCHESTRIX_CONTEXT", "banking"), "bounded context: topics <context>.*, groups <context>-* (env ORCHESTRIX_CONTEXT)", true)
+	schema := fs.String("schema", flagenv.Or("ORCHESTRIX_SCHEMA", postgres.DefaultSchema), "PostgreSQL schema of the store, sagas and statements (env ORCHESTRIX_SCHEMA)")
+	listen := fs.String("listen", flagenv.Or("ORCHESTRIX_LISTEN", ":8080"), "address of /livez and /readyz (env ORCHESTRIX_LISTEN; empty: none)")
 	initFirst := fs.Bool("init", false, "migrate the schema and create the topics first (in production, Jobs: `orchestrix migrate`, `orchestrix topics create`)")
 	partitions := fs.Int("partitions", 4, "with --init: partitions of the topics")
 	replication := fs.Int("replication", 1, "with --init: replication factor of the topics")
 	embeddedPort := fs.Int("embedded-port", 0, "without --brokers: the embedded broker's port (0: any free port)")
 	shutdown := fs.Duration("shutdown-timeout", 25*time.Second, "bound on the drain after SIGTERM (keep it below the orchestrator's grace period)")
 	session := fs.Duration("session-timeout", 0, "the consumer groups' session timeout: how soon a member that died without leaving loses its partitions (0: franz-go's 45s; the broker bounds it)")
-	level := fs.String("log-level", exampleapp.EnvOr("ORCHESTRIX_LOG_LEVEL", "warn"), "debug, info, warn or error (env ORCHESTRIX_LOG_LEVEL)")
+	level := fs.String("log-level", flagenv.Or("ORCHESTRIX_LOG_LEVEL", "warn"), "debug, info, warn or error (env ORCHESTRIX_LOG_LEVEL)")
 	relay := fs.Bool("relay", true, "run the outbox relay in this process; --relay=false where a separate `orchestrix relay` publishes the schema (needs --database-url)")
 	if err := parse(fs, args, stderr); err != nil {
 		return err
