@@ -159,10 +159,23 @@ type Result struct {
 	Duplicate bool
 }
 
+// Store is what a [Repository] needs of an event store: streams to read
+// and append to, the commands already handled, and snapshots. Every
+// [stores.EventStore] is one; the global log ([stores.LogReader]) is
+// the relay's and the projections' concern, not the repository's. The
+// repository also uses [stores.MultiStreamReader] and the processor
+// [stores.RejectionRecorder] when the store has them.
+type Store interface {
+	stores.StreamAppender
+	stores.StreamReader
+	stores.CommandFinder
+	stores.SnapshotStore
+}
+
 // Repository loads and saves one aggregate type in a store.
 type Repository[S any] struct {
 	agg    *Aggregate[S]
-	store  stores.EventStore
+	store  Store
 	codec  *codec.Registry
 	source string
 	now    func() time.Time
@@ -170,7 +183,7 @@ type Repository[S any] struct {
 
 // NewRepository returns a repository. source is the CloudEvents source of
 // the events it writes (e.g. "/banking").
-func NewRepository[S any](agg *Aggregate[S], store stores.EventStore, reg *codec.Registry, source string) (*Repository[S], error) {
+func NewRepository[S any](agg *Aggregate[S], store Store, reg *codec.Registry, source string) (*Repository[S], error) {
 	var errs []error
 	if agg == nil || store == nil || reg == nil {
 		errs = append(errs, fmt.Errorf("aggregates: repository needs an aggregate, a store and a codec registry: %w", orchestrix.ErrInvalid))
