@@ -417,19 +417,8 @@ func relayAsRelay(ctx context.Context, t *testing.T, pool *pgxpool.Pool, schema 
 	if err != nil {
 		t.Fatalf("store as the relay role: %v", err)
 	}
-	relay, err := outbox.NewRelay(store, seeds, outbox.ToTopic(topic), outbox.PollInterval(5*time.Millisecond, 50*time.Millisecond))
-	if err != nil {
-		t.Fatal(err)
-	}
-	rctx, stop := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- relay.Run(rctx) }()
-	defer func() {
-		stop()
-		if err := <-done; err != nil {
-			t.Errorf("relay as the relay role: %v", err)
-		}
-	}()
+	relay, stop := startRelay(ctx, t, store, seeds, topic, "relay as the relay role")
+	defer stop()
 	cons, err := kgo.NewClient(kgo.SeedBrokers(seeds...), kgo.ConsumeTopics(topic, commandsTopic),
 		kgo.FetchIsolationLevel(kgo.ReadCommitted()), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
 	if err != nil {
@@ -447,4 +436,24 @@ func relayAsRelay(ctx context.Context, t *testing.T, pool *pgxpool.Pool, schema 
 		fs.EachRecord(func(r *kgo.Record) { got[r.Topic]++ })
 	}
 	t.Logf("the relay role published %d events and %d outbox messages", got[topic], got[commandsTopic])
+}
+
+// startRelay runs a relay of store to topic (polling every 5 to 50 ms)
+// until stop is called; an error it stops with fails the test, prefixed
+// with what.
+func startRelay(ctx context.Context, t *testing.T, store *postgres.Store, seeds []string, topic, what string) (relay *outbox.Relay, stop func()) {
+	t.Helper()
+	relay, err := outbox.NewRelay(store, seeds, outbox.ToTopic(topic), outbox.PollInterval(5*time.Millisecond, 50*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- relay.Run(rctx) }()
+	return relay, func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("%s: %v", what, err)
+		}
+	}
 }

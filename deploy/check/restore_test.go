@@ -13,6 +13,7 @@ import (
 	"github.com/orchestrix/orchestrix/outbox"
 	"github.com/orchestrix/orchestrix/stores"
 	"github.com/orchestrix/orchestrix/stores/postgres"
+	"github.com/orchestrix/orchestrix/stores/postgres/pgtest"
 	"github.com/orchestrix/orchestrix/topics"
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
@@ -33,17 +34,8 @@ func TestRestoreReseedIntegration(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
 	defer cancel()
 	pool := openPool(t, dsn)
-	schema := "orx_restore_" + suffix()
-	t.Cleanup(func() {
-		_, _ = pool.Exec(context.Background(), "DROP SCHEMA IF EXISTS "+pgx.Identifier{schema}.Sanitize()+" CASCADE")
-	})
-	if _, err := postgres.Migrate(ctx, pool, schema); err != nil {
-		t.Fatal(err)
-	}
-	store, err := postgres.New(ctx, pool, postgres.WithSchema(schema))
-	if err != nil {
-		t.Fatal(err)
-	}
+	store := pgtest.Store(t, pool)
+	schema := store.Schema()
 	const restored = 40
 	for i := range restored {
 		if _, err := store.Append(ctx, "acc-"+strconv.Itoa(i%4), stores.Any, []orchestrix.Event{event("Deposited", i)}); err != nil {
@@ -119,19 +111,8 @@ func TestRestoreReseedIntegration(t *testing.T) {
 // passed, and returns "stream@position" of each record.
 func relayUntil(ctx context.Context, t *testing.T, store *postgres.Store, seeds []string, topic string, want int, wait time.Duration) []string {
 	t.Helper()
-	relay, err := outbox.NewRelay(store, seeds, outbox.ToTopic(topic), outbox.PollInterval(5*time.Millisecond, 50*time.Millisecond))
-	if err != nil {
-		t.Fatal(err)
-	}
-	rctx, stop := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- relay.Run(rctx) }()
-	defer func() {
-		stop()
-		if err := <-done; err != nil {
-			t.Errorf("relay: %v", err)
-		}
-	}()
+	_, stop := startRelay(ctx, t, store, seeds, topic, "relay")
+	defer stop()
 	cons, err := kgo.NewClient(kgo.SeedBrokers(seeds...), kgo.ConsumeTopics(topic),
 		kgo.FetchIsolationLevel(kgo.ReadCommitted()), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
 	if err != nil {

@@ -2,8 +2,6 @@ package main
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"fmt"
 	"io"
 	"net/http"
@@ -14,13 +12,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/orchestrix/orchestrix"
 	"github.com/orchestrix/orchestrix/internal/testenv"
 	"github.com/orchestrix/orchestrix/outbox"
 	"github.com/orchestrix/orchestrix/stores"
-	"github.com/orchestrix/orchestrix/stores/postgres"
+	"github.com/orchestrix/orchestrix/stores/postgres/pgtest"
 	"github.com/orchestrix/orchestrix/topics"
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
@@ -56,25 +52,10 @@ func TestExporterIntegration(t *testing.T) {
 	seeds := testenv.Brokers(t)
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 	defer cancel()
-	var b [5]byte
-	_, _ = rand.Read(b[:])
-	sfx := hex.EncodeToString(b[:])
-	schema, bc, group := "exp_"+sfx, "exp"+sfx, "exp"+sfx+"-aggregates"
-	pool, err := pgxpool.New(ctx, dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close) // after the schema is dropped (cleanups run last first)
-	t.Cleanup(func() {
-		_, _ = pool.Exec(context.Background(), "DROP SCHEMA IF EXISTS "+pgx.Identifier{schema}.Sanitize()+" CASCADE")
-	})
-	if _, err := postgres.Migrate(ctx, pool, schema); err != nil {
-		t.Fatal(err)
-	}
-	store, err := postgres.New(ctx, pool, postgres.WithSchema(schema))
-	if err != nil {
-		t.Fatal(err)
-	}
+	bc := testenv.Name("exp")
+	group := bc + "-aggregates"
+	store := pgtest.Store(t, testenv.Pool(t))
+	schema := store.Schema()
 	for i := range 25 {
 		ev := orchestrix.Event{Metadata: orchestrix.Metadata{Type: "Deposited", Source: "/x", Time: time.Now()}, Data: []byte(`{}`)}
 		if _, err := store.Append(ctx, "acc-"+strconv.Itoa(i%5), stores.Any, []orchestrix.Event{ev}); err != nil {
