@@ -8,37 +8,23 @@ import (
 	"github.com/orchestrix/orchestrix"
 	"github.com/orchestrix/orchestrix/aggregates"
 	"github.com/orchestrix/orchestrix/aggregates/aggregatetest"
-	"github.com/orchestrix/orchestrix/codec"
-	"github.com/orchestrix/orchestrix/examples/banking"
+	"github.com/orchestrix/orchestrix/internal/testdomain"
 	"github.com/orchestrix/orchestrix/stores"
 	"github.com/orchestrix/orchestrix/stores/memory"
 )
 
-func account(t testing.TB, opts ...aggregates.Option) *aggregates.Aggregate[banking.Account] {
-	t.Helper()
-	a, err := banking.NewAggregate(opts...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return a
-}
-
 func TestGivenWhenThen(t *testing.T) {
-	a := account(t)
-	aggregatetest.For(t, a).Given().When(banking.OpenAccount{Owner: "ada"}).Then(banking.AccountOpened{Owner: "ada"})
-	aggregatetest.For(t, a).Given(banking.AccountOpened{Owner: "ada"}, banking.Deposited{Amount: 10}).
-		When(banking.Withdraw{Amount: 50}).ThenRejected("insufficient_funds")
-	aggregatetest.For(t, a).Given(banking.AccountOpened{Owner: "ada"}).When(banking.Deposit{Amount: -1}).ThenRejected("min")
-	aggregatetest.For(t, a).Given().When(banking.OpenAccount{}).ThenRejected("required")
+	a := testdomain.Aggregate(t)
+	aggregatetest.For(t, a).Given().When(testdomain.Open{Name: "ada"}).Then(testdomain.Opened{Name: "ada"})
+	aggregatetest.For(t, a).Given(testdomain.Opened{Name: "ada"}, testdomain.Posted{Amount: 10}).
+		When(testdomain.Post{Amount: -50}).ThenRejected("insufficient_funds")
+	aggregatetest.For(t, a).Given(testdomain.Opened{Name: "ada"}).When(testdomain.Post{Amount: 0}).ThenRejected("nonzero")
+	aggregatetest.For(t, a).Given().When(testdomain.Open{}).ThenRejected("required")
 }
 
-func newRepo(t *testing.T, store stores.EventStore, opts ...aggregates.Option) *aggregates.Repository[banking.Account] {
+func newRepo(t *testing.T, store stores.EventStore, opts ...aggregates.Option) *aggregates.Repository[testdomain.Ledger] {
 	t.Helper()
-	reg := codec.NewRegistry()
-	if err := banking.Register(reg); err != nil {
-		t.Fatal(err)
-	}
-	r, err := aggregates.NewRepository(account(t, opts...), store, reg, "/test")
+	r, err := aggregates.NewRepository(testdomain.Aggregate(t, opts...), store, testdomain.Registry(t), "/test")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -60,14 +46,14 @@ func TestRepositoryHandle(t *testing.T) {
 		err     error
 		dup     bool
 	}{
-		{"open", cmd("c1", "a1", banking.OpenAccount{Owner: "ada"}), 1, nil, false},
-		{"deposit", cmd("c2", "a1", banking.Deposit{Amount: 100}), 2, nil, false},
-		{"duplicate deposit", cmd("c2", "a1", banking.Deposit{Amount: 100}), 2, nil, true},
-		{"withdraw too much", cmd("c3", "a1", banking.Withdraw{Amount: 500}), 0, orchestrix.ErrRejected, false},
-		{"invalid amount", cmd("c4", "a1", banking.Deposit{Amount: 0}), 0, orchestrix.ErrRejected, false},
-		{"withdraw", cmd("c5", "a1", banking.Withdraw{Amount: 40}), 3, nil, false},
-		{"deposit after snapshot", cmd("c6", "a1", banking.Deposit{Amount: 1}), 4, nil, false},
-		{"empty aggregate id", cmd("c7", "", banking.Deposit{Amount: 1}), 0, orchestrix.ErrInvalid, false},
+		{"open", cmd("c1", "a1", testdomain.Open{Name: "ada"}), 1, nil, false},
+		{"credit", cmd("c2", "a1", testdomain.Post{Amount: 100}), 2, nil, false},
+		{"duplicate credit", cmd("c2", "a1", testdomain.Post{Amount: 100}), 2, nil, true},
+		{"debit too much", cmd("c3", "a1", testdomain.Post{Amount: -500}), 0, orchestrix.ErrRejected, false},
+		{"invalid amount", cmd("c4", "a1", testdomain.Post{Amount: 0}), 0, orchestrix.ErrRejected, false},
+		{"debit", cmd("c5", "a1", testdomain.Post{Amount: -40}), 3, nil, false},
+		{"credit after snapshot", cmd("c6", "a1", testdomain.Post{Amount: 1}), 4, nil, false},
+		{"empty aggregate id", cmd("c7", "", testdomain.Post{Amount: 1}), 0, orchestrix.ErrInvalid, false},
 	}
 	for _, s := range steps {
 		t.Run(s.name, func(t *testing.T) {
@@ -110,8 +96,8 @@ type conflicting struct {
 func (c *conflicting) Append(ctx context.Context, id string, exp stores.ExpectedVersion, evs []orchestrix.Event) (stores.AppendResult, error) {
 	if !c.once {
 		c.once = true
-		// Someone else deposits first.
-		if _, err := c.Store.Append(ctx, id, stores.Any, []orchestrix.Event{{Metadata: orchestrix.Metadata{Type: banking.TypeDeposited}, ContentType: "application/json", Data: []byte(`{"amount":5}`)}}); err != nil {
+		// Someone else credits first.
+		if _, err := c.Store.Append(ctx, id, stores.Any, []orchestrix.Event{{Metadata: orchestrix.Metadata{Type: testdomain.TypePosted}, ContentType: "application/json", Data: []byte(`{"amount":5}`)}}); err != nil {
 			return stores.AppendResult{}, err
 		}
 	}
@@ -121,11 +107,11 @@ func (c *conflicting) Append(ctx context.Context, id string, exp stores.Expected
 func TestConflictRetries(t *testing.T) {
 	mem := memory.New()
 	plain := newRepo(t, mem)
-	if _, err := plain.Handle(t.Context(), cmd("c1", "a1", banking.OpenAccount{Owner: "ada"})); err != nil {
+	if _, err := plain.Handle(t.Context(), cmd("c1", "a1", testdomain.Open{Name: "ada"})); err != nil {
 		t.Fatal(err)
 	}
 	repo := newRepo(t, &conflicting{Store: mem})
-	res, err := repo.Handle(t.Context(), cmd("c2", "a1", banking.Deposit{Amount: 10}))
+	res, err := repo.Handle(t.Context(), cmd("c2", "a1", testdomain.Post{Amount: 10}))
 	if err != nil || res.ToVersion != 3 {
 		t.Fatalf("handle after a conflict = %+v, %v; want version 3", res, err)
 	}

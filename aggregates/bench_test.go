@@ -8,7 +8,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/orchestrix/orchestrix"
 	"github.com/orchestrix/orchestrix/aggregates"
-	"github.com/orchestrix/orchestrix/examples/banking"
+	"github.com/orchestrix/orchestrix/internal/testdomain"
 	"github.com/orchestrix/orchestrix/internal/testenv"
 	"github.com/orchestrix/orchestrix/stores"
 	"github.com/orchestrix/orchestrix/stores/postgres/pgtest"
@@ -33,8 +33,8 @@ func BenchmarkColdPoll(b *testing.B) {
 	const aggs, events = 500, 10
 	pool := testenv.Pool(b)
 	store := pgtest.Store(b, pool)
-	reg := registry(b)
-	repo, err := aggregates.NewRepository(account(b), store, reg, "/bench")
+	reg := testdomain.Registry(b)
+	repo, err := aggregates.NewRepository(testdomain.Aggregate(b), store, reg, "/bench")
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -43,13 +43,13 @@ func BenchmarkColdPoll(b *testing.B) {
 	for a := range aggs {
 		ids[a] = fmt.Sprintf("cold-%04d", a)
 		var reqs []stores.AppendRequest
-		cmd0 := orchestrix.Command{Metadata: orchestrix.Metadata{ID: ids[a] + "-open", Source: "/bench"}, AggregateID: ids[a], Payload: banking.OpenAccount{Owner: "b"}}
-		evs, err := repo.NewEvents(cmd0, []any{banking.AccountOpened{Owner: "b"}})
+		cmd0 := orchestrix.Command{Metadata: orchestrix.Metadata{ID: ids[a] + "-open", Source: "/bench"}, AggregateID: ids[a], Payload: testdomain.Open{Name: "b"}}
+		evs, err := repo.NewEvents(cmd0, []any{testdomain.Opened{Name: "b"}})
 		if err != nil {
 			b.Fatal(err)
 		}
 		for range events - 1 {
-			more, err := repo.NewEvents(cmd0, []any{banking.Deposited{Amount: 1}})
+			more, err := repo.NewEvents(cmd0, []any{testdomain.Posted{Amount: 1}})
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -65,12 +65,12 @@ func BenchmarkColdPoll(b *testing.B) {
 		round++
 		var recs []*kgo.Record
 		for a, id := range ids {
-			recs = append(recs, commandRecord(b, reg, orchestrix.Command{Metadata: orchestrix.Metadata{ID: fmt.Sprintf("r%d-%s", round, id), Source: "/bench"}, AggregateID: id, Payload: banking.Deposit{Amount: 1}}, int64(a)))
+			recs = append(recs, commandRecord(b, reg, orchestrix.Command{Metadata: orchestrix.Metadata{ID: fmt.Sprintf("r%d-%s", round, id), Source: "/bench"}, AggregateID: id, Payload: testdomain.Post{Amount: 1}}, int64(a)))
 		}
 		return recs
 	}
 	run := func(b *testing.B, s stores.EventStore) {
-		repo, err := aggregates.NewRepository(account(b), s, reg, "/bench")
+		repo, err := aggregates.NewRepository(testdomain.Aggregate(b), s, reg, "/bench")
 		if err != nil {
 			b.Fatal(err)
 		}

@@ -8,7 +8,7 @@ import (
 
 	"github.com/orchestrix/orchestrix"
 	"github.com/orchestrix/orchestrix/aggregates"
-	"github.com/orchestrix/orchestrix/examples/banking"
+	"github.com/orchestrix/orchestrix/internal/testdomain"
 	"github.com/orchestrix/orchestrix/internal/testenv"
 	"github.com/orchestrix/orchestrix/stores"
 	"github.com/orchestrix/orchestrix/stores/esdb"
@@ -60,7 +60,7 @@ func newOutcomeLog(t *testing.T) outcomeLog {
 }
 
 // processor returns a processor on repo that publishes to the log.
-func (l outcomeLog) processor(t *testing.T, repo *aggregates.Repository[banking.Account]) *aggregates.Processor[banking.Account] {
+func (l outcomeLog) processor(t *testing.T, repo *aggregates.Repository[testdomain.Ledger]) *aggregates.Processor[testdomain.Ledger] {
 	t.Helper()
 	p, err := aggregates.NewProcessor(repo, aggregates.WithOutcomes(l.client, l.topic))
 	if err != nil {
@@ -118,13 +118,13 @@ func TestProcessorCommandTwice(t *testing.T) {
 }
 
 func testCommandTwice(t *testing.T, store stores.EventStore, copies int) {
-	reg := registry(t)
-	repo, err := aggregates.NewRepository(account(t, aggregates.SnapshotEvery(2)), store, reg, "/test")
+	reg := testdomain.Registry(t)
+	repo, err := aggregates.NewRepository(testdomain.Aggregate(t, aggregates.SnapshotEvery(2)), store, reg, "/test")
 	if err != nil {
 		t.Fatal(err)
 	}
 	log := newOutcomeLog(t)
-	newProc := func() *aggregates.Processor[banking.Account] { return log.processor(t, repo) }
+	newProc := func() *aggregates.Processor[testdomain.Ledger] { return log.processor(t, repo) }
 	times := func(c orchestrix.Command) []orchestrix.Command {
 		out := make([]orchestrix.Command, copies)
 		for i := range out {
@@ -136,29 +136,29 @@ func testCommandTwice(t *testing.T, store stores.EventStore, copies int) {
 	// exposes a wrong version there), account a in the middle of its
 	// poll, next to a rejected command sent as often.
 	p := newProc()
-	poll1 := append([]orchestrix.Command{cmd("b-open", "b", banking.OpenAccount{Owner: "bob"})}, times(cmd("b-dep1", "b", banking.Deposit{Amount: 5}))...)
+	poll1 := append([]orchestrix.Command{cmd("b-open", "b", testdomain.Open{Name: "bob"})}, times(cmd("b-dep1", "b", testdomain.Post{Amount: 5}))...)
 	checkNoErrors(t, handleConcurrently(p, records(t, reg, 0, poll1...)))
 	var poll1a []orchestrix.Command
-	poll1a = append(poll1a, cmd("a-open", "a", banking.OpenAccount{Owner: "ada"}))
-	poll1a = append(poll1a, times(cmd("a-dep1", "a", banking.Deposit{Amount: 10}))...)
-	poll1a = append(poll1a, times(cmd("a-wd", "a", banking.Withdraw{Amount: 1000}))...)
-	poll1a = append(poll1a, cmd("a-dep2", "a", banking.Deposit{Amount: 20}))
+	poll1a = append(poll1a, cmd("a-open", "a", testdomain.Open{Name: "ada"}))
+	poll1a = append(poll1a, times(cmd("a-dep1", "a", testdomain.Post{Amount: 10}))...)
+	poll1a = append(poll1a, times(cmd("a-wd", "a", testdomain.Post{Amount: -1000}))...)
+	poll1a = append(poll1a, cmd("a-dep2", "a", testdomain.Post{Amount: 20}))
 	checkNoErrors(t, handleConcurrently(p, records(t, reg, 0, poll1a...)))
 
 	// The same commands again in a later poll, then new ones.
 	var poll2 []orchestrix.Command
-	poll2 = append(poll2, times(cmd("a-dep1", "a", banking.Deposit{Amount: 10}))...)
-	poll2 = append(poll2, cmd("a-dep3", "a", banking.Deposit{Amount: 30}))
-	poll2 = append(poll2, times(cmd("b-dep1", "b", banking.Deposit{Amount: 5}))...)
-	poll2 = append(poll2, cmd("b-dep2", "b", banking.Deposit{Amount: 7}))
+	poll2 = append(poll2, times(cmd("a-dep1", "a", testdomain.Post{Amount: 10}))...)
+	poll2 = append(poll2, cmd("a-dep3", "a", testdomain.Post{Amount: 30}))
+	poll2 = append(poll2, times(cmd("b-dep1", "b", testdomain.Post{Amount: 5}))...)
+	poll2 = append(poll2, cmd("b-dep2", "b", testdomain.Post{Amount: 7}))
 	checkNoErrors(t, handleConcurrently(p, records(t, reg, 0, poll2...)))
 
 	// A new owner of the partition (cold cache: it loads from snapshots)
 	// takes more commands, and the copies once more.
 	p = newProc()
 	poll3 := []orchestrix.Command{
-		cmd("a-dep4", "a", banking.Deposit{Amount: 40}), cmd("b-dep3", "b", banking.Deposit{Amount: 9}),
-		cmd("a-dep1", "a", banking.Deposit{Amount: 10}), cmd("b-dep1", "b", banking.Deposit{Amount: 5}),
+		cmd("a-dep4", "a", testdomain.Post{Amount: 40}), cmd("b-dep3", "b", testdomain.Post{Amount: 9}),
+		cmd("a-dep1", "a", testdomain.Post{Amount: 10}), cmd("b-dep1", "b", testdomain.Post{Amount: 5}),
 	}
 	checkNoErrors(t, handleConcurrently(p, records(t, reg, 0, poll3...)))
 
@@ -230,31 +230,31 @@ func TestProcessorDuplicateRace(t *testing.T) {
 	for _, kind := range storeKinds() {
 		t.Run(kind.name, func(t *testing.T) {
 			inner := kind.new(t)
-			reg := registry(t)
+			reg := testdomain.Registry(t)
 			store := &racingStore{EventStore: inner}
-			repo, err := aggregates.NewRepository(account(t, aggregates.SnapshotEvery(2)), store, reg, "/test")
+			repo, err := aggregates.NewRepository(testdomain.Aggregate(t, aggregates.SnapshotEvery(2)), store, reg, "/test")
 			if err != nil {
 				t.Fatal(err)
 			}
 			log := newOutcomeLog(t)
 			p := log.processor(t, repo)
-			checkNoErrors(t, handleConcurrently(p, records(t, reg, 0, cmd("open", "a", banking.OpenAccount{Owner: "ada"}))))
+			checkNoErrors(t, handleConcurrently(p, records(t, reg, 0, cmd("open", "a", testdomain.Open{Name: "ada"}))))
 			// The other member's decision lands right before our append.
-			other, err := aggregates.NewRepository(account(t), inner, reg, "/other")
+			other, err := aggregates.NewRepository(testdomain.Aggregate(t), inner, reg, "/other")
 			if err != nil {
 				t.Fatal(err)
 			}
 			store.before = func() {
-				for _, c := range []orchestrix.Command{cmd("side", "a", banking.Deposit{Amount: 5}), cmd("dep", "a", banking.Deposit{Amount: 10})} {
+				for _, c := range []orchestrix.Command{cmd("side", "a", testdomain.Post{Amount: 5}), cmd("dep", "a", testdomain.Post{Amount: 10})} {
 					if _, err := other.Handle(t.Context(), c); err != nil {
 						t.Error(err)
 					}
 				}
 			}
-			checkNoErrors(t, handleConcurrently(p, records(t, reg, 0, cmd("dep", "a", banking.Deposit{Amount: 10}))))
+			checkNoErrors(t, handleConcurrently(p, records(t, reg, 0, cmd("dep", "a", testdomain.Post{Amount: 10}))))
 			store.before = nil
 			// The state cached and snapshotted must be the stored one.
-			checkNoErrors(t, handleConcurrently(p, records(t, reg, 0, cmd("dep2", "a", banking.Deposit{Amount: 1}), cmd("dep3", "a", banking.Deposit{Amount: 1}))))
+			checkNoErrors(t, handleConcurrently(p, records(t, reg, 0, cmd("dep2", "a", testdomain.Post{Amount: 1}), cmd("dep3", "a", testdomain.Post{Amount: 1}))))
 			root, err := repo.Load(t.Context(), "a")
 			if err != nil || root.Version != 5 || root.State.Balance != 17 {
 				t.Fatalf("a = version %d balance %d, %v; want 5, 17", root.Version, root.State.Balance, err)
@@ -286,20 +286,20 @@ func (s *racingStore) AppendMany(ctx context.Context, reqs []stores.AppendReques
 // TestOutcomeCarriesCorrelation: an outcome names its command's type and
 // correlation ID (a saga's ID), first answers and duplicates alike.
 func TestOutcomeCarriesCorrelation(t *testing.T) {
-	reg := registry(t)
-	repo, err := aggregates.NewRepository(account(t), memory.New(), reg, "/test")
+	reg := testdomain.Registry(t)
+	repo, err := aggregates.NewRepository(testdomain.Aggregate(t), memory.New(), reg, "/test")
 	if err != nil {
 		t.Fatal(err)
 	}
 	log := newOutcomeLog(t)
 	p := log.processor(t, repo)
-	open := cmd("open", "a", banking.OpenAccount{Owner: "ada"})
+	open := cmd("open", "a", testdomain.Open{Name: "ada"})
 	open.CorrelationID = "saga-7"
-	wd := cmd("wd", "a", banking.Withdraw{Amount: 5})
+	wd := cmd("wd", "a", testdomain.Post{Amount: -5})
 	wd.CorrelationID = "saga-7"
 	checkNoErrors(t, handleConcurrently(p, records(t, reg, 0, open, wd, open, wd)))
 	outs := log.read(t)
-	for id, typ := range map[string]string{"open": banking.TypeOpenAccount, "wd": banking.TypeWithdraw} {
+	for id, typ := range map[string]string{"open": testdomain.TypeOpen, "wd": testdomain.TypePost} {
 		if len(outs[id]) != 2 {
 			t.Fatalf("%s: %d outcomes, want 2", id, len(outs[id]))
 		}

@@ -13,7 +13,7 @@ import (
 	"github.com/orchestrix/orchestrix"
 	"github.com/orchestrix/orchestrix/aggregates"
 	"github.com/orchestrix/orchestrix/codec"
-	"github.com/orchestrix/orchestrix/examples/banking"
+	"github.com/orchestrix/orchestrix/internal/testdomain"
 	"github.com/orchestrix/orchestrix/internal/testenv"
 	"github.com/orchestrix/orchestrix/stores"
 	"github.com/orchestrix/orchestrix/stores/memory"
@@ -50,7 +50,7 @@ func TestProcessorModel(t *testing.T) {
 type modelCmd struct {
 	id, account string
 	part        int32
-	kind        int // 0 deposit, 1 withdraw
+	kind        int // -1 open, 0 credit, 1 debit
 	amount      int64
 }
 
@@ -120,10 +120,7 @@ func (s *faultyStore) FindCommands(ctx context.Context, ids []string) (map[strin
 
 func runModel(t *testing.T, rt *rapid.T, inner stores.EventStore, prefix string) {
 	ctx := t.Context()
-	reg := codec.NewRegistry()
-	if err := banking.Register(reg); err != nil {
-		rt.Fatal(err)
-	}
+	reg := testdomain.Registry(t)
 	// Store faults come from a sequence drawn up front: the processor
 	// calls the store from whichever goroutine runs a combined round, and
 	// a rapid.T must not be drawn from concurrently.
@@ -138,7 +135,7 @@ func runModel(t *testing.T, rt *rapid.T, inner stores.EventStore, prefix string)
 		f := seq[int(calls.Add(1)-1)%len(seq)]
 		return f < 2, f == 0 // 20% of writes fail, half of them after committing
 	}}
-	agg, err := banking.NewAggregate(aggregates.SnapshotEvery(uint64(rapid.IntRange(0, 3).Draw(rt, "snapshotEvery"))))
+	agg, err := testdomain.NewAggregate(aggregates.SnapshotEvery(uint64(rapid.IntRange(0, 3).Draw(rt, "snapshotEvery"))))
 	if err != nil {
 		rt.Fatal(err)
 	}
@@ -146,7 +143,7 @@ func runModel(t *testing.T, rt *rapid.T, inner stores.EventStore, prefix string)
 	if err != nil {
 		rt.Fatal(err)
 	}
-	newProc := func() *aggregates.Processor[banking.Account] {
+	newProc := func() *aggregates.Processor[testdomain.Ledger] {
 		p, err := aggregates.NewProcessor(repo, aggregates.CacheSize(rapid.SampledFrom([]int{0, 1, 100}).Draw(rt, "cache")))
 		if err != nil {
 			rt.Fatal(err)
@@ -295,13 +292,13 @@ func modelRecord(rt *rapid.T, reg *codec.Registry, c modelCmd, offset int64) *kg
 	var payload any
 	switch c.kind {
 	case -1:
-		payload = banking.OpenAccount{Owner: "o"}
+		payload = testdomain.Open{Name: "o"}
 	case 0:
-		payload = banking.Deposit{Amount: c.amount}
+		payload = testdomain.Post{Amount: c.amount}
 	default:
-		payload = banking.Withdraw{Amount: c.amount}
+		payload = testdomain.Post{Amount: -c.amount}
 	}
-	cm := orchestrix.Command{Metadata: orchestrix.Metadata{ID: c.id, Source: "/model", Type: typeOf(payload), Time: time.Date(2026, 12, 5, 0, 0, 0, 0, time.UTC)}, AggregateID: c.account, Payload: payload}
+	cm := orchestrix.Command{Metadata: orchestrix.Metadata{ID: c.id, Source: "/model", Time: time.Date(2026, 12, 5, 0, 0, 0, 0, time.UTC)}, AggregateID: c.account, Payload: payload}
 	if err := reg.EncodeCommand(&cm); err != nil {
 		rt.Fatal(err)
 	}

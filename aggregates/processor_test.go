@@ -13,7 +13,7 @@ import (
 	"github.com/orchestrix/orchestrix"
 	"github.com/orchestrix/orchestrix/aggregates"
 	"github.com/orchestrix/orchestrix/codec"
-	"github.com/orchestrix/orchestrix/examples/banking"
+	"github.com/orchestrix/orchestrix/internal/testdomain"
 	"github.com/orchestrix/orchestrix/stores"
 	"github.com/orchestrix/orchestrix/stores/memory"
 	"github.com/twmb/franz-go/pkg/kgo"
@@ -48,7 +48,7 @@ func records(t testing.TB, reg *codec.Registry, part int32, cmds ...orchestrix.C
 // offset of partition 0.
 func commandRecord(t testing.TB, reg *codec.Registry, c orchestrix.Command, offset int64) *kgo.Record {
 	t.Helper()
-	c.Type, c.Time = typeOf(c.Payload), time.Date(2026, 11, 28, 0, 0, 0, 0, time.UTC)
+	c.Time = time.Date(2026, 11, 28, 0, 0, 0, 0, time.UTC)
 	if err := reg.EncodeCommand(&c); err != nil {
 		t.Fatal(err)
 	}
@@ -60,19 +60,10 @@ func commandRecord(t testing.TB, reg *codec.Registry, c orchestrix.Command, offs
 	return r
 }
 
-func registry(t testing.TB) *codec.Registry {
+// newProcessor returns a ledger repository on store and a processor on it.
+func newProcessor(t *testing.T, store stores.EventStore, reg *codec.Registry) (*aggregates.Repository[testdomain.Ledger], *aggregates.Processor[testdomain.Ledger]) {
 	t.Helper()
-	reg := codec.NewRegistry()
-	if err := banking.Register(reg); err != nil {
-		t.Fatal(err)
-	}
-	return reg
-}
-
-// newProcessor returns a banking repository on store and a processor on it.
-func newProcessor(t *testing.T, store stores.EventStore, reg *codec.Registry) (*aggregates.Repository[banking.Account], *aggregates.Processor[banking.Account]) {
-	t.Helper()
-	repo, err := aggregates.NewRepository(account(t), store, reg, "/test")
+	repo, err := aggregates.NewRepository(testdomain.Aggregate(t), store, reg, "/test")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -83,7 +74,7 @@ func newProcessor(t *testing.T, store stores.EventStore, reg *codec.Registry) (*
 	return repo, p
 }
 
-func handleConcurrently(p *aggregates.Processor[banking.Account], batches ...[]*kgo.Record) [][]error {
+func handleConcurrently(p *aggregates.Processor[testdomain.Ledger], batches ...[]*kgo.Record) [][]error {
 	out := make([][]error, len(batches))
 	var wg sync.WaitGroup
 	for i, b := range batches {
@@ -108,7 +99,7 @@ func checkNoErrors(t *testing.T, results [][]error) {
 // a transaction runs share the next one, and every command lands once.
 func TestProcessorCombinesPartitions(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		reg := registry(t)
+		reg := testdomain.Registry(t)
 		store := &slowStore{Store: memory.New()}
 		repo, p := newProcessor(t, store, reg)
 		var batches [][]*kgo.Record
@@ -116,7 +107,7 @@ func TestProcessorCombinesPartitions(t *testing.T) {
 			var cmds []orchestrix.Command
 			for a := range 3 {
 				id := fmt.Sprintf("p%d-a%d", part, a)
-				cmds = append(cmds, cmd(id+"-open", id, banking.OpenAccount{Owner: "ada"}), cmd(id+"-dep", id, banking.Deposit{Amount: 10}))
+				cmds = append(cmds, cmd(id+"-open", id, testdomain.Open{Name: "ada"}), cmd(id+"-dep", id, testdomain.Post{Amount: 10}))
 			}
 			batches = append(batches, records(t, reg, part, cmds...))
 		}
@@ -143,21 +134,21 @@ func TestProcessorCombinesPartitions(t *testing.T) {
 // combined transaction conflicts and every partition's records are
 // handled again one by one with fresh state: nothing lost, nothing twice.
 func TestProcessorCombinedConflict(t *testing.T) {
-	reg := registry(t)
+	reg := testdomain.Registry(t)
 	store := memory.New()
 	repo, p := newProcessor(t, store, reg)
 	open := [][]*kgo.Record{
-		records(t, reg, 0, cmd("a-open", "a", banking.OpenAccount{Owner: "ada"})),
-		records(t, reg, 1, cmd("b-open", "b", banking.OpenAccount{Owner: "bob"})),
+		records(t, reg, 0, cmd("a-open", "a", testdomain.Open{Name: "ada"})),
+		records(t, reg, 1, cmd("b-open", "b", testdomain.Open{Name: "bob"})),
 	}
 	checkNoErrors(t, handleConcurrently(p, open...))
 	// Another writer moves "a" on; the processor's cache does not know.
-	if _, err := repo.Handle(t.Context(), cmd("a-side", "a", banking.Deposit{Amount: 5})); err != nil {
+	if _, err := repo.Handle(t.Context(), cmd("a-side", "a", testdomain.Post{Amount: 5})); err != nil {
 		t.Fatal(err)
 	}
 	next := [][]*kgo.Record{
-		records(t, reg, 0, cmd("a-dep", "a", banking.Deposit{Amount: 10})),
-		records(t, reg, 1, cmd("b-dep", "b", banking.Deposit{Amount: 10})),
+		records(t, reg, 0, cmd("a-dep", "a", testdomain.Post{Amount: 10})),
+		records(t, reg, 1, cmd("b-dep", "b", testdomain.Post{Amount: 10})),
 	}
 	checkNoErrors(t, handleConcurrently(p, next...))
 	// Redelivered: answered as duplicates, nothing appended again.
@@ -180,31 +171,20 @@ func TestProcessorCombinedConflict(t *testing.T) {
 	}
 }
 
-func typeOf(payload any) string {
-	switch payload.(type) {
-	case banking.OpenAccount:
-		return banking.TypeOpenAccount
-	case banking.Deposit:
-		return banking.TypeDeposit
-	default:
-		return banking.TypeWithdraw
-	}
-}
-
 // TestProcessorRedeliveredRejection: a poll's refused withdrawal and the
 // deposit behind it are stored; the process dies before its offsets are
 // committed and both are delivered again. The withdrawal keeps its first
 // answer (rejected), though the balance would now cover it — in the
 // combined path and in the one-by-one path.
 func TestProcessorRedeliveredRejection(t *testing.T) {
-	reg := registry(t)
+	reg := testdomain.Registry(t)
 	store := memory.New()
 	repo, p := newProcessor(t, store, reg)
 	poll := records(t, reg, 0,
-		cmd("open", "a", banking.OpenAccount{Owner: "ada"}),
-		cmd("dep-50", "a", banking.Deposit{Amount: 50}),
-		cmd("wd-100", "a", banking.Withdraw{Amount: 100}),
-		cmd("dep-100", "a", banking.Deposit{Amount: 100}))
+		cmd("open", "a", testdomain.Open{Name: "ada"}),
+		cmd("dep-50", "a", testdomain.Post{Amount: 50}),
+		cmd("wd-100", "a", testdomain.Post{Amount: -100}),
+		cmd("dep-100", "a", testdomain.Post{Amount: 100}))
 	checkNoErrors(t, handleConcurrently(p, poll))
 	prev, ok, err := store.FindCommand(t.Context(), "wd-100")
 	if err != nil || !ok || prev.Rejection == nil {
@@ -222,7 +202,7 @@ func TestProcessorRedeliveredRejection(t *testing.T) {
 	if err != nil || root.State.Balance != 150 || root.Version != 3 {
 		t.Fatalf("account = version %d balance %d, %v; want version 3, balance 150 (the withdrawal stays refused)", root.Version, root.State.Balance, err)
 	}
-	_, err = repo.Handle(t.Context(), cmd("wd-100", "a", banking.Withdraw{Amount: 100}))
+	_, err = repo.Handle(t.Context(), cmd("wd-100", "a", testdomain.Post{Amount: -100}))
 	var rej *orchestrix.Rejection
 	if !errors.As(err, &rej) || rej.Code != "insufficient_funds" {
 		t.Fatalf("Repository.Handle of the recorded rejection = %v, want its insufficient_funds rejection", err)

@@ -12,7 +12,7 @@ import (
 	"github.com/orchestrix/orchestrix"
 	"github.com/orchestrix/orchestrix/aggregates"
 	"github.com/orchestrix/orchestrix/consumers"
-	"github.com/orchestrix/orchestrix/examples/banking"
+	"github.com/orchestrix/orchestrix/internal/testdomain"
 	"github.com/orchestrix/orchestrix/outbox"
 	"github.com/orchestrix/orchestrix/producers"
 	"github.com/orchestrix/orchestrix/sagas"
@@ -22,7 +22,7 @@ import (
 
 // e2eConfigs are BenchmarkSagaEndToEnd's configurations: the options of
 // the saga's own parts (the relay, the inbox group, and in "saga" the
-// forwarder group's ForwarderOptions); the banking processor keeps its
+// forwarder group's ForwarderOptions); the ledger processor keeps its
 // defaults in both.
 var e2eConfigs = map[string]stepConfig{
 	"default": {inbox: []consumers.Option{consumers.WithFailurePolicy(sagas.InboxFailurePolicy())}},
@@ -34,7 +34,7 @@ var e2eConfigs = map[string]stepConfig{
 }
 
 // BenchmarkSagaEndToEnd runs the whole path of a deployment in one
-// process on real Kafka and PostgreSQL: the relay, the banking aggregate
+// process on real Kafka and PostgreSQL: the relay, the ledger aggregate
 // processor, the forwarder and the inbox group, the runtime waking the
 // relay after each transition. 3-step transfers (debit, credit, fee,
 // between 100 pairs of accounts) start at ORCHESTRIX_BENCH_SAGAS per
@@ -160,11 +160,7 @@ func benchEndToEnd(b *testing.B, cfg stepConfig, rate int, d time.Duration) map[
 		b.Fatal(err)
 	}
 	p.run("relay", relay.Run)
-	agg, err := banking.NewAggregate()
-	if err != nil {
-		b.Fatal(err)
-	}
-	repo, err := aggregates.NewRepository(agg, e.store, e.reg, "/"+e.bc)
+	repo, err := aggregates.NewRepository(testdomain.Aggregate(b), e.store, e.reg, "/"+e.bc)
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -9,7 +9,7 @@ import (
 	"github.com/orchestrix/orchestrix/aggregates"
 	"github.com/orchestrix/orchestrix/codec"
 	"github.com/orchestrix/orchestrix/consumers"
-	"github.com/orchestrix/orchestrix/examples/banking"
+	"github.com/orchestrix/orchestrix/internal/testdomain"
 	"github.com/orchestrix/orchestrix/producers"
 	"github.com/orchestrix/orchestrix/sagas"
 	"github.com/orchestrix/orchestrix/stores/memory"
@@ -20,8 +20,10 @@ import (
 )
 
 // A money transfer on the embedded broker and the memory stores: the
-// banking processor answers the saga's commands, the forwarder brings the
-// outcomes back to the saga's inbox, the runtime takes the next step.
+// processor of a ledger aggregate (Post credits an amount, or debits it
+// when negative, and is refused when the balance would go below zero)
+// answers the saga's commands, the forwarder brings the outcomes back to
+// the saga's inbox, the runtime takes the next step.
 // With stores/postgres, sagas.NewPostgresStore and the outbox relay in
 // place of MemoryStore.Publish, nothing else changes.
 func ExampleRuntime() {
@@ -32,7 +34,7 @@ func ExampleRuntime() {
 	defer cancel()
 
 	reg := codec.NewRegistry()
-	_ = banking.Register(reg)
+	_ = testdomain.Register(reg)
 	cl, _ := producers.NewClient(seeds, kgo.ProducerLinger(0))
 	defer cl.Close()
 	_, err := topics.Ensure(ctx, kadm.NewClient(cl), append(topics.ForContext("bank", 2, 1),
@@ -45,8 +47,8 @@ func ExampleRuntime() {
 		return
 	}
 
-	// The participant: the banking aggregate.
-	accounts, _ := banking.NewAggregate()
+	// The participant: the ledger aggregate.
+	accounts, _ := testdomain.NewAggregate()
 	events := memory.New()
 	repo, _ := aggregates.NewRepository(accounts, events, reg, "/bank")
 	processor, _ := aggregates.NewProcessor(repo, aggregates.WithOutcomes(cl, "bank.outcomes"))
@@ -62,10 +64,10 @@ func ExampleRuntime() {
 	}
 	transfer, err := sagas.Define("transfer", 1, []sagas.Step[Transfer]{
 		{Name: "debit",
-			Action:       func(s Transfer) (sagas.Command, error) { return on(s.From, banking.Withdraw{Amount: s.Amount}), nil },
-			Compensation: func(s Transfer) (sagas.Command, error) { return on(s.From, banking.Deposit{Amount: s.Amount}), nil }},
+			Action:       func(s Transfer) (sagas.Command, error) { return on(s.From, testdomain.Post{Amount: -s.Amount}), nil },
+			Compensation: func(s Transfer) (sagas.Command, error) { return on(s.From, testdomain.Post{Amount: s.Amount}), nil }},
 		{Name: "credit",
-			Action: func(s Transfer) (sagas.Command, error) { return on(s.To, banking.Deposit{Amount: s.Amount}), nil },
+			Action: func(s Transfer) (sagas.Command, error) { return on(s.To, testdomain.Post{Amount: s.Amount}), nil },
 			Policy: sagas.Retry(100*time.Millisecond, 2)},
 	})
 	if err != nil {
@@ -86,7 +88,7 @@ func ExampleRuntime() {
 	for _, p := range []struct {
 		id string
 		c  any
-	}{{"alice", banking.OpenAccount{Owner: "alice"}}, {"alice", banking.Deposit{Amount: 100}}, {"bob", banking.OpenAccount{Owner: "bob"}}} {
+	}{{"alice", testdomain.Open{Name: "alice"}}, {"alice", testdomain.Post{Amount: 100}}, {"bob", testdomain.Open{Name: "bob"}}} {
 		c, _ := sender.Command(p.id, p.c)
 		_ = sender.Send(ctx, c)
 	}
@@ -110,8 +112,8 @@ func ExampleRuntime() {
 	}
 	// Output:
 	// t-1 completed
-	// t-2 compensated step 1 (credit) failed 2 times: rejected: not_open account is not open
-	// t-3 compensated step 0 (debit) failed 1 times: rejected: insufficient_funds balance is lower than the amount
+	// t-2 compensated step 1 (credit) failed 2 times: rejected: not_open the ledger is not open
+	// t-3 compensated step 0 (debit) failed 1 times: rejected: insufficient_funds the balance would go below zero
 	// alice 70
 	// bob 30
 }

@@ -18,7 +18,7 @@ import (
 	"github.com/orchestrix/orchestrix/aggregates"
 	"github.com/orchestrix/orchestrix/codec"
 	"github.com/orchestrix/orchestrix/consumers"
-	"github.com/orchestrix/orchestrix/examples/banking"
+	"github.com/orchestrix/orchestrix/internal/testdomain"
 	"github.com/orchestrix/orchestrix/internal/testenv"
 	"github.com/orchestrix/orchestrix/outbox"
 	"github.com/orchestrix/orchestrix/producers"
@@ -58,11 +58,8 @@ func newEnvN(t testing.TB, inboxPartitions int32) *env {
 	t.Helper()
 	seeds := testenv.Brokers(t)
 	pool := testenv.Pool(t)
-	e := &env{seeds: seeds, pool: pool, store: pgtest.Store(t, pool), bc: testenv.Name("sg"), reg: codec.NewRegistry()}
+	e := &env{seeds: seeds, pool: pool, store: pgtest.Store(t, pool), bc: testenv.Name("sg"), reg: testdomain.Registry(t)}
 	e.typ = e.bc + "-transfer"
-	if err := banking.Register(e.reg); err != nil {
-		t.Fatal(err)
-	}
 	e.adm = kadm.NewClient(testenv.Client(t, seeds))
 	inbox := sagas.InboxTopic(e.typ)
 	specs := append(topics.ForContext(e.bc, 4, 1),
@@ -96,7 +93,7 @@ func cmd(topic, agg string, p any) sagas.Command {
 
 // definition returns the transfer saga; creditTimeout > 0 gives the
 // credit step a timeout and no compensation (a maybe-done credit cannot
-// be taken back with the banking aggregate's Withdraw).
+// be taken back with a debit of the ledger).
 func (e *env) definition(t testing.TB, creditTimeout time.Duration) *sagas.Definition[Transfer] {
 	d, err := transferDef(e.typ, topics.Commands(e.bc), creditTimeout)
 	if err != nil {
@@ -112,23 +109,23 @@ func transferDef(typ, commands string, creditTimeout time.Duration) (*sagas.Defi
 			if s.CreditTopic != "" {
 				topic = s.CreditTopic
 			}
-			return cmd(topic, s.To, banking.Deposit{Amount: s.Amount - 1}), nil
+			return cmd(topic, s.To, testdomain.Post{Amount: s.Amount - 1}), nil
 		},
 		Compensation: func(s Transfer) (sagas.Command, error) {
-			return cmd(commands, s.UndoFrom, banking.Withdraw{Amount: s.Amount - 1}), nil
+			return cmd(commands, s.UndoFrom, testdomain.Post{Amount: 1 - s.Amount}), nil
 		}}
 	if creditTimeout > 0 {
 		credit.Compensation, credit.Timeout = nil, creditTimeout
 	}
 	return sagas.Define(typ, 1, []sagas.Step[Transfer]{
 		{Name: "debit", Action: func(s Transfer) (sagas.Command, error) {
-			return cmd(commands, s.From, banking.Withdraw{Amount: s.Amount}), nil
+			return cmd(commands, s.From, testdomain.Post{Amount: -s.Amount}), nil
 		},
 			Compensation: func(s Transfer) (sagas.Command, error) {
-				return cmd(commands, s.From, banking.Deposit{Amount: s.Amount}), nil
+				return cmd(commands, s.From, testdomain.Post{Amount: s.Amount}), nil
 			}},
 		credit,
-		{Name: "fee", Action: func(s Transfer) (sagas.Command, error) { return cmd(commands, s.Fee, banking.Deposit{Amount: 1}), nil },
+		{Name: "fee", Action: func(s Transfer) (sagas.Command, error) { return cmd(commands, s.Fee, testdomain.Post{Amount: 1}), nil },
 			Policy: sagas.Retry(50*time.Millisecond, 2)},
 	}, sagas.CompensationPolicy[Transfer](sagas.Retry(50*time.Millisecond, 3), 10*time.Second))
 }
@@ -162,7 +159,7 @@ func testLogger(t testing.TB) *slog.Logger {
 	return slog.New(slog.DiscardHandler)
 }
 
-// process runs everything a deployment runs: the relay, the banking
+// process runs everything a deployment runs: the relay, the ledger
 // processor, the forwarder, the saga inbox group and the timer poller.
 // dup, if set, says how many times the forwarder forwards each record.
 type process struct {
@@ -199,7 +196,7 @@ func (p *process) run(name string, f func(context.Context) error) {
 	}()
 }
 
-// startInfra runs the relay and the banking processor.
+// startInfra runs the relay and the ledger processor.
 func (e *env) startInfra(t *testing.T) *process {
 	t.Helper()
 	p := newProcess()
@@ -217,7 +214,7 @@ func startInfra(p *process, seeds []string, bc string, store *postgres.Store, re
 		return err
 	}
 	p.run("relay", relay.Run)
-	agg, err := banking.NewAggregate()
+	agg, err := testdomain.NewAggregate()
 	if err != nil {
 		return err
 	}
@@ -328,14 +325,14 @@ func (e *env) send(t testing.TB, cmds ...orchestrix.Command) {
 }
 
 func open(id string, deposit int64) []orchestrix.Command {
-	out := []orchestrix.Command{{AggregateID: id, Payload: banking.OpenAccount{Owner: id}}}
+	out := []orchestrix.Command{{AggregateID: id, Payload: testdomain.Open{Name: id}}}
 	if deposit > 0 {
-		out = append(out, orchestrix.Command{AggregateID: id, Payload: banking.Deposit{Amount: deposit}})
+		out = append(out, orchestrix.Command{AggregateID: id, Payload: testdomain.Post{Amount: deposit}})
 	}
 	return out
 }
 
-// balances sums the stored banking events per account.
+// balances sums the stored postings per account.
 func (e *env) balances(t testing.TB) map[string]int64 {
 	t.Helper()
 	rows, err := e.pool.Query(t.Context(), "SELECT stream_id, type, data FROM "+pgx.Identifier{e.store.Schema(), "events"}.Sanitize())
@@ -349,13 +346,12 @@ func (e *env) balances(t testing.TB) map[string]int64 {
 		if err := rows.Scan(&id, &typ, &data); err != nil {
 			t.Fatal(err)
 		}
-		var v struct{ Amount int64 }
-		_ = json.Unmarshal(data, &v)
-		switch typ {
-		case banking.TypeDeposited:
-			out[id] += v.Amount
-		case banking.TypeWithdrawn:
-			out[id] -= v.Amount
+		if typ == testdomain.TypePosted {
+			var p testdomain.Posted
+			if err := json.Unmarshal(data, &p); err != nil {
+				t.Fatal(err)
+			}
+			out[id] += p.Amount
 		}
 	}
 	if err := rows.Err(); err != nil {
@@ -408,7 +404,7 @@ func (e *env) waitBalance(t testing.TB, want map[string]int64, d time.Duration) 
 }
 
 // TestTransferIntegration: on real Kafka and PostgreSQL with the real
-// banking processor and relay, each reply forwarded 1-5 times:
+// ledger processor and relay, each reply forwarded 1-5 times:
 // a happy 3-step transfer makes one transition per step; a failing fee
 // step compensates credit then debit in reverse; a compensation that
 // always fails leaves compensation_failed while the next saga on the same
@@ -483,7 +479,7 @@ func TestTransferIntegration(t *testing.T) {
 	}
 	// The participant recovers (the account gets the money), the operator
 	// retries through the inbox, as `orchestrix sagas retry` does.
-	e.send(t, orchestrix.Command{AggregateID: "undo-later", Payload: banking.Deposit{Amount: 9}})
+	e.send(t, orchestrix.Command{AggregateID: "undo-later", Payload: testdomain.Post{Amount: 9}})
 	e.waitBalance(t, map[string]int64{"undo-later": 9}, 10*time.Second)
 	w, _ := outbox.NewWriter(e.store.Schema())
 	if err := w.Write(ctx, e.pool, sagas.OperatorMessage(rt.Type(), "stuck", sagas.KindRetry, "op-1", "refilled undo-later")); err != nil {

@@ -21,7 +21,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/orchestrix/orchestrix"
 	"github.com/orchestrix/orchestrix/codec"
-	"github.com/orchestrix/orchestrix/examples/banking"
+	"github.com/orchestrix/orchestrix/internal/testdomain"
 	"github.com/orchestrix/orchestrix/sagas"
 	"github.com/orchestrix/orchestrix/stores/postgres"
 	"github.com/orchestrix/orchestrix/topics"
@@ -49,7 +49,7 @@ func runChild() int {
 	}
 	defer pool.Close()
 	reg := codec.NewRegistry()
-	if err := banking.Register(reg); err != nil {
+	if err := testdomain.Register(reg); err != nil {
 		return 1
 	}
 	bc, typ := os.Getenv("SAGAS_BC"), os.Getenv("SAGAS_TYPE")
@@ -82,7 +82,7 @@ func runChild() int {
 	}
 	p := newProcess()
 	seeds := strings.Split(os.Getenv("KAFKA_BROKERS"), ",")
-	if os.Getenv("SAGAS_ALL") == "1" { // the relay and the banking processor too
+	if os.Getenv("SAGAS_ALL") == "1" { // the relay and the ledger processor too
 		store, err := postgres.New(ctx, pool, postgres.WithSchema(os.Getenv("SAGAS_SCHEMA")))
 		if err == nil {
 			err = startInfra(p, seeds, bc, store, reg, log)

@@ -17,8 +17,8 @@ import (
 	"github.com/orchestrix/orchestrix/aggregates"
 	"github.com/orchestrix/orchestrix/codec"
 	"github.com/orchestrix/orchestrix/consumers"
-	"github.com/orchestrix/orchestrix/examples/banking"
 	"github.com/orchestrix/orchestrix/internal/redact"
+	"github.com/orchestrix/orchestrix/internal/testdomain"
 	"github.com/orchestrix/orchestrix/producers"
 	"github.com/orchestrix/orchestrix/service"
 	"github.com/orchestrix/orchestrix/stores/postgres"
@@ -151,10 +151,10 @@ func serve(ctx context.Context, log *slog.Logger) error {
 	seeds := strings.Split(os.Getenv("KAFKA_BROKERS"), ",")
 	bc := os.Getenv(envContext)
 	reg := codec.NewRegistry()
-	if err := banking.Register(reg); err != nil {
+	if err := testdomain.Register(reg); err != nil {
 		return err
 	}
-	agg, err := banking.NewAggregate(aggregates.SnapshotEvery(100))
+	agg, err := testdomain.NewAggregate(aggregates.SnapshotEvery(100))
 	if err != nil {
 		return err
 	}
@@ -237,7 +237,7 @@ func (t timed) Heartbeat() time.Time { return t.g.Heartbeat() }
 // notifying tells the test when the member handled its first batch: it
 // has joined the group and owns partitions.
 type notifying struct {
-	*aggregates.Processor[banking.Account]
+	*aggregates.Processor[testdomain.Ledger]
 	once  sync.Once
 	first func()
 }

@@ -22,7 +22,7 @@ import (
 	"github.com/orchestrix/orchestrix"
 	"github.com/orchestrix/orchestrix/codec"
 	"github.com/orchestrix/orchestrix/consumers"
-	"github.com/orchestrix/orchestrix/examples/banking"
+	"github.com/orchestrix/orchestrix/internal/testdomain"
 	"github.com/orchestrix/orchestrix/internal/testenv"
 	"github.com/orchestrix/orchestrix/producers"
 	"github.com/orchestrix/orchestrix/stores/postgres"
@@ -51,10 +51,7 @@ func newHarness(t *testing.T, variant string, partitions int32, shutdown time.Du
 	seeds := testenv.Brokers(t)
 	pool := testenv.Pool(t)
 	store := pgtest.Store(t, pool)
-	h := &harness{t: t, seeds: seeds, pool: pool, store: store, bc: testenv.Name("lc"), variant: variant, shutdown: shutdown, reg: codec.NewRegistry()}
-	if err := banking.Register(h.reg); err != nil {
-		t.Fatal(err)
-	}
+	h := &harness{t: t, seeds: seeds, pool: pool, store: store, bc: testenv.Name("lc"), variant: variant, shutdown: shutdown, reg: testdomain.Registry(t)}
 	adm := kadm.NewClient(testenv.Client(t, seeds))
 	specs := append(topics.ForContext(h.bc, partitions, 1),
 		topics.Spec{Name: consumers.DeadLetterTopic(topics.Commands(h.bc), h.bc+"-aggregates"), Partitions: 1, ReplicationFactor: 1})
@@ -450,7 +447,7 @@ type sent struct {
 	version     uint64 // of its event when accepted
 }
 
-// load sends banking commands at a fixed rate over accounts and keeps the
+// load sends ledger commands at a fixed rate over accounts and keeps the
 // model: per account the balance and version its accepted commands imply.
 type load struct {
 	t      *testing.T
@@ -515,11 +512,11 @@ func (l *load) sendOne(rng *rand.Rand) {
 	var payload any
 	switch {
 	case !l.opened[acct]:
-		payload = banking.OpenAccount{Owner: acct}
+		payload = testdomain.Open{Name: acct}
 	case rng.IntN(10) < 7:
-		payload = banking.Deposit{Amount: 1 + rng.Int64N(100)}
+		payload = testdomain.Post{Amount: 1 + rng.Int64N(100)}
 	default:
-		payload = banking.Withdraw{Amount: 1 + rng.Int64N(200)}
+		payload = testdomain.Post{Amount: -1 - rng.Int64N(200)}
 	}
 	cmd, err := l.sender.Command(acct, payload)
 	if err != nil {
@@ -529,15 +526,13 @@ func (l *load) sendOne(rng *rand.Rand) {
 	// The model: one account's commands are handled in the order sent.
 	s := sent{id: cmd.ID, account: acct, at: time.Now(), accept: true}
 	switch p := payload.(type) {
-	case banking.OpenAccount:
+	case testdomain.Open:
 		l.opened[acct] = true
-	case banking.Deposit:
-		l.balance[acct] += p.Amount
-	case banking.Withdraw:
-		if p.Amount > l.balance[acct] {
+	case testdomain.Post:
+		if l.balance[acct]+p.Amount < 0 {
 			s.accept = false
 		} else {
-			l.balance[acct] -= p.Amount
+			l.balance[acct] += p.Amount
 		}
 	}
 	if s.accept {
@@ -685,7 +680,7 @@ func (h *harness) checkEffects(cmds []sent, l *load) (extra int) {
 	}
 	// Balances, folded from the stored events.
 	for _, acct := range l.accounts {
-		var a banking.Account
+		var a testdomain.Ledger
 		for e, err := range h.store.ReadStream(t.Context(), acct, 0) {
 			if err != nil {
 				t.Fatal(err)
@@ -693,7 +688,7 @@ func (h *harness) checkEffects(cmds []sent, l *load) (extra int) {
 			if err := h.reg.DecodeEvent(&e); err != nil {
 				t.Fatal(err)
 			}
-			a = banking.Evolve(a, e)
+			a = testdomain.Evolve(a, e)
 		}
 		if a.Balance != l.balance[acct] {
 			report("%s: balance %d, the model says %d", acct, a.Balance, l.balance[acct])

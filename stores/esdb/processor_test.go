@@ -9,7 +9,7 @@ import (
 	"github.com/orchestrix/orchestrix"
 	"github.com/orchestrix/orchestrix/aggregates"
 	"github.com/orchestrix/orchestrix/codec"
-	"github.com/orchestrix/orchestrix/examples/banking"
+	"github.com/orchestrix/orchestrix/internal/testdomain"
 	"github.com/twmb/franz-go/pkg/kgo"
 )
 
@@ -22,34 +22,27 @@ import (
 // store recorded rejections, the redelivered withdrawal went through.
 func TestProcessorRedeliveredRejectionOnESDB(t *testing.T) {
 	store, _ := newStore(t)
-	reg := codec.NewRegistry()
-	if err := banking.Register(reg); err != nil {
-		t.Fatal(err)
-	}
-	acct, err := banking.NewAggregate()
+	reg := testdomain.Registry(t)
+	repo, err := aggregates.NewRepository(testdomain.Aggregate(t), store, reg, "/test")
 	if err != nil {
 		t.Fatal(err)
 	}
-	repo, err := aggregates.NewRepository(acct, store, reg, "/test")
-	if err != nil {
-		t.Fatal(err)
-	}
-	newProcessor := func() *aggregates.Processor[banking.Account] {
+	newProcessor := func() *aggregates.Processor[testdomain.Ledger] {
 		p, err := aggregates.NewProcessor(repo)
 		if err != nil {
 			t.Fatal(err)
 		}
 		return p
 	}
-	command := func(id, typ string, payload any) orchestrix.Command {
-		return orchestrix.Command{Metadata: orchestrix.Metadata{ID: id, Type: typ, Source: "/test", Time: time.Date(2026, 12, 5, 0, 0, 0, 0, time.UTC)}, AggregateID: "a", Payload: payload}
+	command := func(id string, payload any) orchestrix.Command {
+		return orchestrix.Command{Metadata: orchestrix.Metadata{ID: id, Source: "/test", Time: time.Date(2026, 12, 5, 0, 0, 0, 0, time.UTC)}, AggregateID: "a", Payload: payload}
 	}
 	var poll []*kgo.Record
 	for i, c := range []orchestrix.Command{
-		command("open", banking.TypeOpenAccount, banking.OpenAccount{Owner: "ada"}),
-		command("dep-50", banking.TypeDeposit, banking.Deposit{Amount: 50}),
-		command("wd-100", banking.TypeWithdraw, banking.Withdraw{Amount: 100}),
-		command("dep-100", banking.TypeDeposit, banking.Deposit{Amount: 100}),
+		command("open", testdomain.Open{Name: "ada"}),
+		command("dep-50", testdomain.Post{Amount: 50}),
+		command("wd-100", testdomain.Post{Amount: -100}),
+		command("dep-100", testdomain.Post{Amount: 100}),
 	} {
 		if err := reg.EncodeCommand(&c); err != nil {
 			t.Fatal(err)
@@ -61,7 +54,7 @@ func TestProcessorRedeliveredRejectionOnESDB(t *testing.T) {
 		r.Offset = int64(i)
 		poll = append(poll, r)
 	}
-	handle := func(p *aggregates.Processor[banking.Account]) {
+	handle := func(p *aggregates.Processor[testdomain.Ledger]) {
 		t.Helper()
 		for i, err := range p.HandleBatch(context.Background(), poll) {
 			if err != nil {
@@ -84,7 +77,7 @@ func TestProcessorRedeliveredRejectionOnESDB(t *testing.T) {
 	if err != nil || root.State.Balance != 150 || root.Version != 3 {
 		t.Fatalf("account = version %d balance %d, %v; want version 3, balance 150 (the withdrawal stays refused)", root.Version, root.State.Balance, err)
 	}
-	_, err = repo.Handle(t.Context(), command("wd-100", banking.TypeWithdraw, banking.Withdraw{Amount: 100}))
+	_, err = repo.Handle(t.Context(), command("wd-100", testdomain.Post{Amount: -100}))
 	var rej *orchestrix.Rejection
 	if !errors.As(err, &rej) || rej.Code != "insufficient_funds" {
 		t.Fatalf("Repository.Handle of the recorded rejection = %v, want its insufficient_funds rejection", err)

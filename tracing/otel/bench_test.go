@@ -19,7 +19,7 @@ import (
 	"github.com/orchestrix/orchestrix/aggregates"
 	"github.com/orchestrix/orchestrix/codec"
 	"github.com/orchestrix/orchestrix/consumers"
-	"github.com/orchestrix/orchestrix/examples/banking"
+	"github.com/orchestrix/orchestrix/internal/testdomain"
 	"github.com/orchestrix/orchestrix/internal/testenv"
 	"github.com/orchestrix/orchestrix/outbox"
 	"github.com/orchestrix/orchestrix/producers"
@@ -156,10 +156,7 @@ func pipelineRate(b *testing.B, seeds []string, pool *pgxpool.Pool, m benchMode,
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	bc := testenv.Name("tb")
-	reg := codec.NewRegistry()
-	if err := banking.Register(reg); err != nil {
-		b.Fatal(err)
-	}
+	reg := testdomain.Registry(b)
 	cl, err := producers.NewClient(seeds, kgo.ProducerLinger(5*time.Millisecond))
 	if err != nil {
 		b.Fatal(err)
@@ -236,11 +233,7 @@ func pipelineRate(b *testing.B, seeds []string, pool *pgxpool.Pool, m benchMode,
 	} else if runner, err = projections.New("bench", projections.NewMemory(), projections.FromStore(store), countEvents, jopts...); err != nil {
 		b.Fatal(err)
 	}
-	agg, err := banking.NewAggregate()
-	if err != nil {
-		b.Fatal(err)
-	}
-	repo, err := aggregates.NewRepository(agg, store, reg, "/"+bc)
+	repo, err := aggregates.NewRepository(testdomain.Aggregate(b), store, reg, "/"+bc)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -283,8 +276,8 @@ func pipelineRate(b *testing.B, seeds []string, pool *pgxpool.Pool, m benchMode,
 	return result{rate: float64(n-firstN) / end.Sub(first).Seconds(), cpu: float64((cpu - cpu0).Microseconds()) / float64(n-firstN)}
 }
 
-// preload produces n commands over 1,000 accounts (an OpenAccount, then
-// deposits), with a traceparent per command when m traces.
+// preload produces n commands over 1,000 accounts (an Open, then
+// credits), with a traceparent per command when m traces.
 func preload(b *testing.B, ctx context.Context, cl *kgo.Client, reg *codec.Registry, bc string, m benchMode, n int) {
 	b.Helper()
 	sender, err := producers.NewSender(cl, reg, topics.Commands(bc), "/bench")
@@ -295,9 +288,9 @@ func preload(b *testing.B, ctx context.Context, cl *kgo.Client, reg *codec.Regis
 	recs := make([]*kgo.Record, 0, n)
 	for i := range n {
 		id := fmt.Sprintf("acct-%04d", i%accounts)
-		var p any = banking.Deposit{Amount: 1}
+		var p any = testdomain.Post{Amount: 1}
 		if i < accounts {
-			p = banking.OpenAccount{Owner: id}
+			p = testdomain.Open{Name: id}
 		}
 		c, err := sender.Command(id, p)
 		if err != nil {

@@ -10,9 +10,8 @@ import (
 	"time"
 
 	"github.com/orchestrix/orchestrix/aggregates"
-	"github.com/orchestrix/orchestrix/codec"
 	"github.com/orchestrix/orchestrix/consumers"
-	"github.com/orchestrix/orchestrix/examples/banking"
+	"github.com/orchestrix/orchestrix/internal/testdomain"
 	"github.com/orchestrix/orchestrix/internal/testenv"
 	"github.com/orchestrix/orchestrix/outbox"
 	"github.com/orchestrix/orchestrix/producers"
@@ -85,10 +84,7 @@ func startPipeline[T any](t *testing.T, e env[T], bc string, tr *orxotel.Tracer)
 		}()
 	}
 
-	reg := codec.NewRegistry()
-	if err := banking.Register(reg); err != nil {
-		t.Fatal(err)
-	}
+	reg := testdomain.Registry(t)
 	cl, err := producers.NewClient(seeds, kgo.ProducerLinger(0))
 	if err != nil {
 		t.Fatal(err)
@@ -113,11 +109,7 @@ func startPipeline[T any](t *testing.T, e env[T], bc string, tr *orxotel.Tracer)
 		_, _ = adm.DeleteTopics(context.Background(), names...)
 	})
 
-	agg, err := banking.NewAggregate()
-	if err != nil {
-		t.Fatal(err)
-	}
-	repo, err := aggregates.NewRepository(agg, store, reg, "/"+bc)
+	repo, err := aggregates.NewRepository(testdomain.Aggregate(t), store, reg, "/"+bc)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -161,10 +153,10 @@ func startPipeline[T any](t *testing.T, e env[T], bc string, tr *orxotel.Tracer)
 		}
 		def, err := sagas.Define(saga, 1, []sagas.Step[transfer]{
 			{Name: "debit",
-				Action:       func(s transfer) (sagas.Command, error) { return on(s.From, banking.Withdraw{Amount: s.Amount}), nil },
-				Compensation: func(s transfer) (sagas.Command, error) { return on(s.From, banking.Deposit{Amount: s.Amount}), nil }},
+				Action:       func(s transfer) (sagas.Command, error) { return on(s.From, testdomain.Post{Amount: -s.Amount}), nil },
+				Compensation: func(s transfer) (sagas.Command, error) { return on(s.From, testdomain.Post{Amount: s.Amount}), nil }},
 			{Name: "credit",
-				Action: func(s transfer) (sagas.Command, error) { return on(s.To, banking.Deposit{Amount: s.Amount}), nil }},
+				Action: func(s transfer) (sagas.Command, error) { return on(s.To, testdomain.Post{Amount: s.Amount}), nil }},
 		})
 		if err != nil {
 			t.Fatal(err)
@@ -317,7 +309,7 @@ func TestCommandToProjection(t *testing.T) {
 
 // commandTraces sends two commands and checks each one's trace.
 func commandTraces(t *testing.T, p *pipeline, rec *tracetest.SpanRecorder, tt trace.Tracer) {
-	for i, c := range []any{banking.OpenAccount{Owner: "alice"}, banking.Deposit{Amount: 10}} {
+	for i, c := range []any{testdomain.Open{Name: "alice"}, testdomain.Post{Amount: 10}} {
 		id := p.send(t, tt, "alice", c)
 		t.Run(fmt.Sprint("command", i), func(t *testing.T) { checkCommandTrace(t, p, rec, id) })
 	}
@@ -349,7 +341,7 @@ func sagaTrace(t *testing.T, p *pipeline, rec *tracetest.SpanRecorder, tt trace.
 	for _, c := range []struct {
 		id string
 		c  any
-	}{{"alice", banking.OpenAccount{Owner: "alice"}}, {"alice", banking.Deposit{Amount: 100}}, {"bob", banking.OpenAccount{Owner: "bob"}}} {
+	}{{"alice", testdomain.Open{Name: "alice"}}, {"alice", testdomain.Post{Amount: 100}}, {"bob", testdomain.Open{Name: "bob"}}} {
 		p.send(t, tt, c.id, c.c)
 	}
 	// Started by a record a traced service wrote (StartMessage through an

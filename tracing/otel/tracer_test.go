@@ -8,9 +8,8 @@ import (
 	"time"
 
 	"github.com/orchestrix/orchestrix"
-	"github.com/orchestrix/orchestrix/codec"
 	"github.com/orchestrix/orchestrix/consumers"
-	"github.com/orchestrix/orchestrix/examples/banking"
+	"github.com/orchestrix/orchestrix/internal/testdomain"
 	"github.com/orchestrix/orchestrix/internal/testenv"
 	"github.com/orchestrix/orchestrix/producers"
 	"github.com/orchestrix/orchestrix/projections"
@@ -67,10 +66,7 @@ func TestSenderTraceContext(t *testing.T) {
 	if _, err := kadm.NewClient(cl).CreateTopic(t.Context(), 1, 1, nil, "s.commands"); err != nil {
 		t.Fatal(err)
 	}
-	reg := codec.NewRegistry()
-	if err := banking.Register(reg); err != nil {
-		t.Fatal(err)
-	}
+	reg := testdomain.Registry(t)
 	sender, err := producers.NewSender(cl, reg, "s.commands", "/test", producers.WithTraceContext(orxotel.TraceParent))
 	if err != nil {
 		t.Fatal(err)
@@ -79,7 +75,7 @@ func TestSenderTraceContext(t *testing.T) {
 	ctx, span := tt.Start(t.Context(), "api")
 	defer span.End()
 	for _, own := range []string{"", good} {
-		cmd, err := sender.Command("a", banking.OpenAccount{Owner: "a"})
+		cmd, err := sender.Command("a", testdomain.Open{Name: "a"})
 		if err != nil {
 			t.Fatal(err)
 		}
