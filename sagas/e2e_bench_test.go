@@ -3,7 +3,6 @@ package sagas_test
 import (
 	"fmt"
 	"os"
-	"slices"
 	"strconv"
 	"sync"
 	"testing"
@@ -233,17 +232,7 @@ func benchEndToEnd(b *testing.B, cfg stepConfig, rate int, d time.Duration) map[
 	p.check(b)
 	mu.Lock()
 	defer mu.Unlock()
-	pct := func(l []time.Duration, q float64) float64 {
-		slices.Sort(l)
-		return float64(l[min(len(l)-1, int(q*float64(len(l))))].Microseconds()) / 1000
-	}
-	mean := func(l []time.Duration) float64 {
-		var sum time.Duration
-		for _, x := range l {
-			sum += x
-		}
-		return float64(sum.Microseconds()) / 1000 / float64(max(len(l), 1))
-	}
+	pct, mean := pctMs, meanMs
 	m := map[string]float64{"saga-p50-ms": pct(sagaLat, 0.5), "saga-p99-ms": pct(sagaLat, 0.99),
 		"round-p50-ms": pct(roundLat, 0.5), "round-p99-ms": pct(roundLat, 0.99), "cpu-us/saga": float64(cpu.Microseconds()) / float64(total),
 		"relay-ms": mean(relayPart), "processor+forward-ms": mean(procPart), "consume-ms": mean(consumePart), "txn-ms": mean(txnPart)}

@@ -287,20 +287,7 @@ func benchSteps(b *testing.B, cfg stepConfig, rate int, d time.Duration) map[str
 	p.check(b)
 	mu.Lock()
 	defer mu.Unlock()
-	pct := func(l []time.Duration, q float64) float64 {
-		if len(l) == 0 {
-			return 0
-		}
-		slices.Sort(l)
-		return float64(l[min(len(l)-1, int(q*float64(len(l))))].Microseconds()) / 1000
-	}
-	mean := func(l []time.Duration) float64 {
-		var sum time.Duration
-		for _, x := range l {
-			sum += x
-		}
-		return float64(sum.Microseconds()) / 1000 / float64(max(len(l), 1))
-	}
+	pct, mean := pctMs, meanMs
 	m := map[string]float64{
 		"step-p50-ms": pct(stepLat, 0.5), "step-p99-ms": pct(stepLat, 0.99),
 		"relay-p50-ms": pct(relayLat, 0.5), "relay-p99-ms": pct(relayLat, 0.99),
@@ -362,4 +349,23 @@ func awaitSagas(b *testing.B, total int, done func() int) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// pctMs returns the q quantile of l in milliseconds (0 for none); it
+// sorts l.
+func pctMs(l []time.Duration, q float64) float64 {
+	if len(l) == 0 {
+		return 0
+	}
+	slices.Sort(l)
+	return float64(l[min(len(l)-1, int(q*float64(len(l))))].Microseconds()) / 1000
+}
+
+// meanMs returns the mean of l in milliseconds (0 for none).
+func meanMs(l []time.Duration) float64 {
+	var sum time.Duration
+	for _, x := range l {
+		sum += x
+	}
+	return float64(sum.Microseconds()) / 1000 / float64(max(len(l), 1))
 }
