@@ -10,7 +10,9 @@
 #   -t timeout  go test -timeout per package (default 60m)
 #   -o dir      where the logs go (default a new directory under ${TMPDIR:-/tmp})
 #   -x          no -race (default: with -race, like scripts/test.sh)
-#   packages    default ./...
+#   packages    default ./... (the core module); a directory with a go.mod
+#               of its own (an adapter module, e.g. metrics/prom) stands
+#               for every package of that module
 #
 # It starts (or reuses) the services with scripts/services.sh, installs
 # the Python client as scripts/test.sh does, and sets
@@ -52,18 +54,31 @@ fi
 out=${out:-$(mktemp -d "${TMPDIR:-/tmp}/orchestrix-flakes.XXXXXX")}
 mkdir -p "$out"
 
-mapfile -t pkgs < <(go list "$@")
+# pkgs are "dir<TAB>import path": the module directory go test runs in.
+pkgs=()
+core=()
+for arg in "$@"; do
+  if [ -f "$arg/go.mod" ] && [ "$(cd "$arg" && pwd)" != "$PWD" ]; then
+    mapfile -t -O "${#pkgs[@]}" pkgs < <(cd "$arg" && go list ./... | sed "s|^|$arg\t|")
+  else
+    core+=("$arg")
+  fi
+done
+if [ ${#core[@]} -gt 0 ]; then
+  mapfile -t -O "${#pkgs[@]}" pkgs < <(go list "${core[@]}" | sed "s|^|.\t|")
+fi
 module=$(go list -m)
 summary="$out/summary.tsv"
 : >"$summary"
 echo "flakes: ${#pkgs[@]} packages, -count=$count ${race:+-race }${run:+-run '$run' }logs in $out" >&2
 
-for pkg in "${pkgs[@]}"; do
+for entry in "${pkgs[@]}"; do
+  dir=${entry%%$'\t'*} pkg=${entry#*$'\t'}
   rel=${pkg#"$module"}; rel=${rel#/}; rel=${rel:-.}
   log="$out/$(echo "$rel" | tr / _).log"
   start=$SECONDS
   status=0
-  go test $race -v -count="$count" -timeout "$timeout" ${run:+-run "$run"} "$pkg" >"$log" 2>&1 || status=$?
+  (cd "$dir" && go test $race -v -count="$count" -timeout "$timeout" ${run:+-run "$run"} "$pkg") >"$log" 2>&1 || status=$?
   # Passes and failures per test name; a failing parent test is dropped
   # when one of its subtests failed (the subtest is the flake).
   awk -v pkg="$rel" -v status="$status" '
