@@ -130,6 +130,7 @@ func startChild(t testing.TB, schema, topic, instance string, lease time.Duratio
 		t.Fatal(err)
 	}
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	testenv.OwnProcessGroup(cmd) // stays stopped when SIGSTOPped, whatever happens to the test's own group
 	cmd.Env = append(os.Environ(), childEnv+"=1", childSchemaEnv+"="+schema, childTopicEnv+"="+topic,
 		childInstanceEnv+"="+instance, childLeaseEnv+"="+lease.String())
 	cmd.Env = append(cmd.Env, env...)
@@ -154,7 +155,9 @@ func startChild(t testing.TB, schema, topic, instance string, lease time.Duratio
 
 func (c *child) signal(t testing.TB, s syscall.Signal) {
 	t.Helper()
-	if err := syscall.Kill(c.cmd.Process.Pid, s); err != nil {
+	// Process.Signal, not syscall.Kill on the PID: once the child has
+	// been reaped, its PID may be another process's.
+	if err := c.cmd.Process.Signal(s); err != nil {
 		t.Fatalf("signal %v to %s: %v", s, c.name, err)
 	}
 }

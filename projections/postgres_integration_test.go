@@ -335,6 +335,7 @@ func startChild(t testing.TB, schema string, env ...string) *child {
 		t.Fatal(err)
 	}
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	testenv.OwnProcessGroup(cmd) // stays stopped when SIGSTOPped, whatever happens to the test's own group
 	cmd.Env = append(os.Environ(), childEnv+"=1", childSchemaEnv+"="+schema)
 	cmd.Env = append(cmd.Env, env...)
 	cmd.Stdout, cmd.Stderr = f, f

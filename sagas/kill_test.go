@@ -22,6 +22,7 @@ import (
 	"github.com/orchestrix/orchestrix"
 	"github.com/orchestrix/orchestrix/codec"
 	"github.com/orchestrix/orchestrix/internal/testdomain"
+	"github.com/orchestrix/orchestrix/internal/testenv"
 	"github.com/orchestrix/orchestrix/sagas"
 	"github.com/orchestrix/orchestrix/stores/postgres"
 	"github.com/orchestrix/orchestrix/topics"
@@ -257,6 +258,7 @@ func newChaos(t *testing.T) *chaos {
 // child starts a saga process with env added to its environment.
 func (h *chaos) child(env ...string) *exec.Cmd {
 	c := exec.Command(os.Args[0], "-test.run=^$")
+	testenv.OwnProcessGroup(c) // stays stopped when SIGSTOPped, whatever happens to the test's own group
 	c.Env = append(append(os.Environ(), "SAGAS_CHILD=1", "SAGAS_BC="+h.e.bc, "SAGAS_TYPE="+h.e.typ, "SAGAS_SCHEMA="+h.e.store.Schema()), env...)
 	c.Stderr = os.Stderr
 	if err := c.Start(); err != nil {

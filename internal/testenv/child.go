@@ -36,6 +36,23 @@ func ChildMain(main func()) {
 	os.Exit(0)
 }
 
+// OwnProcessGroup makes the child cmd starts the leader of a process
+// group of its own. Use it for every child a test stops with SIGSTOP.
+// When the process group of the test binary becomes orphaned while one
+// of its members is stopped — the shell or job runner that started `go
+// test` exits, as when a flake hunt is started in the background — the
+// kernel sends SIGHUP and SIGCONT to every process of that group (POSIX
+// job control): a "hung" leader in a failover test was resumed 1.85 s
+// into its lease that way. A child in a group of its own, whose parent
+// (the test binary) is in another group of the same session, is not
+// orphaned while the test runs.
+func OwnProcessGroup(cmd *exec.Cmd) {
+	if cmd.SysProcAttr == nil {
+		cmd.SysProcAttr = &syscall.SysProcAttr{}
+	}
+	cmd.SysProcAttr.Setpgid = true
+}
+
 // SyncBuffer is an io.Writer that several goroutines may write at once,
 // read back with String.
 type SyncBuffer struct {

@@ -157,6 +157,7 @@ func relayFailover(t *testing.T, sig syscall.Signal) {
 		t.Fatal(err)
 	}
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	testenv.OwnProcessGroup(cmd) // stays stopped when SIGSTOPped, whatever happens to the test's own group
 	cmd.Env = append(os.Environ(), childEnv+"=1", childSchemaEnv+"="+store.Schema(), childTopicEnv+"="+topic,
 		childLeaseEnv+"="+lease.String(), childAddrEnv+"="+addrFile)
 	cmd.Stdout, cmd.Stderr = logFile, logFile
