@@ -1,12 +1,13 @@
 // Package exampleapp is the program plumbing the runnable examples
 // (examples/banking, examples/ecommerce, examples/notifications) share:
-// main's signal handling, its modes and exit code, flags with environment
-// fallbacks, usage problems reported at once (exit 2), the Kafka TLS and
+// main's signal handling, its modes and exit code, usage problems
+// reported at once (exit 2), the Kafka TLS and
 // SASL options of the environment, the embedded broker (kfake) a program
 // runs on when it is given none, and the drivers' paced sending and
 // polling. It is not API: the examples' domains and wiring stay in the
 // examples, where users read them. Their tests share
-// internal/exampleapp/exampletest and internal/testenv's Child.
+// internal/exampleapp/exampletest and internal/testenv's Child; flags
+// with environment fallbacks use internal/flagenv, as the CLI does.
 package exampleapp
 
 import (
