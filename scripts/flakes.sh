@@ -7,7 +7,10 @@
 #
 #   -n count    runs of each test (go test -count; default 5)
 #   -r regexp   only the tests matching it (go test -run)
-#   -t timeout  go test -timeout per package (default 60m)
+#   -t timeout  go test -timeout per package (default 6m per run, at
+#               least 60m: the consumers suite takes 4-5 min a run under
+#               -race on a loaded 2-core machine, and -count=20 ran out of
+#               60m)
 #   -o dir      where the logs go (default a new directory under ${TMPDIR:-/tmp})
 #   -x          no -race (default: with -race, like scripts/test.sh)
 #   packages    default ./... (the core module); a directory with a go.mod
@@ -30,7 +33,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-count=5 run= timeout=60m out= race=-race
+count=5 run= timeout= out= race=-race
 while getopts "n:r:t:o:x" opt; do
   case $opt in
     n) count=$OPTARG ;;
@@ -42,6 +45,7 @@ while getopts "n:r:t:o:x" opt; do
   esac
 done
 shift $((OPTIND - 1))
+timeout=${timeout:-$((count * 6 > 60 ? count * 6 : 60))m}
 [ $# -gt 0 ] || set -- ./...
 
 eval "$(scripts/services.sh start)"
