@@ -41,7 +41,7 @@ while getopts "n:r:t:o:x" opt; do
     t) timeout=$OPTARG ;;
     o) out=$OPTARG ;;
     x) race= ;;
-    *) sed -n '2,27p' "$0" >&2; exit 2 ;;
+    *) sed -n '2,32p' "$0" >&2; exit 2 ;;
   esac
 done
 shift $((OPTIND - 1))
