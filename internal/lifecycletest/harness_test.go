@@ -283,13 +283,14 @@ func (c *child) drainTook() time.Duration {
 	return c.drained
 }
 
-// sample is one probe: when the request was sent, and the answer (code 0:
-// the request failed, nothing listens any more).
+// sample is one probe: when the request was sent, when its answer came,
+// and the answer (code 0: the request failed, nothing listens any more).
 type sample struct {
-	at   time.Time
-	path string
-	code int
-	body string // when not 200
+	at       time.Time
+	path     string
+	code     int
+	body     string // when not 200
+	answered time.Time
 }
 
 // prober asks /readyz and /livez every 10ms until the process exits.
@@ -315,7 +316,7 @@ func startProber(addr string, exited <-chan struct{}) *prober {
 				}
 				at := time.Now()
 				code, body := get(p.cl, "http://"+addr+path)
-				p.add(sample{at, path, code, body})
+				p.add(sample{at, path, code, body, time.Now()})
 				time.Sleep(10 * time.Millisecond)
 			}
 		}()
