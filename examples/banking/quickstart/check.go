@@ -6,12 +6,14 @@ import (
 	"io"
 	"math/rand/v2"
 	"slices"
+	"strings"
 	"sync/atomic"
 	"time"
 
 	"github.com/orchestrix/orchestrix"
 	"github.com/orchestrix/orchestrix/examples/banking"
 	"github.com/orchestrix/orchestrix/producers"
+	"github.com/twmb/franz-go/pkg/kadm"
 )
 
 // plannedCommand is one command with the outcome a model of the accounts
@@ -185,8 +187,36 @@ func (p *pipeline) send(ctx context.Context, c Config, commands []plannedCommand
 	case <-ctx.Done():
 		return nil, fmt.Errorf("%w (%d of %d outcomes arrived)", stopped(ctx), done.Load(), total)
 	case <-timer.C:
-		return nil, fmt.Errorf("%d of %d outcomes missing %s after the last command was sent: %w", total-done.Load(), total, c.Timeout, producers.ErrNoOutcome)
+		return nil, fmt.Errorf("%d of %d outcomes missing %s after the last command was sent (%s): %w",
+			total-done.Load(), total, c.Timeout, p.lag(ctx, c.Context+"-aggregates"), producers.ErrNoOutcome)
 	}
+}
+
+// lag says where missing outcomes are stuck: the processor group's lag
+// on the command topic by partition, or that it has committed every
+// command (so the outcomes were produced but not seen).
+func (p *pipeline) lag(ctx context.Context, group string) string {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	lags, err := kadm.NewClient(p.cl).Lag(ctx, group)
+	if err == nil {
+		if l, ok := lags[group]; ok {
+			err = l.Error()
+		}
+	}
+	if err != nil {
+		return fmt.Sprintf("group %s lag unknown: %v", group, err)
+	}
+	var behind []string
+	for _, m := range lags[group].Lag.Sorted() {
+		if m.Lag != 0 {
+			behind = append(behind, fmt.Sprintf("%s[%d] %d", m.Topic, m.Partition, m.Lag))
+		}
+	}
+	if len(behind) == 0 {
+		return fmt.Sprintf("group %s (%s) has committed every command", group, lags[group].State)
+	}
+	return fmt.Sprintf("group %s (%s) lags: %s", group, lags[group].State, strings.Join(behind, ", "))
 }
 
 // check compares every outcome with the plan and every balance with the

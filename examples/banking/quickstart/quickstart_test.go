@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/orchestrix/orchestrix/producers"
 )
 
 // TestRun: the embedded default sends every command, sees every outcome
@@ -48,4 +50,16 @@ func TestRunBadCounts(t *testing.T) {
 	if err := Run(t.Context(), Config{Commands: 1, Accounts: 2}, &bytes.Buffer{}, &bytes.Buffer{}); err == nil {
 		t.Fatal("Run accepted 1 command over 2 accounts")
 	}
+}
+
+// TestRunTimeoutSaysWhere: outcomes that do not come (the processor
+// never runs) end the run after the timeout, naming the group's lag.
+func TestRunTimeoutSaysWhere(t *testing.T) {
+	c := Config{Commands: 20, Accounts: 2, Partitions: 2, Context: "late", Timeout: time.Second,
+		runProcessor: func(ctx context.Context) error { <-ctx.Done(); return ctx.Err() }}
+	err := Run(t.Context(), c, &bytes.Buffer{}, &bytes.Buffer{})
+	if !errors.Is(err, producers.ErrNoOutcome) || !strings.Contains(err.Error(), "20 of 20 outcomes missing") || !strings.Contains(err.Error(), "late-aggregates") {
+		t.Fatalf("Run = %v, want 20 missing outcomes and the group's lag", err)
+	}
+	t.Log(err)
 }
