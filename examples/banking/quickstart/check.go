@@ -192,6 +192,20 @@ func (p *pipeline) send(ctx context.Context, c Config, commands []plannedCommand
 	}
 }
 
+// outcomeCount says how many records the outcome topic holds.
+func (p *pipeline) outcomeCount(ctx context.Context) string {
+	ends, err := kadm.NewClient(p.cl).ListEndOffsets(ctx, p.outcomeTopic)
+	if err == nil {
+		err = ends.Error()
+	}
+	if err != nil {
+		return "outcome records unknown: " + err.Error()
+	}
+	var n int64
+	ends.Each(func(o kadm.ListedOffset) { n += o.Offset })
+	return fmt.Sprintf("%d records on %s", n, p.outcomeTopic)
+}
+
 // lag says where missing outcomes are stuck: the processor group's lag
 // on the command topic by partition, or that it has committed every
 // command (so the outcomes were produced but not seen).
@@ -214,7 +228,7 @@ func (p *pipeline) lag(ctx context.Context, group string) string {
 		}
 	}
 	if len(behind) == 0 {
-		return fmt.Sprintf("group %s (%s) has committed every command", group, lags[group].State)
+		return fmt.Sprintf("group %s (%s) has committed every command; %s", group, lags[group].State, p.outcomeCount(ctx))
 	}
 	return fmt.Sprintf("group %s (%s) lags: %s", group, lags[group].State, strings.Join(behind, ", "))
 }

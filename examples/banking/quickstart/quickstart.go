@@ -183,6 +183,8 @@ type pipeline struct {
 	group   *consumers.Group
 	awaiter *producers.Awaiter
 	sender  *producers.Sender
+	// outcomeTopic is where the processor answers.
+	outcomeTopic string
 }
 
 func (p *pipeline) close() {
@@ -193,7 +195,7 @@ func (p *pipeline) close() {
 // wire creates the topics and builds the processor, the awaiter and the
 // sender.
 func wire(ctx context.Context, c Config) (_ *pipeline, err error) {
-	p := &pipeline{}
+	p := &pipeline{outcomeTopic: topics.Outcomes(c.Context)}
 	if p.cl, err = producers.NewClient(c.Brokers, c.Kafka...); err != nil {
 		return nil, err
 	}
