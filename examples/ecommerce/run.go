@@ -54,9 +54,7 @@ func run(ctx context.Context, c config) error {
 	}
 	defer kb.Close()
 	seeds, where := kb.Seeds, kb.Where
-	if kb.Embedded {
-		c.kafka = nil
-	}
+	c.kafka = kb.ClientOpts(c.kafka)
 	storeName := "memory stores"
 	var pool *pgxpool.Pool
 	if c.databaseURL != "" {

@@ -155,6 +155,16 @@ func OpenBroker(seeds []string, port int) (*Broker, error) {
 	return &Broker{Seeds: fake.ListenAddrs(), Embedded: true, Where: "embedded Kafka (kfake)", fake: fake}, nil
 }
 
+// ClientOpts returns the client options (TLS, SASL) for this broker:
+// opts for a broker given by seeds, none for the embedded one, which
+// takes none.
+func (b *Broker) ClientOpts(opts []kgo.Opt) []kgo.Opt {
+	if b.Embedded {
+		return nil
+	}
+	return opts
+}
+
 // Close stops the embedded broker, if there is one.
 func (b *Broker) Close() {
 	if b.fake != nil {

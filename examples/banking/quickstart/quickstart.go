@@ -32,7 +32,6 @@ import (
 	"io"
 	"log/slog"
 	"slices"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -41,12 +40,12 @@ import (
 	"github.com/orchestrix/orchestrix/codec"
 	"github.com/orchestrix/orchestrix/consumers"
 	"github.com/orchestrix/orchestrix/examples/banking"
+	"github.com/orchestrix/orchestrix/internal/exampleapp"
 	"github.com/orchestrix/orchestrix/producers"
 	"github.com/orchestrix/orchestrix/stores"
 	"github.com/orchestrix/orchestrix/stores/memory"
 	"github.com/orchestrix/orchestrix/topics"
 	"github.com/twmb/franz-go/pkg/kadm"
-	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 )
 
@@ -123,19 +122,16 @@ func Run(parent context.Context, c Config, stdout, stderr io.Writer) error {
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
-	where := "Kafka at " + strings.Join(c.Brokers, ",")
-	if len(c.Brokers) == 0 {
-		fake, err := kfake.NewCluster(kfake.NumBrokers(1))
-		if err != nil {
-			return fmt.Errorf("start embedded broker: %w", err)
-		}
-		defer fake.Close()
-		c.Brokers, c.Kafka, where = fake.ListenAddrs(), nil, "embedded Kafka (kfake)"
+	kb, err := exampleapp.OpenBroker(c.Brokers, 0)
+	if err != nil {
+		return err
 	}
+	defer kb.Close()
+	c.Brokers, c.Kafka = kb.Seeds, kb.ClientOpts(c.Kafka)
 	if c.Store == nil {
 		c.Store, c.StoreName = memory.New(), "in-memory store"
 	}
-	fmt.Fprintf(stdout, "orchestrix demo: %d commands over %d accounts, %d partitions, %s, %s\n", c.Commands, c.Accounts, c.Partitions, where, c.StoreName)
+	fmt.Fprintf(stdout, "orchestrix demo: %d commands over %d accounts, %d partitions, %s, %s\n", c.Commands, c.Accounts, c.Partitions, kb.Where, c.StoreName)
 
 	p, err := wire(ctx, c)
 	if err != nil {

@@ -146,9 +146,7 @@ func run(parent context.Context, c checkConfig) error {
 	}
 	defer kb.Close()
 	seeds, where := kb.Seeds, kb.Where
-	if kb.Embedded {
-		c.kafka = nil
-	}
+	c.kafka = kb.ClientOpts(c.kafka)
 	quiet := slog.New(slog.NewTextHandler(c.stderr, &slog.HandlerOptions{Level: slog.LevelError}))
 	ac := appConfig{seeds: seeds, kafka: c.kafka, context: c.context, log: quiet, fast: true}
 	storeAbout := "memory stores"
